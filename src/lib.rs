@@ -1,0 +1,26 @@
+//! envbox: runs one unprivileged system container as the entrypoint of a privileged pod.
+//!
+//! The crate is organised by pipeline stage; data flows one way through plain structs:
+//!
+//! ```text
+//! cli ─► config::Settings ─┐
+//! rootfs::RootfsFacts ─────┼─► spec::build ─► spec::ContainerPlan { spec, setup actions }
+//! host::HostFacts ─────────┘        (pure)        │                 │
+//!   (mountinfo, gpu inventory, resolv.conf)       ▼                 ▼
+//!                                        OCI runtime (runc /   setup::apply
+//!                                        sysbox-runc)          (the only side effects)
+//! ```
+//!
+//! Everything left of `spec::build` only reads; `spec::build` is pure; `setup::apply` is the one
+//! place that changes the host (mknod, chown, write files, unmount).
+
+pub mod cli;
+pub mod config;
+pub mod gpu;
+pub mod host;
+pub mod image;
+pub mod mountinfo;
+pub mod progress;
+pub mod rootfs;
+pub mod setup;
+pub mod spec;
