@@ -1,1 +1,58 @@
-//! stub
+//! Facts about the outer container that the spec depends on, gathered in one place.
+//!
+//! Owns: the reads of the outer world (environment, `/proc/self/mountinfo`, `/etc/resolv.conf`,
+//! the GPU inventory when GPUs are asked for) into [`HostFacts`], a plain struct the pure spec
+//! generator takes. Tests build `HostFacts` by hand or from fixtures. It never changes anything.
+
+use std::path::Path;
+
+use crate::config::Settings;
+use crate::gpu::{self, GpuInventory};
+use crate::mountinfo::{MountInfoError, MountTable};
+
+/// What the outer container looks like, as far as the spec is concerned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The outer environment (UTF-8 entries), in order.
+    pub environ: Vec<(String, String)>,
+    /// The outer mount table.
+    pub mounts: MountTable,
+    /// The outer `/etc/resolv.conf`, if readable.
+    pub resolv_conf: Option<String>,
+    /// `x86_64`, `aarch64`, ...
+    pub arch: String,
+    /// Present when GPUs are asked for.
+    pub gpu: Option<GpuInventory>,
+}
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("reading the mount table: {0}")]
+    Mounts(#[from] MountInfoError),
+    #[error("looking for GPUs: {0}")]
+    Gpu(#[from] gpu::GpuError),
+}
+
+/// The current process environment, UTF-8 entries only.
+pub fn environ() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+/// Reads the facts the settings need.
+pub fn gather(settings: &Settings) -> Result<HostFacts, HostError> {
+    let environ = environ();
+    let gpu = match (&settings.add_gpu, &settings.usr_lib_dir) {
+        (true, Some(usr_lib_dir)) => Some(gpu::scan(Path::new("/dev"), usr_lib_dir, &environ)?),
+        _ => None,
+    };
+    Ok(HostFacts {
+        mounts: MountTable::read_self()?,
+        resolv_conf: std::fs::read_to_string("/etc/resolv.conf").ok(),
+        arch: std::env::consts::ARCH.to_owned(),
+        environ,
+        gpu,
+    })
+}

@@ -15,11 +15,13 @@
 //! place that changes the host (mknod, chown, write files, unmount).
 
 pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod gpu;
 pub mod host;
 pub mod image;
 pub mod mountinfo;
+pub mod pipeline;
 pub mod progress;
 pub mod rootfs;
 pub mod setup;

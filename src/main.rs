@@ -1,1 +1,35 @@
-fn main() {}
+//! The `envbox` binary: parse the command line, run the command, report a fatal error.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use envbox::cli::{Cli, Command};
+use envbox::progress::{self, Kind};
+
+/// Kubernetes shows this file's content as the pod's termination message.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_entrypoint = matches!(cli.command, Command::Docker(_));
+    match envbox::cmd::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let message = format!("{error:#}");
+            if is_entrypoint {
+                progress::emit(Kind::Error, &message);
+                if let Ok(mut log) = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(TERMINATION_LOG)
+                {
+                    let _ = log.write_all(message.as_bytes());
+                }
+            } else {
+                eprintln!("envbox: error: {message}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,94 @@
-//! stub
+//! Progress lines on stderr, in the Go envbox's format.
+//!
+//! Owns: `{"output":"...","time":"RFC3339","type":"info"|"error"|"done"}` lines, which tools
+//! and the Coder dashboard watch (behaviour doc §3). It never sees secrets: callers pass
+//! messages built from redacted values.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+/// Kind of a progress line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Info,
+    Error,
+    Done,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Info => "info",
+            Kind::Error => "error",
+            Kind::Done => "done",
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp with seconds, e.g. `2026-11-24T01:02:03Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// One progress line (without newline).
+pub fn line(kind: Kind, output: &str, time: SystemTime) -> String {
+    serde_json::json!({
+        "output": output,
+        "time": rfc3339(time),
+        "type": kind.as_str(),
+    })
+    .to_string()
+}
+
+/// Writes one progress line to stderr.
+pub fn emit(kind: Kind, output: &str) {
+    let mut stderr = std::io::stderr().lock();
+    // Nothing sensible is left to do when stderr is gone.
+    let _ = writeln!(stderr, "{}", line(kind, output, SystemTime::now()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn lines_have_the_go_envbox_shape() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_482_123);
+        let l = line(Kind::Done, "workspace \"up\"", t);
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["type"], "done");
+        assert_eq!(v["output"], "workspace \"up\"");
+        assert_eq!(v["time"], "2026-11-24T01:02:03Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+}

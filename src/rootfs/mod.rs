@@ -39,7 +39,9 @@ pub struct RootfsFacts {
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("user {username:?} (CODER_INNER_USERNAME) not found in the image's /etc/passwd ({rootfs})")]
+    #[error(
+        "user {username:?} (CODER_INNER_USERNAME) not found in the image's /etc/passwd ({rootfs})"
+    )]
     UserNotFound { username: String, rootfs: PathBuf },
     #[error("the image has no /etc/passwd ({rootfs}): cannot look up user {username:?} (CODER_INNER_USERNAME)")]
     NoPasswd { username: String, rootfs: PathBuf },

@@ -1,0 +1,37 @@
+# envbox: build, test, lint. `make test` is what CI runs (through .ci/run).
+CARGO ?= cargo
+SCHEMA_DIR ?= /usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema
+
+.PHONY: build release test unit conformance fmt lint specs clean
+
+build:
+	$(CARGO) build --locked
+
+release:
+	$(CARGO) build --locked --release
+
+# Unit and integration tests (the runc ones need root, and say so), then the golden specs
+# against the official OCI runtime-spec JSON schema.
+test: build
+	$(CARGO) test --locked --all-targets
+	$(MAKE) conformance
+
+unit:
+	$(CARGO) test --locked --lib
+
+conformance:
+	python3 conformance/validate_specs.py --schema-dir $(SCHEMA_DIR) specs/*.json
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Regenerate specs/*.json from the scenarios in tests/golden.rs; review the diff before committing.
+specs:
+	ENVBOX_UPDATE_GOLDEN=1 $(CARGO) test --locked --test golden
+
+clean:
+	$(CARGO) clean

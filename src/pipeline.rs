@@ -1,0 +1,46 @@
+//! The stages composed: from settings and an unpacked image to a container plan.
+//!
+//! Owns: the one function both `envbox spec` and `envbox docker` call to get the runtime spec,
+//! so what `spec` prints is exactly what `docker` runs. It reads (rootfs facts, host facts) and
+//! then calls the pure generator; it never performs the plan's actions.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Settings;
+use crate::host::{self, HostError};
+use crate::image::ImageConfig;
+use crate::rootfs::{self, RootfsError};
+use crate::spec::{self, ContainerPlan, SpecError, SpecInput};
+
+/// Errors of this module, each naming the stage.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("reading the image's root filesystem {path}: {source}")]
+    Rootfs { path: PathBuf, source: RootfsError },
+    #[error("reading this container's state: {0}")]
+    Host(#[from] HostError),
+    #[error("generating the runtime spec: {0}")]
+    Spec(#[from] SpecError),
+}
+
+/// Reads what the spec depends on and builds the plan.
+pub fn plan_container(
+    settings: &Settings,
+    rootfs_path: &Path,
+    image: &ImageConfig,
+) -> Result<ContainerPlan, PipelineError> {
+    let facts = rootfs::read_facts(rootfs_path, &settings.username).map_err(|source| {
+        PipelineError::Rootfs {
+            path: rootfs_path.to_owned(),
+            source,
+        }
+    })?;
+    let host = host::gather(settings)?;
+    Ok(spec::build(&SpecInput {
+        settings,
+        rootfs_path,
+        rootfs: &facts,
+        image,
+        host: &host,
+    })?)
+}

@@ -1,0 +1,138 @@
+//! The inner container's first process.
+//!
+//! Owns: what runs as PID 1 (`/sbin/init` when the image has it, exactly that path since
+//! sysbox-runc starts systemd mode only then; otherwise `sleep infinity`: the image's CMD is not
+//! run), its user (root, mapped to 100000 outside), working directory, capabilities and rlimits.
+//! Root inside gets every capability, all confined to the container's user namespace: that is
+//! what sysbox-runc grants anyway, and it makes the runc fallback behave the same (dockerd,
+//! FUSE mounts and TUN setup inside need CAP_SYS_ADMIN and CAP_NET_ADMIN). `noNewPrivileges` is
+//! false so `sudo` works in workspaces. The bootstrap script is not started here.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{
+    Capability, LinuxCapabilitiesBuilder, PosixRlimitBuilder, PosixRlimitType, Process,
+    ProcessBuilder, UserBuilder,
+};
+
+use super::SpecError;
+use crate::config::Settings;
+use crate::image::ImageConfig;
+use crate::rootfs::RootfsFacts;
+
+/// Open files: what containers started by the Go envbox's dockerd got.
+pub const NOFILE: u64 = 1_048_576;
+
+/// Every capability up to CAP_CHECKPOINT_RESTORE (Linux 5.9).
+pub const ALL_CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+fn all_capabilities() -> HashSet<Capability> {
+    ALL_CAPABILITIES
+        .iter()
+        .filter_map(|name| serde_json::from_value(serde_json::Value::from(*name)).ok())
+        .collect()
+}
+
+/// PID 1's arguments.
+pub fn init_args(rootfs: &RootfsFacts) -> Vec<String> {
+    if rootfs.has_init {
+        vec!["/sbin/init".to_owned()]
+    } else {
+        vec!["sleep".to_owned(), "infinity".to_owned()]
+    }
+}
+
+pub fn build(
+    settings: &Settings,
+    rootfs: &RootfsFacts,
+    image: &ImageConfig,
+    env: Vec<String>,
+) -> Result<Process, SpecError> {
+    let cwd = settings
+        .work_dir
+        .clone()
+        .or_else(|| {
+            image
+                .working_dir
+                .as_deref()
+                .filter(|d| d.starts_with('/'))
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let caps = all_capabilities();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()?;
+    let nofile = PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .hard(NOFILE)
+        .soft(NOFILE)
+        .build()?;
+    Ok(ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(init_args(rootfs))
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .rlimits(vec![nofile])
+        .no_new_privileges(false)
+        .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_capability_is_known_to_oci_spec() {
+        assert_eq!(all_capabilities().len(), ALL_CAPABILITIES.len());
+    }
+}
