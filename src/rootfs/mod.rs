@@ -6,7 +6,14 @@
 //! /host/etc/passwd` planted by an image can never make envbox read a file of the outer
 //! container. It never writes.
 
+pub(crate) mod inroot;
+mod os_release;
+mod passwd;
+
+use std::io;
 use std::path::{Path, PathBuf};
+
+use inroot::InRoot;
 
 /// A user's `/etc/passwd` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +68,82 @@ pub enum RootfsError {
 }
 
 /// Reads the facts for `username` from the rootfs at `rootfs`.
-pub fn read_facts(_rootfs: &Path, _username: &str) -> Result<RootfsFacts, RootfsError> {
-    unimplemented!()
+pub fn read_facts(rootfs: &Path, username: &str) -> Result<RootfsFacts, RootfsError> {
+    let root = InRoot::open(rootfs).map_err(|source| read_error(rootfs, "/", source))?;
+    Ok(RootfsFacts {
+        user: read_user(&root, rootfs, username)?,
+        has_init: has_init(&root, rootfs)?,
+        os_release: read_os_release(&root, rootfs)?,
+    })
 }
+
+const PASSWD: &str = "/etc/passwd";
+const INIT: &str = "/sbin/init";
+const OS_RELEASE_PATHS: [&str; 2] = ["/etc/os-release", "/usr/lib/os-release"];
+
+fn read_user(root: &InRoot, rootfs: &Path, username: &str) -> Result<PasswdEntry, RootfsError> {
+    let text = match root.read_to_string(Path::new(PASSWD)) {
+        Ok(text) => text,
+        Err(e) if is_absent(&e) => {
+            return Err(RootfsError::NoPasswd {
+                username: username.to_owned(),
+                rootfs: rootfs.to_owned(),
+            })
+        }
+        Err(source) => return Err(read_error(rootfs, PASSWD, source)),
+    };
+    match passwd::find_user(&text, username) {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => Err(RootfsError::UserNotFound {
+            username: username.to_owned(),
+            rootfs: rootfs.to_owned(),
+        }),
+        Err(e) => Err(RootfsError::Malformed {
+            rootfs: rootfs.to_owned(),
+            path: PASSWD,
+            line: e.line,
+            reason: e.reason,
+        }),
+    }
+}
+
+/// `/sbin/init`, symlinks resolved in-root, is a regular file with an execute bit.
+fn has_init(root: &InRoot, rootfs: &Path) -> Result<bool, RootfsError> {
+    match root.stat(Path::new(INIT)) {
+        Ok(st) => Ok(inroot::is_regular(&st) && st.st_mode & 0o111 != 0),
+        Err(e) if is_absent(&e) => Ok(false),
+        Err(source) => Err(read_error(rootfs, INIT, source)),
+    }
+}
+
+fn read_os_release(root: &InRoot, rootfs: &Path) -> Result<Option<OsRelease>, RootfsError> {
+    for path in OS_RELEASE_PATHS {
+        match root.read_to_string(Path::new(path)) {
+            Ok(text) => return Ok(Some(os_release::parse(&text))),
+            Err(e) if is_absent(&e) => continue,
+            Err(source) => return Err(read_error(rootfs, path, source)),
+        }
+    }
+    Ok(None)
+}
+
+/// The path does not exist in the image: missing, a dangling or looping symlink, or a
+/// component that is not a directory.
+fn is_absent(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP)
+    )
+}
+
+fn read_error(rootfs: &Path, path: &str, source: io::Error) -> RootfsError {
+    RootfsError::Read {
+        rootfs: rootfs.to_owned(),
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests;

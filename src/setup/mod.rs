@@ -6,7 +6,19 @@
 //! implementation makes the syscalls; the recording one lets tests check the order and
 //! arguments without root. Nothing here decides *what* to do: that is `spec`'s job.
 
-use std::path::PathBuf;
+mod error;
+mod in_root;
+mod recording;
+mod sys;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+pub use error::{SetupError, SetupWarning, Step};
+pub use recording::{Call, Op, RecordingSys};
+pub use sys::{RealSys, Sys};
 
 /// One side effect. Paths are absolute in the outer container unless said otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,3 +61,157 @@ pub enum Action {
         gid: u32,
     },
 }
+
+/// Carries out `actions` in order through `sys`. Stops at the first failure, except that an
+/// [`Action::UnmountBestEffort`] that fails only adds a warning. Modes are set after owners,
+/// because `chown` clears the setuid/setgid bits.
+pub fn apply(actions: &[Action], sys: &dyn Sys) -> Result<Vec<SetupWarning>, SetupError> {
+    let mut warnings = Vec::new();
+    for action in actions {
+        warnings.extend(apply_one(action, sys)?);
+    }
+    Ok(warnings)
+}
+
+fn apply_one(action: &Action, sys: &dyn Sys) -> Result<Option<SetupWarning>, SetupError> {
+    match action {
+        Action::UnmountBestEffort { path } => return Ok(unmount(sys, path)),
+        Action::CreateDir {
+            path,
+            mode,
+            uid,
+            gid,
+        } => create_dir(sys, path, *mode, *uid, *gid).map_err(|(step, source)| {
+            SetupError::CreateDir {
+                path: path.clone(),
+                step,
+                source,
+            }
+        }),
+        Action::WriteFile {
+            path,
+            contents,
+            mode,
+            uid,
+            gid,
+        } => write_file(sys, path, contents, *mode, *uid, *gid).map_err(|(step, source)| {
+            SetupError::WriteFile {
+                path: path.clone(),
+                step,
+                source,
+            }
+        }),
+        Action::CharDevice {
+            path,
+            major,
+            minor,
+            mode,
+            uid,
+            gid,
+        } => {
+            char_device(sys, path, (*major, *minor), *mode, *uid, *gid).map_err(|(step, source)| {
+                SetupError::CharDevice {
+                    path: path.clone(),
+                    major: *major,
+                    minor: *minor,
+                    step,
+                    source,
+                }
+            })
+        }
+        Action::Chown { path, uid, gid } => {
+            sys.chown(path, *uid, *gid)
+                .map_err(|source| SetupError::Chown {
+                    path: path.clone(),
+                    uid: *uid,
+                    gid: *gid,
+                    source,
+                })
+        }
+        Action::RootfsSymlink {
+            rootfs,
+            path,
+            target,
+            uid,
+            gid,
+        } => sys
+            .symlink_in_root(rootfs, path, target, *uid, *gid)
+            .map_err(|source| SetupError::RootfsSymlink {
+                rootfs: rootfs.clone(),
+                path: path.clone(),
+                target: target.clone(),
+                source,
+            }),
+    }?;
+    Ok(None)
+}
+
+/// The step that failed and why.
+type StepResult = Result<(), (Step, io::Error)>;
+
+fn step(step: Step, result: io::Result<()>) -> StepResult {
+    result.map_err(|source| (step, source))
+}
+
+/// Owner first, then mode: `chown` clears setuid/setgid.
+fn own_and_mode(sys: &dyn Sys, path: &Path, mode: u32, uid: u32, gid: u32) -> StepResult {
+    step(Step::Chown { uid, gid }, sys.chown(path, uid, gid))?;
+    step(Step::Chmod { mode }, sys.chmod(path, mode))
+}
+
+fn create_dir(sys: &dyn Sys, path: &Path, mode: u32, uid: u32, gid: u32) -> StepResult {
+    step(Step::Mkdir, sys.mkdir_all(path))?;
+    own_and_mode(sys, path, mode, uid, gid)
+}
+
+fn write_file(
+    sys: &dyn Sys,
+    path: &Path,
+    contents: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> StepResult {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        step(Step::CreateParent, sys.mkdir_all(parent))?;
+    }
+    step(
+        Step::Write,
+        sys.write_file_atomic(path, contents.as_bytes()),
+    )?;
+    own_and_mode(sys, path, mode, uid, gid)
+}
+
+fn char_device(
+    sys: &dyn Sys,
+    path: &Path,
+    (major, minor): (u64, u64),
+    mode: u32,
+    uid: u32,
+    gid: u32,
+) -> StepResult {
+    step(Step::Mknod, sys.mknod_char(path, major, minor, mode))?;
+    own_and_mode(sys, path, mode, uid, gid)
+}
+
+/// Never fails: not being mounted is the common case, anything else is worth a warning only.
+fn unmount(sys: &dyn Sys, path: &Path) -> Option<SetupWarning> {
+    let source = sys.umount(path).err()?;
+    let not_mounted = matches!(
+        source.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EINVAL | Errno::ENOENT)
+    );
+    Some(if not_mounted {
+        SetupWarning::NotMounted { path: path.into() }
+    } else {
+        SetupWarning::UnmountFailed {
+            path: path.into(),
+            source,
+        }
+    })
+}
+
+#[cfg(test)]
+mod real_tests;
+#[cfg(test)]
+mod tests;
