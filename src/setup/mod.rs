@@ -164,6 +164,14 @@ fn create_dir(sys: &dyn Sys, path: &Path, mode: u32, uid: u32, gid: u32) -> Step
     own_and_mode(sys, path, mode, uid, gid)
 }
 
+/// Files and nodes go under the run dir, whose sub-directories may not exist yet.
+fn create_parent(sys: &dyn Sys, path: &Path) -> StepResult {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => step(Step::CreateParent, sys.mkdir_all(parent)),
+        None => Ok(()),
+    }
+}
+
 fn write_file(
     sys: &dyn Sys,
     path: &Path,
@@ -172,9 +180,7 @@ fn write_file(
     uid: u32,
     gid: u32,
 ) -> StepResult {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        step(Step::CreateParent, sys.mkdir_all(parent))?;
-    }
+    create_parent(sys, path)?;
     step(
         Step::Write,
         sys.write_file_atomic(path, contents.as_bytes()),
@@ -190,6 +196,7 @@ fn char_device(
     uid: u32,
     gid: u32,
 ) -> StepResult {
+    create_parent(sys, path)?;
     step(Step::Mknod, sys.mknod_char(path, major, minor, mode))?;
     own_and_mode(sys, path, mode, uid, gid)
 }

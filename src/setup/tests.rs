@@ -72,6 +72,9 @@ fn primitives_run_in_order_with_chmod_after_chown() {
                 path: p("/run/envbox/dev"),
                 mode: 0o755
             },
+            Call::MkdirAll {
+                path: p("/run/envbox/dev")
+            },
             Call::MknodChar {
                 path: p("/run/envbox/dev/fuse"),
                 major: 10,
