@@ -5,6 +5,19 @@
 //! environment), and [`plan`], a pure function from that inventory and the mount table to binds,
 //! device rules, symlinks to create in the rootfs, variables and `/proc` unmounts. It never
 //! mounts, creates or changes anything: the setup stage does that from the plan.
+//!
+//! Submodules: `names` (the name patterns), `scan` (reading the outer container),
+//! `inner` (where libraries go inside), `paths` (lexical paths), `plan` with `libs` (the pure
+//! planning).
+
+mod inner;
+mod libs;
+mod names;
+mod paths;
+mod plan;
+mod scan;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 
@@ -107,21 +120,26 @@ pub enum GpuError {
 /// Reads the inventory: device nodes under `dev_dir` (normally `/dev`), the tree under
 /// `usr_lib_dir`, and the GPU variables of `environ`.
 pub fn scan(
-    _dev_dir: &Path,
-    _usr_lib_dir: &Path,
-    _environ: &[(String, String)],
+    dev_dir: &Path,
+    usr_lib_dir: &Path,
+    environ: &[(String, String)],
 ) -> Result<GpuInventory, GpuError> {
-    unimplemented!()
+    Ok(GpuInventory {
+        devices: scan::devices(dev_dir)?,
+        usr_lib_dir: usr_lib_dir.to_path_buf(),
+        usr_lib: scan::usr_lib(usr_lib_dir)?,
+        env: scan::env(environ),
+    })
 }
 
 /// Where GPU libraries go inside, from the image's os-release and the architecture
 /// (`x86_64` or `aarch64`), unless `CODER_INNER_USR_LIB_DIR` overrides it (handled by the
 /// caller).
-pub fn inner_lib_dir(_os_release: Option<&OsRelease>, _arch: &str) -> PathBuf {
-    unimplemented!()
+pub fn inner_lib_dir(os_release: Option<&OsRelease>, arch: &str) -> PathBuf {
+    inner::lib_dir(os_release, arch)
 }
 
 /// Plans the inner container's GPU view. Pure.
-pub fn plan(_inventory: &GpuInventory, _mounts: &MountTable, _inner_lib_dir: &Path) -> GpuPlan {
-    unimplemented!()
+pub fn plan(inventory: &GpuInventory, mounts: &MountTable, inner_lib_dir: &Path) -> GpuPlan {
+    plan::plan(inventory, mounts, inner_lib_dir)
 }
