@@ -6,11 +6,25 @@ the defs*.json files it references by relative path). Exits non-zero, naming the
 failing JSON path, when any spec does not validate, or when no spec was given.
 """
 import argparse
+import copy
 import json
 import pathlib
 import sys
+import warnings
 
 import jsonschema
+
+# Debian 12's jsonschema has RefResolver; newer ones deprecate it but keep it working.
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+# Broken copies of the first spec that the schema must reject: proof the validator really
+# follows the $refs into the Linux definitions (a validator that passes everything is useless).
+BROKEN = {
+    "namespace type": lambda s: s["linux"]["namespaces"][0].update(type="bogus"),
+    "negative host id": lambda s: s["linux"]["uidMappings"][0].update(hostID=-1),
+    "missing ociVersion": lambda s: s.pop("ociVersion"),
+    "mount without destination": lambda s: s["mounts"][0].pop("destination"),
+}
 
 
 def validator_for(schema_dir: pathlib.Path):
@@ -34,6 +48,14 @@ def main() -> int:
     parser.add_argument("specs", nargs="+", type=pathlib.Path)
     args = parser.parse_args()
     validator = validator_for(args.schema_dir)
+    first = json.loads(args.specs[0].read_text())
+    for name, breakage in BROKEN.items():
+        broken = copy.deepcopy(first)
+        breakage(broken)
+        if validator.is_valid(broken):
+            print(f"FAIL self-test: a spec with a broken {name} validated")
+            return 1
+    print(f"ok   self-test: {len(BROKEN)} broken specs rejected")
     failed = 0
     for spec_path in args.specs:
         spec = json.loads(spec_path.read_text())

@@ -23,7 +23,7 @@ pub fn run(args: &SpecArgs) -> anyhow::Result<()> {
     }
     if args.show_actions {
         for action in &plan.actions {
-            eprintln!("action: {action:?}");
+            eprintln!("action: {action}");
         }
     }
     let secrets = if args.show_secrets {

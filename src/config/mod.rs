@@ -335,7 +335,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_variable_and_the_expected_form() {
-        let cases: [(fn(&mut RawSettings), &str, &str); 6] = [
+        type Edit = fn(&mut RawSettings);
+        let cases: [(Edit, &str, &str); 6] = [
             (
                 |r| r.add_tun = Some("yes".into()),
                 "CODER_ADD_TUN",

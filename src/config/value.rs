@@ -86,9 +86,11 @@ fn parse_quantity(text: &str) -> Parsed<Quantity> {
                 (1, factor)
             }
         }
-        other => return Err(Problem::new(format!(
+        other => {
+            return Err(Problem::new(format!(
             "expected {QUANTITY_FORMS}: unknown suffix {other:?} (use m, k, M, G, Ki, Mi, Gi, ...)"
-        ))),
+        )))
+        }
     };
     num = num
         .checked_mul(mul)

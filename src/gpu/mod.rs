@@ -10,6 +10,8 @@
 //! `inner` (where libraries go inside), `paths` (lexical paths), `plan` with `libs` (the pure
 //! planning).
 
+#[cfg(test)]
+pub(crate) mod h100_fixture;
 mod inner;
 mod libs;
 mod names;

@@ -5,17 +5,11 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
+use super::h100_fixture::{fixture_inventory, fixture_mounts, OUTER_USR_LIB};
 use super::*;
 use crate::mountinfo::MountTable;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/gpu-h100");
-/// Where the host's `/usr/lib` is mounted in the outer container in the fixture test.
-const OUTER_USR_LIB: &str = "/var/coder/usr/lib";
 const UBUNTU_LIB: &str = "/usr/lib/x86_64-linux-gnu";
-
-fn fixture(name: &str) -> String {
-    fs::read_to_string(Path::new(FIXTURES).join(name)).expect("read fixture")
-}
 
 fn mounts(text: &str) -> MountTable {
     MountTable::parse(text).expect("mount table")
@@ -37,81 +31,14 @@ fn mount_at<'a>(plan: &'a GpuPlan, destination: &str) -> Option<&'a GpuMount> {
 
 // ---------------------------------------------------------------- the H100 capture
 
-/// `dev-stat.txt`: `%n %F %t:%T %a %u:%g`, major:minor in hex.
-fn fixture_devices() -> Vec<DeviceNode> {
-    let mut devices: Vec<DeviceNode> = fixture("dev-stat.txt")
-        .lines()
-        .filter(|line| line.contains(" character special file "))
-        .map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let n = fields.len();
-            let (major, minor) = fields[n - 3].split_once(':').unwrap();
-            DeviceNode {
-                path: PathBuf::from(fields[0]),
-                major: u64::from_str_radix(major, 16).unwrap(),
-                minor: u64::from_str_radix(minor, 16).unwrap(),
-                mode: u32::from_str_radix(fields[n - 2], 8).unwrap(),
-            }
-        })
-        .collect();
-    devices.sort_by(|a, b| a.path.cmp(&b.path));
-    devices
-}
-
-/// `usr-lib-matches.txt`: `type mode path -> target`, host `/usr/lib` moved to where the
-/// outer container has it; targets as written.
-fn fixture_usr_lib() -> Vec<LibEntry> {
-    let mut entries: Vec<LibEntry> = fixture("usr-lib-matches.txt")
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(|line| {
-            let (head, target) = line.split_once(" -> ").unwrap();
-            let mut fields = head.splitn(3, ' ');
-            let (kind, _mode, path) = (
-                fields.next().unwrap(),
-                fields.next(),
-                fields.next().unwrap(),
-            );
-            let path = PathBuf::from(path.replacen("/usr/lib", OUTER_USR_LIB, 1));
-            let kind = match kind {
-                "f" => LibEntryKind::File,
-                "d" => LibEntryKind::Dir,
-                "l" => LibEntryKind::Symlink(PathBuf::from(target.trim_end())),
-                other => panic!("entry type {other}"),
-            };
-            LibEntry { path, kind }
-        })
-        .collect();
-    entries.push(LibEntry {
-        path: PathBuf::from(OUTER_USR_LIB).join("x86_64-linux-gnu"),
-        kind: LibEntryKind::Dir,
-    });
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    entries
-}
-
-fn fixture_env() -> Vec<(String, String)> {
-    fixture("env-nvidia.txt")
-        .lines()
-        .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 fn h100_plan() -> GpuPlan {
-    let inventory = GpuInventory {
-        devices: fixture_devices(),
-        usr_lib_dir: PathBuf::from(OUTER_USR_LIB),
-        usr_lib: fixture_usr_lib(),
-        env: scan::env(&fixture_env()),
-    };
     let ubuntu = OsRelease {
         id: "ubuntu".into(),
         id_like: vec!["debian".into()],
     };
     let inner = inner_lib_dir(Some(&ubuntu), "x86_64");
     assert_eq!(inner, Path::new(UBUNTU_LIB));
-    plan(&inventory, &mounts(&fixture("mountinfo.txt")), &inner)
+    plan(&fixture_inventory(), &fixture_mounts(), &inner)
 }
 
 #[test]

@@ -218,6 +218,62 @@ fn unmount(sys: &dyn Sys, path: &Path) -> Option<SetupWarning> {
     })
 }
 
+impl std::fmt::Display for Action {
+    /// One line, for logs and golden files: `mknod /dev/envbox/fuse c 10:229 0666 100000:100000`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::CreateDir {
+                path,
+                mode,
+                uid,
+                gid,
+            } => {
+                write!(f, "mkdir -p {} {mode:04o} {uid}:{gid}", path.display())
+            }
+            Action::WriteFile {
+                path,
+                contents,
+                mode,
+                uid,
+                gid,
+            } => write!(
+                f,
+                "write {} {mode:04o} {uid}:{gid} {contents:?}",
+                path.display()
+            ),
+            Action::CharDevice {
+                path,
+                major,
+                minor,
+                mode,
+                uid,
+                gid,
+            } => write!(
+                f,
+                "mknod {} c {major}:{minor} {mode:04o} {uid}:{gid}",
+                path.display()
+            ),
+            Action::Chown { path, uid, gid } => write!(f, "chown {} {uid}:{gid}", path.display()),
+            Action::UnmountBestEffort { path } => {
+                write!(f, "umount {} (if mounted)", path.display())
+            }
+            Action::RootfsSymlink {
+                rootfs,
+                path,
+                target,
+                uid,
+                gid,
+            } => write!(
+                f,
+                "symlink {} -> {} {uid}:{gid} (in rootfs {})",
+                path.display(),
+                target.display(),
+                rootfs.display()
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod real_tests;
 #[cfg(test)]

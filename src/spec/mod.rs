@@ -71,10 +71,16 @@ pub enum SpecError {
     Invariant(#[from] invariants::Violation),
 }
 
-/// Where per-start files live under the run dir.
+/// Device nodes envbox makes live under the outer `/dev`: the one filesystem of a container
+/// that is sure to allow device nodes (the run dir or the volume may be mounted `nodev`).
+pub const DEVICE_DIR: &str = "/dev/envbox";
+
+/// Where per-start files live.
 #[derive(Debug, Clone)]
 pub(crate) struct RunDirLayout {
+    /// Generated `/etc` files, under the run dir.
     pub etc: PathBuf,
+    /// Device nodes, under [`DEVICE_DIR`].
     pub dev: PathBuf,
 }
 
@@ -82,7 +88,7 @@ impl RunDirLayout {
     fn new(run_dir: &Path) -> Self {
         RunDirLayout {
             etc: run_dir.join("etc"),
-            dev: run_dir.join("dev"),
+            dev: PathBuf::from(DEVICE_DIR),
         }
     }
 }
@@ -194,5 +200,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<ContainerPlan, SpecError> {
     })
 }
 
+#[cfg(test)]
+mod golden;
 #[cfg(test)]
 mod tests;

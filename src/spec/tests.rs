@@ -46,7 +46,11 @@ fn host() -> HostFacts {
     }
 }
 
-fn plan_with(raw: &RawSettings, facts: &RootfsFacts, host: &HostFacts) -> Result<ContainerPlan, SpecError> {
+fn plan_with(
+    raw: &RawSettings,
+    facts: &RootfsFacts,
+    host: &HostFacts,
+) -> Result<ContainerPlan, SpecError> {
     let settings = Settings::from_raw(raw, None, Purpose::Spec).unwrap();
     build(&SpecInput {
         settings: &settings,
@@ -75,7 +79,16 @@ fn options(mount: &Mount) -> Vec<String> {
 }
 
 fn allowed_devices(spec: &Spec) -> Vec<(i64, Option<i64>)> {
-    let rules = spec.linux().as_ref().unwrap().resources().as_ref().unwrap().devices().clone().unwrap();
+    let rules = spec
+        .linux()
+        .as_ref()
+        .unwrap()
+        .resources()
+        .as_ref()
+        .unwrap()
+        .devices()
+        .clone()
+        .unwrap();
     rules
         .iter()
         .filter(|r| r.allow() && r.typ() == Some(LinuxDeviceType::C) && r.major().is_some())
@@ -94,7 +107,10 @@ fn plain_workspace() {
     assert_eq!(process.no_new_privileges(), Some(false));
     let root = spec.root().as_ref().unwrap();
     assert_eq!(root.path(), Path::new("/var/lib/coder/envbox/rootfs"));
-    assert_eq!(spec.annotations().as_ref().unwrap()[STOP_SIGNAL_ANNOTATION], "SIGTERM");
+    assert_eq!(
+        spec.annotations().as_ref().unwrap()[STOP_SIGNAL_ANNOTATION],
+        "SIGTERM"
+    );
     let ns: Vec<_> = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
     assert_eq!(ns.len(), 7);
     assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::User));
@@ -106,8 +122,14 @@ fn systemd_images_boot_sbin_init_and_stop_with_sigrtmin_3() {
     let mut f = facts();
     f.has_init = true;
     let spec = plan_with(&raw(), &f, &host()).unwrap().spec;
-    assert_eq!(spec.process().as_ref().unwrap().args().as_deref().unwrap(), ["/sbin/init"]);
-    assert_eq!(spec.annotations().as_ref().unwrap()[STOP_SIGNAL_ANNOTATION], "SIGRTMIN+3");
+    assert_eq!(
+        spec.process().as_ref().unwrap().args().as_deref().unwrap(),
+        ["/sbin/init"]
+    );
+    assert_eq!(
+        spec.annotations().as_ref().unwrap()[STOP_SIGNAL_ANNOTATION],
+        "SIGRTMIN+3"
+    );
 }
 
 #[test]
@@ -115,14 +137,25 @@ fn etc_files_are_generated_and_bound() {
     let p = plan(&raw());
     for name in ["hosts", "hostname", "resolv.conf"] {
         let m = mount_at(&p.spec, &format!("/etc/{name}"));
-        assert_eq!(m.source().as_deref(), Some(Path::new(&format!("/run/envbox/etc/{name}"))));
+        assert_eq!(
+            m.source().as_deref(),
+            Some(Path::new(&format!("/run/envbox/etc/{name}")))
+        );
     }
     let hosts = p.actions.iter().find_map(|a| match a {
-        setup::Action::WriteFile { path, contents, uid, .. } if path.ends_with("hosts") => Some((contents.clone(), *uid)),
+        setup::Action::WriteFile {
+            path,
+            contents,
+            uid,
+            ..
+        } if path.ends_with("hosts") => Some((contents.clone(), *uid)),
         _ => None,
     });
     let (hosts, uid) = hosts.unwrap();
-    assert!(hosts.contains("172.19.0.1\thost.docker.internal\n"), "{hosts}");
+    assert!(
+        hosts.contains("172.19.0.1\thost.docker.internal\n"),
+        "{hosts}"
+    );
     assert!(hosts.contains("172.19.0.2\tdev-box\n"), "{hosts}");
     assert_eq!(uid, ID_SHIFT, "inner root can edit its /etc/hosts");
 }
@@ -134,24 +167,54 @@ fn tun_and_fuse_are_own_nodes_bound_in_with_allow_rules() {
     r.add_fuse = Some("1".into());
     let p = plan(&r);
     let tun = mount_at(&p.spec, "/dev/net/tun");
-    assert_eq!(tun.source().as_deref(), Some(Path::new("/run/envbox/dev/net/tun")));
+    assert_eq!(
+        tun.source().as_deref(),
+        Some(Path::new("/dev/envbox/net/tun"))
+    );
     let fuse = mount_at(&p.spec, "/dev/fuse");
-    assert_eq!(fuse.source().as_deref(), Some(Path::new("/run/envbox/dev/fuse")));
+    assert_eq!(
+        fuse.source().as_deref(),
+        Some(Path::new("/dev/envbox/fuse"))
+    );
     let allowed = allowed_devices(&p.spec);
-    assert!(allowed.contains(&(10, Some(200))) && allowed.contains(&(10, Some(229))), "{allowed:?}");
+    assert!(
+        allowed.contains(&(10, Some(200))) && allowed.contains(&(10, Some(229))),
+        "{allowed:?}"
+    );
     let nodes: Vec<_> = p
         .actions
         .iter()
         .filter_map(|a| match a {
-            setup::Action::CharDevice { path, major, minor, uid, gid, mode } => Some((path.clone(), *major, *minor, *uid, *gid, *mode)),
+            setup::Action::CharDevice {
+                path,
+                major,
+                minor,
+                uid,
+                gid,
+                mode,
+            } => Some((path.clone(), *major, *minor, *uid, *gid, *mode)),
             _ => None,
         })
         .collect();
     assert_eq!(
         nodes,
         [
-            (PathBuf::from("/run/envbox/dev/net/tun"), 10, 200, ID_SHIFT, ID_SHIFT, 0o666),
-            (PathBuf::from("/run/envbox/dev/fuse"), 10, 229, ID_SHIFT, ID_SHIFT, 0o666),
+            (
+                PathBuf::from("/dev/envbox/net/tun"),
+                10,
+                200,
+                ID_SHIFT,
+                ID_SHIFT,
+                0o666
+            ),
+            (
+                PathBuf::from("/dev/envbox/fuse"),
+                10,
+                229,
+                ID_SHIFT,
+                ID_SHIFT,
+                0o666
+            ),
         ]
     );
 }
@@ -159,7 +222,10 @@ fn tun_and_fuse_are_own_nodes_bound_in_with_allow_rules() {
 #[test]
 fn without_tun_and_fuse_there_are_no_such_rules() {
     let allowed = allowed_devices(&plan(&raw()).spec);
-    assert!(!allowed.iter().any(|(major, _)| *major == 10), "{allowed:?}");
+    assert!(
+        !allowed.iter().any(|(major, _)| *major == 10),
+        "{allowed:?}"
+    );
 }
 
 #[test]
@@ -167,7 +233,14 @@ fn mounts_keep_order_ro_and_ownership() {
     let mut r = raw();
     r.mounts = Some("/home/coder:/home/coder,/srv/data:/data:ro,/root:/root".into());
     let p = plan(&r);
-    let destinations: Vec<_> = p.spec.mounts().as_deref().unwrap().iter().map(|m| m.destination().clone()).collect();
+    let destinations: Vec<_> = p
+        .spec
+        .mounts()
+        .as_deref()
+        .unwrap()
+        .iter()
+        .map(|m| m.destination().clone())
+        .collect();
     let position = |d: &str| destinations.iter().position(|x| x == Path::new(d)).unwrap();
     assert!(position("/var/lib/docker") < position("/var/lib/containers"));
     assert!(position("/var/lib/containers") < position("/home/coder"));
@@ -200,7 +273,10 @@ fn mounts_keep_order_ro_and_ownership() {
         .collect();
     assert_eq!(
         state_dirs,
-        [(PathBuf::from("/var/lib/coder/docker"), ID_SHIFT), (PathBuf::from("/var/lib/coder/containers"), ID_SHIFT)]
+        [
+            (PathBuf::from("/var/lib/coder/docker"), ID_SHIFT),
+            (PathBuf::from("/var/lib/coder/containers"), ID_SHIFT)
+        ]
     );
 }
 
@@ -217,9 +293,16 @@ fn binds_repeat_the_flags_their_source_mount_locks() {
     let p = plan_with(&r, &facts(), &h).unwrap();
     let opts = options(mount_at(&p.spec, "/data"));
     for flag in ["ro", "nosuid", "nodev", "noatime"] {
-        assert!(opts.contains(&flag.to_owned()), "{flag} missing from {opts:?}");
+        assert!(
+            opts.contains(&flag.to_owned()),
+            "{flag} missing from {opts:?}"
+        );
     }
-    assert!(p.warnings.iter().any(|w| w.contains("read-only mount")), "{:?}", p.warnings);
+    assert!(
+        p.warnings.iter().any(|w| w.contains("read-only mount")),
+        "{:?}",
+        p.warnings
+    );
 }
 
 #[test]
@@ -233,7 +316,13 @@ fn cpu_and_memory_limits() {
     assert_eq!((cpu.quota(), cpu.period()), (Some(150_000), Some(100_000)));
     assert_eq!(resources.memory().as_ref().unwrap().limit(), Some(4 << 30));
     let unlimited = plan(&raw()).spec;
-    let resources = unlimited.linux().as_ref().unwrap().resources().clone().unwrap();
+    let resources = unlimited
+        .linux()
+        .as_ref()
+        .unwrap()
+        .resources()
+        .clone()
+        .unwrap();
     assert!(resources.cpu().is_none() && resources.memory().is_none());
 }
 
@@ -248,23 +337,35 @@ fn a_user_outside_the_mapped_range_is_a_clear_error() {
 #[test]
 fn work_dir_setting_wins_over_the_image() {
     let settings = Settings::from_raw(
-        &RawSettings { work_dir: Some("/workspace".into()), ..raw() },
+        &RawSettings {
+            work_dir: Some("/workspace".into()),
+            ..raw()
+        },
         None,
         Purpose::Spec,
     )
     .unwrap();
-    let image = ImageConfig { working_dir: Some("/src".into()), ..Default::default() };
+    let image = ImageConfig {
+        working_dir: Some("/src".into()),
+        ..Default::default()
+    };
     let f = facts();
     let h = host();
     let with = |s: &Settings| {
-        build(&SpecInput { settings: s, rootfs_path: Path::new("/r"), rootfs: &f, image: &image, host: &h })
-            .unwrap()
-            .spec
-            .process()
-            .as_ref()
-            .unwrap()
-            .cwd()
-            .clone()
+        build(&SpecInput {
+            settings: s,
+            rootfs_path: Path::new("/r"),
+            rootfs: &f,
+            image: &image,
+            host: &h,
+        })
+        .unwrap()
+        .spec
+        .process()
+        .as_ref()
+        .unwrap()
+        .cwd()
+        .clone()
     };
     assert_eq!(with(&settings), PathBuf::from("/workspace"));
     let default = Settings::from_raw(&raw(), None, Purpose::Spec).unwrap();
@@ -297,7 +398,9 @@ fn actions_run_unmounts_first_and_rootfs_symlinks_last() {
 
 mod invariant_violations {
     use super::*;
-    use oci_spec::runtime::{LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxNamespaceBuilder};
+    use oci_spec::runtime::{
+        LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxNamespaceBuilder,
+    };
 
     fn base() -> Spec {
         plan(&raw()).spec
@@ -310,24 +413,45 @@ mod invariant_violations {
     #[test]
     fn wrong_id_mapping() {
         let mut spec = base();
-        let map = LinuxIdMappingBuilder::default().container_id(0u32).host_id(0u32).size(65536u32).build().unwrap();
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(0u32)
+            .size(65536u32)
+            .build()
+            .unwrap();
         linux(&mut spec).set_uid_mappings(Some(vec![map]));
-        assert_eq!(invariants::check(&spec), Err(invariants::Violation::IdMapping { which: "uid" }));
+        assert_eq!(
+            invariants::check(&spec),
+            Err(invariants::Violation::IdMapping { which: "uid" })
+        );
         let mut spec = base();
         linux(&mut spec).set_gid_mappings(None);
-        assert_eq!(invariants::check(&spec), Err(invariants::Violation::IdMapping { which: "gid" }));
+        assert_eq!(
+            invariants::check(&spec),
+            Err(invariants::Violation::IdMapping { which: "gid" })
+        );
     }
 
     #[test]
     fn namespace_joined_by_path_or_missing() {
         let mut spec = base();
         let mut ns = linux(&mut spec).namespaces().clone().unwrap();
-        ns[4] = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path("/proc/1/ns/net").build().unwrap();
+        ns[4] = LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path("/proc/1/ns/net")
+            .build()
+            .unwrap();
         linux(&mut spec).set_namespaces(Some(ns.clone()));
-        assert!(matches!(invariants::check(&spec), Err(invariants::Violation::NamespacePath(_))));
+        assert!(matches!(
+            invariants::check(&spec),
+            Err(invariants::Violation::NamespacePath(_))
+        ));
         ns.remove(4);
         linux(&mut spec).set_namespaces(Some(ns));
-        assert!(matches!(invariants::check(&spec), Err(invariants::Violation::MissingNamespace(_))));
+        assert!(matches!(
+            invariants::check(&spec),
+            Err(invariants::Violation::MissingNamespace(_))
+        ));
     }
 
     #[test]
@@ -335,15 +459,28 @@ mod invariant_violations {
         let mut spec = base();
         let mut resources = linux(&mut spec).resources().clone().unwrap();
         let mut rules = resources.devices().clone().unwrap();
-        rules.push(LinuxDeviceCgroupBuilder::default().allow(true).typ(LinuxDeviceType::A).access("rwm").build().unwrap());
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(LinuxDeviceType::A)
+                .access("rwm")
+                .build()
+                .unwrap(),
+        );
         resources.set_devices(Some(rules.clone()));
         linux(&mut spec).set_resources(Some(resources.clone()));
-        assert_eq!(invariants::check(&spec), Err(invariants::Violation::AllDevicesAllowed));
+        assert_eq!(
+            invariants::check(&spec),
+            Err(invariants::Violation::AllDevicesAllowed)
+        );
         rules.remove(0);
         rules.pop();
         resources.set_devices(Some(rules));
         linux(&mut spec).set_resources(Some(resources));
-        assert_eq!(invariants::check(&spec), Err(invariants::Violation::DevicesNotDeniedFirst));
+        assert_eq!(
+            invariants::check(&spec),
+            Err(invariants::Violation::DevicesNotDeniedFirst)
+        );
     }
 
     #[test]
@@ -352,7 +489,10 @@ mod invariant_violations {
         let mut masked = linux(&mut spec).masked_paths().clone().unwrap();
         masked.retain(|p| p != "/proc/kcore");
         linux(&mut spec).set_masked_paths(Some(masked));
-        assert_eq!(invariants::check(&spec), Err(invariants::Violation::MissingMaskedPath("/proc/kcore")));
+        assert_eq!(
+            invariants::check(&spec),
+            Err(invariants::Violation::MissingMaskedPath("/proc/kcore"))
+        );
     }
 
     #[test]
@@ -366,11 +506,18 @@ mod invariant_violations {
         m.set_options(Some(vec!["rbind".into()]));
         mounts.push(m.clone());
         spec.set_mounts(Some(mounts.clone()));
-        assert!(matches!(invariants::check(&spec), Err(invariants::Violation::WritableKernelBind { .. })));
+        assert!(matches!(
+            invariants::check(&spec),
+            Err(invariants::Violation::WritableKernelBind { .. })
+        ));
         m.set_options(Some(vec!["rbind".into(), "ro".into()]));
         mounts.pop();
         mounts.push(m);
         spec.set_mounts(Some(mounts));
-        assert_eq!(invariants::check(&spec), Ok(()), "a read-only bind is allowed");
+        assert_eq!(
+            invariants::check(&spec),
+            Ok(()),
+            "a read-only bind is allowed"
+        );
     }
 }
