@@ -21,6 +21,9 @@ pub struct HostFacts {
     pub resolv_conf: Option<String>,
     /// `x86_64`, `aarch64`, ...
     pub arch: String,
+    /// This process's hard `RLIMIT_NOFILE`: inside its user namespace the container can lower
+    /// limits but never raise them above what the outer container has.
+    pub nofile_hard: u64,
     /// Present when GPUs are asked for.
     pub gpu: Option<GpuInventory>,
 }
@@ -41,6 +44,16 @@ pub fn environ() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Used when the limit cannot be read (it always can on Linux).
+pub const FALLBACK_NOFILE: u64 = 1024;
+
+/// The hard open-files limit of this process.
+pub fn nofile_hard() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(FALLBACK_NOFILE)
+}
+
 /// Reads the facts the settings need.
 pub fn gather(settings: &Settings) -> Result<HostFacts, HostError> {
     let environ = environ();
@@ -52,6 +65,7 @@ pub fn gather(settings: &Settings) -> Result<HostFacts, HostError> {
         mounts: MountTable::read_self()?,
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").ok(),
         arch: std::env::consts::ARCH.to_owned(),
+        nofile_hard: nofile_hard(),
         environ,
         gpu,
     })

@@ -99,6 +99,7 @@ fn base_host() -> HostFacts {
                 .into(),
         ),
         arch: "x86_64".into(),
+        nofile_hard: 1_048_576,
         gpu: None,
     }
 }

@@ -155,7 +155,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<ContainerPlan, SpecError> {
         gpu.as_ref().map(|g| &g.env[..]),
     );
     warnings.extend(env.warnings);
-    let process = process::build(settings, rootfs, image, env.vars)?;
+    let process = process::build(settings, rootfs, image, env.vars, host.nofile_hard)?;
     let linux = linux::build(settings, &devices)?;
 
     let stop_signal = if rootfs.has_init {

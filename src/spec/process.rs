@@ -21,9 +21,6 @@ use crate::config::Settings;
 use crate::image::ImageConfig;
 use crate::rootfs::RootfsFacts;
 
-/// Open files: what containers started by the Go envbox's dockerd got.
-pub const NOFILE: u64 = 1_048_576;
-
 /// Every capability up to CAP_CHECKPOINT_RESTORE (Linux 5.9).
 pub const ALL_CAPABILITIES: [&str; 41] = [
     "CAP_CHOWN",
@@ -85,11 +82,14 @@ pub fn init_args(rootfs: &RootfsFacts) -> Vec<String> {
     }
 }
 
+/// `nofile` is the outer hard `RLIMIT_NOFILE`: the workspace gets all of it, soft and hard
+/// (IDEs and file watchers want many), since a user namespace can never raise it further.
 pub fn build(
     settings: &Settings,
     rootfs: &RootfsFacts,
     image: &ImageConfig,
     env: Vec<String>,
+    nofile: u64,
 ) -> Result<Process, SpecError> {
     let cwd = settings
         .work_dir
@@ -112,8 +112,8 @@ pub fn build(
         .build()?;
     let nofile = PosixRlimitBuilder::default()
         .typ(PosixRlimitType::RlimitNofile)
-        .hard(NOFILE)
-        .soft(NOFILE)
+        .hard(nofile)
+        .soft(nofile)
         .build()?;
     Ok(ProcessBuilder::default()
         .terminal(false)

@@ -42,6 +42,7 @@ fn host() -> HostFacts {
         mounts: MountTable::default(),
         resolv_conf: Some("nameserver 10.96.0.10\n".into()),
         arch: "x86_64".into(),
+        nofile_hard: 1_048_576,
         gpu: None,
     }
 }

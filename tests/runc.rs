@@ -1,0 +1,302 @@
+//! Integration test (root): a spec from `envbox spec`, its setup actions applied, run with the
+//! real `runc` on a busybox rootfs shifted to 100000.
+//!
+//! Needs root, `runc` and Debian's `busybox-static`. Without them it fails when `CI` is set
+//! (CI must run it) and says it skipped otherwise.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use envbox::config::{Purpose, RawSettings, Settings};
+use envbox::image::ImageConfig;
+use envbox::pipeline;
+use envbox::setup::{self, RealSys};
+use envbox::spec::render::{self, Secrets};
+
+const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
+const BUSYBOX: &str = "/bin/busybox";
+const APPLETS: &[&str] = &[
+    "sh", "sleep", "cat", "echo", "id", "hostname", "ls", "touch", "env", "test", "grep", "mkdir",
+    "true", "false", "stat", "head", "tr",
+];
+
+/// Checks the test's requirements: true to go on, false to skip (never in CI).
+fn requirements_met() -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_owned());
+    }
+    if Command::new("runc").arg("--version").output().is_err() {
+        missing.push("runc (apt-get install runc)".to_owned());
+    }
+    if !Path::new(BUSYBOX).exists() {
+        missing.push(format!("{BUSYBOX} (apt-get install busybox-static)"));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("runc integration test needs: {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    output
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(uid.into()),
+        Some(gid.into()),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+    if path.is_dir() && !path.is_symlink() {
+        for entry in fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+/// A busybox root filesystem with a `coder` user (uid 1000), shifted by 100000.
+fn busybox_rootfs(root: &Path) {
+    for dir in [
+        "bin",
+        "etc",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "root",
+        "home/coder",
+        "mnt",
+    ] {
+        fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for applet in APPLETS {
+        symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\ncoder:x:1000:1000:Coder:/home/coder:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\ncoder:x:1000:\n").unwrap();
+    fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    chown_tree(root, 100_000, 100_000);
+    chown_tree(&root.join("home/coder"), 101_000, 101_000);
+}
+
+struct Container {
+    id: String,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .args(["delete", "--force", &self.id])
+            .output();
+    }
+}
+
+fn exec(container: &Container, script: &str) -> Output {
+    run(Command::new("runc").args(["exec", &container.id, "/bin/sh", "-c", script]))
+}
+
+fn stdout_of(container: &Container, script: &str) -> String {
+    let out = exec(container, script);
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
+    if !requirements_met() {
+        return;
+    }
+    let work = tempfile::Builder::new()
+        .prefix("envbox-runc-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let rootfs = work.path().join("rootfs");
+    busybox_rootfs(&rootfs);
+    let rw = work.path().join("rw");
+    let ro = work.path().join("ro");
+    fs::create_dir_all(&rw).unwrap();
+    fs::create_dir_all(&ro).unwrap();
+    fs::write(ro.join("seen"), "from the outside\n").unwrap();
+    let run_dir = work.path().join("run");
+    let mounts = format!("{}:/mnt/rw,{}:/mnt/ro:ro", rw.display(), ro.display());
+
+    let args = [
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "--username",
+        "coder",
+        "--hostname",
+        "envbox-test",
+        "--add-fuse",
+        "--add-tun",
+        "--envs",
+        "ENVBOX_TEST_*",
+        "--mounts",
+        &mounts,
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "--runtime",
+        "runc",
+        "--show-secrets",
+    ];
+    let spec_out = run(Command::new(ENVBOX)
+        .arg("spec")
+        .args(args)
+        .env("ENVBOX_TEST_GREETING", "hello=world")
+        .env("ENVBOX_TEST_SYSBOX", "kept")
+        .env("SYSBOX_SKIP_UID_SHIFT", "/")
+        .env("CODER_AGENT_TOKEN", "test-token"));
+    assert!(
+        spec_out.status.success(),
+        "envbox spec: {}",
+        String::from_utf8_lossy(&spec_out.stderr)
+    );
+    let spec_json = String::from_utf8(spec_out.stdout).unwrap();
+
+    // The same plan through the library, to apply its setup actions; it must be the same spec.
+    std::env::set_var("ENVBOX_TEST_GREETING", "hello=world");
+    std::env::set_var("ENVBOX_TEST_SYSBOX", "kept");
+    std::env::set_var("SYSBOX_SKIP_UID_SHIFT", "/");
+    let raw = RawSettings {
+        username: Some("coder".into()),
+        hostname: Some("envbox-test".into()),
+        add_fuse: Some("true".into()),
+        add_tun: Some("true".into()),
+        envs: Some("ENVBOX_TEST_*".into()),
+        mounts: Some(mounts.clone()),
+        run_dir: Some(run_dir.to_str().unwrap().into()),
+        runtime: Some("runc".into()),
+        agent_token: Some("test-token".into()),
+        ..Default::default()
+    };
+    let settings = Settings::from_raw(&raw, None, Purpose::Spec).unwrap();
+    let rootfs = fs::canonicalize(&rootfs).unwrap();
+    let plan = pipeline::plan_container(&settings, &rootfs, &ImageConfig::default()).unwrap();
+    assert_eq!(
+        render::to_json(&plan.spec, Secrets::Reveal),
+        spec_json,
+        "envbox spec printed what the pipeline plans"
+    );
+    setup::apply(&plan.actions, &RealSys).unwrap();
+
+    let bundle = work.path().join("bundle");
+    fs::create_dir_all(&bundle).unwrap();
+    fs::write(bundle.join("config.json"), &spec_json).unwrap();
+    let container = Container {
+        id: format!("envbox-test-{}", std::process::id()),
+    };
+    // The detached container inherits runc's stdio: give it a file, not our pipes, or waiting
+    // for runc's output would wait for the container to exit.
+    let log_path = work.path().join("container.log");
+    let log = fs::File::create(&log_path).unwrap();
+    let started = Command::new("runc")
+        .args([
+            "run",
+            "--detach",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            &container.id,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .status()
+        .unwrap();
+    assert!(
+        started.success(),
+        "runc run: {}",
+        fs::read_to_string(&log_path).unwrap_or_default()
+    );
+
+    let uid_map: Vec<String> = stdout_of(&container, "cat /proc/self/uid_map")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(uid_map, ["0", "100000", "65536"]);
+    let gid_map: Vec<String> = stdout_of(&container, "cat /proc/self/gid_map")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(gid_map, ["0", "100000", "65536"]);
+    assert_eq!(stdout_of(&container, "hostname"), "envbox-test");
+    assert_eq!(stdout_of(&container, "id -u"), "0");
+
+    let env = stdout_of(&container, "cat /proc/1/environ | tr '\\0' '\\n'");
+    assert!(
+        env.lines().any(|l| l == "ENVBOX_TEST_GREETING=hello=world"),
+        "{env}"
+    );
+    assert!(env.lines().any(|l| l == "ENVBOX_TEST_SYSBOX=kept"), "{env}");
+    assert!(
+        env.lines().any(|l| l == "CODER_AGENT_TOKEN=test-token"),
+        "{env}"
+    );
+    assert!(
+        env.lines().any(|l| l == "CODER_AGENT_SUBSYSTEM=envbox"),
+        "{env}"
+    );
+    assert!(!env.lines().any(|l| l.starts_with("SYSBOX_")), "{env}");
+
+    // Devices: our own nodes, openable by root inside.
+    stdout_of(&container, "exec 3<>/dev/fuse && echo fuse-open");
+    stdout_of(
+        &container,
+        "test -c /dev/net/tun && exec 3<>/dev/net/tun && echo tun-open",
+    );
+
+    // Mounts: ro refuses writes, rw works and lands as the shifted root outside.
+    assert_eq!(
+        stdout_of(&container, "cat /mnt/ro/seen"),
+        "from the outside"
+    );
+    let refused = exec(&container, "touch /mnt/ro/new");
+    assert!(
+        !refused.status.success(),
+        "a write to the ro mount succeeded"
+    );
+    assert!(!ro.join("new").exists());
+    stdout_of(&container, "touch /mnt/rw/new");
+    let meta = fs::metadata(rw.join("new")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 100_000);
+
+    // Generated files and the state mounts.
+    assert!(stdout_of(&container, "cat /etc/hosts").contains("host.docker.internal"));
+    assert_eq!(stdout_of(&container, "cat /etc/hostname"), "envbox-test");
+    stdout_of(
+        &container,
+        "test -d /var/lib/docker && touch /var/lib/docker/.envbox-test",
+    );
+    assert!(Path::new("/var/lib/coder/docker/.envbox-test").exists());
+    let _ = fs::remove_file("/var/lib/coder/docker/.envbox-test");
+
+    // The host's /proc and /sys are not writable.
+    assert!(!exec(&container, "echo 1 > /proc/sys/kernel/panic")
+        .status
+        .success());
+    drop(container);
+    let _: PathBuf = work.path().to_owned();
+}
