@@ -29,9 +29,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-# Regenerate specs/*.json from the scenarios in tests/golden.rs; review the diff before committing.
+# Regenerate specs/* from the scenarios in src/spec/golden.rs; review the diff before committing.
 specs:
-	ENVBOX_UPDATE_GOLDEN=1 $(CARGO) test --locked --test golden
+	ENVBOX_UPDATE_GOLDEN=1 $(CARGO) test --locked --lib spec::golden
 
 clean:
 	$(CARGO) clean

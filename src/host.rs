@@ -10,8 +10,9 @@ use crate::config::Settings;
 use crate::gpu::{self, GpuInventory};
 use crate::mountinfo::{MountInfoError, MountTable};
 
-/// What the outer container looks like, as far as the spec is concerned.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the outer container looks like, as far as the spec is concerned. `Debug` shows the
+/// environment's names only: values include the agent token and the pull secret.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct HostFacts {
     /// The outer environment (UTF-8 entries), in order.
     pub environ: Vec<(String, String)>,
@@ -26,6 +27,20 @@ pub struct HostFacts {
     pub nofile_hard: u64,
     /// Present when GPUs are asked for.
     pub gpu: Option<GpuInventory>,
+}
+
+impl std::fmt::Debug for HostFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.environ.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("HostFacts")
+            .field("environ (names)", &names)
+            .field("mounts", &self.mounts)
+            .field("resolv_conf", &self.resolv_conf)
+            .field("arch", &self.arch)
+            .field("nofile_hard", &self.nofile_hard)
+            .field("gpu", &self.gpu)
+            .finish()
+    }
 }
 
 /// Errors of this module.

@@ -190,7 +190,7 @@ fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
         mounts: Some(mounts.clone()),
         run_dir: Some(run_dir.to_str().unwrap().into()),
         runtime: Some("runc".into()),
-        agent_token: Some("test-token".into()),
+        agent_token: Some(envbox::config::Secret::new("test-token")),
         ..Default::default()
     };
     let settings = Settings::from_raw(&raw, None, Purpose::Spec).unwrap();

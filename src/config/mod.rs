@@ -135,6 +135,11 @@ fn given(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())
 }
 
+/// A secret, empty counting as unset.
+fn given_secret(value: &Option<Secret>) -> Option<Secret> {
+    value.clone().filter(|s| !s.expose().is_empty())
+}
+
 /// Parses one optional value with `parse`, naming the setting on error.
 fn parse_opt<T>(
     name: Name,
@@ -203,7 +208,7 @@ impl Settings {
             &raw.username,
             "the image's user that owns the workspace, e.g. coder",
         )?;
-        let image_pull_secret = given(&raw.image_secret).map(Secret::new);
+        let image_pull_secret = given_secret(&raw.image_secret);
         if let Some(secret) = &image_pull_secret {
             check_pull_secret(secret)?;
         }
@@ -222,7 +227,7 @@ impl Settings {
         Ok(Settings {
             image,
             username,
-            agent_token: given(&raw.agent_token).map(Secret::new),
+            agent_token: given_secret(&raw.agent_token),
             agent_url,
             inner_envs: parse_opt(names::INNER_ENVS, &raw.envs, value::parse_env_patterns)?
                 .unwrap_or_default(),
@@ -383,8 +388,15 @@ mod tests {
     #[test]
     fn secrets_never_render() {
         let mut r = raw();
-        r.agent_token = Some("tok-very-secret".into());
-        r.image_secret = Some(r#"{"auths":{"r.example":{"auth":"cGFzc3dvcmQ="}}}"#.into());
+        r.agent_token = Some(Secret::new("tok-very-secret"));
+        r.image_secret = Some(Secret::new(
+            r#"{"auths":{"r.example":{"auth":"cGFzc3dvcmQ="}}}"#,
+        ));
+        let raw_debug = format!("{r:?}");
+        assert!(
+            !raw_debug.contains("tok-very-secret") && !raw_debug.contains("cGFzc3dvcmQ="),
+            "{raw_debug}"
+        );
         let s = settings(&r).unwrap();
         let debug = format!("{s:?}");
         assert!(
@@ -397,14 +409,14 @@ mod tests {
     #[test]
     fn a_pull_secret_that_is_not_json_is_refused_without_echoing_it() {
         let mut r = raw();
-        r.image_secret = Some("password=hunter2".into());
+        r.image_secret = Some(Secret::new("password=hunter2"));
         let err = settings(&r).unwrap_err().to_string();
         assert!(
             err.contains("CODER_IMAGE_PULL_SECRET") && err.contains("not a JSON document"),
             "{err}"
         );
         assert!(!err.contains("hunter2"), "{err}");
-        r.image_secret = Some(r#"["x"]"#.into());
+        r.image_secret = Some(Secret::new(r#"["x"]"#));
         assert!(settings(&r).is_err());
     }
 

@@ -1,12 +1,17 @@
 //! The settings exactly as the command line and environment gave them: strings, unvalidated.
 //!
 //! Owns: the flag/variable surface of `envbox docker` (and the commands that share it), with the
-//! environment fallbacks `--help` shows. A flag wins over its variable; an empty value counts as
+//! environment fallbacks `--help` shows. Secret values are [`Secret`]s from the start, so not even
+//! this raw form can be rendered with them. A flag wins over its variable; an empty value counts as
 //! unset. It never interprets a value: [`crate::config::Settings::from_raw`] does.
 
 use clap::Args;
 
-use super::names;
+use super::{names, Secret};
+
+fn secret(text: &str) -> Result<Secret, std::convert::Infallible> {
+    Ok(Secret::new(text))
+}
 
 /// Every setting of `envbox docker`, as text.
 #[derive(Debug, Clone, Default, Args)]
@@ -22,8 +27,8 @@ pub struct RawSettings {
     pub username: Option<String>,
 
     /// Coder agent token, passed in as CODER_AGENT_TOKEN. Never logged.
-    #[arg(long = names::AGENT_TOKEN.flag, env = names::AGENT_TOKEN.env, hide_env_values = true, value_name = "TOKEN")]
-    pub agent_token: Option<String>,
+    #[arg(long = names::AGENT_TOKEN.flag, env = names::AGENT_TOKEN.env, hide_env_values = true, value_name = "TOKEN", value_parser = secret)]
+    pub agent_token: Option<Secret>,
 
     /// Coder deployment URL, for the workspace's startup logs.
     #[arg(long = names::AGENT_URL.flag, env = names::AGENT_URL.env, value_name = "URL")]
@@ -42,8 +47,8 @@ pub struct RawSettings {
     pub work_dir: Option<String>,
 
     /// A docker config.json document with registry credentials. Never logged.
-    #[arg(long = names::IMAGE_SECRET.flag, env = names::IMAGE_SECRET.env, hide_env_values = true, value_name = "JSON")]
-    pub image_secret: Option<String>,
+    #[arg(long = names::IMAGE_SECRET.flag, env = names::IMAGE_SECRET.env, hide_env_values = true, value_name = "JSON", value_parser = secret)]
+    pub image_secret: Option<Secret>,
 
     /// Docker config file read for credentials [default: /root/.docker/config.json].
     #[arg(long = names::DOCKER_CONFIG.flag, env = names::DOCKER_CONFIG.env, value_name = "FILE")]

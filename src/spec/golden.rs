@@ -40,7 +40,7 @@ fn base_raw() -> RawSettings {
     RawSettings {
         image: Some("registry.example.com/dev/workspace:1.0".into()),
         username: Some("coder".into()),
-        agent_token: Some("fake-agent-token".into()),
+        agent_token: Some(crate::config::Secret::new("fake-agent-token")),
         hostname: Some("alice-dev".into()),
         runtime: Some("sysbox-runc".into()),
         ..Default::default()

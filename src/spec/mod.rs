@@ -46,14 +46,28 @@ pub struct SpecInput<'a> {
     pub host: &'a HostFacts,
 }
 
-/// The spec and what must be done on the host before the runtime is called.
-#[derive(Debug, Clone)]
+/// The spec and what must be done on the host before the runtime is called. `Debug` renders
+/// the spec with secrets redacted.
+#[derive(Clone)]
 pub struct ContainerPlan {
     pub spec: Spec,
     /// In order: unmounts, directories, files, device nodes, ownership, rootfs symlinks.
     pub actions: Vec<setup::Action>,
     /// Things skipped or defaulted, for the log.
     pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for ContainerPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerPlan")
+            .field(
+                "spec",
+                &render::to_value(&self.spec, render::Secrets::Redact),
+            )
+            .field("actions", &self.actions)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
 }
 
 /// Errors of this module.

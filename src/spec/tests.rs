@@ -376,7 +376,7 @@ fn work_dir_setting_wins_over_the_image() {
 #[test]
 fn rendering_is_deterministic_and_redacts_the_token() {
     let mut r = raw();
-    r.agent_token = Some("secret-token-value".into());
+    r.agent_token = Some(crate::config::Secret::new("secret-token-value"));
     let a = plan(&r).spec;
     let b = plan(&r).spec;
     let redacted = render::to_json(&a, Secrets::Redact);
@@ -384,6 +384,27 @@ fn rendering_is_deterministic_and_redacts_the_token() {
     assert!(!redacted.contains("secret-token-value"));
     assert!(redacted.contains("CODER_AGENT_TOKEN=<redacted>"));
     assert!(render::to_json(&a, Secrets::Reveal).contains("CODER_AGENT_TOKEN=secret-token-value"));
+}
+
+#[test]
+fn debug_renderings_never_show_secrets() {
+    let mut r = raw();
+    r.agent_token = Some(crate::config::Secret::new("secret-token-value"));
+    let mut h = host();
+    h.environ = vec![
+        ("CODER_AGENT_TOKEN".into(), "secret-token-value".into()),
+        (
+            "CODER_IMAGE_PULL_SECRET".into(),
+            "{\"auths\":{\"x\":{\"auth\":\"c2VjcmV0\"}}}".into(),
+        ),
+    ];
+    let p = plan_with(&r, &facts(), &h).unwrap();
+    for rendering in [format!("{p:?}"), format!("{h:?}"), format!("{r:?}")] {
+        assert!(
+            !rendering.contains("secret-token-value") && !rendering.contains("c2VjcmV0"),
+            "{rendering}"
+        );
+    }
 }
 
 #[test]
