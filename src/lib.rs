@@ -14,9 +14,11 @@
 //! Everything left of `spec::build` only reads; `spec::build` is pure; `setup::apply` is the one
 //! place that changes the host (mknod, chown, write files, unmount).
 
+pub mod cache;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod digest;
 pub mod gpu;
 pub mod host;
 pub mod image;
