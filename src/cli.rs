@@ -28,6 +28,35 @@ pub enum Command {
     Docker(DockerArgs),
     /// Print the OCI runtime spec `envbox docker` would hand to the runtime. No side effects.
     Spec(SpecArgs),
+    /// Pull an image into the cache on the volume (ahead of time, to warm it); prints its digest.
+    Pull(PullArgs),
+    /// Inspect or clean the image cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The image [default: --image / CODER_INNER_IMAGE].
+    #[arg(value_name = "IMAGE")]
+    pub reference: Option<String>,
+
+    #[command(flatten)]
+    pub settings: RawSettings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cached blobs and which references they were pulled for.
+    Ls(CacheArgs),
+    /// Remove blobs not used by the current image (--image / CODER_INNER_IMAGE).
+    Prune(CacheArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(flatten)]
+    pub settings: RawSettings,
 }
 
 #[derive(Debug, Args)]

@@ -25,10 +25,36 @@ pub struct ImageConfig {
     pub stop_signal: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Document {
+/// The whole image configuration document: platform, run config, layer diff IDs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ImageDocument {
     #[serde(default)]
-    config: Option<ImageConfig>,
+    pub os: String,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+    #[serde(default)]
+    pub config: Option<ImageConfig>,
+    #[serde(default)]
+    pub rootfs: RootfsSection,
+}
+
+/// `rootfs` of the image configuration: the uncompressed layer digests, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct RootfsSection {
+    #[serde(default)]
+    pub diff_ids: Vec<String>,
+}
+
+impl ImageDocument {
+    /// Parses an image configuration document. `origin` names it in errors.
+    pub fn from_json(json: &[u8], origin: &str) -> Result<ImageDocument, ImageConfigError> {
+        serde_json::from_slice(json).map_err(|source| ImageConfigError::Parse {
+            path: origin.to_owned(),
+            source,
+        })
+    }
 }
 
 /// Errors of this module.
@@ -49,12 +75,9 @@ pub enum ImageConfigError {
 impl ImageConfig {
     /// Parses an image configuration document. `origin` names it in errors.
     pub fn from_json(json: &str, origin: &str) -> Result<ImageConfig, ImageConfigError> {
-        let doc: Document =
-            serde_json::from_str(json).map_err(|source| ImageConfigError::Parse {
-                path: origin.to_owned(),
-                source,
-            })?;
-        Ok(doc.config.unwrap_or_default())
+        Ok(ImageDocument::from_json(json.as_bytes(), origin)?
+            .config
+            .unwrap_or_default())
     }
 
     /// Reads and parses an image configuration file.

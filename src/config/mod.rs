@@ -48,11 +48,13 @@ impl Runtime {
     }
 }
 
-/// Which command the settings are for: `spec` needs no image (the rootfs is given).
+/// Which command the settings are for: `spec` needs no image (the rootfs is given), `pull`
+/// and `cache` need no user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     Docker,
     Spec,
+    Pull,
 }
 
 /// Typed, validated settings. Field docs state defaults.
@@ -60,7 +62,7 @@ pub enum Purpose {
 pub struct Settings {
     /// `CODER_INNER_IMAGE`; required for `docker`, `None` only for `spec`.
     pub image: Option<String>,
-    /// `CODER_INNER_USERNAME`; required.
+    /// `CODER_INNER_USERNAME`; required, except for `pull` and `cache` (empty there).
     pub username: String,
     /// `CODER_AGENT_TOKEN`.
     pub agent_token: Option<Secret>,
@@ -74,8 +76,9 @@ pub struct Settings {
     pub work_dir: Option<PathBuf>,
     /// `CODER_IMAGE_PULL_SECRET`: a docker config.json document (checked to be JSON).
     pub image_pull_secret: Option<Secret>,
-    /// `CODER_DOCKER_CONFIG`; default `/root/.docker/config.json`.
-    pub docker_config: PathBuf,
+    /// `CODER_DOCKER_CONFIG`; `None` means the default `/root/.docker/config.json`, read only
+    /// when it exists (a path set explicitly must exist).
+    pub docker_config: Option<PathBuf>,
     /// `CODER_EXTRA_CERTS_PATH`.
     pub extra_certs_path: Option<PathBuf>,
     /// `CODER_DOCKER_BRIDGE_CIDR`; default `172.19.0.1/30`.
@@ -110,6 +113,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// `ENVBOX_RUN_DIR`; default `/run/envbox`.
     pub run_dir: PathBuf,
+    /// `ENVBOX_INSECURE_REGISTRIES`: registries reached over plain HTTP; default none.
+    pub insecure_registries: Vec<String>,
 }
 
 /// A setting that could not be accepted.
@@ -192,7 +197,7 @@ impl Settings {
                 &raw.image,
                 "the workspace image, e.g. ubuntu:24.04 or registry.example.com/team/dev@sha256:...",
             )?),
-            Purpose::Spec => given(&raw.image).map(str::to_owned),
+            Purpose::Spec | Purpose::Pull => given(&raw.image).map(str::to_owned),
         };
         if let Some(image) = &image {
             if image.contains(char::is_whitespace) {
@@ -203,11 +208,14 @@ impl Settings {
                 });
             }
         }
-        let username = required(
-            names::USERNAME,
-            &raw.username,
-            "the image's user that owns the workspace, e.g. coder",
-        )?;
+        let username = match purpose {
+            Purpose::Pull => given(&raw.username).unwrap_or_default().to_owned(),
+            Purpose::Docker | Purpose::Spec => required(
+                names::USERNAME,
+                &raw.username,
+                "the image's user that owns the workspace, e.g. coder",
+            )?,
+        };
         let image_pull_secret = given_secret(&raw.image_secret);
         if let Some(secret) = &image_pull_secret {
             check_pull_secret(secret)?;
@@ -235,8 +243,7 @@ impl Settings {
                 .unwrap_or_else(|| defaults::HOSTNAME.to_owned()),
             work_dir: parse_path(names::WORK_DIR, &raw.work_dir)?,
             image_pull_secret,
-            docker_config: parse_path(names::DOCKER_CONFIG, &raw.docker_config)?
-                .unwrap_or_else(|| defaults::DOCKER_CONFIG.into()),
+            docker_config: parse_path(names::DOCKER_CONFIG, &raw.docker_config)?,
             extra_certs_path: parse_path(names::EXTRA_CERTS_PATH, &raw.extra_certs_path)?,
             bridge: parse_opt(names::BRIDGE_CIDR, &raw.bridge_cidr, value::parse_cidr)?
                 .map_or_else(|| value::parse_cidr(defaults::BRIDGE_CIDR), Ok)
@@ -266,6 +273,12 @@ impl Settings {
                 .unwrap_or_else(|| defaults::STATE_DIR.into()),
             run_dir: parse_path(names::RUN_DIR, &raw.run_dir)?
                 .unwrap_or_else(|| defaults::RUN_DIR.into()),
+            insecure_registries: parse_opt(
+                names::INSECURE_REGISTRIES,
+                &raw.insecure_registries,
+                value::parse_hosts,
+            )?
+            .unwrap_or_default(),
         })
     }
 }
@@ -304,7 +317,7 @@ mod tests {
         let s = settings(&raw()).unwrap();
         assert_eq!(s.hostname, "workspace-cvm");
         assert_eq!(s.bridge.to_string(), "172.19.0.0/30");
-        assert_eq!(s.docker_config, PathBuf::from("/root/.docker/config.json"));
+        assert_eq!(s.docker_config, None);
         assert_eq!(s.runtime, Runtime::SysboxRunc);
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/coder/envbox"));
         assert_eq!(s.run_dir, PathBuf::from("/run/envbox"));

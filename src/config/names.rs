@@ -53,4 +53,5 @@ names! {
     RUNTIME = "runtime", "ENVBOX_RUNTIME";
     STATE_DIR = "state-dir", "ENVBOX_STATE_DIR";
     RUN_DIR = "run-dir", "ENVBOX_RUN_DIR";
+    INSECURE_REGISTRIES = "insecure-registries", "ENVBOX_INSECURE_REGISTRIES";
 }

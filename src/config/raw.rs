@@ -114,6 +114,10 @@ pub struct RawSettings {
     #[arg(long = names::STATE_DIR.flag, env = names::STATE_DIR.env, value_name = "DIR")]
     pub state_dir: Option<String>,
 
+    /// Comma list of registries (`host[:port]`) reached over plain HTTP instead of HTTPS.
+    #[arg(long = names::INSECURE_REGISTRIES.flag, env = names::INSECURE_REGISTRIES.env, value_name = "HOSTS")]
+    pub insecure_registries: Option<String>,
+
     /// Per-start files (generated /etc files, device nodes, sockets) [default: /run/envbox].
     #[arg(long = names::RUN_DIR.flag, env = names::RUN_DIR.env, value_name = "DIR")]
     pub run_dir: Option<String>,

@@ -336,6 +336,26 @@ pub fn parse_hostname(text: &str) -> Parsed<String> {
     Ok(text.to_owned())
 }
 
+/// A comma list of `host[:port]` names.
+pub fn parse_hosts(text: &str) -> Parsed<Vec<String>> {
+    text.split(',')
+        .map(str::trim)
+        .map(|host| {
+            let valid = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+            if valid {
+                Ok(host.to_ascii_lowercase())
+            } else {
+                Err(Problem::new(format!(
+                    "{host:?} is not a registry host: expected host or host:port, comma-separated"
+                )))
+            }
+        })
+        .collect()
+}
+
 /// The inner `CODER_AGENT_SUBSYSTEM`: the outer comma list plus `envbox`, trimmed, without
 /// blanks or duplicates, sorted.
 pub fn agent_subsystem(outer: Option<&str>) -> String {

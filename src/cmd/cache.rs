@@ -1,0 +1,65 @@
+//! `envbox cache ls` and `envbox cache prune`.
+
+use std::collections::BTreeSet;
+
+use super::{outer_subsystem, runtime};
+use crate::cache::BlobStore;
+use crate::cli::{CacheArgs, CacheCommand};
+use crate::config::{names, Purpose, Settings};
+use crate::registry::{self, ImageRef, RegistryConfig};
+
+fn open(args: &CacheArgs) -> anyhow::Result<(Settings, BlobStore)> {
+    let settings = Settings::from_raw(&args.settings, outer_subsystem().as_deref(), Purpose::Pull)?;
+    let store = BlobStore::open(&settings.state_dir)?;
+    Ok((settings, store))
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+pub fn run(command: &CacheCommand) -> anyhow::Result<()> {
+    match command {
+        CacheCommand::Ls(args) => ls(args),
+        CacheCommand::Prune(args) => prune(args),
+    }
+}
+
+fn ls(args: &CacheArgs) -> anyhow::Result<()> {
+    let (settings, store) = open(args)?;
+    let blobs = store.list()?;
+    for (reference, digest) in store.pins()? {
+        println!("pin  {reference} -> {digest}");
+    }
+    for blob in &blobs {
+        println!("blob {} {:>12}", blob.digest, blob.size);
+    }
+    let total: u64 = blobs.iter().map(|b| b.size).sum();
+    println!("{} blob(s), {} in {}", blobs.len(), mb(total), settings.state_dir.display());
+    Ok(())
+}
+
+fn prune(args: &CacheArgs) -> anyhow::Result<()> {
+    let (settings, store) = open(args)?;
+    let text = settings
+        .image
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("{} is required: prune keeps the blobs of that image", names::IMAGE))?;
+    let reference = ImageRef::parse(&text)?;
+    let (config, _) = RegistryConfig::from_settings(&settings)?;
+    let keep: BTreeSet<_> = runtime()?
+        .block_on(registry::cached_blobs(&config, &store, &reference))?
+        .into_iter()
+        .collect();
+    let mut freed = 0;
+    let mut removed = 0;
+    for blob in store.list()? {
+        if !keep.contains(&blob.digest) {
+            store.remove(&blob.digest)?;
+            freed += blob.size;
+            removed += 1;
+        }
+    }
+    println!("removed {removed} blob(s), freed {}; kept {} blob(s) of {reference}", mb(freed), keep.len());
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Blob transfers: one verified blob from the registry into the store.
+//!
+//! Owns: the GET of a blob with the registry's `Authorization` (never sent elsewhere: foreign
+//! layer URLs get none, and reqwest drops it on redirects to another host), resuming with
+//! `Range` after a dropped connection, retrying 5xx, 429 (honouring `Retry-After`) and transport
+//! errors with backoff, re-authenticating once on 401, never retrying 403/404. Bytes are hashed
+//! and counted as they are written (off the async threads, 1 MiB at a time); the store commits
+//! only a blob whose digest and size match. It never decides which blobs to fetch.
+
+use futures_util::StreamExt;
+use tokio::sync::Mutex;
+
+use super::progress::Progress;
+use super::session::{chain, is_certificate_error, retry_after, Attempt, Session, Transport};
+use super::{RegistryConfig, RegistryError};
+use crate::cache::{BlobStore, BlobWriter, CacheError};
+use crate::digest::Digest;
+
+/// A blob to fetch.
+#[derive(Debug, Clone)]
+pub(crate) struct BlobRequest {
+    pub digest: Digest,
+    pub size: u64,
+    /// For messages: "config", "layer 2 of 5".
+    pub what: String,
+    /// Alternate locations (foreign layers), fetched without credentials.
+    pub urls: Vec<String>,
+}
+
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+}
+
+/// Writes buffered bytes and hands the writer back.
+async fn flush(writer: BlobWriter, buffer: Vec<u8>) -> Result<BlobWriter, CacheError> {
+    blocking(move || {
+        let mut writer = writer;
+        writer.write(&buffer).map(|()| writer)
+    })
+    .await
+}
+
+fn store_error(t: &Transport, digest: &Digest, source: CacheError) -> RegistryError {
+    RegistryError::Store {
+        reference: t.reference.to_string(),
+        digest: digest.to_string(),
+        source,
+    }
+}
+
+/// The outcome of one GET that did not end the transfer.
+enum Got {
+    Complete(BlobWriter),
+    Failed(BlobWriter, Attempt),
+}
+
+/// One GET, streaming into `writer` from where it stands.
+async fn get_once(
+    t: &Transport,
+    (url, with_auth): (&str, bool),
+    request: &BlobRequest,
+    store: &BlobStore,
+    mut writer: BlobWriter,
+    progress: &Progress,
+) -> Result<Got, RegistryError> {
+    let offset = writer.written();
+    let mut builder = t.http.get(url);
+    if let (true, Some(header)) = (with_auth, &t.auth_header) {
+        builder = builder.header(reqwest::header::AUTHORIZATION, header.expose());
+    }
+    if offset > 0 {
+        builder = builder.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+    }
+    let response = match builder.send().await {
+        Ok(r) => r,
+        Err(e) if is_certificate_error(&e) => {
+            return Err(RegistryError::Certificate {
+                registry: t.registry.clone(),
+                detail: chain(&e),
+            })
+        }
+        Err(e) => return Ok(Got::Failed(writer, Attempt::Retry { detail: chain(&e), after: None })),
+    };
+    let status = response.status().as_u16();
+    let detail = format!("{status} from {url}");
+    match status {
+        200 if offset > 0 => {
+            // The server ignored Range: start over.
+            drop(writer);
+            writer = store
+                .writer(&request.digest, request.size)
+                .map_err(|e| store_error(t, &request.digest, e))?;
+            progress.restart(&request.digest);
+        }
+        200 | 206 => {}
+        401 => return Ok(Got::Failed(writer, Attempt::Fatal(t.unauthorized(detail)))),
+        403 => {
+            return Err(RegistryError::Denied {
+                reference: t.reference.to_string(),
+                detail,
+            })
+        }
+        404 => {
+            return Err(RegistryError::NotFound {
+                reference: t.reference.to_string(),
+                detail: format!("{} ({}) is missing: {detail}", request.what, request.digest),
+            })
+        }
+        429 | 500..=599 => {
+            let after = retry_after(response.headers());
+            return Ok(Got::Failed(writer, Attempt::Retry { detail, after }));
+        }
+        _ => {
+            return Err(RegistryError::Protocol {
+                reference: t.reference.to_string(),
+                registry: t.registry.clone(),
+                detail,
+            })
+        }
+    }
+    let mut stream = response.bytes_stream();
+    let mut buffer = Vec::with_capacity(WRITE_CHUNK);
+    let mut received = writer.written();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                writer = flush(writer, buffer).await.map_err(|e| store_error(t, &request.digest, e))?;
+                return Ok(Got::Failed(writer, Attempt::Retry { detail: chain(&e), after: None }));
+            }
+        };
+        received += chunk.len() as u64;
+        if received > request.size {
+            let mismatch = CacheError::SizeMismatch {
+                digest: request.digest.clone(),
+                expected: request.size,
+                actual: received,
+            };
+            return Err(store_error(t, &request.digest, mismatch));
+        }
+        progress.advance(&request.digest, chunk.len() as u64);
+        buffer.extend_from_slice(&chunk);
+        if buffer.len() >= WRITE_CHUNK {
+            let full = std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK));
+            writer = flush(writer, full).await.map_err(|e| store_error(t, &request.digest, e))?;
+        }
+    }
+    writer = flush(writer, buffer).await.map_err(|e| store_error(t, &request.digest, e))?;
+    if writer.written() < request.size {
+        let detail = format!("connection closed after {} of {} bytes", writer.written(), request.size);
+        return Ok(Got::Failed(writer, Attempt::Retry { detail, after: None }));
+    }
+    Ok(Got::Complete(writer))
+}
+
+/// Fetches one blob into the store, unless it is there already.
+pub(crate) async fn fetch_blob(
+    session: &Mutex<Session>,
+    config: &RegistryConfig,
+    store: &BlobStore,
+    request: &BlobRequest,
+    progress: &Progress,
+) -> Result<(), RegistryError> {
+    if store.size_of(&request.digest) == Some(request.size) {
+        progress.cached(&request.digest);
+        return Ok(());
+    }
+    let mut transport = session.lock().await.transport();
+    let registry_url = transport.blob_url(&request.digest);
+    let locations: Vec<(&str, bool)> = std::iter::once((registry_url.as_str(), true))
+        .chain(request.urls.iter().map(|u| (u.as_str(), false)))
+        .collect();
+    let mut writer = store
+        .writer(&request.digest, request.size)
+        .map_err(|e| store_error(&transport, &request.digest, e))?;
+    let mut delay = config.initial_backoff;
+    let mut reauthenticated = false;
+    let mut last = String::new();
+    let mut attempts = 0;
+    while attempts < config.max_attempts {
+        let location = locations[attempts as usize % locations.len()];
+        attempts += 1;
+        match get_once(&transport, location, request, store, writer, progress).await? {
+            Got::Complete(done) => {
+                return blocking(move || done.commit())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| store_error(&transport, &request.digest, e));
+            }
+            Got::Failed(w, Attempt::Fatal(error)) => {
+                writer = w;
+                let expired = matches!(error, RegistryError::Unauthorized { .. } | RegistryError::CredentialsRequired { .. });
+                if !(expired && !reauthenticated) {
+                    return Err(error);
+                }
+                reauthenticated = true;
+                let mut s = session.lock().await;
+                s.reauthenticate(config).await?;
+                transport = s.transport();
+                attempts -= 1;
+            }
+            Got::Failed(w, Attempt::Retry { detail, after }) => {
+                writer = w;
+                last = detail;
+                if attempts < config.max_attempts {
+                    tokio::time::sleep(after.unwrap_or(delay).min(config.max_backoff)).await;
+                    delay = (delay * 2).min(config.max_backoff);
+                }
+            }
+        }
+    }
+    Err(RegistryError::Transfer {
+        reference: transport.reference.to_string(),
+        what: format!("{} ({})", request.what, request.digest),
+        attempts,
+        detail: last,
+    })
+}

@@ -1,0 +1,181 @@
+//! Manifests: what a registry answered, classified and checked.
+//!
+//! Owns: telling an image index / manifest list from an image manifest (OCI or Docker schema 2),
+//! refusing schema 1 with a message that says what to do, and checking every layer's media
+//! type (tar, gzip or zstd; anything else refused by name). Pure: bytes in, typed manifests out.
+
+use oci_client::manifest::{OciImageIndex, OciImageManifest};
+use serde_json::Value;
+
+use super::RegistryError;
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// What envbox asks registries for (schema 1 included, to refuse it by name).
+pub const ACCEPTED: [&str; 6] = [
+    OCI_INDEX,
+    OCI_MANIFEST,
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    DOCKER_SCHEMA1_SIGNED,
+    DOCKER_SCHEMA1,
+];
+
+const CONFIG_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
+/// How a layer is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// The compression of a layer media type, or `None` when envbox cannot unpack it.
+pub fn layer_compression(media_type: &str) -> Option<Compression> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Some(Compression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip" => Some(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Some(Compression::Zstd),
+        _ => None,
+    }
+}
+
+/// A manifest as served.
+#[derive(Debug, Clone)]
+pub enum Manifest {
+    Index(OciImageIndex),
+    Image(OciImageManifest),
+}
+
+fn malformed(reference: &str, detail: impl Into<String>) -> RegistryError {
+    RegistryError::Manifest {
+        reference: reference.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// Classifies and parses a manifest. `content_type` is the response's, if known.
+pub fn parse(bytes: &[u8], content_type: Option<&str>, reference: &str) -> Result<Manifest, RegistryError> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| malformed(reference, format!("not JSON: {e}")))?;
+    let media_type = value
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .or(content_type)
+        .unwrap_or_default()
+        .to_owned();
+    if value.get("schemaVersion").and_then(Value::as_i64) == Some(1)
+        || media_type == DOCKER_SCHEMA1
+        || media_type == DOCKER_SCHEMA1_SIGNED
+    {
+        return Err(RegistryError::SchemaV1 {
+            reference: reference.to_owned(),
+        });
+    }
+    let is_index = media_type == OCI_INDEX
+        || media_type == DOCKER_LIST
+        || (media_type.is_empty() && value.get("manifests").is_some());
+    let is_image = media_type == OCI_MANIFEST
+        || media_type == DOCKER_MANIFEST
+        || (media_type.is_empty() && value.get("layers").is_some());
+    if is_index {
+        let index: OciImageIndex = serde_json::from_value(value)
+            .map_err(|e| malformed(reference, format!("bad image index: {e}")))?;
+        return Ok(Manifest::Index(index));
+    }
+    if !is_image {
+        return Err(RegistryError::UnsupportedManifest {
+            reference: reference.to_owned(),
+            media_type,
+        });
+    }
+    let image: OciImageManifest = serde_json::from_value(value)
+        .map_err(|e| malformed(reference, format!("bad image manifest: {e}")))?;
+    check_image(&image, reference)?;
+    Ok(Manifest::Image(image))
+}
+
+fn check_image(image: &OciImageManifest, reference: &str) -> Result<(), RegistryError> {
+    if !CONFIG_TYPES.contains(&image.config.media_type.as_str()) {
+        return Err(RegistryError::UnsupportedManifest {
+            reference: reference.to_owned(),
+            media_type: format!("config {}", image.config.media_type),
+        });
+    }
+    for layer in &image.layers {
+        if layer_compression(&layer.media_type).is_none() {
+            return Err(RegistryError::UnsupportedLayer {
+                reference: reference.to_owned(),
+                digest: layer.digest.clone(),
+                media_type: layer.media_type.clone(),
+            });
+        }
+        if layer.size < 0 {
+            return Err(malformed(reference, format!("layer {} has a negative size", layer.digest)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(layer_type: &str) -> String {
+        serde_json::json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", "1".repeat(64)), "size": 10},
+            "layers": [{"mediaType": layer_type, "digest": format!("sha256:{}", "2".repeat(64)), "size": 20}]
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn images_with_known_layers_parse() {
+        for t in ["application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+zstd", "application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image.rootfs.diff.tar.gzip"] {
+            assert!(matches!(parse(image(t).as_bytes(), None, "r"), Ok(Manifest::Image(_))), "{t}");
+        }
+    }
+
+    #[test]
+    fn unknown_layer_types_are_refused_by_name() {
+        let err = parse(image("application/vnd.oci.image.layer.v1.tar+bzip2").as_bytes(), None, "r").unwrap_err();
+        assert!(err.to_string().contains("application/vnd.oci.image.layer.v1.tar+bzip2"), "{err}");
+    }
+
+    #[test]
+    fn schema1_is_refused_with_advice() {
+        let s1 = r#"{"schemaVersion":1,"name":"x","tag":"latest","fsLayers":[]}"#;
+        let err = parse(s1.as_bytes(), Some(DOCKER_SCHEMA1_SIGNED), "x:latest").unwrap_err();
+        assert!(matches!(err, RegistryError::SchemaV1 { .. }));
+        assert!(err.to_string().contains("rebuild"), "{err}");
+    }
+
+    #[test]
+    fn indexes_and_docker_lists_parse() {
+        let list = serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": []}).to_string();
+        assert!(matches!(parse(list.as_bytes(), None, "r"), Ok(Manifest::Index(_))));
+    }
+
+    #[test]
+    fn artifacts_are_not_images() {
+        let helm = image("application/vnd.oci.image.layer.v1.tar").replace("application/vnd.oci.image.config.v1+json", "application/vnd.cncf.helm.config.v1+json");
+        let err = parse(helm.as_bytes(), None, "r").unwrap_err();
+        assert!(err.to_string().contains("helm"), "{err}");
+    }
+}

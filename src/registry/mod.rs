@@ -1,0 +1,194 @@
+//! Pulling images from OCI registries into the verified blob cache.
+//!
+//! Owns: everything between an image reference and verified blobs on the volume: reference
+//! normalisation, credentials by host, TLS roots, the challenge/token dance (oci-client's
+//! `auth`, called first so token errors surface as such), manifests and platform choice, and
+//! blob transfers with retries, `Retry-After`, resume by `Range` and progress. Blob GETs are
+//! made with reqwest (the HTTP stack oci-client itself uses) because oci-client's blob API
+//! exposes neither response headers (`Retry-After`, `Content-Length`) nor control over
+//! redirects; everything else goes through oci-client. It never unpacks or runs anything.
+
+mod credentials;
+mod fetch;
+pub mod manifest;
+mod platform;
+mod progress;
+mod pull;
+mod reference;
+mod session;
+mod tls;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use credentials::{Credential, Credentials};
+pub use platform::Platform;
+pub use pull::{pull, PulledImage};
+pub use reference::{normalize_host, ImageRef};
+pub use tls::load_extra_certs;
+
+use crate::cache::CacheError;
+use crate::config::Settings;
+
+/// How to reach registries. Field docs state defaults (`RegistryConfig::default()`).
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    /// Credentials by host. Default: none (anonymous pulls).
+    pub credentials: Credentials,
+    /// PEM CA certificates trusted besides the system roots. Default: none.
+    pub extra_roots: Vec<String>,
+    /// Registries (`host[:port]`) reached over plain HTTP. Default: none.
+    pub insecure: Vec<String>,
+    /// The platform chosen from image indexes. Default: this machine's.
+    pub platform: Platform,
+    /// Blobs downloaded at once. Default: 4.
+    pub max_concurrent_downloads: usize,
+    /// Attempts per request before giving up on retryable failures. Default: 10.
+    pub max_attempts: u32,
+    /// First retry delay, doubled per attempt up to `max_backoff`. Default: 500 ms.
+    pub initial_backoff: Duration,
+    /// Longest delay between attempts (and longest `Retry-After` honoured). Default: 30 s.
+    pub max_backoff: Duration,
+    /// Connect timeout. Default: 15 s.
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a response. Default: 60 s.
+    pub read_timeout: Duration,
+    /// How often progress lines are written. Default: 2 s.
+    pub progress_interval: Duration,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            credentials: Credentials::default(),
+            extra_roots: Vec::new(),
+            insecure: Vec::new(),
+            platform: Platform::host(),
+            max_concurrent_downloads: 4,
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(60),
+            progress_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// The registry settings of `settings`: the pull secret merged over the docker config file
+    /// (read when it exists; a path set explicitly must exist), extra CA certificates, insecure
+    /// registries. Returns warnings to log (unused credential helpers, ...).
+    pub fn from_settings(settings: &Settings) -> Result<(RegistryConfig, Vec<String>), RegistryError> {
+        use crate::config::names;
+        let mut credentials = match &settings.image_pull_secret {
+            Some(secret) => Credentials::parse(secret, names::IMAGE_SECRET.env)?,
+            None => Credentials::default(),
+        };
+        let docker_config = settings
+            .docker_config
+            .clone()
+            .unwrap_or_else(|| crate::config::defaults::DOCKER_CONFIG.into());
+        let origin = format!("{} {}", names::DOCKER_CONFIG.env, docker_config.display());
+        match std::fs::read_to_string(&docker_config) {
+            Ok(text) => {
+                credentials = credentials.merged_over(Credentials::parse(&crate::config::Secret::new(text), &origin)?);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && settings.docker_config.is_none() => {}
+            Err(e) => return Err(RegistryError::Credentials { origin, reason: e.to_string() }),
+        }
+        let warnings = std::mem::take(&mut credentials.warnings);
+        let extra_roots = match &settings.extra_certs_path {
+            Some(path) => load_extra_certs(path)?,
+            None => Vec::new(),
+        };
+        Ok((
+            RegistryConfig {
+                credentials,
+                extra_roots,
+                insecure: settings.insecure_registries.clone(),
+                ..RegistryConfig::default()
+            },
+            warnings,
+        ))
+    }
+}
+
+/// Errors of this module. Messages say what to do where there is something to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("image reference {reference:?}: {reason}")]
+    Reference { reference: String, reason: String },
+    #[error("registry credentials in {origin}: {reason}")]
+    Credentials { origin: String, reason: String },
+    #[error("CODER_EXTRA_CERTS_PATH {path}: {reason}")]
+    ExtraCerts { path: PathBuf, reason: String },
+    #[error("the certificate of {registry} is not trusted ({detail}); add its CA to CODER_EXTRA_CERTS_PATH")]
+    Certificate { registry: String, detail: String },
+    #[error("pulling {reference}: {registry} refused the credentials for it ({detail}); check CODER_IMAGE_PULL_SECRET / CODER_DOCKER_CONFIG")]
+    Unauthorized {
+        reference: String,
+        registry: String,
+        detail: String,
+    },
+    #[error("pulling {reference}: {registry} requires credentials and none are configured for that host; set CODER_IMAGE_PULL_SECRET")]
+    CredentialsRequired { reference: String, registry: String },
+    #[error("getting a registry token for {reference} from {registry}: {detail}")]
+    Token {
+        reference: String,
+        registry: String,
+        detail: String,
+    },
+    #[error("refusing to send credentials for {registry} to the token service {realm}: it is another host over plain HTTP")]
+    InsecureTokenRealm { registry: String, realm: String },
+    #[error("image {reference} not found: {detail}")]
+    NotFound { reference: String, detail: String },
+    #[error("access to {reference} denied: {detail}")]
+    Denied { reference: String, detail: String },
+    #[error("image {reference} has no variant for this node's platform {wanted}; it offers: {}", offered.join(", "))]
+    NoMatchingPlatform {
+        reference: String,
+        wanted: String,
+        offered: Vec<String>,
+    },
+    #[error("image {reference} is a Docker schema 1 image, which envbox does not pull; rebuild and push it with a current docker or buildkit (schema 2)")]
+    SchemaV1 { reference: String },
+    #[error("{reference} is not a container image (media type {media_type})")]
+    UnsupportedManifest {
+        reference: String,
+        media_type: String,
+    },
+    #[error("image {reference} has layer {digest} of media type {media_type}, which envbox cannot unpack (gzip, zstd or uncompressed tar only)")]
+    UnsupportedLayer {
+        reference: String,
+        digest: String,
+        media_type: String,
+    },
+    #[error("image {reference}: bad manifest: {detail}")]
+    Manifest { reference: String, detail: String },
+    #[error("image {reference} is for {found} but this node is {wanted}")]
+    WrongPlatform {
+        reference: String,
+        found: String,
+        wanted: String,
+    },
+    #[error("storing blob {digest} of {reference}: {source}")]
+    Store {
+        reference: String,
+        digest: String,
+        source: CacheError,
+    },
+    #[error("downloading {what} of {reference}: gave up after {attempts} attempts: {detail}")]
+    Transfer {
+        reference: String,
+        what: String,
+        attempts: u32,
+        detail: String,
+    },
+    #[error("talking to {registry} about {reference}: {detail}")]
+    Protocol {
+        reference: String,
+        registry: String,
+        detail: String,
+    },
+}

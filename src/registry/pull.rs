@@ -1,0 +1,239 @@
+//! A whole image pull: manifest (or index and the platform's manifest), config, layers.
+//!
+//! Owns: the order of a pull and what is fetched at all. Blobs already in the store are never
+//! fetched again; a reference pinned by digest whose manifests are in the store needs no
+//! network at all; a tag is resolved online (tags move) and pinned. Every manifest is checked
+//! against the digest it was asked for. Layers download in parallel, bounded. It never unpacks.
+
+use std::sync::Arc;
+
+use futures_util::{stream, StreamExt, TryStreamExt};
+use oci_client::manifest::OciImageManifest;
+use tokio::sync::Mutex;
+
+use super::fetch::{fetch_blob, BlobRequest};
+use super::manifest::{self, Compression, Manifest};
+use super::progress::{Progress, Reporter};
+use super::session::Session;
+use super::{platform, ImageRef, RegistryConfig, RegistryError};
+use crate::cache::BlobStore;
+use crate::digest::Digest;
+use crate::image::ImageDocument;
+
+/// A layer of the pulled image, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledLayer {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+    /// The digest of the uncompressed tar, from the image config.
+    pub diff_id: Digest,
+}
+
+/// What a pull produced; every blob named here is in the store.
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    pub reference: ImageRef,
+    /// What the reference resolved to (an index's digest for multi-platform images).
+    pub digest: Digest,
+    /// The image manifest for this platform.
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub config: ImageDocument,
+    pub layers: Vec<PulledLayer>,
+    /// Blobs that had to be downloaded (0 on a warm cache).
+    pub blobs_downloaded: usize,
+}
+
+fn digest_of(text: &str, reference: &ImageRef) -> Result<Digest, RegistryError> {
+    Digest::parse(text).map_err(|e| RegistryError::Manifest {
+        reference: reference.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn store_error(reference: &ImageRef, digest: &Digest, source: crate::cache::CacheError) -> RegistryError {
+    RegistryError::Store {
+        reference: reference.to_string(),
+        digest: digest.to_string(),
+        source,
+    }
+}
+
+/// Opens the session on first use only: a warm cache needs no network.
+struct LazySession<'a> {
+    config: &'a RegistryConfig,
+    reference: &'a ImageRef,
+    session: Option<Arc<Mutex<Session>>>,
+}
+
+impl LazySession<'_> {
+    async fn get(&mut self) -> Result<Arc<Mutex<Session>>, RegistryError> {
+        if let Some(s) = &self.session {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(Mutex::new(Session::open(self.config, self.reference).await?));
+        self.session = Some(s.clone());
+        Ok(s)
+    }
+}
+
+/// A manifest by digest: from the store, or fetched, verified and stored.
+async fn manifest_by_digest(
+    lazy: &mut LazySession<'_>,
+    store: &BlobStore,
+    reference: &ImageRef,
+    digest: &Digest,
+) -> Result<Vec<u8>, RegistryError> {
+    if store.size_of(digest).is_some() {
+        return store.read(digest).map_err(|e| store_error(reference, digest, e));
+    }
+    let session = lazy.get().await?;
+    let bytes = session.lock().await.manifest(lazy.config, &reference.at(digest)).await?;
+    store.put(digest, &bytes).map_err(|e| store_error(reference, digest, e))?;
+    Ok(bytes)
+}
+
+/// Resolves the reference to its top-level manifest digest and bytes.
+async fn top_manifest(
+    lazy: &mut LazySession<'_>,
+    store: &BlobStore,
+    reference: &ImageRef,
+) -> Result<(Digest, Vec<u8>), RegistryError> {
+    if let Some(digest) = reference.digest() {
+        let bytes = manifest_by_digest(lazy, store, reference, &digest).await?;
+        return Ok((digest, bytes));
+    }
+    let session = lazy.get().await?;
+    let bytes = session.lock().await.manifest(lazy.config, reference).await?;
+    let digest = Digest::of(&bytes);
+    store.put(&digest, &bytes).map_err(|e| store_error(reference, &digest, e))?;
+    store
+        .pin(&reference.normalized(), &digest)
+        .map_err(|e| store_error(reference, &digest, e))?;
+    Ok((digest, bytes))
+}
+
+/// The image manifest for this platform, and its digest.
+async fn image_manifest(
+    lazy: &mut LazySession<'_>,
+    store: &BlobStore,
+    reference: &ImageRef,
+) -> Result<(Digest, Digest, OciImageManifest), RegistryError> {
+    let (top, bytes) = top_manifest(lazy, store, reference).await?;
+    match manifest::parse(&bytes, None, &reference.to_string())? {
+        Manifest::Image(image) => Ok((top.clone(), top, image)),
+        Manifest::Index(index) => {
+            let wanted = &lazy.config.platform;
+            let entry = platform::choose(&index.manifests, wanted).map_err(|offered| {
+                RegistryError::NoMatchingPlatform {
+                    reference: reference.to_string(),
+                    wanted: wanted.to_string(),
+                    offered,
+                }
+            })?;
+            let digest = digest_of(&entry.digest, reference)?;
+            let bytes = manifest_by_digest(lazy, store, reference, &digest).await?;
+            if bytes.len() as i64 != entry.size {
+                return Err(RegistryError::Manifest {
+                    reference: reference.to_string(),
+                    detail: format!("manifest {digest} is {} bytes, the index says {}", bytes.len(), entry.size),
+                });
+            }
+            match manifest::parse(&bytes, Some(&entry.media_type), &reference.to_string())? {
+                Manifest::Image(image) => Ok((top, digest, image)),
+                Manifest::Index(_) => Err(RegistryError::Manifest {
+                    reference: reference.to_string(),
+                    detail: format!("index entry {digest} is itself an index"),
+                }),
+            }
+        }
+    }
+}
+
+/// Pulls `reference` into `store`.
+pub async fn pull(config: &RegistryConfig, store: &BlobStore, reference: &ImageRef) -> Result<PulledImage, RegistryError> {
+    let mut lazy = LazySession {
+        config,
+        reference,
+        session: None,
+    };
+    let (digest, manifest_digest, image) = image_manifest(&mut lazy, store, reference).await?;
+    let config_digest = digest_of(&image.config.digest, reference)?;
+    let size = |s: i64| u64::try_from(s).unwrap_or(0);
+    let mut requests = vec![BlobRequest {
+        digest: config_digest.clone(),
+        size: size(image.config.size),
+        what: "the image config".into(),
+        urls: vec![],
+    }];
+    let count = image.layers.len();
+    for (i, layer) in image.layers.iter().enumerate() {
+        requests.push(BlobRequest {
+            digest: digest_of(&layer.digest, reference)?,
+            size: size(layer.size),
+            what: format!("layer {} of {count}", i + 1),
+            urls: layer.urls.clone().unwrap_or_default(),
+        });
+    }
+    let missing: Vec<BlobRequest> = requests
+        .iter()
+        .filter(|r| store.size_of(&r.digest) != Some(r.size))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        let session = lazy.get().await?;
+        let progress = Progress::new(missing.iter().map(|r| (r.digest.clone(), r.size)));
+        let _reporter = Reporter::start(progress.clone(), reference.to_string(), config.progress_interval);
+        stream::iter(missing.iter())
+            .map(|request| fetch_blob(&session, config, store, request, &progress))
+            .buffer_unordered(config.max_concurrent_downloads.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
+    let config_bytes = store.read(&config_digest).map_err(|e| store_error(reference, &config_digest, e))?;
+    let document = ImageDocument::from_json(&config_bytes, &format!("image config {config_digest}")).map_err(|e| {
+        RegistryError::Manifest {
+            reference: reference.to_string(),
+            detail: e.to_string(),
+        }
+    })?;
+    let wanted = &config.platform;
+    if !document.os.is_empty() && !wanted.accepts(&document.os, &document.architecture, document.variant.as_deref()) {
+        return Err(RegistryError::WrongPlatform {
+            reference: reference.to_string(),
+            found: format!("{}/{}", document.os, document.architecture),
+            wanted: wanted.to_string(),
+        });
+    }
+    if document.rootfs.diff_ids.len() != image.layers.len() {
+        return Err(RegistryError::Manifest {
+            reference: reference.to_string(),
+            detail: format!(
+                "the manifest has {} layers but the config lists {} diff IDs",
+                image.layers.len(),
+                document.rootfs.diff_ids.len()
+            ),
+        });
+    }
+    let mut layers = Vec::with_capacity(count);
+    for (layer, diff_id) in image.layers.iter().zip(&document.rootfs.diff_ids) {
+        layers.push(PulledLayer {
+            digest: digest_of(&layer.digest, reference)?,
+            size: size(layer.size),
+            compression: manifest::layer_compression(&layer.media_type).unwrap_or(Compression::None),
+            media_type: layer.media_type.clone(),
+            diff_id: digest_of(diff_id, reference)?,
+        });
+    }
+    Ok(PulledImage {
+        reference: reference.clone(),
+        digest,
+        manifest_digest,
+        config_digest,
+        config: document,
+        layers,
+        blobs_downloaded: missing.len(),
+    })
+}

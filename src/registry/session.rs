@@ -1,0 +1,499 @@
+//! One authenticated conversation with one registry about one repository.
+//!
+//! Owns: the HTTP clients (oci-client for auth and manifests, reqwest for blob GETs, both with
+//! the same roots), probing `/v2/` for the auth challenge, refusing to hand credentials to a
+//! token realm on another host over plain HTTP, exchanging identity tokens, calling
+//! oci-client's `auth` first so token errors surface as such, and mapping every failure to a
+//! [`RegistryError`] or a retry. Credentials go only to the registry's own host: the
+//! `Authorization` header is attached to requests for its URLs alone, and reqwest drops it on
+//! redirects to other hosts.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, RegistryOperation};
+
+use super::credentials::Credential;
+use super::{manifest, ImageRef, RegistryConfig, RegistryError};
+use crate::config::Secret;
+
+/// What went wrong with one attempt: give up, or try again (after `after` if the server said).
+pub(crate) enum Attempt {
+    Fatal(RegistryError),
+    Retry { detail: String, after: Option<Duration> },
+}
+
+pub(crate) struct Session {
+    pub client: Client,
+    pub http: reqwest::Client,
+    pub reference: ImageRef,
+    /// `scheme://host` of the registry API (`https://index.docker.io` for Docker Hub).
+    pub base_url: String,
+    pub registry: String,
+    oci_auth: RegistryAuth,
+    has_credentials: bool,
+    /// `Authorization` value for the registry's own URLs.
+    auth_header: Option<Secret>,
+}
+
+/// The `WWW-Authenticate` challenge of `/v2/`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Challenge {
+    bearer: bool,
+    realm: Option<String>,
+    service: Option<String>,
+}
+
+fn parse_challenge(header: &str) -> Challenge {
+    let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
+    let mut challenge = Challenge {
+        bearer: scheme.eq_ignore_ascii_case("bearer"),
+        ..Default::default()
+    };
+    for part in params.split(',') {
+        if let Some((key, value)) = part.trim().split_once('=') {
+            let value = value.trim().trim_matches('"').to_owned();
+            match key.trim() {
+                "realm" => challenge.realm = Some(value),
+                "service" => challenge.service = Some(value),
+                _ => {}
+            }
+        }
+    }
+    challenge
+}
+
+/// Host (with port) and scheme of a URL, without a URL crate.
+fn scheme_and_host(url: &str) -> (&str, &str) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    (scheme, rest.split('/').next().unwrap_or_default())
+}
+
+/// True when a transport error is a TLS certificate problem.
+pub(crate) fn is_certificate_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        let text = e.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("unknownissuer") {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// Every message of an error chain, joined.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut current = error.source();
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+/// Seconds or an HTTP date, as `Retry-After` allows; dates are rare and treated as unknown.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn basic_header(username: &str, password: &Secret) -> Secret {
+    let raw = format!("{username}:{}", password.expose());
+    Secret::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    ))
+}
+
+/// What one blob GET needs, copied out of the session so transfers run in parallel while a
+/// re-authentication can still update the session for later attempts.
+#[derive(Clone)]
+pub(crate) struct Transport {
+    pub http: reqwest::Client,
+    pub reference: ImageRef,
+    pub registry: String,
+    pub base_url: String,
+    pub auth_header: Option<Secret>,
+    pub has_credentials: bool,
+}
+
+impl Transport {
+    pub fn unauthorized(&self, detail: String) -> RegistryError {
+        unauthorized(&self.reference, &self.registry, self.has_credentials, detail)
+    }
+
+    pub fn blob_url(&self, digest: &crate::digest::Digest) -> String {
+        format!("{}/v2/{}/blobs/{digest}", self.base_url, self.reference.reference.repository())
+    }
+}
+
+fn unauthorized(reference: &ImageRef, registry: &str, has_credentials: bool, detail: String) -> RegistryError {
+    if has_credentials {
+        RegistryError::Unauthorized {
+            reference: reference.to_string(),
+            registry: registry.to_owned(),
+            detail,
+        }
+    } else {
+        RegistryError::CredentialsRequired {
+            reference: reference.to_string(),
+            registry: registry.to_owned(),
+        }
+    }
+}
+
+impl Session {
+    pub fn transport(&self) -> Transport {
+        Transport {
+            http: self.http.clone(),
+            reference: self.reference.clone(),
+            registry: self.registry.clone(),
+            base_url: self.base_url.clone(),
+            auth_header: self.auth_header.clone(),
+            has_credentials: self.has_credentials,
+        }
+    }
+
+    /// Connects, probes and authenticates.
+    pub async fn open(config: &RegistryConfig, reference: &ImageRef) -> Result<Session, RegistryError> {
+        // reqwest is built without a default TLS provider: use ring (no C toolchain needed).
+        // Installing twice is harmless: the first one stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let registry = reference.host();
+        let api_host = reference.reference.resolve_registry().to_owned();
+        let insecure = config.insecure.iter().any(|h| super::normalize_host(h) == registry);
+        let scheme = if insecure { "http" } else { "https" };
+        let base_url = format!("{scheme}://{api_host}");
+        let http = http_client(config).map_err(|detail| RegistryError::Protocol {
+            reference: reference.to_string(),
+            registry: registry.clone(),
+            detail,
+        })?;
+        let client = Client::new(ClientConfig {
+            protocol: if insecure {
+                ClientProtocol::HttpsExcept(vec![api_host.clone(), registry.clone()])
+            } else {
+                ClientProtocol::Https
+            },
+            extra_root_certificates: config
+                .extra_roots
+                .iter()
+                .map(|pem| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: pem.as_bytes().to_vec(),
+                })
+                .collect(),
+            platform_resolver: None,
+            connect_timeout: Some(config.connect_timeout),
+            read_timeout: Some(config.read_timeout),
+            user_agent: concat!("envbox/", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        });
+        let mut session = Session {
+            client,
+            http,
+            reference: reference.clone(),
+            base_url,
+            registry,
+            oci_auth: RegistryAuth::Anonymous,
+            has_credentials: false,
+            auth_header: None,
+        };
+        let challenge = session.probe(config).await?;
+        session.authenticate(config, &challenge).await?;
+        Ok(session)
+    }
+
+    fn fatal_transport(&self, error: &reqwest::Error) -> RegistryError {
+        if is_certificate_error(error) {
+            RegistryError::Certificate {
+                registry: self.registry.clone(),
+                detail: chain(error),
+            }
+        } else {
+            RegistryError::Protocol {
+                reference: self.reference.to_string(),
+                registry: self.registry.clone(),
+                detail: chain(error),
+            }
+        }
+    }
+
+    /// `GET /v2/`, retried on transient failures; certificate errors fail at once.
+    async fn probe(&self, config: &RegistryConfig) -> Result<Challenge, RegistryError> {
+        let url = format!("{}/v2/", self.base_url);
+        let mut delay = config.initial_backoff;
+        for attempt in 1..=config.max_attempts {
+            match self.http.get(&url).send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status.is_server_error() || status.as_u16() == 429 {
+                        let wait = retry_after(response.headers()).unwrap_or(delay).min(config.max_backoff);
+                        if attempt < config.max_attempts {
+                            tokio::time::sleep(wait).await;
+                            delay = (delay * 2).min(config.max_backoff);
+                            continue;
+                        }
+                    }
+                    return Ok(response
+                        .headers()
+                        .get(reqwest::header::WWW_AUTHENTICATE)
+                        .and_then(|h| h.to_str().ok())
+                        .map(parse_challenge)
+                        .unwrap_or_default());
+                }
+                Err(e) if is_certificate_error(&e) => return Err(self.fatal_transport(&e)),
+                Err(e) if attempt == config.max_attempts => return Err(self.fatal_transport(&e)),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(config.max_backoff);
+                }
+            }
+        }
+        Ok(Challenge::default())
+    }
+
+    async fn authenticate(&mut self, config: &RegistryConfig, challenge: &Challenge) -> Result<(), RegistryError> {
+        let credential = config.credentials.for_host(&self.registry).cloned();
+        self.has_credentials = credential.is_some();
+        if let (Some(_), Some(realm)) = (&credential, &challenge.realm) {
+            let (realm_scheme, realm_host) = scheme_and_host(realm);
+            let (_, api_host) = scheme_and_host(&self.base_url);
+            let same_host = realm_host == api_host || super::normalize_host(realm_host) == self.registry;
+            if realm_scheme != "https" && !same_host {
+                return Err(RegistryError::InsecureTokenRealm {
+                    registry: self.registry.clone(),
+                    realm: realm.clone(),
+                });
+            }
+        }
+        self.oci_auth = match &credential {
+            None => RegistryAuth::Anonymous,
+            Some(Credential::Basic { username, password }) => {
+                RegistryAuth::Basic(username.clone(), password.expose().to_owned())
+            }
+            Some(Credential::IdentityToken(token)) => {
+                RegistryAuth::Bearer(self.exchange_identity_token(challenge, token).await?)
+            }
+        };
+        let token = self
+            .client
+            .auth(&self.reference.reference, &self.oci_auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| self.auth_error(e))?;
+        self.auth_header = match (token, &credential, &self.oci_auth) {
+            (Some(token), _, _) => Some(Secret::new(format!("Bearer {token}"))),
+            (None, _, RegistryAuth::Bearer(token)) => Some(Secret::new(format!("Bearer {token}"))),
+            (None, Some(Credential::Basic { username, password }), _) => Some(basic_header(username, password)),
+            (None, _, _) => None,
+        };
+        Ok(())
+    }
+
+    /// Re-runs the token dance (a token expired during a long download).
+    pub async fn reauthenticate(&mut self, config: &RegistryConfig) -> Result<(), RegistryError> {
+        let challenge = self.probe(config).await?;
+        self.authenticate(config, &challenge).await
+    }
+
+    /// OAuth2 refresh-token grant at the realm (docker's `identitytoken`).
+    async fn exchange_identity_token(&self, challenge: &Challenge, token: &Secret) -> Result<String, RegistryError> {
+        let token_error = |detail: String| RegistryError::Token {
+            reference: self.reference.to_string(),
+            registry: self.registry.clone(),
+            detail,
+        };
+        let realm = challenge
+            .realm
+            .as_deref()
+            .ok_or_else(|| token_error("the registry offers no token service for an identity token".into()))?;
+        let scope = format!("repository:{}:pull", self.reference.reference.repository());
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("service", challenge.service.as_deref().unwrap_or_default()),
+            ("scope", scope.as_str()),
+            ("client_id", "envbox"),
+            ("refresh_token", token.expose()),
+        ];
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let response = self
+            .http
+            .post(realm)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| token_error(chain(&e)))?;
+        let status = response.status();
+        let json: serde_json::Value = response.json().await.map_err(|e| token_error(chain(&e)))?;
+        if !status.is_success() {
+            return Err(token_error(format!("the token service answered {status} to the identity token")));
+        }
+        json.get("access_token")
+            .or_else(|| json.get("token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| token_error("the token service's answer has no access_token".into()))
+    }
+
+    fn auth_error(&self, error: OciDistributionError) -> RegistryError {
+        match error {
+            OciDistributionError::UnauthorizedError { url } => self.unauthorized(format!("401 from {url}")),
+            OciDistributionError::RequestError(e) => self.fatal_transport(&e),
+            other => RegistryError::Token {
+                reference: self.reference.to_string(),
+                registry: self.registry.clone(),
+                detail: other.to_string(),
+            },
+        }
+    }
+
+    pub fn unauthorized(&self, detail: String) -> RegistryError {
+        unauthorized(&self.reference, &self.registry, self.has_credentials, detail)
+    }
+
+    /// Maps an oci-client failure of a manifest request.
+    fn classify(&self, reference: &ImageRef, error: OciDistributionError) -> Attempt {
+        let what = reference.to_string();
+        match error {
+            OciDistributionError::UnauthorizedError { url } => Attempt::Fatal(self.unauthorized(format!("401 from {url}"))),
+            OciDistributionError::ImageManifestNotFoundError(detail) => {
+                Attempt::Fatal(RegistryError::NotFound { reference: what, detail })
+            }
+            OciDistributionError::RegistryError { envelope, url } => {
+                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+                let detail = format!("{url}: {}", envelope.errors.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; "));
+                if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
+                    Attempt::Retry { detail, after: None }
+                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized)) {
+                    Attempt::Fatal(self.unauthorized(detail))
+                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
+                    Attempt::Fatal(RegistryError::Denied { reference: what, detail })
+                } else if codes.iter().any(|c| {
+                    matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound | OciErrorCode::BlobUnknown)
+                }) {
+                    Attempt::Fatal(RegistryError::NotFound { reference: what, detail })
+                } else {
+                    Attempt::Fatal(RegistryError::Protocol { reference: what, registry: self.registry.clone(), detail })
+                }
+            }
+            OciDistributionError::ServerError { code, url, message } => {
+                let detail = format!("{code} from {url}: {message}");
+                match code {
+                    404 => Attempt::Fatal(RegistryError::NotFound { reference: what, detail }),
+                    403 => Attempt::Fatal(RegistryError::Denied { reference: what, detail }),
+                    429 | 500..=599 => Attempt::Retry { detail, after: None },
+                    _ => Attempt::Fatal(RegistryError::Protocol { reference: what, registry: self.registry.clone(), detail }),
+                }
+            }
+            OciDistributionError::RequestError(e) if is_certificate_error(&e) => Attempt::Fatal(self.fatal_transport(&e)),
+            OciDistributionError::RequestError(e) => Attempt::Retry { detail: chain(&e), after: None },
+            other => Attempt::Fatal(RegistryError::Protocol { reference: what, registry: self.registry.clone(), detail: other.to_string() }),
+        }
+    }
+
+    /// Fetches a manifest (raw bytes and its content type), retrying transient failures.
+    pub async fn manifest(&self, config: &RegistryConfig, reference: &ImageRef) -> Result<Vec<u8>, RegistryError> {
+        let mut delay = config.initial_backoff;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = self
+                .client
+                .pull_manifest_raw(&reference.reference, &self.oci_auth, &manifest::ACCEPTED)
+                .await;
+            let failure = match result {
+                Ok((bytes, _digest)) => return Ok(bytes.to_vec()),
+                Err(e) => self.classify(reference, e),
+            };
+            match failure {
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::Retry { detail, .. } if attempt >= config.max_attempts => {
+                    return Err(RegistryError::Transfer {
+                        reference: reference.to_string(),
+                        what: "the manifest".into(),
+                        attempts: attempt,
+                        detail,
+                    })
+                }
+                Attempt::Retry { after, .. } => {
+                    tokio::time::sleep(after.unwrap_or(delay).min(config.max_backoff)).await;
+                    delay = (delay * 2).min(config.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn http_client(config: &RegistryConfig) -> Result<reqwest::Client, String> {
+    let roots = config
+        .extra_roots
+        .iter()
+        .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("extra CA certificate: {e}"))?;
+    reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.read_timeout)
+        .user_agent(concat!("envbox/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::limited(10))
+        .tls_certs_merge(roots)
+        .build()
+        .map_err(|e| chain(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        let c = parse_challenge(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="x""#);
+        assert!(c.bearer);
+        assert_eq!(c.realm.as_deref(), Some("https://auth.example.com/token"));
+        assert_eq!(c.service.as_deref(), Some("registry.example.com"));
+        assert!(!parse_challenge(r#"Basic realm="Registry""#).bearer);
+    }
+
+    #[test]
+    fn url_parts_and_encoding() {
+        assert_eq!(scheme_and_host("http://localhost:5001/token?x"), ("http", "localhost:5001"));
+        assert_eq!(urlencode("a b/c:d"), "a%20b%2Fc%3Ad");
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "3".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(reqwest::header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+}
