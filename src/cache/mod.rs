@@ -6,17 +6,34 @@
 //! and verified. Stale staging files from a crash are removed when the store is opened. Also the
 //! small index of which reference resolved to which manifest digest. It never talks to the
 //! network and never decides what to fetch.
+//!
+//! Layout under the state directory: `blobs/sha256/<hex>` (complete blobs, mode 0644),
+//! `staging/` (in-progress writes, see [`staging`]) and `refs/` (pins, see [`pins`]).
 
+mod pins;
+mod staging;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
+
+pub use writer::BlobWriter;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("blob {expected}: content has digest {actual}, the registry's descriptor says {expected}; nothing was stored")]
     DigestMismatch { expected: Digest, actual: Digest },
-    #[error("blob {digest}: got {actual} bytes, the descriptor says {expected}; nothing was stored")]
+    #[error(
+        "blob {digest}: got {actual} bytes, the descriptor says {expected}; nothing was stored"
+    )]
     SizeMismatch {
         digest: Digest,
         expected: u64,
@@ -28,6 +45,22 @@ pub enum CacheError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Builds the `map_err` closure for an I/O failure of `action` on `path`.
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CacheError + 'a {
+    move |source| CacheError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Fsyncs a directory so that renames into it survive a crash.
+fn sync_dir(dir: &Path) -> Result<(), CacheError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("syncing directory", dir))
 }
 
 /// A blob present in the store.
@@ -43,77 +76,133 @@ pub struct BlobStore {
     root: PathBuf,
 }
 
-/// A blob being written. Dropping it without `commit` removes the staging file.
-#[derive(Debug)]
-pub struct BlobWriter {
-    _private: (),
-}
-
 impl BlobStore {
     /// Opens (creating if needed) the store under `state_dir`, removing stale staging files.
-    pub fn open(_state_dir: &Path) -> Result<BlobStore, CacheError> {
-        unimplemented!()
+    pub fn open(state_dir: &Path) -> Result<BlobStore, CacheError> {
+        let store = BlobStore {
+            root: state_dir.to_owned(),
+        };
+        for dir in [store.blob_dir(), store.staging_dir(), store.refs_dir()] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&dir)
+                .map_err(io_err("creating store directory", &dir))?;
+        }
+        staging::sweep(&store.staging_dir())?;
+        Ok(store)
+    }
+
+    /// The state directory the store lives under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_dir(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    fn refs_dir(&self) -> PathBuf {
+        self.root.join("refs")
     }
 
     /// Where the blob lives (whether or not it is present).
-    pub fn path(&self, _digest: &Digest) -> PathBuf {
-        unimplemented!()
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        self.blob_dir().join(digest.hex())
     }
 
     /// The blob's size when it is present.
-    pub fn size_of(&self, _digest: &Digest) -> Option<u64> {
-        unimplemented!()
+    pub fn size_of(&self, digest: &Digest) -> Option<u64> {
+        fs::metadata(self.path(digest))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
     }
 
     /// Starts writing a blob expected to be `expected_size` bytes with `digest`.
-    pub fn writer(&self, _digest: &Digest, _expected_size: u64) -> Result<BlobWriter, CacheError> {
-        unimplemented!()
+    ///
+    /// Allowed when the blob is already present: the existing blob is never touched before a
+    /// verified commit. A write that would go past `expected_size` fails at once with
+    /// [`CacheError::SizeMismatch`] (nothing past the expected size reaches the disk).
+    pub fn writer(&self, digest: &Digest, expected_size: u64) -> Result<BlobWriter, CacheError> {
+        let (file, staging) = staging::create(&self.staging_dir(), digest.hex())?;
+        Ok(BlobWriter::new(
+            file,
+            staging,
+            self.blob_dir(),
+            digest.clone(),
+            expected_size,
+        ))
     }
 
     /// Stores a small blob (manifest, config) held in memory, verifying it.
-    pub fn put(&self, _digest: &Digest, _bytes: &[u8]) -> Result<PathBuf, CacheError> {
-        unimplemented!()
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, CacheError> {
+        let mut writer = self.writer(digest, bytes.len() as u64)?;
+        writer.write(bytes)?;
+        writer.commit()
     }
 
     /// Reads a small blob (manifest, config) whole.
-    pub fn read(&self, _digest: &Digest) -> Result<Vec<u8>, CacheError> {
-        unimplemented!()
+    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, CacheError> {
+        let path = self.path(digest);
+        fs::read(&path).map_err(io_err("reading blob", &path))
     }
 
-    /// Every blob present, sorted by digest.
+    /// Every blob present, sorted by digest. Names that are not 64 lower-case hex are ignored.
     pub fn list(&self) -> Result<Vec<BlobInfo>, CacheError> {
-        unimplemented!()
+        let dir = self.blob_dir();
+        let mut blobs = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(io_err("listing blobs in", &dir))? {
+            let entry = entry.map_err(io_err("listing blobs in", &dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Ok(digest) = Digest::parse(&format!("sha256:{name}")) else {
+                continue;
+            };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Removed since the directory was read.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("reading metadata of", &entry.path())(e)),
+            };
+            if meta.is_file() {
+                blobs.push(BlobInfo {
+                    digest,
+                    size: meta.len(),
+                });
+            }
+        }
+        blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(blobs)
     }
 
     /// Removes a blob (absent is fine).
-    pub fn remove(&self, _digest: &Digest) -> Result<(), CacheError> {
-        unimplemented!()
+    pub fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
+        let path = self.path(digest);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing blob", &path)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Records that `reference` (as normalised text) resolved to manifest `digest`.
-    pub fn pin(&self, _reference: &str, _digest: &Digest) -> Result<(), CacheError> {
-        unimplemented!()
+    pub fn pin(&self, reference: &str, digest: &Digest) -> Result<(), CacheError> {
+        pins::pin(&self.refs_dir(), &self.staging_dir(), reference, digest)
     }
 
-    /// The manifest digest `reference` last resolved to, if recorded.
-    pub fn pinned(&self, _reference: &str) -> Result<Option<Digest>, CacheError> {
-        unimplemented!()
-    }
-}
-
-impl BlobWriter {
-    /// Bytes written so far (where a resumed download continues from).
-    pub fn written(&self) -> u64 {
-        unimplemented!()
+    /// The manifest digest `reference` last resolved to, if recorded. A corrupt pin is removed
+    /// and reads as absent.
+    pub fn pinned(&self, reference: &str) -> Result<Option<Digest>, CacheError> {
+        pins::pinned(&self.refs_dir(), reference)
     }
 
-    /// Appends bytes, hashing and counting them.
-    pub fn write(&mut self, _bytes: &[u8]) -> Result<(), CacheError> {
-        unimplemented!()
-    }
-
-    /// Verifies digest and size, then fsyncs and renames into place.
-    pub fn commit(self) -> Result<PathBuf, CacheError> {
-        unimplemented!()
+    /// Every pin as `(reference, manifest digest)`, sorted by reference; corrupt pins are skipped.
+    pub fn pins(&self) -> Result<Vec<(String, Digest)>, CacheError> {
+        pins::list(&self.refs_dir())
     }
 }

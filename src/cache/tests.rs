@@ -1,0 +1,340 @@
+//! Unit tests of the blob store: verification, staging hygiene, concurrency and pins.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use super::*;
+
+fn store() -> (tempfile::TempDir, BlobStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+fn staging_names(store: &BlobStore) -> Vec<String> {
+    names(&store.root().join("staging"))
+}
+
+fn blob_names(store: &BlobStore) -> Vec<String> {
+    names(&store.root().join("blobs/sha256"))
+}
+
+#[test]
+fn commit_stores_verified_content() {
+    let (_dir, store) = store();
+    let content = b"hello, layer";
+    let digest = Digest::of(content);
+    assert_eq!(store.size_of(&digest), None);
+    let mut writer = store.writer(&digest, content.len() as u64).unwrap();
+    writer.write(&content[..5]).unwrap();
+    assert_eq!(writer.written(), 5);
+    writer.write(&content[5..]).unwrap();
+    assert_eq!(writer.written(), content.len() as u64);
+    let path = writer.commit().unwrap();
+    assert_eq!(path, store.path(&digest));
+    assert_eq!(fs::read(&path).unwrap(), content);
+    assert_eq!(store.size_of(&digest), Some(content.len() as u64));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    assert!(staging_names(&store).is_empty());
+}
+
+#[test]
+fn digest_mismatch_stores_nothing() {
+    let (_dir, store) = store();
+    let expected = Digest::of(b"expected");
+    let mut writer = store.writer(&expected, 8).unwrap();
+    writer.write(b"tampered").unwrap();
+    match writer.commit() {
+        Err(CacheError::DigestMismatch {
+            expected: e,
+            actual,
+        }) => {
+            assert_eq!(e, expected);
+            assert_eq!(actual, Digest::of(b"tampered"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(blob_names(&store).is_empty());
+    assert!(staging_names(&store).is_empty());
+}
+
+#[test]
+fn size_mismatch_shorter_and_longer_stores_nothing() {
+    let (_dir, store) = store();
+    let content = b"0123456789";
+    let digest = Digest::of(content);
+
+    let mut short = store.writer(&digest, 10).unwrap();
+    short.write(&content[..7]).unwrap();
+    assert!(matches!(
+        short.commit(),
+        Err(CacheError::SizeMismatch {
+            expected: 10,
+            actual: 7,
+            ..
+        })
+    ));
+
+    let mut long = store.writer(&digest, 10).unwrap();
+    long.write(content).unwrap();
+    assert!(matches!(
+        long.write(b"xyz"),
+        Err(CacheError::SizeMismatch {
+            expected: 10,
+            actual: 13,
+            ..
+        })
+    ));
+    // Poisoned: committing still fails, even though the first 10 bytes were right.
+    assert!(matches!(
+        long.commit(),
+        Err(CacheError::SizeMismatch {
+            expected: 10,
+            actual: 13,
+            ..
+        })
+    ));
+
+    // A descriptor that claims fewer bytes than the content has.
+    assert!(matches!(
+        store.writer(&digest, 4).unwrap().write(content),
+        Err(CacheError::SizeMismatch {
+            expected: 4,
+            actual: 10,
+            ..
+        })
+    ));
+
+    assert!(blob_names(&store).is_empty());
+    assert!(staging_names(&store).is_empty());
+}
+
+#[test]
+fn drop_without_commit_removes_staging_file() {
+    let (_dir, store) = store();
+    let digest = Digest::of(b"abc");
+    let mut writer = store.writer(&digest, 3).unwrap();
+    writer.write(b"ab").unwrap();
+    assert_eq!(staging_names(&store).len(), 1);
+    drop(writer);
+    assert!(staging_names(&store).is_empty());
+    assert!(blob_names(&store).is_empty());
+}
+
+#[test]
+fn writer_for_present_blob_leaves_it_alone_until_commit() {
+    let (_dir, store) = store();
+    let digest = Digest::of(b"abc");
+    store.put(&digest, b"abc").unwrap();
+    let mut writer = store.writer(&digest, 3).unwrap();
+    writer.write(b"abd").unwrap();
+    assert!(writer.commit().is_err());
+    assert_eq!(store.read(&digest).unwrap(), b"abc");
+    let mut writer = store.writer(&digest, 3).unwrap();
+    writer.write(b"abc").unwrap();
+    assert_eq!(writer.commit().unwrap(), store.path(&digest));
+    assert_eq!(blob_names(&store), [digest.hex()]);
+    assert!(staging_names(&store).is_empty());
+}
+
+#[test]
+fn open_removes_stale_staging_files_and_keeps_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let staging = dir.path().join("staging");
+    let hex = Digest::of(b"x").hex().to_owned();
+
+    let mut done = Command::new("true").spawn().unwrap();
+    done.wait().unwrap();
+    let mut sleeper = Command::new("sleep").arg("5").spawn().unwrap();
+
+    let dead = format!("{hex}.{}.0123456789abcdef-0.partial", done.id());
+    let dead_big = format!("{hex}.{}.0123456789abcdef-1.partial", 0x7fff_fff0);
+    let live = format!("{hex}.{}.0123456789abcdef-0.partial", sleeper.id());
+    let own_old = format!("{hex}.{}.0123456789abcdef-0.partial", std::process::id());
+    let junk = ["junk", "a.b.partial", "x.-5.t-0.partial", "x.0.t-0.partial"];
+    for name in [dead.as_str(), &dead_big, &live, &own_old]
+        .iter()
+        .chain(&junk)
+    {
+        fs::write(staging.join(name), b"partial").unwrap();
+    }
+    // A writer of this process, open right now, must survive a second open.
+    let mut writer = store.writer(&Digest::of(b"y"), 1).unwrap();
+    let mine = staging_names(&store)
+        .into_iter()
+        .find(|n| n.starts_with(Digest::of(b"y").hex()))
+        .unwrap();
+
+    BlobStore::open(dir.path()).unwrap();
+    let mut expected = vec![live, mine];
+    expected.sort();
+    assert_eq!(names(&staging), expected);
+
+    writer.write(b"y").unwrap();
+    writer.commit().unwrap();
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+}
+
+#[test]
+fn concurrent_writers_of_one_blob_both_commit() {
+    let (_dir, store) = store();
+    let content: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&content);
+    let barrier = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut writer = store.writer(&digest, content.len() as u64).unwrap();
+                barrier.wait();
+                for chunk in content.chunks(64 * 1024) {
+                    writer.write(chunk).unwrap();
+                }
+                assert_eq!(writer.commit().unwrap(), store.path(&digest));
+            });
+        }
+    });
+    assert_eq!(blob_names(&store), [digest.hex()]);
+    assert_eq!(store.read(&digest).unwrap(), content);
+    assert!(staging_names(&store).is_empty());
+}
+
+#[test]
+fn put_read_round_trip_and_remove() {
+    let (_dir, store) = store();
+    let manifest = br#"{"schemaVersion":2}"#;
+    let digest = Digest::of(manifest);
+    assert_eq!(store.put(&digest, manifest).unwrap(), store.path(&digest));
+    assert_eq!(store.read(&digest).unwrap(), manifest);
+    assert!(matches!(
+        store.put(&Digest::of(b"other"), manifest),
+        Err(CacheError::DigestMismatch { .. })
+    ));
+    store.remove(&digest).unwrap();
+    store.remove(&digest).unwrap();
+    match store.read(&digest) {
+        Err(CacheError::Io { action, path, .. }) => {
+            assert_eq!(action, "reading blob");
+            assert_eq!(path, store.path(&digest));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn list_is_sorted_and_ignores_junk() {
+    let (_dir, store) = store();
+    let mut expected: Vec<BlobInfo> = ["one", "two", "three", "four"]
+        .iter()
+        .map(|text| {
+            let digest = Digest::of(text.as_bytes());
+            store.put(&digest, text.as_bytes()).unwrap();
+            BlobInfo {
+                digest,
+                size: text.len() as u64,
+            }
+        })
+        .collect();
+    expected.sort_by(|a, b| a.digest.cmp(&b.digest));
+    let blobs = store.root().join("blobs/sha256");
+    fs::write(blobs.join("README"), b"junk").unwrap();
+    fs::write(blobs.join("A".repeat(64)), b"upper case").unwrap();
+    fs::write(blobs.join(format!("{}.tmp", "0".repeat(64))), b"junk").unwrap();
+    fs::create_dir(blobs.join("1".repeat(64))).unwrap();
+    assert_eq!(store.list().unwrap(), expected);
+}
+
+#[test]
+fn pin_round_trip() {
+    let (_dir, store) = store();
+    let manifest = Digest::of(b"manifest");
+    let other = Digest::of(b"other manifest");
+    let references = [
+        format!("registry.example.com:5000/team/img@{manifest}"),
+        "ubuntu:22.04".to_owned(),
+        "docker.io/library/ubuntu:22.04".to_owned(),
+        ".".to_owned(),
+        "..".to_owned(),
+        String::new(),
+        "x".repeat(400),
+        "ünïcode/ref:tag".to_owned(),
+    ];
+    for reference in &references {
+        assert_eq!(store.pinned(reference).unwrap(), None);
+        store.pin(reference, &manifest).unwrap();
+        assert_eq!(store.pinned(reference).unwrap(), Some(manifest.clone()));
+    }
+    store.pin("ubuntu:22.04", &other).unwrap();
+    assert_eq!(store.pinned("ubuntu:22.04").unwrap(), Some(other.clone()));
+    assert_eq!(store.pinned("ubuntu:22.04 ").unwrap(), None);
+
+    let names = names(&store.root().join("refs"));
+    assert_eq!(names.len(), references.len());
+    assert!(names.iter().all(|n| n.len() < 256 && !n.starts_with('.')));
+    let mut expected: Vec<(String, Digest)> = references
+        .iter()
+        .map(|r| {
+            let digest = if r == "ubuntu:22.04" {
+                &other
+            } else {
+                &manifest
+            };
+            (r.clone(), digest.clone())
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(store.pins().unwrap(), expected);
+    assert!(staging_names(&store).is_empty());
+}
+
+#[test]
+fn corrupt_pin_reads_as_absent_and_is_removed() {
+    let (_dir, store) = store();
+    store.pin("ubuntu:22.04", &Digest::of(b"m")).unwrap();
+    let path = store.root().join("refs").join("ubuntu%3A22.04");
+    assert!(path.exists());
+    for corrupt in [
+        &b"sha256:nothex\nubuntu:22.04\n"[..],
+        b"",
+        b"\xff\xfe",
+        b"sha256:",
+    ] {
+        fs::write(&path, corrupt).unwrap();
+        assert_eq!(store.pins().unwrap(), []);
+        assert_eq!(store.pinned("ubuntu:22.04").unwrap(), None);
+        assert!(!path.exists());
+    }
+}
+
+#[test]
+fn large_blob_in_one_mib_chunks() {
+    let (_dir, store) = store();
+    let chunk: Vec<u8> = (0..1024 * 1024u32).map(|i| (i * 7 % 256) as u8).collect();
+    let mut hasher = sha2::Sha256::default();
+    for _ in 0..64 {
+        sha2::Digest::update(&mut hasher, &chunk);
+    }
+    let digest = Digest::from_hasher(hasher);
+    let mut writer = store.writer(&digest, 64 * chunk.len() as u64).unwrap();
+    for _ in 0..64 {
+        writer.write(&chunk).unwrap();
+    }
+    writer.commit().unwrap();
+    assert_eq!(store.size_of(&digest), Some(64 * 1024 * 1024));
+    assert_eq!(store.list().unwrap().len(), 1);
+}

@@ -1,0 +1,179 @@
+//! [`BlobWriter`]: one blob being streamed into a staging file.
+//!
+//! Bytes go through a large buffer into the staging file and into a running sha256 and byte
+//! count, so the hot path costs one `write` syscall per buffer-full and no copies beyond the
+//! buffer. `commit` checks size then digest, fsyncs, renames into `blobs/sha256/` and fsyncs the
+//! directory; every other ending (a mismatch, an error, a drop) removes the staging file. A
+//! writer whose write failed or overflowed is poisoned: it can only fail from then on, since
+//! its file and its hash may no longer agree.
+
+use std::fs::{self, File, Permissions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use sha2::{Digest as _, Sha256};
+
+use super::{io_err, sync_dir, CacheError};
+use crate::digest::Digest;
+
+/// Size of the write buffer: large writes bypass it, small ones are batched.
+const BUFFER: usize = 512 * 1024;
+
+/// Why a writer is poisoned.
+#[derive(Debug, Clone, Copy)]
+enum Poison {
+    /// Writes totalling this many bytes went past the expected size.
+    Overflow(u64),
+    /// A write to the staging file failed.
+    Io(io::ErrorKind),
+}
+
+/// A blob being written. Dropping it without `commit` removes the staging file.
+#[derive(Debug)]
+pub struct BlobWriter {
+    /// `None` only while dropping.
+    out: Option<BufWriter<File>>,
+    hasher: Sha256,
+    written: u64,
+    digest: Digest,
+    expected_size: u64,
+    staging: PathBuf,
+    blob_dir: PathBuf,
+    poison: Option<Poison>,
+    /// The staging file no longer exists (renamed into place or removed by `commit`).
+    settled: bool,
+}
+
+impl BlobWriter {
+    pub(super) fn new(
+        file: File,
+        staging: PathBuf,
+        blob_dir: PathBuf,
+        digest: Digest,
+        expected_size: u64,
+    ) -> BlobWriter {
+        BlobWriter {
+            out: Some(BufWriter::with_capacity(BUFFER, file)),
+            hasher: Sha256::new(),
+            written: 0,
+            digest,
+            expected_size,
+            staging,
+            blob_dir,
+            poison: None,
+            settled: false,
+        }
+    }
+
+    /// Bytes written so far (where a resumed download continues from).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends bytes, hashing and counting them. Fails with [`CacheError::SizeMismatch`] as soon
+    /// as the total would exceed the expected size (those bytes are not written).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), CacheError> {
+        if let Some(Poison::Overflow(total)) = self.poison {
+            self.poison = Some(Poison::Overflow(total.saturating_add(bytes.len() as u64)));
+        }
+        self.check_poison()?;
+        let total = self.written.saturating_add(bytes.len() as u64);
+        if total > self.expected_size {
+            self.poison = Some(Poison::Overflow(total));
+            return self.check_poison();
+        }
+        let Some(out) = self.out.as_mut() else {
+            return Err(self.poisoned_error(io::ErrorKind::Other));
+        };
+        if let Err(e) = out.write_all(bytes) {
+            self.poison = Some(Poison::Io(e.kind()));
+            return Err(io_err("writing staging file", &self.staging)(e));
+        }
+        self.hasher.update(bytes);
+        self.written = total;
+        Ok(())
+    }
+
+    /// Verifies digest and size, then fsyncs and renames into place.
+    ///
+    /// If the blob is already in the store (another writer won), the staging file is removed
+    /// and the blob's path returned. On any error nothing is stored and the staging file is gone.
+    pub fn commit(mut self) -> Result<PathBuf, CacheError> {
+        // On error, `self` drops at the end of this call and removes the staging file.
+        self.check_poison()?;
+        let Some(out) = self.out.as_mut() else {
+            return Err(self.poisoned_error(io::ErrorKind::Other));
+        };
+        out.flush()
+            .map_err(io_err("writing staging file", &self.staging))?;
+        if self.written != self.expected_size {
+            return Err(CacheError::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: self.expected_size,
+                actual: self.written,
+            });
+        }
+        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        if actual != self.digest {
+            return Err(CacheError::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
+        }
+        let file = out.get_ref();
+        file.set_permissions(Permissions::from_mode(0o644))
+            .map_err(io_err("setting the mode of staging file", &self.staging))?;
+        file.sync_all()
+            .map_err(io_err("syncing staging file", &self.staging))?;
+        let dest = self.blob_dir.join(self.digest.hex());
+        if fs::symlink_metadata(&dest).is_ok() {
+            // Another writer won; its blob is just as verified as ours.
+            self.settled = true;
+            fs::remove_file(&self.staging)
+                .map_err(io_err("removing staging file", &self.staging))?;
+            return Ok(dest);
+        }
+        fs::rename(&self.staging, &dest).map_err(io_err("renaming into the store", &dest))?;
+        self.settled = true;
+        sync_dir(&self.blob_dir)?;
+        Ok(dest)
+    }
+
+    fn check_poison(&self) -> Result<(), CacheError> {
+        match self.poison {
+            None => Ok(()),
+            Some(Poison::Overflow(actual)) => Err(CacheError::SizeMismatch {
+                digest: self.digest.clone(),
+                expected: self.expected_size,
+                actual,
+            }),
+            Some(Poison::Io(kind)) => Err(self.poisoned_error(kind)),
+        }
+    }
+
+    fn poisoned_error(&self, kind: io::ErrorKind) -> CacheError {
+        CacheError::Io {
+            action: "writing staging file",
+            path: self.staging.clone(),
+            source: io::Error::new(kind, "an earlier write to this staging file failed"),
+        }
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if let Some(out) = self.out.take() {
+            // Discard what is still buffered rather than flushing it into a doomed file.
+            let (file, _unflushed) = out.into_parts();
+            drop(file);
+        }
+        if !self.settled {
+            if let Err(e) = fs::remove_file(&self.staging) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %self.staging.display(), error = %e, "cannot remove staging file");
+                }
+            }
+        }
+    }
+}
