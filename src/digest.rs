@@ -33,7 +33,9 @@ impl Digest {
         if !valid {
             return Err(DigestError::Malformed(text.to_owned()));
         }
-        Ok(Digest { hex: hex.to_owned() })
+        Ok(Digest {
+            hex: hex.to_owned(),
+        })
     }
 
     /// The digest of `bytes`.
@@ -90,9 +92,22 @@ mod tests {
 
     #[test]
     fn refuses_other_algorithms_and_malformed_digests() {
-        assert!(matches!(Digest::parse("sha512:abcd"), Err(DigestError::Algorithm(_))));
-        for bad in ["sha256", "sha256:", "sha256:ABC", &format!("sha256:{}", "A".repeat(64)), &format!("sha256:{}", "0".repeat(63)), &format!("sha256:../{}", "0".repeat(61))] {
-            assert!(matches!(Digest::parse(bad), Err(DigestError::Malformed(_))), "{bad}");
+        assert!(matches!(
+            Digest::parse("sha512:abcd"),
+            Err(DigestError::Algorithm(_))
+        ));
+        for bad in [
+            "sha256",
+            "sha256:",
+            "sha256:ABC",
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("sha256:{}", "0".repeat(63)),
+            &format!("sha256:../{}", "0".repeat(61)),
+        ] {
+            assert!(
+                matches!(Digest::parse(bad), Err(DigestError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 }

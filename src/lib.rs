@@ -25,6 +25,7 @@ pub mod image;
 pub mod mountinfo;
 pub mod pipeline;
 pub mod progress;
+pub mod registry;
 pub mod rootfs;
 pub mod setup;
 pub mod spec;

@@ -35,16 +35,23 @@ fn ls(args: &CacheArgs) -> anyhow::Result<()> {
         println!("blob {} {:>12}", blob.digest, blob.size);
     }
     let total: u64 = blobs.iter().map(|b| b.size).sum();
-    println!("{} blob(s), {} in {}", blobs.len(), mb(total), settings.state_dir.display());
+    println!(
+        "{} blob(s), {} in {}",
+        blobs.len(),
+        mb(total),
+        settings.state_dir.display()
+    );
     Ok(())
 }
 
 fn prune(args: &CacheArgs) -> anyhow::Result<()> {
     let (settings, store) = open(args)?;
-    let text = settings
-        .image
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("{} is required: prune keeps the blobs of that image", names::IMAGE))?;
+    let text = settings.image.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is required: prune keeps the blobs of that image",
+            names::IMAGE
+        )
+    })?;
     let reference = ImageRef::parse(&text)?;
     let (config, _) = RegistryConfig::from_settings(&settings)?;
     let keep: BTreeSet<_> = runtime()?
@@ -60,6 +67,10 @@ fn prune(args: &CacheArgs) -> anyhow::Result<()> {
             removed += 1;
         }
     }
-    println!("removed {removed} blob(s), freed {}; kept {} blob(s) of {reference}", mb(freed), keep.len());
+    println!(
+        "removed {removed} blob(s), freed {}; kept {} blob(s) of {reference}",
+        mb(freed),
+        keep.len()
+    );
     Ok(())
 }

@@ -18,7 +18,10 @@ use crate::config::Secret;
 /// Credentials for one registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    Basic { username: String, password: Secret },
+    Basic {
+        username: String,
+        password: Secret,
+    },
     /// An OAuth2 refresh token (`identitytoken`), exchanged at the registry's token realm.
     IdentityToken(Secret),
 }
@@ -100,9 +103,9 @@ impl Credentials {
                 Some(c) => {
                     creds.by_host.insert(host, c);
                 }
-                None => creds
-                    .warnings
-                    .push(format!("{origin}: entry {key:?} has no usable credentials; ignored")),
+                None => creds.warnings.push(format!(
+                    "{origin}: entry {key:?} has no usable credentials; ignored"
+                )),
             }
         }
         if let Some(store) = config.creds_store {
@@ -148,7 +151,9 @@ mod tests {
 
     fn basic(c: Option<&Credential>) -> Option<(String, String)> {
         match c {
-            Some(Credential::Basic { username, password }) => Some((username.clone(), password.expose().to_owned())),
+            Some(Credential::Basic { username, password }) => {
+                Some((username.clone(), password.expose().to_owned()))
+            }
             _ => None,
         }
     }
@@ -161,34 +166,64 @@ mod tests {
                 "registry.example.com:5000":{"username":"bob","password":"pw"},
                 "ghcr.io":{"identitytoken":"refresh-me"}}}"#,
         );
-        assert_eq!(basic(c.for_host("docker.io")), Some(("user".into(), "pa:ss".into())));
-        assert_eq!(basic(c.for_host("registry-1.docker.io")), Some(("user".into(), "pa:ss".into())));
-        assert_eq!(basic(c.for_host("registry.example.com:5000")), Some(("bob".into(), "pw".into())));
-        assert!(matches!(c.for_host("ghcr.io"), Some(Credential::IdentityToken(t)) if t.expose() == "refresh-me"));
+        assert_eq!(
+            basic(c.for_host("docker.io")),
+            Some(("user".into(), "pa:ss".into()))
+        );
+        assert_eq!(
+            basic(c.for_host("registry-1.docker.io")),
+            Some(("user".into(), "pa:ss".into()))
+        );
+        assert_eq!(
+            basic(c.for_host("registry.example.com:5000")),
+            Some(("bob".into(), "pw".into()))
+        );
+        assert!(
+            matches!(c.for_host("ghcr.io"), Some(Credential::IdentityToken(t)) if t.expose() == "refresh-me")
+        );
     }
 
     #[test]
     fn hosts_match_exactly_never_the_first_entry() {
         let c = parse(r#"{"auths":{"registry.example.com":{"auth":"dTpw"}}}"#);
         assert!(c.for_host("other.example.com").is_none());
-        assert!(c.for_host("registry.example.com:5000").is_none(), "a port is another host");
+        assert!(
+            c.for_host("registry.example.com:5000").is_none(),
+            "a port is another host"
+        );
         assert!(c.for_host("docker.io").is_none());
     }
 
     #[test]
     fn the_pull_secret_wins_over_the_config_file_and_both_are_kept() {
         let secret = parse(r#"{"auths":{"a.example":{"auth":"czpz"}}}"#);
-        let file = parse(r#"{"auths":{"a.example":{"auth":"ZjpmZg=="},"b.example":{"auth":"ZjpmZg=="}}}"#);
+        let file =
+            parse(r#"{"auths":{"a.example":{"auth":"ZjpmZg=="},"b.example":{"auth":"ZjpmZg=="}}}"#);
         let merged = secret.merged_over(file);
-        assert_eq!(basic(merged.for_host("a.example")), Some(("s".into(), "s".into())));
-        assert_eq!(basic(merged.for_host("b.example")), Some(("f".into(), "ff".into())));
+        assert_eq!(
+            basic(merged.for_host("a.example")),
+            Some(("s".into(), "s".into()))
+        );
+        assert_eq!(
+            basic(merged.for_host("b.example")),
+            Some(("f".into(), "ff".into()))
+        );
     }
 
     #[test]
     fn errors_name_the_source_never_the_content() {
-        for bad in ["not json hunter2", r#"{"auths":{"x":{"auth":"!!hunter2"}}}"#, r#"{"auths":{"x":{"auth":"aHVudGVyMg=="}}}"#] {
-            let err = Credentials::parse(&Secret::new(bad), "CODER_IMAGE_PULL_SECRET").unwrap_err().to_string();
-            assert!(err.contains("CODER_IMAGE_PULL_SECRET") && !err.contains("hunter2"), "{err}");
+        for bad in [
+            "not json hunter2",
+            r#"{"auths":{"x":{"auth":"!!hunter2"}}}"#,
+            r#"{"auths":{"x":{"auth":"aHVudGVyMg=="}}}"#,
+        ] {
+            let err = Credentials::parse(&Secret::new(bad), "CODER_IMAGE_PULL_SECRET")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("CODER_IMAGE_PULL_SECRET") && !err.contains("hunter2"),
+                "{err}"
+            );
         }
     }
 

@@ -84,7 +84,15 @@ async fn get_once(
                 detail: chain(&e),
             })
         }
-        Err(e) => return Ok(Got::Failed(writer, Attempt::Retry { detail: chain(&e), after: None })),
+        Err(e) => {
+            return Ok(Got::Failed(
+                writer,
+                Attempt::Retry {
+                    detail: chain(&e),
+                    after: None,
+                },
+            ))
+        }
     };
     let status = response.status().as_u16();
     let detail = format!("{status} from {url}");
@@ -130,8 +138,16 @@ async fn get_once(
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                writer = flush(writer, buffer).await.map_err(|e| store_error(t, &request.digest, e))?;
-                return Ok(Got::Failed(writer, Attempt::Retry { detail: chain(&e), after: None }));
+                writer = flush(writer, buffer)
+                    .await
+                    .map_err(|e| store_error(t, &request.digest, e))?;
+                return Ok(Got::Failed(
+                    writer,
+                    Attempt::Retry {
+                        detail: chain(&e),
+                        after: None,
+                    },
+                ));
             }
         };
         received += chunk.len() as u64;
@@ -147,13 +163,27 @@ async fn get_once(
         buffer.extend_from_slice(&chunk);
         if buffer.len() >= WRITE_CHUNK {
             let full = std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK));
-            writer = flush(writer, full).await.map_err(|e| store_error(t, &request.digest, e))?;
+            writer = flush(writer, full)
+                .await
+                .map_err(|e| store_error(t, &request.digest, e))?;
         }
     }
-    writer = flush(writer, buffer).await.map_err(|e| store_error(t, &request.digest, e))?;
+    writer = flush(writer, buffer)
+        .await
+        .map_err(|e| store_error(t, &request.digest, e))?;
     if writer.written() < request.size {
-        let detail = format!("connection closed after {} of {} bytes", writer.written(), request.size);
-        return Ok(Got::Failed(writer, Attempt::Retry { detail, after: None }));
+        let detail = format!(
+            "connection closed after {} of {} bytes",
+            writer.written(),
+            request.size
+        );
+        return Ok(Got::Failed(
+            writer,
+            Attempt::Retry {
+                detail,
+                after: None,
+            },
+        ));
     }
     Ok(Got::Complete(writer))
 }
@@ -194,8 +224,11 @@ pub(crate) async fn fetch_blob(
             }
             Got::Failed(w, Attempt::Fatal(error)) => {
                 writer = w;
-                let expired = matches!(error, RegistryError::Unauthorized { .. } | RegistryError::CredentialsRequired { .. });
-                if !(expired && !reauthenticated) {
+                let expired = matches!(
+                    error,
+                    RegistryError::Unauthorized { .. } | RegistryError::CredentialsRequired { .. }
+                );
+                if !expired || reauthenticated {
                     return Err(error);
                 }
                 reauthenticated = true;

@@ -59,7 +59,7 @@ pub fn layer_compression(media_type: &str) -> Option<Compression> {
 #[derive(Debug, Clone)]
 pub enum Manifest {
     Index(OciImageIndex),
-    Image(OciImageManifest),
+    Image(Box<OciImageManifest>),
 }
 
 fn malformed(reference: &str, detail: impl Into<String>) -> RegistryError {
@@ -70,7 +70,11 @@ fn malformed(reference: &str, detail: impl Into<String>) -> RegistryError {
 }
 
 /// Classifies and parses a manifest. `content_type` is the response's, if known.
-pub fn parse(bytes: &[u8], content_type: Option<&str>, reference: &str) -> Result<Manifest, RegistryError> {
+pub fn parse(
+    bytes: &[u8],
+    content_type: Option<&str>,
+    reference: &str,
+) -> Result<Manifest, RegistryError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| malformed(reference, format!("not JSON: {e}")))?;
     let media_type = value
@@ -107,7 +111,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>, reference: &str) -> Resul
     let image: OciImageManifest = serde_json::from_value(value)
         .map_err(|e| malformed(reference, format!("bad image manifest: {e}")))?;
     check_image(&image, reference)?;
-    Ok(Manifest::Image(image))
+    Ok(Manifest::Image(Box::new(image)))
 }
 
 fn check_image(image: &OciImageManifest, reference: &str) -> Result<(), RegistryError> {
@@ -126,7 +130,10 @@ fn check_image(image: &OciImageManifest, reference: &str) -> Result<(), Registry
             });
         }
         if layer.size < 0 {
-            return Err(malformed(reference, format!("layer {} has a negative size", layer.digest)));
+            return Err(malformed(
+                reference,
+                format!("layer {} has a negative size", layer.digest),
+            ));
         }
     }
     Ok(())
@@ -147,15 +154,35 @@ mod tests {
 
     #[test]
     fn images_with_known_layers_parse() {
-        for t in ["application/vnd.oci.image.layer.v1.tar+gzip", "application/vnd.oci.image.layer.v1.tar+zstd", "application/vnd.oci.image.layer.v1.tar", "application/vnd.docker.image.rootfs.diff.tar.gzip"] {
-            assert!(matches!(parse(image(t).as_bytes(), None, "r"), Ok(Manifest::Image(_))), "{t}");
+        for t in [
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.oci.image.layer.v1.tar",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ] {
+            assert!(
+                matches!(
+                    parse(image(t).as_bytes(), None, "r"),
+                    Ok(Manifest::Image(_))
+                ),
+                "{t}"
+            );
         }
     }
 
     #[test]
     fn unknown_layer_types_are_refused_by_name() {
-        let err = parse(image("application/vnd.oci.image.layer.v1.tar+bzip2").as_bytes(), None, "r").unwrap_err();
-        assert!(err.to_string().contains("application/vnd.oci.image.layer.v1.tar+bzip2"), "{err}");
+        let err = parse(
+            image("application/vnd.oci.image.layer.v1.tar+bzip2").as_bytes(),
+            None,
+            "r",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("application/vnd.oci.image.layer.v1.tar+bzip2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -168,13 +195,21 @@ mod tests {
 
     #[test]
     fn indexes_and_docker_lists_parse() {
-        let list = serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": []}).to_string();
-        assert!(matches!(parse(list.as_bytes(), None, "r"), Ok(Manifest::Index(_))));
+        let list =
+            serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": []})
+                .to_string();
+        assert!(matches!(
+            parse(list.as_bytes(), None, "r"),
+            Ok(Manifest::Index(_))
+        ));
     }
 
     #[test]
     fn artifacts_are_not_images() {
-        let helm = image("application/vnd.oci.image.layer.v1.tar").replace("application/vnd.oci.image.config.v1+json", "application/vnd.cncf.helm.config.v1+json");
+        let helm = image("application/vnd.oci.image.layer.v1.tar").replace(
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.cncf.helm.config.v1+json",
+        );
         let err = parse(helm.as_bytes(), None, "r").unwrap_err();
         assert!(err.to_string().contains("helm"), "{err}");
     }

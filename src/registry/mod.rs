@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use credentials::{Credential, Credentials};
 pub use platform::Platform;
-pub use pull::{pull, PulledImage};
+pub use pull::{cached_blobs, pull, PulledImage, PulledLayer};
 pub use reference::{normalize_host, ImageRef};
 pub use tls::load_extra_certs;
 
@@ -79,7 +79,9 @@ impl RegistryConfig {
     /// The registry settings of `settings`: the pull secret merged over the docker config file
     /// (read when it exists; a path set explicitly must exist), extra CA certificates, insecure
     /// registries. Returns warnings to log (unused credential helpers, ...).
-    pub fn from_settings(settings: &Settings) -> Result<(RegistryConfig, Vec<String>), RegistryError> {
+    pub fn from_settings(
+        settings: &Settings,
+    ) -> Result<(RegistryConfig, Vec<String>), RegistryError> {
         use crate::config::names;
         let mut credentials = match &settings.image_pull_secret {
             Some(secret) => Credentials::parse(secret, names::IMAGE_SECRET.env)?,
@@ -92,10 +94,20 @@ impl RegistryConfig {
         let origin = format!("{} {}", names::DOCKER_CONFIG.env, docker_config.display());
         match std::fs::read_to_string(&docker_config) {
             Ok(text) => {
-                credentials = credentials.merged_over(Credentials::parse(&crate::config::Secret::new(text), &origin)?);
+                credentials = credentials.merged_over(Credentials::parse(
+                    &crate::config::Secret::new(text),
+                    &origin,
+                )?);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && settings.docker_config.is_none() => {}
-            Err(e) => return Err(RegistryError::Credentials { origin, reason: e.to_string() }),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && settings.docker_config.is_none() => {
+            }
+            Err(e) => {
+                return Err(RegistryError::Credentials {
+                    origin,
+                    reason: e.to_string(),
+                })
+            }
         }
         let warnings = std::mem::take(&mut credentials.warnings);
         let extra_roots = match &settings.extra_certs_path {

@@ -80,7 +80,11 @@ pub fn choose<'a>(
         .iter()
         .find(|e| {
             e.platform.as_ref().is_some_and(|p| {
-                wanted.accepts(&p.os.to_string(), &p.architecture.to_string(), p.variant.as_deref())
+                wanted.accepts(
+                    &p.os.to_string(),
+                    &p.architecture.to_string(),
+                    p.variant.as_deref(),
+                )
             })
         })
         .ok_or_else(|| entries.iter().map(describe).collect())
@@ -107,14 +111,30 @@ mod tests {
     }
 
     fn linux(arch: &str, variant: Option<&str>) -> Platform {
-        Platform { os: "linux".into(), architecture: arch.into(), variant: variant.map(Into::into) }
+        Platform {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: variant.map(Into::into),
+        }
     }
 
     #[test]
     fn picks_the_matching_entry() {
-        let entries = index(&[("linux", "arm64", Some("v8")), ("linux", "amd64", None), ("unknown", "unknown", None)]);
-        assert_eq!(choose(&entries, &linux("amd64", None)).unwrap().digest, entries[1].digest);
-        assert_eq!(choose(&entries, &linux("arm64", Some("v8"))).unwrap().digest, entries[0].digest);
+        let entries = index(&[
+            ("linux", "arm64", Some("v8")),
+            ("linux", "amd64", None),
+            ("unknown", "unknown", None),
+        ]);
+        assert_eq!(
+            choose(&entries, &linux("amd64", None)).unwrap().digest,
+            entries[1].digest
+        );
+        assert_eq!(
+            choose(&entries, &linux("arm64", Some("v8")))
+                .unwrap()
+                .digest,
+            entries[0].digest
+        );
     }
 
     #[test]

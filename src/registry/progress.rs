@@ -32,7 +32,11 @@ impl Progress {
     pub fn new(blobs: impl IntoIterator<Item = (Digest, u64)>) -> Progress {
         let blobs = blobs
             .into_iter()
-            .map(|(digest, total)| Blob { digest, done: 0, total })
+            .map(|(digest, total)| Blob {
+                digest,
+                done: 0,
+                total,
+            })
             .collect();
         Progress {
             blobs: Arc::new(Mutex::new(blobs)),
@@ -63,18 +67,30 @@ impl Progress {
     pub fn totals(&self) -> (u64, u64) {
         self.blobs
             .lock()
-            .map(|b| b.iter().fold((0, 0), |(d, t), blob| (d + blob.done, t + blob.total)))
+            .map(|b| {
+                b.iter()
+                    .fold((0, 0), |(d, t), blob| (d + blob.done, t + blob.total))
+            })
             .unwrap_or_default()
     }
 
     /// One line: overall, then each unfinished blob.
     pub fn line(&self, reference: &str) -> String {
         let (done, total) = self.totals();
-        let percent = if total == 0 { 100 } else { done * 100 / total };
-        let mut text = format!("Pulling {reference}: {} / {} ({percent}%)", mb(done), mb(total));
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
+        let mut text = format!(
+            "Pulling {reference}: {} / {} ({percent}%)",
+            mb(done),
+            mb(total)
+        );
         if let Ok(blobs) = self.blobs.lock() {
             for blob in blobs.iter().filter(|b| b.done < b.total) {
-                text.push_str(&format!("; {}: {} / {}", &blob.digest.to_string()[..19], mb(blob.done), mb(blob.total)));
+                text.push_str(&format!(
+                    "; {}: {} / {}",
+                    &blob.digest.to_string()[..19],
+                    mb(blob.done),
+                    mb(blob.total)
+                ));
             }
         }
         text
@@ -91,7 +107,11 @@ impl Reporter {
     pub fn start(progress: Progress, reference: String, interval: Duration) -> Reporter {
         let terminal = std::io::stderr().is_terminal();
         let task = tokio::spawn(async move {
-            let tick = if terminal { Duration::from_millis(250) } else { interval };
+            let tick = if terminal {
+                Duration::from_millis(250)
+            } else {
+                interval
+            };
             let mut last = None;
             loop {
                 tokio::time::sleep(tick).await;
@@ -110,8 +130,10 @@ impl Reporter {
 
 fn draw_bar(reference: &str, (done, total): (u64, u64)) {
     const WIDTH: u64 = 30;
-    let filled = if total == 0 { WIDTH } else { done * WIDTH / total };
-    let bar: String = (0..WIDTH).map(|i| if i < filled { '=' } else { ' ' }).collect();
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let bar: String = (0..WIDTH)
+        .map(|i| if i < filled { '=' } else { ' ' })
+        .collect();
     let mut err = std::io::stderr().lock();
     let _ = write!(err, "\r{reference} [{bar}] {} / {}", mb(done), mb(total));
     let _ = err.flush();
@@ -139,8 +161,14 @@ mod tests {
         p.cached(&b);
         assert_eq!(p.totals(), (2_000_000, 3_000_000));
         let line = p.line("docker.io/library/x:1");
-        assert!(line.starts_with("Pulling docker.io/library/x:1: 2.0 MB / 3.0 MB (66%)"), "{line}");
-        assert!(line.contains(&a.to_string()[..19]) && !line.contains(&b.to_string()[..19]), "{line}");
+        assert!(
+            line.starts_with("Pulling docker.io/library/x:1: 2.0 MB / 3.0 MB (66%)"),
+            "{line}"
+        );
+        assert!(
+            line.contains(&a.to_string()[..19]) && !line.contains(&b.to_string()[..19]),
+            "{line}"
+        );
         p.restart(&a);
         assert_eq!(p.totals(), (1_000_000, 3_000_000));
         p.advance(&a, 5_000_000);

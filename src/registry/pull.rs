@@ -53,7 +53,11 @@ fn digest_of(text: &str, reference: &ImageRef) -> Result<Digest, RegistryError> 
     })
 }
 
-fn store_error(reference: &ImageRef, digest: &Digest, source: crate::cache::CacheError) -> RegistryError {
+fn store_error(
+    reference: &ImageRef,
+    digest: &Digest,
+    source: crate::cache::CacheError,
+) -> RegistryError {
     RegistryError::Store {
         reference: reference.to_string(),
         digest: digest.to_string(),
@@ -73,7 +77,9 @@ impl LazySession<'_> {
         if let Some(s) = &self.session {
             return Ok(s.clone());
         }
-        let s = Arc::new(Mutex::new(Session::open(self.config, self.reference).await?));
+        let s = Arc::new(Mutex::new(
+            Session::open(self.config, self.reference).await?,
+        ));
         self.session = Some(s.clone());
         Ok(s)
     }
@@ -87,11 +93,19 @@ async fn manifest_by_digest(
     digest: &Digest,
 ) -> Result<Vec<u8>, RegistryError> {
     if store.size_of(digest).is_some() {
-        return store.read(digest).map_err(|e| store_error(reference, digest, e));
+        return store
+            .read(digest)
+            .map_err(|e| store_error(reference, digest, e));
     }
     let session = lazy.get().await?;
-    let bytes = session.lock().await.manifest(lazy.config, &reference.at(digest)).await?;
-    store.put(digest, &bytes).map_err(|e| store_error(reference, digest, e))?;
+    let bytes = session
+        .lock()
+        .await
+        .manifest(lazy.config, &reference.at(digest))
+        .await?;
+    store
+        .put(digest, &bytes)
+        .map_err(|e| store_error(reference, digest, e))?;
     Ok(bytes)
 }
 
@@ -106,9 +120,15 @@ async fn top_manifest(
         return Ok((digest, bytes));
     }
     let session = lazy.get().await?;
-    let bytes = session.lock().await.manifest(lazy.config, reference).await?;
+    let bytes = session
+        .lock()
+        .await
+        .manifest(lazy.config, reference)
+        .await?;
     let digest = Digest::of(&bytes);
-    store.put(&digest, &bytes).map_err(|e| store_error(reference, &digest, e))?;
+    store
+        .put(&digest, &bytes)
+        .map_err(|e| store_error(reference, &digest, e))?;
     store
         .pin(&reference.normalized(), &digest)
         .map_err(|e| store_error(reference, &digest, e))?;
@@ -123,7 +143,7 @@ async fn image_manifest(
 ) -> Result<(Digest, Digest, OciImageManifest), RegistryError> {
     let (top, bytes) = top_manifest(lazy, store, reference).await?;
     match manifest::parse(&bytes, None, &reference.to_string())? {
-        Manifest::Image(image) => Ok((top.clone(), top, image)),
+        Manifest::Image(image) => Ok((top.clone(), top, *image)),
         Manifest::Index(index) => {
             let wanted = &lazy.config.platform;
             let entry = platform::choose(&index.manifests, wanted).map_err(|offered| {
@@ -138,11 +158,15 @@ async fn image_manifest(
             if bytes.len() as i64 != entry.size {
                 return Err(RegistryError::Manifest {
                     reference: reference.to_string(),
-                    detail: format!("manifest {digest} is {} bytes, the index says {}", bytes.len(), entry.size),
+                    detail: format!(
+                        "manifest {digest} is {} bytes, the index says {}",
+                        bytes.len(),
+                        entry.size
+                    ),
                 });
             }
             match manifest::parse(&bytes, Some(&entry.media_type), &reference.to_string())? {
-                Manifest::Image(image) => Ok((top, digest, image)),
+                Manifest::Image(image) => Ok((top, digest, *image)),
                 Manifest::Index(_) => Err(RegistryError::Manifest {
                     reference: reference.to_string(),
                     detail: format!("index entry {digest} is itself an index"),
@@ -153,7 +177,11 @@ async fn image_manifest(
 }
 
 /// Pulls `reference` into `store`.
-pub async fn pull(config: &RegistryConfig, store: &BlobStore, reference: &ImageRef) -> Result<PulledImage, RegistryError> {
+pub async fn pull(
+    config: &RegistryConfig,
+    store: &BlobStore,
+    reference: &ImageRef,
+) -> Result<PulledImage, RegistryError> {
     let mut lazy = LazySession {
         config,
         reference,
@@ -185,22 +213,35 @@ pub async fn pull(config: &RegistryConfig, store: &BlobStore, reference: &ImageR
     if !missing.is_empty() {
         let session = lazy.get().await?;
         let progress = Progress::new(missing.iter().map(|r| (r.digest.clone(), r.size)));
-        let _reporter = Reporter::start(progress.clone(), reference.to_string(), config.progress_interval);
+        let _reporter = Reporter::start(
+            progress.clone(),
+            reference.to_string(),
+            config.progress_interval,
+        );
         stream::iter(missing.iter())
             .map(|request| fetch_blob(&session, config, store, request, &progress))
             .buffer_unordered(config.max_concurrent_downloads.max(1))
             .try_collect::<Vec<()>>()
             .await?;
     }
-    let config_bytes = store.read(&config_digest).map_err(|e| store_error(reference, &config_digest, e))?;
-    let document = ImageDocument::from_json(&config_bytes, &format!("image config {config_digest}")).map_err(|e| {
-        RegistryError::Manifest {
-            reference: reference.to_string(),
-            detail: e.to_string(),
-        }
-    })?;
+    let config_bytes = store
+        .read(&config_digest)
+        .map_err(|e| store_error(reference, &config_digest, e))?;
+    let document =
+        ImageDocument::from_json(&config_bytes, &format!("image config {config_digest}")).map_err(
+            |e| RegistryError::Manifest {
+                reference: reference.to_string(),
+                detail: e.to_string(),
+            },
+        )?;
     let wanted = &config.platform;
-    if !document.os.is_empty() && !wanted.accepts(&document.os, &document.architecture, document.variant.as_deref()) {
+    if !document.os.is_empty()
+        && !wanted.accepts(
+            &document.os,
+            &document.architecture,
+            document.variant.as_deref(),
+        )
+    {
         return Err(RegistryError::WrongPlatform {
             reference: reference.to_string(),
             found: format!("{}/{}", document.os, document.architecture),
@@ -222,7 +263,8 @@ pub async fn pull(config: &RegistryConfig, store: &BlobStore, reference: &ImageR
         layers.push(PulledLayer {
             digest: digest_of(&layer.digest, reference)?,
             size: size(layer.size),
-            compression: manifest::layer_compression(&layer.media_type).unwrap_or(Compression::None),
+            compression: manifest::layer_compression(&layer.media_type)
+                .unwrap_or(Compression::None),
             media_type: layer.media_type.clone(),
             diff_id: digest_of(diff_id, reference)?,
         });
@@ -236,4 +278,40 @@ pub async fn pull(config: &RegistryConfig, store: &BlobStore, reference: &ImageR
         layers,
         blobs_downloaded: missing.len(),
     })
+}
+
+/// Every blob of `reference` that is in the store, found without the network (pinned digest,
+/// stored manifests): the top manifest, the platform's manifest, the config and the layers.
+pub async fn cached_blobs(
+    config: &RegistryConfig,
+    store: &BlobStore,
+    reference: &ImageRef,
+) -> Result<Vec<Digest>, RegistryError> {
+    let top = match reference.digest() {
+        Some(d) => d,
+        None => store
+            .pinned(&reference.normalized())
+            .map_err(|e| store_error(reference, &Digest::of(b""), e))?
+            .ok_or_else(|| RegistryError::NotFound {
+                reference: reference.to_string(),
+                detail: "it is not in the cache (pull it first)".into(),
+            })?,
+    };
+    let pinned = reference.at(&top);
+    let mut offline = LazySession {
+        config,
+        reference: &pinned,
+        session: None,
+    };
+    let (top, manifest_digest, image) = image_manifest(&mut offline, store, &pinned).await?;
+    let mut blobs = vec![
+        top,
+        manifest_digest,
+        digest_of(&image.config.digest, reference)?,
+    ];
+    for layer in &image.layers {
+        blobs.push(digest_of(&layer.digest, reference)?);
+    }
+    blobs.retain(|d| store.size_of(d).is_some());
+    Ok(blobs)
 }

@@ -22,6 +22,12 @@ impl ImageRef {
             reference: text.to_owned(),
             reason: format!("{e}"),
         })?;
+        if reference.repository().chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(RegistryError::Reference {
+                reference: text.to_owned(),
+                reason: "repository names must be lower-case".into(),
+            });
+        }
         if let Some(digest) = reference.digest() {
             Digest::parse(digest).map_err(|e| RegistryError::Reference {
                 reference: text.to_owned(),
@@ -38,7 +44,11 @@ impl ImageRef {
 
     /// `registry/repository` without tag or digest.
     pub fn normalized_repository(&self) -> String {
-        format!("{}/{}", self.reference.registry(), self.reference.repository())
+        format!(
+            "{}/{}",
+            self.reference.registry(),
+            self.reference.repository()
+        )
     }
 
     /// The registry host credentials are looked up by (`docker.io` for Docker Hub).
@@ -82,15 +92,16 @@ const DOCKER_HUB_ALIASES: [&str; 5] = [
 /// path dropped (`https://index.docker.io/v1/` is Docker Hub), Docker Hub aliases folded into
 /// `docker.io`.
 pub fn normalize_host(key: &str) -> String {
-    let without_scheme = key
+    let lower = key.to_ascii_lowercase();
+    let without_scheme = lower
         .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
+        .or_else(|| lower.strip_prefix("http://"))
+        .unwrap_or(&lower);
     let host = without_scheme
         .split('/')
         .next()
         .unwrap_or_default()
-        .to_ascii_lowercase();
+        .to_owned();
     if DOCKER_HUB_ALIASES.contains(&host.as_str()) {
         "docker.io".to_owned()
     } else {
@@ -123,10 +134,19 @@ mod tests {
 
     #[test]
     fn hosts_are_normalised() {
-        for key in ["https://index.docker.io/v1/", "docker.io", "index.docker.io", "registry-1.docker.io", "HTTPS://Docker.IO"] {
+        for key in [
+            "https://index.docker.io/v1/",
+            "docker.io",
+            "index.docker.io",
+            "registry-1.docker.io",
+            "HTTPS://Docker.IO",
+        ] {
             assert_eq!(normalize_host(key), "docker.io", "{key}");
         }
-        assert_eq!(normalize_host("https://Registry.Example.com:5000/v2/"), "registry.example.com:5000");
+        assert_eq!(
+            normalize_host("https://Registry.Example.com:5000/v2/"),
+            "registry.example.com:5000"
+        );
         assert_eq!(normalize_host("ghcr.io"), "ghcr.io");
     }
 }

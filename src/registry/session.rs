@@ -23,7 +23,10 @@ use crate::config::Secret;
 /// What went wrong with one attempt: give up, or try again (after `after` if the server said).
 pub(crate) enum Attempt {
     Fatal(RegistryError),
-    Retry { detail: String, after: Option<Duration> },
+    Retry {
+        detail: String,
+        after: Option<Duration>,
+    },
 }
 
 pub(crate) struct Session {
@@ -133,15 +136,29 @@ pub(crate) struct Transport {
 
 impl Transport {
     pub fn unauthorized(&self, detail: String) -> RegistryError {
-        unauthorized(&self.reference, &self.registry, self.has_credentials, detail)
+        unauthorized(
+            &self.reference,
+            &self.registry,
+            self.has_credentials,
+            detail,
+        )
     }
 
     pub fn blob_url(&self, digest: &crate::digest::Digest) -> String {
-        format!("{}/v2/{}/blobs/{digest}", self.base_url, self.reference.reference.repository())
+        format!(
+            "{}/v2/{}/blobs/{digest}",
+            self.base_url,
+            self.reference.reference.repository()
+        )
     }
 }
 
-fn unauthorized(reference: &ImageRef, registry: &str, has_credentials: bool, detail: String) -> RegistryError {
+fn unauthorized(
+    reference: &ImageRef,
+    registry: &str,
+    has_credentials: bool,
+    detail: String,
+) -> RegistryError {
     if has_credentials {
         RegistryError::Unauthorized {
             reference: reference.to_string(),
@@ -169,13 +186,19 @@ impl Session {
     }
 
     /// Connects, probes and authenticates.
-    pub async fn open(config: &RegistryConfig, reference: &ImageRef) -> Result<Session, RegistryError> {
+    pub async fn open(
+        config: &RegistryConfig,
+        reference: &ImageRef,
+    ) -> Result<Session, RegistryError> {
         // reqwest is built without a default TLS provider: use ring (no C toolchain needed).
         // Installing twice is harmless: the first one stays.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let registry = reference.host();
         let api_host = reference.reference.resolve_registry().to_owned();
-        let insecure = config.insecure.iter().any(|h| super::normalize_host(h) == registry);
+        let insecure = config
+            .insecure
+            .iter()
+            .any(|h| super::normalize_host(h) == registry);
         let scheme = if insecure { "http" } else { "https" };
         let base_url = format!("{scheme}://{api_host}");
         let http = http_client(config).map_err(|detail| RegistryError::Protocol {
@@ -242,7 +265,9 @@ impl Session {
                 Ok(response) => {
                     let status = response.status();
                     if status.is_server_error() || status.as_u16() == 429 {
-                        let wait = retry_after(response.headers()).unwrap_or(delay).min(config.max_backoff);
+                        let wait = retry_after(response.headers())
+                            .unwrap_or(delay)
+                            .min(config.max_backoff);
                         if attempt < config.max_attempts {
                             tokio::time::sleep(wait).await;
                             delay = (delay * 2).min(config.max_backoff);
@@ -267,13 +292,18 @@ impl Session {
         Ok(Challenge::default())
     }
 
-    async fn authenticate(&mut self, config: &RegistryConfig, challenge: &Challenge) -> Result<(), RegistryError> {
+    async fn authenticate(
+        &mut self,
+        config: &RegistryConfig,
+        challenge: &Challenge,
+    ) -> Result<(), RegistryError> {
         let credential = config.credentials.for_host(&self.registry).cloned();
         self.has_credentials = credential.is_some();
         if let (Some(_), Some(realm)) = (&credential, &challenge.realm) {
             let (realm_scheme, realm_host) = scheme_and_host(realm);
             let (_, api_host) = scheme_and_host(&self.base_url);
-            let same_host = realm_host == api_host || super::normalize_host(realm_host) == self.registry;
+            let same_host =
+                realm_host == api_host || super::normalize_host(realm_host) == self.registry;
             if realm_scheme != "https" && !same_host {
                 return Err(RegistryError::InsecureTokenRealm {
                     registry: self.registry.clone(),
@@ -292,13 +322,19 @@ impl Session {
         };
         let token = self
             .client
-            .auth(&self.reference.reference, &self.oci_auth, RegistryOperation::Pull)
+            .auth(
+                &self.reference.reference,
+                &self.oci_auth,
+                RegistryOperation::Pull,
+            )
             .await
             .map_err(|e| self.auth_error(e))?;
         self.auth_header = match (token, &credential, &self.oci_auth) {
             (Some(token), _, _) => Some(Secret::new(format!("Bearer {token}"))),
             (None, _, RegistryAuth::Bearer(token)) => Some(Secret::new(format!("Bearer {token}"))),
-            (None, Some(Credential::Basic { username, password }), _) => Some(basic_header(username, password)),
+            (None, Some(Credential::Basic { username, password }), _) => {
+                Some(basic_header(username, password))
+            }
             (None, _, _) => None,
         };
         Ok(())
@@ -311,16 +347,19 @@ impl Session {
     }
 
     /// OAuth2 refresh-token grant at the realm (docker's `identitytoken`).
-    async fn exchange_identity_token(&self, challenge: &Challenge, token: &Secret) -> Result<String, RegistryError> {
+    async fn exchange_identity_token(
+        &self,
+        challenge: &Challenge,
+        token: &Secret,
+    ) -> Result<String, RegistryError> {
         let token_error = |detail: String| RegistryError::Token {
             reference: self.reference.to_string(),
             registry: self.registry.clone(),
             detail,
         };
-        let realm = challenge
-            .realm
-            .as_deref()
-            .ok_or_else(|| token_error("the registry offers no token service for an identity token".into()))?;
+        let realm = challenge.realm.as_deref().ok_or_else(|| {
+            token_error("the registry offers no token service for an identity token".into())
+        })?;
         let scope = format!("repository:{}:pull", self.reference.reference.repository());
         let form = [
             ("grant_type", "refresh_token"),
@@ -337,7 +376,10 @@ impl Session {
         let response = self
             .http
             .post(realm)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .body(body)
             .send()
             .await
@@ -345,7 +387,9 @@ impl Session {
         let status = response.status();
         let json: serde_json::Value = response.json().await.map_err(|e| token_error(chain(&e)))?;
         if !status.is_success() {
-            return Err(token_error(format!("the token service answered {status} to the identity token")));
+            return Err(token_error(format!(
+                "the token service answered {status} to the identity token"
+            )));
         }
         json.get("access_token")
             .or_else(|| json.get("token"))
@@ -356,7 +400,9 @@ impl Session {
 
     fn auth_error(&self, error: OciDistributionError) -> RegistryError {
         match error {
-            OciDistributionError::UnauthorizedError { url } => self.unauthorized(format!("401 from {url}")),
+            OciDistributionError::UnauthorizedError { url } => {
+                self.unauthorized(format!("401 from {url}"))
+            }
             OciDistributionError::RequestError(e) => self.fatal_transport(&e),
             other => RegistryError::Token {
                 reference: self.reference.to_string(),
@@ -367,51 +413,120 @@ impl Session {
     }
 
     pub fn unauthorized(&self, detail: String) -> RegistryError {
-        unauthorized(&self.reference, &self.registry, self.has_credentials, detail)
+        unauthorized(
+            &self.reference,
+            &self.registry,
+            self.has_credentials,
+            detail,
+        )
     }
 
     /// Maps an oci-client failure of a manifest request.
     fn classify(&self, reference: &ImageRef, error: OciDistributionError) -> Attempt {
         let what = reference.to_string();
         match error {
-            OciDistributionError::UnauthorizedError { url } => Attempt::Fatal(self.unauthorized(format!("401 from {url}"))),
+            OciDistributionError::UnauthorizedError { url } => {
+                Attempt::Fatal(self.unauthorized(format!("401 from {url}")))
+            }
             OciDistributionError::ImageManifestNotFoundError(detail) => {
-                Attempt::Fatal(RegistryError::NotFound { reference: what, detail })
+                Attempt::Fatal(RegistryError::NotFound {
+                    reference: what,
+                    detail,
+                })
             }
             OciDistributionError::RegistryError { envelope, url } => {
                 let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                let detail = format!("{url}: {}", envelope.errors.iter().map(|e| e.message.clone()).collect::<Vec<_>>().join("; "));
-                if codes.iter().any(|c| matches!(c, OciErrorCode::Toomanyrequests)) {
-                    Attempt::Retry { detail, after: None }
-                } else if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized)) {
+                let detail = format!(
+                    "{url}: {}",
+                    envelope
+                        .errors
+                        .iter()
+                        .map(|e| e.message.clone())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                );
+                if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
+                {
+                    Attempt::Retry {
+                        detail,
+                        after: None,
+                    }
+                } else if codes
+                    .iter()
+                    .any(|c| matches!(c, OciErrorCode::Unauthorized))
+                {
                     Attempt::Fatal(self.unauthorized(detail))
                 } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
-                    Attempt::Fatal(RegistryError::Denied { reference: what, detail })
+                    Attempt::Fatal(RegistryError::Denied {
+                        reference: what,
+                        detail,
+                    })
                 } else if codes.iter().any(|c| {
-                    matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound | OciErrorCode::BlobUnknown)
+                    matches!(
+                        c,
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::NotFound
+                            | OciErrorCode::BlobUnknown
+                    )
                 }) {
-                    Attempt::Fatal(RegistryError::NotFound { reference: what, detail })
+                    Attempt::Fatal(RegistryError::NotFound {
+                        reference: what,
+                        detail,
+                    })
                 } else {
-                    Attempt::Fatal(RegistryError::Protocol { reference: what, registry: self.registry.clone(), detail })
+                    Attempt::Fatal(RegistryError::Protocol {
+                        reference: what,
+                        registry: self.registry.clone(),
+                        detail,
+                    })
                 }
             }
             OciDistributionError::ServerError { code, url, message } => {
                 let detail = format!("{code} from {url}: {message}");
                 match code {
-                    404 => Attempt::Fatal(RegistryError::NotFound { reference: what, detail }),
-                    403 => Attempt::Fatal(RegistryError::Denied { reference: what, detail }),
-                    429 | 500..=599 => Attempt::Retry { detail, after: None },
-                    _ => Attempt::Fatal(RegistryError::Protocol { reference: what, registry: self.registry.clone(), detail }),
+                    404 => Attempt::Fatal(RegistryError::NotFound {
+                        reference: what,
+                        detail,
+                    }),
+                    403 => Attempt::Fatal(RegistryError::Denied {
+                        reference: what,
+                        detail,
+                    }),
+                    429 | 500..=599 => Attempt::Retry {
+                        detail,
+                        after: None,
+                    },
+                    _ => Attempt::Fatal(RegistryError::Protocol {
+                        reference: what,
+                        registry: self.registry.clone(),
+                        detail,
+                    }),
                 }
             }
-            OciDistributionError::RequestError(e) if is_certificate_error(&e) => Attempt::Fatal(self.fatal_transport(&e)),
-            OciDistributionError::RequestError(e) => Attempt::Retry { detail: chain(&e), after: None },
-            other => Attempt::Fatal(RegistryError::Protocol { reference: what, registry: self.registry.clone(), detail: other.to_string() }),
+            OciDistributionError::RequestError(e) if is_certificate_error(&e) => {
+                Attempt::Fatal(self.fatal_transport(&e))
+            }
+            OciDistributionError::RequestError(e) => Attempt::Retry {
+                detail: chain(&e),
+                after: None,
+            },
+            other => Attempt::Fatal(RegistryError::Protocol {
+                reference: what,
+                registry: self.registry.clone(),
+                detail: other.to_string(),
+            }),
         }
     }
 
     /// Fetches a manifest (raw bytes and its content type), retrying transient failures.
-    pub async fn manifest(&self, config: &RegistryConfig, reference: &ImageRef) -> Result<Vec<u8>, RegistryError> {
+    pub async fn manifest(
+        &self,
+        config: &RegistryConfig,
+        reference: &ImageRef,
+    ) -> Result<Vec<u8>, RegistryError> {
         let mut delay = config.initial_backoff;
         let mut attempt = 0;
         loop {
@@ -446,7 +561,9 @@ impl Session {
 fn urlencode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -475,7 +592,9 @@ mod tests {
 
     #[test]
     fn challenges_parse() {
-        let c = parse_challenge(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="x""#);
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="x""#,
+        );
         assert!(c.bearer);
         assert_eq!(c.realm.as_deref(), Some("https://auth.example.com/token"));
         assert_eq!(c.service.as_deref(), Some("registry.example.com"));
@@ -484,7 +603,10 @@ mod tests {
 
     #[test]
     fn url_parts_and_encoding() {
-        assert_eq!(scheme_and_host("http://localhost:5001/token?x"), ("http", "localhost:5001"));
+        assert_eq!(
+            scheme_and_host("http://localhost:5001/token?x"),
+            ("http", "localhost:5001")
+        );
         assert_eq!(urlencode("a b/c:d"), "a%20b%2Fc%3Ad");
     }
 
@@ -493,7 +615,10 @@ mod tests {
         let mut h = reqwest::header::HeaderMap::new();
         h.insert(reqwest::header::RETRY_AFTER, "3".parse().unwrap());
         assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert(reqwest::header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&h), None);
     }
 }

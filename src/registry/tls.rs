@@ -24,7 +24,9 @@ fn split_pem(text: &str) -> Vec<String> {
     let mut certs = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find(BEGIN) {
-        let Some(len) = rest[start..].find(END) else { break };
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
         let end = start + len + END.len();
         certs.push(format!("{}\n", &rest[start..end]));
         rest = &rest[end..];
@@ -36,7 +38,10 @@ fn read_file(path: &Path) -> Result<Vec<String>, RegistryError> {
     let text = std::fs::read_to_string(path).map_err(|e| error(path, e.to_string()))?;
     let certs = split_pem(&text);
     if certs.is_empty() {
-        return Err(error(path, "no PEM certificate (-----BEGIN CERTIFICATE-----) in the file"));
+        return Err(error(
+            path,
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) in the file",
+        ));
     }
     for (i, pem) in certs.iter().enumerate() {
         reqwest::Certificate::from_pem(pem.as_bytes())
@@ -85,7 +90,10 @@ mod tests {
         let f = dir.path().join("ca.pem");
         std::fs::write(&f, "hello").unwrap();
         let err = load_extra_certs(&f).unwrap_err().to_string();
-        assert!(err.contains("CODER_EXTRA_CERTS_PATH") && err.contains("ca.pem"), "{err}");
+        assert!(
+            err.contains("CODER_EXTRA_CERTS_PATH") && err.contains("ca.pem"),
+            "{err}"
+        );
         assert!(load_extra_certs(&dir.path().join("missing")).is_err());
     }
 }
