@@ -242,17 +242,24 @@ impl Session {
     }
 
     fn fatal_transport(&self, error: &reqwest::Error) -> RegistryError {
+        let mut detail = chain(error);
         if is_certificate_error(error) {
-            RegistryError::Certificate {
+            return RegistryError::Certificate {
                 registry: self.registry.clone(),
-                detail: chain(error),
-            }
-        } else {
-            RegistryError::Protocol {
-                reference: self.reference.to_string(),
-                registry: self.registry.clone(),
-                detail: chain(error),
-            }
+                detail,
+            };
+        }
+        if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
+            detail.push_str(&format!(
+                " (the registry does not speak HTTPS; if it is a plain-HTTP registry, list {} in {})",
+                self.registry,
+                crate::config::names::INSECURE_REGISTRIES
+            ));
+        }
+        RegistryError::Protocol {
+            reference: self.reference.to_string(),
+            registry: self.registry.clone(),
+            detail,
         }
     }
 
