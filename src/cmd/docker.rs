@@ -12,8 +12,11 @@ use crate::progress::{self, Kind};
 use crate::registry::{self, ImageRef, RegistryConfig};
 
 pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
-    let settings =
-        Settings::from_raw(&args.settings, outer_subsystem().as_deref(), Purpose::Docker)?;
+    let settings = Settings::from_raw(
+        &args.settings,
+        outer_subsystem().as_deref(),
+        Purpose::Docker,
+    )?;
     let image = settings.image.clone().unwrap_or_default();
     let reference = ImageRef::parse(&image)?;
     let (config, warnings) = RegistryConfig::from_settings(&settings)?;
@@ -25,7 +28,11 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let pulled = runtime()?.block_on(registry::pull(&config, &store, &reference))?;
     progress::emit(
         Kind::Info,
-        &format!("Pulled {reference} ({}), {} layer(s)", pulled.manifest_digest, pulled.layers.len()),
+        &format!(
+            "Pulled {reference} ({}), {} layer(s)",
+            pulled.manifest_digest,
+            pulled.layers.len()
+        ),
     );
     anyhow::bail!("starting the workspace is not implemented yet: this build of envbox pulls the image (envbox docker, envbox pull) and prints the runtime spec (envbox spec)")
 }

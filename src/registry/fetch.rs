@@ -59,10 +59,36 @@ enum Got {
     Failed(BlobWriter, Attempt),
 }
 
+/// Where a blob is fetched from: alternate URLs (foreign layers) first and without
+/// credentials, then the registry itself with them.
+#[derive(Debug, Clone, Copy)]
+struct Location<'a> {
+    url: &'a str,
+    with_auth: bool,
+    /// Another location follows: a 404 here moves on instead of failing.
+    has_next: bool,
+}
+
+/// The start of a `Content-Range: bytes START-END/TOTAL` header.
+fn range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    let value = headers.get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    value
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// One GET, streaming into `writer` from where it stands.
 async fn get_once(
     t: &Transport,
-    (url, with_auth): (&str, bool),
+    Location {
+        url,
+        with_auth,
+        has_next,
+    }: Location<'_>,
     request: &BlobRequest,
     store: &BlobStore,
     mut writer: BlobWriter,
@@ -96,9 +122,14 @@ async fn get_once(
     };
     let status = response.status().as_u16();
     let detail = format!("{status} from {url}");
+    let restart = match status {
+        200 => offset > 0,
+        206 => range_start(response.headers()) != Some(offset),
+        _ => false,
+    };
     match status {
-        200 if offset > 0 => {
-            // The server ignored Range: start over.
+        200 | 206 if restart => {
+            // The server ignored Range or answered another one: start over.
             drop(writer);
             writer = store
                 .writer(&request.digest, request.size)
@@ -112,6 +143,15 @@ async fn get_once(
                 reference: t.reference.to_string(),
                 detail,
             })
+        }
+        404 if has_next => {
+            return Ok(Got::Failed(
+                writer,
+                Attempt::Retry {
+                    detail,
+                    after: Some(std::time::Duration::ZERO),
+                },
+            ))
         }
         404 => {
             return Err(RegistryError::NotFound {
@@ -202,9 +242,22 @@ pub(crate) async fn fetch_blob(
     }
     let mut transport = session.lock().await.transport();
     let registry_url = transport.blob_url(&request.digest);
-    let locations: Vec<(&str, bool)> = std::iter::once((registry_url.as_str(), true))
-        .chain(request.urls.iter().map(|u| (u.as_str(), false)))
+    let mut locations: Vec<Location> = request
+        .urls
+        .iter()
+        .filter(|u| u.starts_with("https://") || u.starts_with("http://"))
+        .map(|url| Location {
+            url,
+            with_auth: false,
+            has_next: true,
+        })
         .collect();
+    locations.push(Location {
+        url: &registry_url,
+        with_auth: true,
+        has_next: false,
+    });
+    let mut next_location = 0;
     let mut writer = store
         .writer(&request.digest, request.size)
         .map_err(|e| store_error(&transport, &request.digest, e))?;
@@ -213,7 +266,7 @@ pub(crate) async fn fetch_blob(
     let mut last = String::new();
     let mut attempts = 0;
     while attempts < config.max_attempts {
-        let location = locations[attempts as usize % locations.len()];
+        let location = locations[next_location.min(locations.len() - 1)];
         attempts += 1;
         match get_once(&transport, location, request, store, writer, progress).await? {
             Got::Complete(done) => {
@@ -239,6 +292,9 @@ pub(crate) async fn fetch_blob(
             }
             Got::Failed(w, Attempt::Retry { detail, after }) => {
                 writer = w;
+                if location.has_next && detail.starts_with("404") {
+                    next_location += 1;
+                }
                 last = detail;
                 if attempts < config.max_attempts {
                     tokio::time::sleep(after.unwrap_or(delay).min(config.max_backoff)).await;
@@ -253,4 +309,25 @@ pub(crate) async fn fetch_blob(
         attempts,
         detail: last,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_start() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(range_start(&h), None);
+        h.insert(
+            reqwest::header::CONTENT_RANGE,
+            "bytes 1024-2047/4096".parse().unwrap(),
+        );
+        assert_eq!(range_start(&h), Some(1024));
+        h.insert(
+            reqwest::header::CONTENT_RANGE,
+            "bytes */4096".parse().unwrap(),
+        );
+        assert_eq!(range_start(&h), None);
+    }
 }

@@ -22,7 +22,11 @@ impl ImageRef {
             reference: text.to_owned(),
             reason: format!("{e}"),
         })?;
-        if reference.repository().chars().any(|c| c.is_ascii_uppercase()) {
+        if reference
+            .repository()
+            .chars()
+            .any(|c| c.is_ascii_uppercase())
+        {
             return Err(RegistryError::Reference {
                 reference: text.to_owned(),
                 reason: "repository names must be lower-case".into(),
