@@ -30,16 +30,10 @@ pub(crate) enum Attempt {
 }
 
 pub(crate) struct Session {
-    pub client: Client,
-    pub http: reqwest::Client,
-    pub reference: ImageRef,
-    /// `scheme://host` of the registry API (`https://index.docker.io` for Docker Hub).
-    pub base_url: String,
-    pub registry: String,
+    client: Client,
     oci_auth: RegistryAuth,
-    has_credentials: bool,
-    /// `Authorization` value for the registry's own URLs.
-    auth_header: Option<Secret>,
+    /// What transfers need; updated by (re-)authentication.
+    t: Transport,
 }
 
 /// The `WWW-Authenticate` challenge of `/v2/`.
@@ -128,8 +122,11 @@ fn basic_header(username: &str, password: &Secret) -> Secret {
 pub(crate) struct Transport {
     pub http: reqwest::Client,
     pub reference: ImageRef,
+    /// The normalised registry host (`docker.io` for Docker Hub).
     pub registry: String,
+    /// `scheme://host` of the registry API (`https://index.docker.io` for Docker Hub).
     pub base_url: String,
+    /// `Authorization` value for the registry's own URLs.
     pub auth_header: Option<Secret>,
     pub has_credentials: bool,
 }
@@ -175,14 +172,7 @@ fn unauthorized(
 
 impl Session {
     pub fn transport(&self) -> Transport {
-        Transport {
-            http: self.http.clone(),
-            reference: self.reference.clone(),
-            registry: self.registry.clone(),
-            base_url: self.base_url.clone(),
-            auth_header: self.auth_header.clone(),
-            has_credentials: self.has_credentials,
-        }
+        self.t.clone()
     }
 
     /// Connects, probes and authenticates.
@@ -228,13 +218,15 @@ impl Session {
         });
         let mut session = Session {
             client,
-            http,
-            reference: reference.clone(),
-            base_url,
-            registry,
             oci_auth: RegistryAuth::Anonymous,
-            has_credentials: false,
-            auth_header: None,
+            t: Transport {
+                http,
+                reference: reference.clone(),
+                registry,
+                base_url,
+                auth_header: None,
+                has_credentials: false,
+            },
         };
         let challenge = session.probe(config).await?;
         session.authenticate(config, &challenge).await?;
@@ -245,30 +237,30 @@ impl Session {
         let mut detail = chain(error);
         if is_certificate_error(error) {
             return RegistryError::Certificate {
-                registry: self.registry.clone(),
+                registry: self.t.registry.clone(),
                 detail,
             };
         }
         if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
             detail.push_str(&format!(
                 " (the registry does not speak HTTPS; if it is a plain-HTTP registry, list {} in {})",
-                self.registry,
+                self.t.registry,
                 crate::config::names::INSECURE_REGISTRIES
             ));
         }
         RegistryError::Protocol {
-            reference: self.reference.to_string(),
-            registry: self.registry.clone(),
+            reference: self.t.reference.to_string(),
+            registry: self.t.registry.clone(),
             detail,
         }
     }
 
     /// `GET /v2/`, retried on transient failures; certificate errors fail at once.
     async fn probe(&self, config: &RegistryConfig) -> Result<Challenge, RegistryError> {
-        let url = format!("{}/v2/", self.base_url);
+        let url = format!("{}/v2/", self.t.base_url);
         let mut delay = config.initial_backoff;
         for attempt in 1..=config.max_attempts {
-            match self.http.get(&url).send().await {
+            match self.t.http.get(&url).send().await {
                 Ok(response) => {
                     let status = response.status();
                     if status.is_server_error() || status.as_u16() == 429 {
@@ -304,16 +296,16 @@ impl Session {
         config: &RegistryConfig,
         challenge: &Challenge,
     ) -> Result<(), RegistryError> {
-        let credential = config.credentials.for_host(&self.registry).cloned();
-        self.has_credentials = credential.is_some();
+        let credential = config.credentials.for_host(&self.t.registry).cloned();
+        self.t.has_credentials = credential.is_some();
         if let (Some(_), Some(realm)) = (&credential, &challenge.realm) {
             let (realm_scheme, realm_host) = scheme_and_host(realm);
-            let (_, api_host) = scheme_and_host(&self.base_url);
+            let (_, api_host) = scheme_and_host(&self.t.base_url);
             let same_host =
-                realm_host == api_host || super::normalize_host(realm_host) == self.registry;
+                realm_host == api_host || super::normalize_host(realm_host) == self.t.registry;
             if realm_scheme != "https" && !same_host {
                 return Err(RegistryError::InsecureTokenRealm {
-                    registry: self.registry.clone(),
+                    registry: self.t.registry.clone(),
                     realm: realm.clone(),
                 });
             }
@@ -330,13 +322,13 @@ impl Session {
         let token = self
             .client
             .auth(
-                &self.reference.reference,
+                &self.t.reference.reference,
                 &self.oci_auth,
                 RegistryOperation::Pull,
             )
             .await
             .map_err(|e| self.auth_error(e))?;
-        self.auth_header = match (token, &credential, &self.oci_auth) {
+        self.t.auth_header = match (token, &credential, &self.oci_auth) {
             (Some(token), _, _) => Some(Secret::new(format!("Bearer {token}"))),
             (None, _, RegistryAuth::Bearer(token)) => Some(Secret::new(format!("Bearer {token}"))),
             (None, Some(Credential::Basic { username, password }), _) => {
@@ -360,14 +352,17 @@ impl Session {
         token: &Secret,
     ) -> Result<String, RegistryError> {
         let token_error = |detail: String| RegistryError::Token {
-            reference: self.reference.to_string(),
-            registry: self.registry.clone(),
+            reference: self.t.reference.to_string(),
+            registry: self.t.registry.clone(),
             detail,
         };
         let realm = challenge.realm.as_deref().ok_or_else(|| {
             token_error("the registry offers no token service for an identity token".into())
         })?;
-        let scope = format!("repository:{}:pull", self.reference.reference.repository());
+        let scope = format!(
+            "repository:{}:pull",
+            self.t.reference.reference.repository()
+        );
         let form = [
             ("grant_type", "refresh_token"),
             ("service", challenge.service.as_deref().unwrap_or_default()),
@@ -381,6 +376,7 @@ impl Session {
             .collect::<Vec<_>>()
             .join("&");
         let response = self
+            .t
             .http
             .post(realm)
             .header(
@@ -408,24 +404,15 @@ impl Session {
     fn auth_error(&self, error: OciDistributionError) -> RegistryError {
         match error {
             OciDistributionError::UnauthorizedError { url } => {
-                self.unauthorized(format!("401 from {url}"))
+                self.t.unauthorized(format!("401 from {url}"))
             }
             OciDistributionError::RequestError(e) => self.fatal_transport(&e),
             other => RegistryError::Token {
-                reference: self.reference.to_string(),
-                registry: self.registry.clone(),
+                reference: self.t.reference.to_string(),
+                registry: self.t.registry.clone(),
                 detail: other.to_string(),
             },
         }
-    }
-
-    pub fn unauthorized(&self, detail: String) -> RegistryError {
-        unauthorized(
-            &self.reference,
-            &self.registry,
-            self.has_credentials,
-            detail,
-        )
     }
 
     /// Maps an oci-client failure of a manifest request.
@@ -433,7 +420,7 @@ impl Session {
         let what = reference.to_string();
         match error {
             OciDistributionError::UnauthorizedError { url } => {
-                Attempt::Fatal(self.unauthorized(format!("401 from {url}")))
+                Attempt::Fatal(self.t.unauthorized(format!("401 from {url}")))
             }
             OciDistributionError::ImageManifestNotFoundError(detail) => {
                 Attempt::Fatal(RegistryError::NotFound {
@@ -464,7 +451,7 @@ impl Session {
                     .iter()
                     .any(|c| matches!(c, OciErrorCode::Unauthorized))
                 {
-                    Attempt::Fatal(self.unauthorized(detail))
+                    Attempt::Fatal(self.t.unauthorized(detail))
                 } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
                     Attempt::Fatal(RegistryError::Denied {
                         reference: what,
@@ -486,7 +473,7 @@ impl Session {
                 } else {
                     Attempt::Fatal(RegistryError::Protocol {
                         reference: what,
-                        registry: self.registry.clone(),
+                        registry: self.t.registry.clone(),
                         detail,
                     })
                 }
@@ -508,7 +495,7 @@ impl Session {
                     },
                     _ => Attempt::Fatal(RegistryError::Protocol {
                         reference: what,
-                        registry: self.registry.clone(),
+                        registry: self.t.registry.clone(),
                         detail,
                     }),
                 }
@@ -522,7 +509,7 @@ impl Session {
             },
             other => Attempt::Fatal(RegistryError::Protocol {
                 reference: what,
-                registry: self.registry.clone(),
+                registry: self.t.registry.clone(),
                 detail: other.to_string(),
             }),
         }
