@@ -298,7 +298,7 @@ impl Session {
     ) -> Result<(), RegistryError> {
         let credential = config.credentials.for_host(&self.t.registry).cloned();
         self.t.has_credentials = credential.is_some();
-        if let (Some(_), Some(realm)) = (&credential, &challenge.realm) {
+        if let (Some(_), true, Some(realm)) = (&credential, challenge.bearer, &challenge.realm) {
             let (realm_scheme, realm_host) = scheme_and_host(realm);
             let (_, api_host) = scheme_and_host(&self.t.base_url);
             let same_host =
