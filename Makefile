@@ -2,7 +2,7 @@
 CARGO ?= cargo
 SCHEMA_DIR ?= /usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema
 
-.PHONY: build release test unit conformance fmt lint specs clean
+.PHONY: build release test unit conformance fmt lint specs bench clean
 
 build:
 	$(CARGO) build --locked
@@ -32,6 +32,10 @@ lint:
 # Regenerate specs/* from the scenarios in src/spec/golden.rs; review the diff before committing.
 specs:
 	ENVBOX_UPDATE_GOLDEN=1 $(CARGO) test --locked --lib spec::golden
+
+# Benchmarks (not tests): envbox beside other tools on the same image in the same run.
+bench:
+	$(CARGO) bench --locked --bench pull
 
 clean:
 	$(CARGO) clean
