@@ -202,12 +202,10 @@ async fn token_auth_basic_credentials_identity_tokens_and_token_errors() {
     cfg.credentials = creds(&registry.host, "bob", "wrong");
     let (_d3, store3) = new_store();
     let err = pull(&cfg, &store3, &reference).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Token { .. }), "{err}");
     assert!(
-        matches!(
-            err,
-            RegistryError::Token { .. } | RegistryError::Unauthorized { .. }
-        ),
-        "{err}"
+        err.to_string().contains("invalid username or password"),
+        "the token service's own words: {err}"
     );
     assert!(
         err.to_string().contains("token") || err.to_string().contains("credentials"),
@@ -544,5 +542,113 @@ async fn gzip_zstd_plain_and_docker_v2_images_pull_and_unknown_layers_are_refuse
         err.to_string()
             .contains("application/vnd.example.layer.v1.tar+lz4"),
         "{err}"
+    );
+}
+
+// ------------------------------------------------------------------ the commands
+
+const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
+
+fn envbox(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(ENVBOX)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run envbox")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn pull_prints_the_digest_and_cache_prune_keeps_only_the_current_image() {
+    let registry = Registry::http();
+    let a = push_busybox(&registry, "team/a:1");
+    let b = push_images(
+        &registry,
+        "team/b:1",
+        &[ImageSpec::new("amd64").layer(Layer::new(vec![Entry::file(
+            "only-in-b",
+            0o644,
+            b"b".to_vec(),
+        )]))],
+    );
+    let state = tempfile::tempdir().unwrap();
+    let env = [
+        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", registry.host.as_str()),
+    ];
+    let ref_a = format!("{}/team/a:1", registry.host);
+    let ref_b = format!("{}/team/b:1", registry.host);
+    for (reference, info) in [(&ref_a, &a), (&ref_b, &b)] {
+        let out = envbox(&["pull", reference], &env);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let repo = reference.trim_end_matches(":1");
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("{repo}@{}", info.top_digest())
+        );
+    }
+    let ls = envbox(&["cache", "ls"], &env);
+    let listing = text(&ls.stdout);
+    assert!(
+        listing.contains(&ref_a) && listing.contains(&ref_b),
+        "{listing}"
+    );
+    let b_layer = Digest::parse(&b.layer_digests[0][0]).unwrap();
+    let store = BlobStore::open(state.path()).unwrap();
+    assert!(store.size_of(&b_layer).is_some());
+
+    let prune = envbox(&["cache", "prune", "--image", &ref_a], &env);
+    assert!(prune.status.success(), "{}", text(&prune.stderr));
+    assert_eq!(store.size_of(&b_layer), None, "b's layer was pruned");
+    for layer in &a.layer_digests[0] {
+        assert!(
+            store.size_of(&Digest::parse(layer).unwrap()).is_some(),
+            "a's layer {layer} was kept"
+        );
+    }
+    let again = envbox(&["pull", &ref_a], &env);
+    assert!(
+        text(&again.stderr).contains("0 blob(s) downloaded"),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
+#[test]
+fn pull_reads_the_pull_secret_and_an_extra_certs_directory_from_the_environment() {
+    let registry = Registry::https_htpasswd("alice", "s3cret");
+    push_busybox(&registry, "private/app:1");
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        registry.ca_cert.as_ref().unwrap(),
+        certs.path().join("ca.crt"),
+    )
+    .unwrap();
+    std::fs::create_dir(certs.path().join("..data")).unwrap();
+    std::fs::write(certs.path().join("..data").join("not-a-cert"), "junk").unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
+    let secret = serde_json::json!({"auths": {registry.host.clone(): {"auth": auth}}}).to_string();
+    let state = tempfile::tempdir().unwrap();
+    let reference = format!("{}/private/app:1", registry.host);
+    let env = [
+        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+        ("CODER_IMAGE_PULL_SECRET", secret.as_str()),
+        ("CODER_EXTRA_CERTS_PATH", certs.path().to_str().unwrap()),
+    ];
+    let out = envbox(&["pull", &reference], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("s3cret"));
+
+    let out = envbox(&["pull", &reference], &env[..2]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("CODER_EXTRA_CERTS_PATH"),
+        "{}",
+        text(&out.stderr)
     );
 }
