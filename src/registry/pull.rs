@@ -5,9 +5,10 @@
 //! network at all; a tag is resolved online (tags move) and pinned. Every manifest is checked
 //! against the digest it was asked for. Layers download in parallel, bounded. It never unpacks.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, StreamExt};
 use oci_client::manifest::OciImageManifest;
 use tokio::sync::Mutex;
 
@@ -176,6 +177,38 @@ async fn image_manifest(
     }
 }
 
+/// Downloads every blob, a bounded number at once. After a failure no new transfer starts,
+/// but those in flight finish (their blobs are valid and stay cached for the next try) before
+/// the first error is returned: nothing is left writing behind the caller's back.
+async fn transfer_all(
+    session: &Mutex<Session>,
+    config: &RegistryConfig,
+    store: &BlobStore,
+    blobs: &[BlobRequest],
+    progress: &Progress,
+) -> Result<(), RegistryError> {
+    let failed = AtomicBool::new(false);
+    let mut transfers = stream::iter(blobs)
+        .map(|request| {
+            let failed = &failed;
+            async move {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                fetch_blob(session, config, store, request, progress).await
+            }
+        })
+        .buffer_unordered(config.max_concurrent_downloads.max(1));
+    let mut first_error = None;
+    while let Some(result) = transfers.next().await {
+        if let Err(error) = result {
+            failed.store(true, Ordering::Relaxed);
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
 /// Pulls `reference` into `store`.
 pub async fn pull(
     config: &RegistryConfig,
@@ -218,11 +251,7 @@ pub async fn pull(
             reference.to_string(),
             config.progress_interval,
         );
-        stream::iter(missing.iter())
-            .map(|request| fetch_blob(&session, config, store, request, &progress))
-            .buffer_unordered(config.max_concurrent_downloads.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
+        transfer_all(&session, config, store, &missing, &progress).await?;
     }
     let config_bytes = store
         .read(&config_digest)
