@@ -652,3 +652,44 @@ fn pull_reads_the_pull_secret_and_an_extra_certs_directory_from_the_environment(
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn foreign_layer_urls_are_tried_first_and_without_credentials() {
+    let registry = Registry::http();
+    let info = push_busybox(&registry, "team/app:1");
+    let storage = BlobStorage::start(&registry);
+    let proxy = FaultProxy::start(&registry);
+    let layer = info.layer_digests[0][0].clone();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&registry.inspect_raw("team/app:1")).unwrap();
+    manifest["layers"][0]["urls"] =
+        serde_json::json!([format!("{}/v2/team/app/blobs/{layer}", storage.url)]);
+    proxy.inject(Fault::ReplaceManifest {
+        path_contains: "/manifests/1".into(),
+        content_type: "application/vnd.oci.image.manifest.v1+json".into(),
+        body: serde_json::to_vec(&manifest).unwrap(),
+    });
+    let mut cfg = insecure(&[&proxy.host]);
+    cfg.credentials = creds(&proxy.host, "u", "p");
+    let (_d, store) = new_store();
+    let image = pull(&cfg, &store, &format!("{}/team/app:1", proxy.host))
+        .await
+        .unwrap();
+    assert_eq!(image.layers[0].digest.to_string(), layer);
+    let from_storage = storage.requests();
+    assert!(
+        from_storage.iter().any(|r| r.path.contains(&layer)),
+        "the foreign URL was used"
+    );
+    assert!(
+        from_storage.iter().all(|r| !r.has_authorization),
+        "credentials went to a foreign URL"
+    );
+    assert!(
+        !proxy
+            .requests()
+            .iter()
+            .any(|r| r.path.contains(&format!("/blobs/{layer}"))),
+        "the registry was not asked for it"
+    );
+}
