@@ -101,11 +101,14 @@ impl Progress {
 pub(crate) struct Reporter {
     task: tokio::task::JoinHandle<()>,
     terminal: bool,
+    progress: Progress,
+    reference: String,
 }
 
 impl Reporter {
     pub fn start(progress: Progress, reference: String, interval: Duration) -> Reporter {
         let terminal = std::io::stderr().is_terminal();
+        let (shown, name) = (progress.clone(), reference.clone());
         let task = tokio::spawn(async move {
             let tick = if terminal {
                 Duration::from_millis(250)
@@ -124,7 +127,12 @@ impl Reporter {
                 last = Some(totals);
             }
         });
-        Reporter { task, terminal }
+        Reporter {
+            task,
+            terminal,
+            progress: shown,
+            reference: name,
+        }
     }
 }
 
@@ -143,6 +151,7 @@ impl Drop for Reporter {
     fn drop(&mut self) {
         self.task.abort();
         if self.terminal {
+            draw_bar(&self.reference, self.progress.totals());
             let _ = writeln!(std::io::stderr());
         }
     }
