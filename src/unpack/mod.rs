@@ -9,6 +9,11 @@
 //! resolved in-root, see [`tree`]), never keep a directory whose uncompressed content does not
 //! hash to the layer's diff ID, and never fetch, verify compressed blobs or mount anything: the
 //! caller hands it a blob already verified against the manifest.
+//!
+//! Durability: no fsync per file (it would dominate the unpack time); one `syncfs` of the
+//! staging directory's filesystem before the rename, then an fsync of `layers/`, so a layer
+//! directory that survives a power loss has its contents on disk. A kill -9 needs no sync at
+//! all: it leaves only a staging directory, which the next [`LayerStore::open`] removes.
 
 mod header;
 mod stream;

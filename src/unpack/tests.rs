@@ -506,7 +506,12 @@ fn duplicates_replace_or_merge() {
             },
         )
         .symlink("s", "w")
-        .file("s", M, b"not through the link");
+        .file("s", M, b"not through the link")
+        // A directory replaced by a symlink: later entries under it resolve anew (in-root).
+        .dir("r/", M)
+        .file("r/a", M, b"a")
+        .symlink("r", "/")
+        .file("r/b", M, b"b");
     let (_, root) = w.unpack_ok(&l.finish());
     assert_eq!(fs::read(root.join("x/y")).expect("read"), b"y");
     assert_eq!(fs::read(root.join("z")).expect("read"), b"now a file");
@@ -516,6 +521,8 @@ fn duplicates_replace_or_merge() {
     assert_owner(&m, 2, 0);
     assert_eq!(fs::read(m.join("keep")).expect("read"), b"k");
     assert!(lstat(&root.join("s")).is_file());
+    assert!(lstat(&root.join("r")).file_type().is_symlink());
+    assert_eq!(fs::read(root.join("b")).expect("read"), b"b");
     assert_eq!(fs::read(root.join("w")).expect("read"), b"2");
     w.check_contained();
 }

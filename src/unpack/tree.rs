@@ -20,6 +20,7 @@
 //! after its whiteout replaces the device (a directory doing so is made opaque). `.wh..wh..opq`
 //! sets `trusted.overlay.opaque=y` on its directory, created if missing, whatever the order.
 
+use std::cell::Cell;
 use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -91,6 +92,10 @@ pub(super) struct Tree<'a> {
     buf: Vec<u8>,
     /// Directories whose mtime is set at the end, in stream order (a later record wins).
     dir_times: Vec<(PathBuf, TimeSpec)>,
+    /// The last entry's parent: its components and directory descriptor.
+    parent: Option<(Vec<OsString>, OwnedFd)>,
+    /// Set by every removal; a removal drops the cached parent.
+    removed: Cell<bool>,
 }
 
 /// What is at a name before an entry is written there.
@@ -183,6 +188,8 @@ impl<'a> Tree<'a> {
             root: InRoot::open(root)?,
             buf: vec![0; COPY_BUFFER],
             dir_times: Vec::new(),
+            parent: None,
+            removed: Cell::new(false),
         })
     }
 
@@ -218,15 +225,28 @@ impl<'a> Tree<'a> {
         match &entry.kind {
             Kind::Skip | Kind::Device => Ok(()),
             Kind::Opaque => {
+                self.parent = None;
                 let dir = self.ensure_dir(&entry.parts, &entry.path)?;
                 set_xattr(dir.as_fd(), OPAQUE_XATTR, b"y")
                     .map_err(self.err("marking opaque", &entry.path))?;
                 Ok(())
             }
             kind => {
-                let parent = self.ensure_parent(parent_parts, &entry.path)?;
-                let parent = parent.as_fd();
-                match kind {
+                // Consecutive entries mostly share a parent: reuse its descriptor while nothing
+                // was removed (only a removal can change what a resolved path names).
+                let cached = self
+                    .parent
+                    .take()
+                    .filter(|(parts, _)| parts.as_slice() == parent_parts);
+                let (parts, fd) = match cached {
+                    Some(cached) => cached,
+                    None => (
+                        parent_parts.to_vec(),
+                        self.ensure_dir(parent_parts, &entry.path)?,
+                    ),
+                };
+                let parent = fd.as_fd();
+                let result = match kind {
                     Kind::File => self.file(parent, name, entry, data),
                     Kind::Dir => Ok(self.dir(parent, name, entry)?),
                     Kind::Symlink(target) => {
@@ -236,7 +256,11 @@ impl<'a> Tree<'a> {
                     Kind::Fifo => Ok(self.fifo(parent, name, entry)?),
                     Kind::Whiteout => Ok(self.whiteout(parent, name, entry)?),
                     Kind::Skip | Kind::Device | Kind::Opaque => Ok(()),
+                };
+                if !self.removed.replace(false) {
+                    self.parent = Some((parts, fd));
                 }
+                result
             }
         }
     }
@@ -291,6 +315,7 @@ impl<'a> Tree<'a> {
             {
                 Existing::Nothing => false,
                 Existing::Whiteout => {
+                    self.removed.set(true);
                     unlinkat(dir.as_fd(), part.as_os_str(), UnlinkatFlags::NoRemoveDir)
                         .map_err(io::Error::from)
                         .map_err(self.err("replacing whiteout in parent of", path))?;
@@ -327,10 +352,6 @@ impl<'a> Tree<'a> {
         Ok(dir)
     }
 
-    fn ensure_parent(&self, parts: &[OsString], path: &Path) -> Result<OwnedFd, UnpackError> {
-        self.ensure_dir(parts, path)
-    }
-
     fn open_child_dir(
         &self,
         parent: BorrowedFd<'_>,
@@ -349,7 +370,11 @@ impl<'a> Tree<'a> {
 
     /// Makes room for a non-directory at `name`: removes whatever this layer put there.
     fn clear(&self, parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<(), UnpackError> {
-        let result = match classify(parent, name).map_err(self.err("inspecting", path))? {
+        let existing = classify(parent, name).map_err(self.err("inspecting", path))?;
+        if !matches!(existing, Existing::Nothing) {
+            self.removed.set(true);
+        }
+        let result = match existing {
             Existing::Nothing => Ok(()),
             Existing::Dir => remove_tree(parent, name),
             Existing::Whiteout | Existing::Other => {
