@@ -29,3 +29,4 @@ pub mod registry;
 pub mod rootfs;
 pub mod setup;
 pub mod spec;
+pub mod unpack;

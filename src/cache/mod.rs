@@ -11,7 +11,7 @@
 //! `staging/` (in-progress writes, see [`staging`]) and `refs/` (pins, see [`pins`]).
 
 mod pins;
-mod staging;
+pub(crate) mod staging;
 mod writer;
 
 #[cfg(test)]

@@ -39,15 +39,17 @@ fn token() -> &'static str {
     })
 }
 
+/// A staging name starting with `prefix` that no other call of this process has returned and
+/// that [`stale_entries`] of a later incarnation (or another process) recognises as ours.
+pub(crate) fn fresh_name(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}.{}.{}-{n}{SUFFIX}", std::process::id(), token())
+}
+
 /// Creates a new, empty staging file (mode 0644) in `dir` whose name starts with `prefix`.
 pub(super) fn create(dir: &Path, prefix: &str) -> Result<(File, PathBuf), CacheError> {
     loop {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(
-            "{prefix}.{}.{}-{n}{SUFFIX}",
-            std::process::id(),
-            token()
-        ));
+        let path = dir.join(fresh_name(prefix));
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -65,20 +67,28 @@ pub(super) fn create(dir: &Path, prefix: &str) -> Result<(File, PathBuf), CacheE
 /// Removes the stale staging files in `dir` (see the module doc). A stale file that cannot be
 /// removed is logged and left: it must not stop the store from opening.
 pub(super) fn sweep(dir: &Path) -> Result<(), CacheError> {
-    for entry in fs::read_dir(dir).map_err(io_err("listing staging directory", dir))? {
-        let entry = entry.map_err(io_err("listing staging directory", dir))?;
-        let stale = entry.file_name().to_str().is_none_or(is_stale);
-        if stale {
-            let path = entry.path();
-            match fs::remove_file(&path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove stale staging file");
-                }
-                _ => {}
+    for path in stale_entries(dir).map_err(io_err("listing staging directory", dir))? {
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove stale staging file");
             }
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// The entries of `dir` that are stale by the rule of the module doc (whatever their type: the
+/// caller removes them as files or as trees).
+pub(crate) fn stale_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut stale = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_str().is_none_or(is_stale) {
+            stale.push(entry.path());
+        }
+    }
+    Ok(stale)
 }
 
 /// Whether a staging file name belongs to no live writer.

@@ -1,0 +1,295 @@
+//! What one tar entry asks for, decoded from its header and PAX records into plain values.
+//!
+//! Owns: turning a `tar::Entry` into an [`Entry`]: its name lexically normalised into
+//! components under the layer root (absolute names and `..` contained, as containerd does),
+//! its kind (OCI whiteouts recognised by name), ownership (PAX `uid`/`gid` win over the ustar
+//! fields; values at or above [`ID_RANGE`] refused), mode, mtime (PAX fractional `mtime` kept)
+//! and the xattrs that may be set. It never touches the filesystem and never decides how a
+//! kind is written.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use nix::sys::time::TimeSpec;
+use tar::EntryType;
+
+use super::{UnpackError, ID_RANGE};
+use crate::digest::Digest;
+
+/// The OCI whiteout prefix and opaque marker.
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// What an entry creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Kind {
+    File,
+    Dir,
+    Symlink(OsString),
+    /// Target components (normalised like names).
+    Hardlink(Vec<OsString>),
+    Fifo,
+    /// A character or block device: never created.
+    Device,
+    /// `.wh.<name>`: `parts` ends with `<name>`.
+    Whiteout,
+    /// `.wh..wh..opq`: `parts` names the directory that is opaque.
+    Opaque,
+    /// A record that creates nothing (PAX global header, other `.wh..wh.` metadata).
+    Skip,
+}
+
+/// One decoded entry.
+#[derive(Debug)]
+pub(super) struct Entry {
+    /// The name as written in the layer, for messages.
+    pub path: PathBuf,
+    /// The normalised components under the root; empty for the root itself.
+    pub parts: Vec<OsString>,
+    pub kind: Kind,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits including setuid, setgid and sticky.
+    pub mode: u32,
+    pub mtime: TimeSpec,
+    /// xattrs to set (`security.capability`, `user.*`).
+    pub xattrs: Vec<(CString, Vec<u8>)>,
+    /// xattr names the layer carried that are not set.
+    pub dropped_xattrs: Vec<String>,
+}
+
+/// Decodes `entry` of layer `layer`.
+pub(super) fn decode<R: Read>(
+    layer: &Digest,
+    entry: &mut tar::Entry<'_, R>,
+) -> Result<Entry, UnpackError> {
+    let path = PathBuf::from(OsStr::from_bytes(&entry.path_bytes()));
+    let bad = |reason| UnpackError::BadEntry {
+        layer: layer.clone(),
+        path: path.clone(),
+        reason,
+    };
+    let header = entry.header();
+    let entry_type = header.entry_type();
+    let mut uid = header.uid().map_err(|_| bad("unreadable uid field"))?;
+    let mut gid = header.gid().map_err(|_| bad("unreadable gid field"))?;
+    let mut mtime = TimeSpec::new(
+        i64::try_from(header.mtime().map_err(|_| bad("unreadable mtime field"))?)
+            .map_err(|_| bad("mtime out of range"))?,
+        0,
+    );
+    let mode = header.mode().map_err(|_| bad("unreadable mode field"))? & 0o7777;
+    let link = entry.link_name_bytes().map(|l| l.into_owned());
+
+    let mut xattrs = Vec::new();
+    let mut dropped_xattrs = Vec::new();
+    let pax = entry
+        .pax_extensions()
+        .map_err(|source| UnpackError::Entry {
+            layer: layer.clone(),
+            path: path.clone(),
+            action: "reading PAX records of",
+            source,
+        })?;
+    if let Some(pax) = pax {
+        for ext in pax {
+            let ext = ext.map_err(|_| bad("malformed PAX record"))?;
+            let key = ext.key_bytes();
+            let value = ext.value_bytes();
+            match key {
+                b"uid" => uid = parse_decimal(value).ok_or_else(|| bad("malformed PAX uid"))?,
+                b"gid" => gid = parse_decimal(value).ok_or_else(|| bad("malformed PAX gid"))?,
+                b"mtime" => {
+                    mtime = parse_pax_time(value).ok_or_else(|| bad("malformed PAX mtime"))?
+                }
+                _ => {
+                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                        if keep_xattr(name) {
+                            let name =
+                                CString::new(name).map_err(|_| bad("NUL in an xattr name"))?;
+                            xattrs.push((name, value.to_vec()));
+                        } else {
+                            dropped_xattrs.push(String::from_utf8_lossy(name).into_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let uid = check_id(layer, &path, "uid", uid)?;
+    let gid = check_id(layer, &path, "gid", gid)?;
+    let mut parts = normalise(path.as_os_str().as_bytes());
+
+    let last = parts.last().map(|p| p.as_bytes().to_vec());
+    let kind = match last {
+        Some(ref name) if name.as_slice() == OPAQUE_MARKER => {
+            parts.pop();
+            Kind::Opaque
+        }
+        Some(ref name) if name.starts_with(b".wh..wh.") => Kind::Skip,
+        Some(ref name) if name.starts_with(WHITEOUT_PREFIX) => {
+            let target = &name[WHITEOUT_PREFIX.len()..];
+            if target.is_empty() || target == b"." || target == b".." {
+                return Err(bad("whiteout of an empty, '.' or '..' name"));
+            }
+            if let Some(last) = parts.last_mut() {
+                *last = OsStr::from_bytes(target).to_owned();
+            }
+            Kind::Whiteout
+        }
+        _ => match entry_type {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
+            EntryType::Directory => Kind::Dir,
+            EntryType::Symlink => {
+                let target = link
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| bad("symlink without a target"))?;
+                Kind::Symlink(OsStr::from_bytes(&target).to_owned())
+            }
+            EntryType::Link => {
+                let target = link.ok_or_else(|| bad("hard link without a target"))?;
+                Kind::Hardlink(normalise(&target))
+            }
+            EntryType::Fifo => Kind::Fifo,
+            EntryType::Char | EntryType::Block => Kind::Device,
+            EntryType::XGlobalHeader => Kind::Skip,
+            other => {
+                return Err(UnpackError::UnsupportedType {
+                    layer: layer.clone(),
+                    path,
+                    kind: char::from(other.as_byte()),
+                })
+            }
+        },
+    };
+    if parts.is_empty() && !matches!(kind, Kind::Dir | Kind::Opaque | Kind::Skip) {
+        return Err(bad("names the layer root but is not a directory"));
+    }
+    Ok(Entry {
+        path,
+        parts,
+        kind,
+        uid,
+        gid,
+        mode,
+        mtime,
+        xattrs,
+        dropped_xattrs,
+    })
+}
+
+fn check_id(
+    layer: &Digest,
+    path: &std::path::Path,
+    which: &'static str,
+    value: u64,
+) -> Result<u32, UnpackError> {
+    match u32::try_from(value) {
+        Ok(id) if value < ID_RANGE => Ok(id),
+        _ => Err(UnpackError::IdOutOfRange {
+            layer: layer.clone(),
+            path: path.to_owned(),
+            which,
+            value,
+        }),
+    }
+}
+
+/// Whether a layer's xattr is set: file capabilities and user xattrs, never `trusted.*` or
+/// anything that overlayfs could read as its own.
+pub(super) fn keep_xattr(name: &[u8]) -> bool {
+    let overlay = name.windows(b"overlay".len()).any(|w| w == b"overlay");
+    !overlay && (name == b"security.capability" || name.starts_with(b"user."))
+}
+
+/// Lexically normalises a tar name into components under the root: empty and `.` components
+/// dropped, `..` pops (never above the root), a leading `/` ignored.
+pub(super) fn normalise(name: &[u8]) -> Vec<OsString> {
+    let mut parts: Vec<OsString> = Vec::new();
+    for part in name.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            _ => parts.push(OsStr::from_bytes(part).to_owned()),
+        }
+    }
+    parts
+}
+
+/// Joins components into a relative path (`.` for the root: openat2 refuses an empty path).
+pub(super) fn join(parts: &[OsString]) -> PathBuf {
+    if parts.is_empty() {
+        return PathBuf::from(".");
+    }
+    parts.iter().collect()
+}
+
+fn parse_decimal(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Parses a PAX time: `[-]seconds[.fraction]`.
+fn parse_pax_time(value: &[u8]) -> Option<TimeSpec> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    if secs.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok()?;
+    let mut nanos: i64 = 0;
+    for (i, digit) in frac.bytes().take(9).enumerate() {
+        nanos += i64::from(digit - b'0') * 10_i64.pow(8 - i as u32);
+    }
+    Some(match (negative, nanos) {
+        (false, _) => TimeSpec::new(secs, nanos),
+        (true, 0) => TimeSpec::new(-secs, 0),
+        (true, _) => TimeSpec::new(-secs - 1, 1_000_000_000 - nanos),
+    })
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn names_are_contained() {
+        let n = |s: &str| join(&normalise(s.as_bytes()));
+        assert_eq!(n("../../etc/x"), PathBuf::from("etc/x"));
+        assert_eq!(n("/etc/x"), PathBuf::from("etc/x"));
+        assert_eq!(n("./a/./b/../c/"), PathBuf::from("a/c"));
+        assert_eq!(n("./"), PathBuf::from("."));
+    }
+
+    #[test]
+    fn xattr_filter() {
+        assert!(keep_xattr(b"security.capability"));
+        assert!(keep_xattr(b"user.foo"));
+        assert!(!keep_xattr(b"user.overlay.x"));
+        assert!(!keep_xattr(b"trusted.overlay.opaque"));
+        assert!(!keep_xattr(b"trusted.foo"));
+        assert!(!keep_xattr(b"security.selinux"));
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(
+            parse_pax_time(b"12.5"),
+            Some(TimeSpec::new(12, 500_000_000))
+        );
+        assert_eq!(
+            parse_pax_time(b"-1.25"),
+            Some(TimeSpec::new(-2, 750_000_000))
+        );
+        assert_eq!(parse_pax_time(b"7"), Some(TimeSpec::new(7, 0)));
+        assert_eq!(parse_pax_time(b"x"), None);
+    }
+}

@@ -1,0 +1,301 @@
+//! The layer store: verified layer blobs unpacked, once each, into uid-shifted directories.
+//!
+//! Owns: `<state_dir>/layers/<diff-id hex>` (a complete layer, only ever created by renaming a
+//! finished staging directory) and `<state_dir>/layers/.staging/` (layers being unpacked, named
+//! and swept by the blob store's staging rule, see `crate::cache::staging`). A layer directory
+//! holds the layer's tree with every uid/gid shifted by [`ID_SHIFT`] and OCI whiteouts turned
+//! into overlayfs ones, ready to be a read-only `lowerdir`. It must never create, change or
+//! follow anything outside the staging directory it is writing (every path of a layer is
+//! resolved in-root, see [`tree`]), never keep a directory whose uncompressed content does not
+//! hash to the layer's diff ID, and never fetch, verify compressed blobs or mount anything: the
+//! caller hands it a blob already verified against the manifest.
+//!
+//! Durability: no fsync per file (it would dominate the unpack time); one `syncfs` of the
+//! staging directory's filesystem before the rename, then an fsync of `layers/`, so a layer
+//! directory that survives a power loss has its contents on disk. A kill -9 needs no sync at
+//! all: it leaves only a staging directory, which the next [`LayerStore::open`] removes.
+
+mod header;
+mod stream;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+
+use crate::cache::staging;
+use crate::digest::Digest;
+use crate::registry::manifest::Compression;
+
+/// What every uid and gid of a layer is shifted by: the inner container's user namespace maps
+/// its 0..65536 onto 100000..165536, so sysbox-runc finds nothing to shift.
+pub const ID_SHIFT: u32 = 100_000;
+
+/// A uid or gid at or above this in a layer is refused: it has no place in the mapping.
+pub const ID_RANGE: u64 = 65_536;
+
+/// Errors of this module. `layer` is the compressed (manifest) digest of the layer; `path` is
+/// the entry's name as written in the layer's tar stream.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("layer store: {action} {path}: {source}")]
+    Store {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("layer {layer}: opening blob {path}: {source}")]
+    Blob {
+        layer: Digest,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("layer {layer}: reading the stream after entry {after:?}: {source}")]
+    Stream {
+        layer: Digest,
+        after: PathBuf,
+        source: io::Error,
+    },
+    #[error("layer {layer}: {action} {path:?}: {source}")]
+    Entry {
+        layer: Digest,
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    #[error("layer {layer}: {path:?}: {which} {value} is not below {ID_RANGE}")]
+    IdOutOfRange {
+        layer: Digest,
+        path: PathBuf,
+        which: &'static str,
+        value: u64,
+    },
+    #[error("layer {layer}: {path:?}: unsupported tar entry type {kind:?}")]
+    UnsupportedType {
+        layer: Digest,
+        path: PathBuf,
+        kind: char,
+    },
+    #[error("layer {layer}: {path:?}: {reason}")]
+    BadEntry {
+        layer: Digest,
+        path: PathBuf,
+        reason: &'static str,
+    },
+    #[error("layer {layer}: {path:?}: parent {parent:?} exists and is not a directory")]
+    ParentNotDir {
+        layer: Digest,
+        path: PathBuf,
+        parent: PathBuf,
+    },
+    #[error("layer {layer}: {path:?}: hard link target {target:?} {reason}")]
+    HardlinkTarget {
+        layer: Digest,
+        path: PathBuf,
+        target: PathBuf,
+        reason: &'static str,
+    },
+    #[error("layer {layer}: uncompressed stream exceeds the budget of {limit} bytes (at entry {path:?}); nothing was kept")]
+    TooLarge {
+        layer: Digest,
+        path: PathBuf,
+        limit: u64,
+    },
+    #[error("layer {layer}: more than {limit} entries (at entry {path:?}); nothing was kept")]
+    TooManyEntries {
+        layer: Digest,
+        path: PathBuf,
+        limit: u64,
+    },
+    #[error("layer {layer}: uncompressed content has diff ID {actual}, the image config says {expected}; nothing was kept")]
+    DiffIdMismatch {
+        layer: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
+}
+
+fn store_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> UnpackError + 'a {
+    move |source| UnpackError::Store {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A verified layer blob and what its uncompressed content must hash to.
+#[derive(Debug, Clone)]
+pub struct LayerSource {
+    /// The compressed blob file, already verified against `digest`.
+    pub blob: PathBuf,
+    pub compression: Compression,
+    /// The blob's (compressed) digest, as in the manifest; named in errors.
+    pub digest: Digest,
+    /// The sha256 of the uncompressed tar stream, as in the image config's `rootfs.diff_ids`.
+    pub diff_id: Digest,
+}
+
+/// Budgets against decompression bombs. Exceeding one fails the unpack; nothing is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Uncompressed tar stream bytes (headers and padding included). Default 64 GiB.
+    pub max_uncompressed_bytes: u64,
+    /// Tar entries (a PAX or GNU long-name header and its entry count once). Default 10 million.
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_uncompressed_bytes: 64 << 30,
+            max_entries: 10_000_000,
+        }
+    }
+}
+
+/// What an unpack did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnpackReport {
+    /// Tar entries read (0 when the layer was already complete).
+    pub entries: u64,
+    /// Uncompressed stream bytes read (0 when the layer was already complete).
+    pub bytes: u64,
+    /// The layer was complete already (nothing was read), or another process completed it first.
+    pub reused: bool,
+    /// Things skipped that the caller may want to log: device nodes, dropped xattrs.
+    pub warnings: Vec<String>,
+}
+
+/// The layer store. Cheap to clone; layers may be unpacked from several threads at once (each
+/// unpack writes its own staging directory).
+#[derive(Debug, Clone)]
+pub struct LayerStore {
+    root: PathBuf,
+}
+
+impl LayerStore {
+    /// Opens (creating if needed) `<state_dir>/layers`, removing stale staging directories.
+    pub fn open(state_dir: &Path) -> Result<Self, UnpackError> {
+        let store = LayerStore {
+            root: state_dir.join("layers"),
+        };
+        let staging_dir = store.staging_dir();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&staging_dir)
+            .map_err(store_err("creating layer store directory", &staging_dir))?;
+        let stale = staging::stale_entries(&staging_dir)
+            .map_err(store_err("listing staging directory", &staging_dir))?;
+        for path in stale {
+            // A stale entry that cannot be removed is logged and left: it must not stop the
+            // store from opening, and nothing ever takes a staging directory as complete.
+            if let Err(e) = remove_any(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove stale layer staging directory");
+            }
+        }
+        Ok(store)
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.root.join(".staging")
+    }
+
+    /// Where the layer with this diff ID lives (whether or not it is complete).
+    pub fn path(&self, diff_id: &Digest) -> PathBuf {
+        self.root.join(diff_id.hex())
+    }
+
+    /// Whether the layer is complete: its directory exists (it is only created by a rename).
+    pub fn is_complete(&self, diff_id: &Digest) -> bool {
+        fs::symlink_metadata(self.path(diff_id)).is_ok_and(|m| m.is_dir())
+    }
+
+    /// Unpacks the layer into its directory, unless it is complete already. On any error the
+    /// staging directory is removed and no layer directory exists.
+    pub fn unpack(
+        &self,
+        source: &LayerSource,
+        limits: &Limits,
+    ) -> Result<UnpackReport, UnpackError> {
+        if self.is_complete(&source.diff_id) {
+            return Ok(UnpackReport {
+                reused: true,
+                ..UnpackReport::default()
+            });
+        }
+        let staging = self
+            .staging_dir()
+            .join(staging::fresh_name(source.diff_id.hex()));
+        let result = self.unpack_staged(source, limits, &staging);
+        if result.is_err() || staging.exists() {
+            if let Err(e) = remove_any(&staging) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %staging.display(), error = %e, "cannot remove layer staging directory");
+                }
+            }
+        }
+        result
+    }
+
+    fn unpack_staged(
+        &self,
+        source: &LayerSource,
+        limits: &Limits,
+        staging: &Path,
+    ) -> Result<UnpackReport, UnpackError> {
+        tree::create_root(staging).map_err(store_err("creating staging directory", staging))?;
+        let mut report = stream::unpack_stream(source, limits, staging)?;
+
+        // Durability: one syncfs of the filesystem before the rename, instead of an fsync per
+        // file: the rename must not reach the disk before the files it publishes.
+        let dir = File::open(staging).map_err(store_err("opening staging directory", staging))?;
+        nix::unistd::syncfs(&dir)
+            .map_err(io::Error::from)
+            .map_err(store_err("syncing filesystem of", staging))?;
+        drop(dir);
+
+        let target = self.path(&source.diff_id);
+        match renameat2(
+            AT_FDCWD,
+            staging,
+            AT_FDCWD,
+            &target,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            // Another unpack of the same layer finished first: its directory is as good.
+            Err(Errno::EEXIST | Errno::ENOTEMPTY) => {
+                report.reused = true;
+                return Ok(report);
+            }
+            Err(e) => {
+                return Err(store_err("renaming staging directory to", &target)(
+                    e.into(),
+                ))
+            }
+        }
+        File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(store_err("syncing directory", &self.root))?;
+        Ok(report)
+    }
+}
+
+/// Removes a staging entry: a directory tree (never following a symlink inside it) or a file.
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path)?.is_dir() {
+        true => fs::remove_dir_all(path),
+        false => fs::remove_file(path),
+    }
+}

@@ -1,0 +1,165 @@
+//! The layer stream: blob file -> decompressor -> hashing, budgeted reader -> tar entries.
+//!
+//! Owns: opening the blob with large buffered reads, choosing the decoder (multi-member gzip,
+//! zstd or none), hashing every uncompressed byte (the trailing padding after the tar's end
+//! included, by reading to EOF) and comparing the result with the diff ID, and enforcing the
+//! byte and entry budgets. It hands each decoded entry to [`super::tree`] and never writes to
+//! the filesystem itself.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use sha2::{Digest as _, Sha256};
+
+use super::header::{self, Kind};
+use super::tree::Tree;
+use super::{LayerSource, Limits, UnpackError, UnpackReport};
+use crate::digest::Digest;
+use crate::registry::manifest::Compression;
+
+/// Read size of the compressed blob file.
+const BLOB_BUFFER: usize = 1 << 20;
+/// Buffer between the hashing reader and the tar parser: serves 512-byte headers; data reads
+/// larger than it go straight through.
+const TAR_BUFFER: usize = 64 << 10;
+/// Warnings kept in a report; the rest are counted.
+const MAX_WARNINGS: usize = 200;
+
+/// Counts and hashes the uncompressed stream; fails a read once the byte budget is exceeded.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+    limit: u64,
+    exceeded: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes += n as u64;
+        if self.bytes > self.limit {
+            self.exceeded.set(true);
+            return Err(io::Error::other("uncompressed byte budget exceeded"));
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+fn decoder(source: &LayerSource) -> Result<Box<dyn Read>, UnpackError> {
+    let blob_err = |source_err| UnpackError::Blob {
+        layer: source.digest.clone(),
+        path: source.blob.clone(),
+        source: source_err,
+    };
+    let file = File::open(&source.blob).map_err(blob_err)?;
+    let buffered = BufReader::with_capacity(BLOB_BUFFER, file);
+    Ok(match source.compression {
+        Compression::None => Box::new(buffered),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(blob_err)?)
+        }
+    })
+}
+
+/// Unpacks `source` into the (existing, empty) directory `root` and checks the diff ID.
+pub(super) fn unpack_stream(
+    source: &LayerSource,
+    limits: &Limits,
+    root: &Path,
+) -> Result<UnpackReport, UnpackError> {
+    let layer = &source.digest;
+    let exceeded = Rc::new(Cell::new(false));
+    let hashing = Hashing {
+        inner: decoder(source)?,
+        hasher: Sha256::new(),
+        bytes: 0,
+        limit: limits.max_uncompressed_bytes,
+        exceeded: Rc::clone(&exceeded),
+    };
+    let mut archive = tar::Archive::new(BufReader::with_capacity(TAR_BUFFER, hashing));
+    let mut tree = Tree::open(layer, root).map_err(|e| UnpackError::Store {
+        action: "opening staging directory",
+        path: root.to_owned(),
+        source: e,
+    })?;
+    let mut report = UnpackReport::default();
+    let mut warnings = Vec::new();
+    let mut last = PathBuf::new();
+    let stream_err = |last: &Path, e: io::Error| {
+        if exceeded.get() {
+            UnpackError::TooLarge {
+                layer: layer.clone(),
+                path: last.to_owned(),
+                limit: limits.max_uncompressed_bytes,
+            }
+        } else {
+            UnpackError::Stream {
+                layer: layer.clone(),
+                after: last.to_owned(),
+                source: e,
+            }
+        }
+    };
+
+    let entries = archive.entries().map_err(|e| stream_err(&last, e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| stream_err(&last, e))?;
+        report.entries += 1;
+        let decoded = header::decode(layer, &mut entry).map_err(|e| match e {
+            // A PAX record cut short by the budget is the budget's error.
+            UnpackError::Entry { source, .. } if exceeded.get() => stream_err(&last, source),
+            other => other,
+        })?;
+        last.clone_from(&decoded.path);
+        if report.entries > limits.max_entries {
+            return Err(UnpackError::TooManyEntries {
+                layer: layer.clone(),
+                path: last,
+                limit: limits.max_entries,
+            });
+        }
+        if entry.size() > limits.max_uncompressed_bytes {
+            return Err(UnpackError::TooLarge {
+                layer: layer.clone(),
+                path: last,
+                limit: limits.max_uncompressed_bytes,
+            });
+        }
+        for name in &decoded.dropped_xattrs {
+            warnings.push(format!("{:?}: xattr {name} not set", decoded.path));
+        }
+        if decoded.kind == Kind::Device {
+            warnings.push(format!("{:?}: device node not created", decoded.path));
+        }
+        tree.apply(&decoded, &mut entry, &mut warnings)
+            .map_err(|e| e.into_unpack_error(|io| stream_err(&decoded.path, io)))?;
+    }
+    tree.finish()?;
+
+    // Everything after the tar's end-of-archive blocks is part of the diff ID too.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_err(&last, e))?;
+    let hashing = rest.into_inner();
+    report.bytes = hashing.bytes;
+    let actual = Digest::from_hasher(hashing.hasher);
+    if actual != source.diff_id {
+        return Err(UnpackError::DiffIdMismatch {
+            layer: layer.clone(),
+            expected: source.diff_id.clone(),
+            actual,
+        });
+    }
+    if warnings.len() > MAX_WARNINGS {
+        let more = warnings.len() - MAX_WARNINGS;
+        warnings.truncate(MAX_WARNINGS);
+        warnings.push(format!("... and {more} more warnings"));
+    }
+    report.warnings = warnings;
+    Ok(report)
+}

@@ -1,0 +1,764 @@
+//! Tests of the layer store: tar streams built here (raw headers for the malicious ones),
+//! unpacked for real. They need root (chown, mknod, trusted.* xattrs) and panic without it.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use tar::{EntryType, Header};
+
+use super::*;
+
+fn needs_root() {
+    assert!(nix::unistd::Uid::effective().is_root(), "needs root");
+}
+
+// ---- building layers ----
+
+/// A tar stream under construction, entry by entry, with raw names (no validation).
+struct Layer {
+    builder: tar::Builder<Vec<u8>>,
+}
+
+/// Metadata of an entry to add.
+#[derive(Clone, Copy)]
+struct Meta {
+    uid: u64,
+    gid: u64,
+    mode: u32,
+    mtime: u64,
+}
+
+const M: Meta = Meta {
+    uid: 0,
+    gid: 0,
+    mode: 0o644,
+    mtime: 1_600_000_000,
+};
+
+impl Layer {
+    fn new() -> Self {
+        Layer {
+            builder: tar::Builder::new(Vec::new()),
+        }
+    }
+
+    fn header(name: &str, kind: EntryType, meta: Meta, size: u64, link: &str) -> Header {
+        let mut h = Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_uid(meta.uid);
+        h.set_gid(meta.gid);
+        h.set_mode(meta.mode);
+        h.set_mtime(meta.mtime);
+        let old = h.as_old_mut();
+        assert!(name.len() < 100 && link.len() < 100);
+        old.name[..name.len()].copy_from_slice(name.as_bytes());
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        h
+    }
+
+    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            // "<len> <key>=<value>\n" where len counts itself.
+            let body = key.len() + value.len() + 3;
+            let mut len = body + body.to_string().len();
+            if len.to_string().len() != body.to_string().len() {
+                len += 1;
+            }
+            data.extend_from_slice(format!("{len} {key}=").as_bytes());
+            data.extend_from_slice(value);
+            data.push(b'\n');
+        }
+        let h = Self::header("PaxHeader", EntryType::XHeader, M, data.len() as u64, "");
+        self.builder
+            .append(&h, data.as_slice())
+            .expect("append pax");
+        self
+    }
+
+    fn file(&mut self, name: &str, meta: Meta, data: &[u8]) -> &mut Self {
+        let h = Self::header(name, EntryType::Regular, meta, data.len() as u64, "");
+        self.builder.append(&h, data).expect("append file");
+        self
+    }
+
+    fn dir(&mut self, name: &str, meta: Meta) -> &mut Self {
+        self.other(name, EntryType::Directory, meta, "")
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.other(name, EntryType::Symlink, M, target)
+    }
+
+    fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.other(name, EntryType::Link, M, target)
+    }
+
+    fn other(&mut self, name: &str, kind: EntryType, meta: Meta, link: &str) -> &mut Self {
+        let h = Self::header(name, kind, meta, 0, link);
+        self.builder.append(&h, &[][..]).expect("append entry");
+        self
+    }
+
+    fn finish(&mut self) -> Vec<u8> {
+        let builder = std::mem::replace(&mut self.builder, tar::Builder::new(Vec::new()));
+        builder.into_inner().expect("finish tar")
+    }
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+// ---- the workspace: a state dir and a sentinel beside it ----
+
+struct Work {
+    _tmp: tempfile::TempDir,
+    state: PathBuf,
+    sentinel: PathBuf,
+    store: LayerStore,
+    sentinel_before: (Vec<String>, SystemTime),
+}
+
+fn listing(dir: &Path) -> (Vec<String>, SystemTime) {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mtime = fs::metadata(dir).expect("stat").modified().expect("mtime");
+    (names, mtime)
+}
+
+impl Work {
+    fn new() -> Self {
+        needs_root();
+        // The temp dir's filesystem must take user.* and trusted.* xattrs (ext4 here).
+        let tmp = tempfile::Builder::new()
+            .prefix("envbox-unpack-test")
+            .tempdir()
+            .expect("tempdir");
+        let state = tmp.path().join("state");
+        let sentinel = tmp.path().join("sentinel");
+        fs::create_dir_all(sentinel.join("inside")).expect("sentinel");
+        fs::write(sentinel.join("file"), b"sentinel").expect("sentinel");
+        fs::write(sentinel.join("passwd"), b"root:x:0:0").expect("sentinel");
+        let store = LayerStore::open(&state).expect("open store");
+        let sentinel_before = listing(&sentinel);
+        Work {
+            _tmp: tmp,
+            state,
+            sentinel,
+            store,
+            sentinel_before,
+        }
+    }
+
+    fn source(&self, blob: &[u8], compression: Compression, tar: &[u8]) -> LayerSource {
+        let digest = Digest::of(blob);
+        let path = self.state.join(format!("blob-{}", digest.hex()));
+        fs::write(&path, blob).expect("write blob");
+        LayerSource {
+            blob: path,
+            compression,
+            digest,
+            diff_id: Digest::of(tar),
+        }
+    }
+
+    fn unpack_tar(&self, tar: &[u8]) -> (Result<UnpackReport, UnpackError>, PathBuf) {
+        let source = self.source(&gzip(tar), Compression::Gzip, tar);
+        let result = self.store.unpack(&source, &Limits::default());
+        (result, self.store.path(&source.diff_id))
+    }
+
+    fn unpack_ok(&self, tar: &[u8]) -> (UnpackReport, PathBuf) {
+        let (result, path) = self.unpack_tar(tar);
+        (result.expect("unpack"), path)
+    }
+
+    /// Nothing outside the store changed; no staging directory is left.
+    fn check_contained(&self) {
+        assert_eq!(
+            listing(&self.sentinel),
+            self.sentinel_before,
+            "sentinel changed"
+        );
+        assert_eq!(
+            fs::read(self.sentinel.join("file")).expect("read"),
+            b"sentinel"
+        );
+        assert!(fs::read_dir(self.sentinel.join("inside"))
+            .expect("list")
+            .next()
+            .is_none());
+        assert!(!Path::new("/etc/envbox-unpack-test").exists());
+        let staging: Vec<_> = fs::read_dir(self.state.join("layers/.staging"))
+            .expect("list")
+            .collect();
+        assert!(staging.is_empty(), "staging left: {staging:?}");
+    }
+
+    /// The state dir's path without its leading `/`, to aim absolute names at the sentinel.
+    fn sentinel_abs(&self) -> String {
+        self.sentinel.to_string_lossy().into_owned()
+    }
+}
+
+fn lstat(path: &Path) -> fs::Metadata {
+    fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let cpath = CString::new(path.as_os_str().as_bytes()).expect("path");
+    let cname = CString::new(name).expect("name");
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::lgetxattr(
+            cpath.as_ptr(),
+            cname.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| {
+        buf.truncate(n as usize);
+        buf
+    })
+}
+
+fn assert_owner(path: &Path, uid: u32, gid: u32) {
+    let m = lstat(path);
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (uid + ID_SHIFT, gid + ID_SHIFT),
+        "{}",
+        path.display()
+    );
+}
+
+fn is_whiteout(path: &Path) -> bool {
+    let m = lstat(path);
+    m.file_type().is_char_device() && m.rdev() == 0 && m.uid() == ID_SHIFT && m.gid() == ID_SHIFT
+}
+
+// A v2 file capability (cap_net_bind_service, effective).
+const CAP: &[u8] = &[0, 0, 0, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+fn rich_layer() -> Vec<u8> {
+    let mut l = Layer::new();
+    l.dir(
+        "./",
+        Meta {
+            mode: 0o700,
+            uid: 5,
+            ..M
+        },
+    )
+    .dir(
+        "d/",
+        Meta {
+            uid: 1,
+            gid: 2,
+            mode: 0o750,
+            mtime: 1000,
+        },
+    )
+    .pax(&[
+        ("SCHILY.xattr.security.capability", CAP),
+        ("SCHILY.xattr.user.foo", b"bar"),
+        ("SCHILY.xattr.trusted.evil", b"x"),
+        ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+        ("mtime", b"2000.25"),
+    ])
+    .file(
+        "d/f",
+        Meta {
+            uid: 3,
+            gid: 4,
+            mode: 0o4755,
+            mtime: 1,
+        },
+        b"hello",
+    )
+    .symlink("d/l", "../etc/target")
+    .hardlink("d/h", "d/f")
+    .other(
+        "p",
+        EntryType::Fifo,
+        Meta {
+            mode: 0o640,
+            uid: 7,
+            gid: 8,
+            mtime: 3000,
+        },
+        "",
+    )
+    .other("null", EntryType::Char, M, "")
+    .dir("tmp/", Meta { mode: 0o1777, ..M })
+    .dir("g/", Meta { mode: 0o2775, ..M })
+    .file("implicit/parent/file", M, b"x");
+    l.finish()
+}
+
+fn check_rich(root: &Path, report: &UnpackReport) {
+    let m = lstat(root);
+    assert_eq!(m.mode() & 0o7777, 0o755);
+    assert_owner(root, 0, 0);
+
+    let d = root.join("d");
+    let m = lstat(&d);
+    assert!(m.is_dir());
+    assert_eq!(m.mode() & 0o7777, 0o750);
+    assert_owner(&d, 1, 2);
+    assert_eq!(m.mtime(), 1000, "directory mtime set after its contents");
+
+    let f = d.join("f");
+    let m = lstat(&f);
+    assert!(m.is_file());
+    assert_eq!(fs::read(&f).expect("read"), b"hello");
+    assert_eq!(m.mode() & 0o7777, 0o4755, "setuid survives the chown");
+    assert_owner(&f, 3, 4);
+    assert_eq!(
+        (m.mtime(), m.mtime_nsec()),
+        (2000, 250_000_000),
+        "PAX mtime"
+    );
+    assert_eq!(xattr(&f, "security.capability").as_deref(), Some(CAP));
+    assert_eq!(xattr(&f, "user.foo").as_deref(), Some(&b"bar"[..]));
+    assert_eq!(xattr(&f, "trusted.evil"), None);
+    assert_eq!(xattr(&f, "trusted.overlay.opaque"), None);
+
+    let l = d.join("l");
+    assert!(lstat(&l).file_type().is_symlink());
+    assert_eq!(
+        fs::read_link(&l).expect("readlink"),
+        PathBuf::from("../etc/target")
+    );
+    assert_owner(&l, 0, 0);
+    assert_eq!(lstat(&l).mtime(), M.mtime as i64);
+
+    assert_eq!(lstat(&d.join("h")).ino(), m.ino(), "hard link");
+
+    let p = root.join("p");
+    let m = lstat(&p);
+    assert!(m.file_type().is_fifo());
+    assert_eq!(m.mode() & 0o7777, 0o640);
+    assert_owner(&p, 7, 8);
+    assert_eq!(m.mtime(), 3000);
+
+    assert!(!root.join("null").exists(), "device nodes are not created");
+    assert!(report
+        .warnings
+        .iter()
+        .any(|w| w.contains("null") && w.contains("device")));
+    assert!(report.warnings.iter().any(|w| w.contains("trusted.evil")));
+
+    assert_eq!(lstat(&root.join("tmp")).mode() & 0o7777, 0o1777);
+    assert_eq!(lstat(&root.join("g")).mode() & 0o7777, 0o2775);
+    let implicit = root.join("implicit/parent");
+    assert_eq!(lstat(&implicit).mode() & 0o7777, 0o755);
+    assert_owner(&implicit, 0, 0);
+    assert_eq!(fs::read(implicit.join("file")).expect("read"), b"x");
+}
+
+#[test]
+fn gzip_layer_unpacks_shifted() {
+    let w = Work::new();
+    let tar = rich_layer();
+    let (report, root) = w.unpack_ok(&tar);
+    assert!(!report.reused);
+    assert_eq!(report.entries, 10);
+    assert!(report.bytes >= tar.len() as u64 - 1024);
+    check_rich(&root, &report);
+    w.check_contained();
+
+    // A second unpack is a no-op.
+    let (again, _) = w.unpack_ok(&tar);
+    assert!(again.reused);
+    assert_eq!(again.entries, 0);
+}
+
+#[test]
+fn zstd_and_plain_layers_unpack() {
+    let w = Work::new();
+    let tar = rich_layer();
+    let zst = zstd::encode_all(tar.as_slice(), 3).expect("zstd");
+    let source = w.source(&zst, Compression::Zstd, &tar);
+    let report = w
+        .store
+        .unpack(&source, &Limits::default())
+        .expect("unpack zstd");
+    check_rich(&w.store.path(&source.diff_id), &report);
+
+    let mut plain = tar.clone();
+    plain.extend_from_slice(&[0; 512]); // trailing padding: a different diff ID
+    let source = w.source(&plain, Compression::None, &plain);
+    let report = w
+        .store
+        .unpack(&source, &Limits::default())
+        .expect("unpack plain");
+    check_rich(&w.store.path(&source.diff_id), &report);
+    w.check_contained();
+}
+
+#[test]
+fn multi_member_gzip_unpacks_fully() {
+    let w = Work::new();
+    let mut l = Layer::new();
+    for i in 0..50 {
+        l.file(&format!("f{i}"), M, format!("content {i}").as_bytes());
+    }
+    let tar = l.finish();
+    let (a, b) = tar.split_at(tar.len() / 2 + 100);
+    let mut blob = gzip(a);
+    blob.extend_from_slice(&gzip(b));
+    let source = w.source(&blob, Compression::Gzip, &tar);
+    let report = w.store.unpack(&source, &Limits::default()).expect("unpack");
+    assert_eq!(report.entries, 50);
+    let root = w.store.path(&source.diff_id);
+    assert_eq!(fs::read(root.join("f49")).expect("read"), b"content 49");
+}
+
+#[test]
+fn whiteouts_become_overlay_whiteouts() {
+    let w = Work::new();
+    let mut l = Layer::new();
+    l.file(".wh.gone", M, b"")
+        .file("d/.wh.x", M, b"")
+        // Opaque marker after the directory's entries...
+        .dir("o1/", M)
+        .file("o1/a", M, b"a")
+        .file("o1/.wh..wh..opq", M, b"")
+        // ... and before them, the directory entry itself coming later.
+        .file("o2/.wh..wh..opq", M, b"")
+        .dir("o2/", Meta { mode: 0o700, ..M })
+        .file("o2/a", M, b"a")
+        // OCI: a whiteout only hides lower layers; this layer's entry stays, in either order.
+        .file("k", M, b"kept")
+        .file(".wh.k", M, b"")
+        .file(".wh.k2", M, b"")
+        .file("k2", M, b"kept")
+        // A directory that replaces a whiteout of this layer hides the lower one: opaque.
+        .file(".wh.dd", M, b"")
+        .dir("dd/", M)
+        .dir("de/", M)
+        .file(".wh.de", M, b"");
+    let (_, root) = w.unpack_ok(&l.finish());
+    assert!(is_whiteout(&root.join("gone")));
+    assert!(is_whiteout(&root.join("d/x")));
+    for dir in ["o1", "o2", "dd", "de"] {
+        let dir = root.join(dir);
+        assert_eq!(
+            xattr(&dir, "trusted.overlay.opaque").as_deref(),
+            Some(&b"y"[..]),
+            "{}",
+            dir.display()
+        );
+    }
+    assert_eq!(fs::read(root.join("o1/a")).expect("read"), b"a");
+    assert_eq!(fs::read(root.join("o2/a")).expect("read"), b"a");
+    assert_eq!(lstat(&root.join("o2")).mode() & 0o7777, 0o700);
+    assert_eq!(fs::read(root.join("k")).expect("read"), b"kept");
+    assert_eq!(fs::read(root.join("k2")).expect("read"), b"kept");
+    assert!(!root.join(".wh.k").exists() && !root.join("o1/.wh..wh..opq").exists());
+    assert_eq!(xattr(&root.join("d"), "trusted.overlay.opaque"), None);
+    w.check_contained();
+}
+
+#[test]
+fn duplicates_replace_or_merge() {
+    let w = Work::new();
+    let mut l = Layer::new();
+    l.file("x", M, b"file")
+        .dir("x/", M)
+        .file("x/y", M, b"y")
+        .dir("z/", M)
+        .file("z/a/b", M, b"deep")
+        .file("z", M, b"now a file")
+        .file("w", M, b"1")
+        .file("w", M, b"2")
+        .dir(
+            "m/",
+            Meta {
+                mode: 0o700,
+                uid: 1,
+                ..M
+            },
+        )
+        .file("m/keep", M, b"k")
+        .dir(
+            "m/",
+            Meta {
+                mode: 0o755,
+                uid: 2,
+                ..M
+            },
+        )
+        .symlink("s", "w")
+        .file("s", M, b"not through the link")
+        // A directory replaced by a symlink: later entries under it resolve anew (in-root).
+        .dir("r/", M)
+        .file("r/a", M, b"a")
+        .symlink("r", "/")
+        .file("r/b", M, b"b");
+    let (_, root) = w.unpack_ok(&l.finish());
+    assert_eq!(fs::read(root.join("x/y")).expect("read"), b"y");
+    assert_eq!(fs::read(root.join("z")).expect("read"), b"now a file");
+    assert_eq!(fs::read(root.join("w")).expect("read"), b"2");
+    let m = root.join("m");
+    assert_eq!(lstat(&m).mode() & 0o7777, 0o755);
+    assert_owner(&m, 2, 0);
+    assert_eq!(fs::read(m.join("keep")).expect("read"), b"k");
+    assert!(lstat(&root.join("s")).is_file());
+    assert!(lstat(&root.join("r")).file_type().is_symlink());
+    assert_eq!(fs::read(root.join("b")).expect("read"), b"b");
+    assert_eq!(fs::read(root.join("w")).expect("read"), b"2");
+    w.check_contained();
+}
+
+// ---- malicious layers ----
+
+#[test]
+fn traversal_names_are_contained() {
+    let w = Work::new();
+    let abs = w.sentinel_abs();
+    let mut l = Layer::new();
+    l.file("../../etc/envbox-unpack-test", M, b"1")
+        .file("/etc/envbox-unpack-test2", M, b"2")
+        .symlink("a", "/")
+        .file("a/etc/envbox-unpack-test3", M, b"3")
+        .symlink("b", "../..")
+        .file("b/x", M, b"4")
+        .dir("c/", M)
+        .file("c/../../../y", M, b"5")
+        .symlink("e", "/")
+        .file("e/.wh.passwd", M, b"");
+    let (_, root) = w.unpack_ok(&l.finish());
+    assert_eq!(
+        fs::read(root.join("etc/envbox-unpack-test")).expect("read"),
+        b"1"
+    );
+    assert_eq!(
+        fs::read(root.join("etc/envbox-unpack-test2")).expect("read"),
+        b"2"
+    );
+    assert_eq!(
+        fs::read(root.join("etc/envbox-unpack-test3")).expect("read"),
+        b"3"
+    );
+    assert_eq!(fs::read(root.join("x")).expect("read"), b"4");
+    assert_eq!(fs::read(root.join("y")).expect("read"), b"5");
+    assert!(is_whiteout(&root.join("passwd")));
+    assert!(!Path::new("/etc/envbox-unpack-test2").exists());
+    assert!(!Path::new("/etc/envbox-unpack-test3").exists());
+    w.check_contained();
+
+    // Aimed at the sentinel by its absolute path: resolves in-root, where it does not exist.
+    for tar in [
+        Layer::new()
+            .symlink("s", &abs)
+            .file("s/file", M, b"pwned")
+            .finish(),
+        Layer::new()
+            .symlink("s", &abs)
+            .dir("s/inside/new/", M)
+            .finish(),
+        Layer::new()
+            .symlink("evil", &abs)
+            .file("evil/.wh.file", M, b"")
+            .finish(),
+        Layer::new()
+            .symlink("evil", &abs)
+            .file("evil/.wh..wh..opq", M, b"")
+            .finish(),
+        Layer::new()
+            .symlink("evil", &format!("{abs}/inside"))
+            .file("evil/.wh.x", M, b"")
+            .finish(),
+    ] {
+        let (result, path) = w.unpack_tar(&tar);
+        match result {
+            Err(UnpackError::ParentNotDir { .. }) => assert!(!path.exists()),
+            other => panic!("expected ParentNotDir, got {other:?}"),
+        }
+        w.check_contained();
+    }
+}
+
+#[test]
+fn hardlinks_must_stay_inside() {
+    let w = Work::new();
+    let abs = w.sentinel_abs();
+    for target in [
+        "/etc/passwd",
+        "../outside",
+        "../sentinel/file",
+        &format!("{abs}/passwd"),
+    ] {
+        let tar = Layer::new()
+            .file("f", M, b"f")
+            .hardlink("h", target)
+            .finish();
+        let (result, path) = w.unpack_tar(&tar);
+        match result {
+            Err(UnpackError::HardlinkTarget { .. }) => assert!(!path.exists()),
+            other => panic!("{target}: expected HardlinkTarget, got {other:?}"),
+        }
+        w.check_contained();
+    }
+    // Through a planted symlink: links the symlink itself, never what it points to.
+    let tar = Layer::new()
+        .symlink("s", &format!("{abs}/passwd"))
+        .hardlink("h", "s")
+        .finish();
+    let (_, root) = w.unpack_ok(&tar);
+    assert!(lstat(&root.join("h")).file_type().is_symlink());
+    assert_eq!(lstat(&root.join("h")).ino(), lstat(&root.join("s")).ino());
+    assert_eq!(lstat(&w.sentinel.join("passwd")).nlink(), 1);
+    // A directory is never a hard link target.
+    let tar = Layer::new().dir("d/", M).hardlink("h", "d").finish();
+    assert!(matches!(
+        w.unpack_tar(&tar).0,
+        Err(UnpackError::HardlinkTarget { .. })
+    ));
+    w.check_contained();
+}
+
+#[test]
+fn budgets_stop_bombs() {
+    let w = Work::new();
+    let zeros = vec![0u8; 32 << 20];
+    let tar = Layer::new().file("bomb", M, &zeros).finish();
+    let source = w.source(&gzip(&tar), Compression::Gzip, &tar);
+    let limits = Limits {
+        max_uncompressed_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    match w.store.unpack(&source, &limits) {
+        Err(UnpackError::TooLarge { limit, .. }) => assert_eq!(limit, 4 << 20),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(!w.store.is_complete(&source.diff_id));
+
+    // The same bomb split over entries that each fit.
+    let mut l = Layer::new();
+    for i in 0..8 {
+        l.file(&format!("part{i}"), M, &zeros[..1 << 20]);
+    }
+    let tar = l.finish();
+    let source = w.source(&gzip(&tar), Compression::Gzip, &tar);
+    assert!(matches!(
+        w.store.unpack(&source, &limits),
+        Err(UnpackError::TooLarge { .. })
+    ));
+
+    let mut l = Layer::new();
+    for i in 0..20 {
+        l.file(&format!("f{i}"), M, b"");
+    }
+    let tar = l.finish();
+    let source = w.source(&gzip(&tar), Compression::Gzip, &tar);
+    let limits = Limits {
+        max_entries: 10,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        w.store.unpack(&source, &limits),
+        Err(UnpackError::TooManyEntries { limit: 10, .. })
+    ));
+    w.check_contained();
+}
+
+#[test]
+fn ids_out_of_range_are_refused() {
+    let w = Work::new();
+    let tar = Layer::new()
+        .file("ok", M, b"")
+        .file("bad", Meta { uid: 70000, ..M }, b"")
+        .finish();
+    match w.unpack_tar(&tar).0 {
+        Err(UnpackError::IdOutOfRange {
+            path, which, value, ..
+        }) => {
+            assert_eq!((path, which, value), (PathBuf::from("bad"), "uid", 70000));
+        }
+        other => panic!("expected IdOutOfRange, got {other:?}"),
+    }
+    // A PAX gid overrides the header's.
+    let tar = Layer::new()
+        .pax(&[("gid", b"65536")])
+        .file("bad", M, b"")
+        .finish();
+    assert!(matches!(
+        w.unpack_tar(&tar).0,
+        Err(UnpackError::IdOutOfRange { which: "gid", .. })
+    ));
+    w.check_contained();
+}
+
+#[test]
+fn diff_id_mismatch_keeps_nothing() {
+    let w = Work::new();
+    let tar = Layer::new().file("f", M, b"f").finish();
+    let mut source = w.source(&gzip(&tar), Compression::Gzip, &tar);
+    source.diff_id = Digest::of(b"something else");
+    match w.store.unpack(&source, &Limits::default()) {
+        Err(UnpackError::DiffIdMismatch { actual, .. }) => assert_eq!(actual, Digest::of(&tar)),
+        other => panic!("expected DiffIdMismatch, got {other:?}"),
+    }
+    assert!(!w.store.is_complete(&source.diff_id));
+    assert!(!w.store.path(&Digest::of(&tar)).exists());
+    w.check_contained();
+}
+
+#[test]
+fn failure_midway_leaves_no_layer_and_stale_staging_is_swept() {
+    let w = Work::new();
+    let mut l = Layer::new();
+    for i in 0..200 {
+        l.file(&format!("f{i}"), M, &[i as u8; 4096]);
+    }
+    let tar = l.finish();
+    let mut blob = gzip(&tar);
+    let n = blob.len();
+    blob.truncate(n - n / 4); // a corrupt (cut) tail: the stream fails after some entries
+    let source = w.source(&blob, Compression::Gzip, &tar);
+    match w.store.unpack(&source, &Limits::default()) {
+        Err(UnpackError::Stream { after, .. }) => assert!(after.to_string_lossy().starts_with('f')),
+        other => panic!("expected a stream error, got {other:?}"),
+    }
+    assert!(!w.store.is_complete(&source.diff_id));
+    w.check_contained();
+
+    // What a kill -9 leaves: staging directories of a dead process, and of an earlier
+    // incarnation of this pid. `open` removes both; a live process's is kept.
+    let staging = w.state.join("layers/.staging");
+    let hex = source.diff_id.hex();
+    let dead = staging.join(format!("{hex}.999999999.0123456789abcdef-0.partial"));
+    let earlier = staging.join(format!(
+        "{hex}.{}.0000000000000000-3.partial",
+        std::process::id()
+    ));
+    let live = staging.join(format!("{hex}.1.0123456789abcdef-0.partial"));
+    for dir in [&dead, &earlier, &live] {
+        fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        std::os::unix::fs::symlink(&w.sentinel, dir.join("sub/link")).expect("symlink");
+    }
+    let store = LayerStore::open(&w.state).expect("reopen");
+    assert!(!dead.exists() && !earlier.exists());
+    assert!(live.exists());
+    assert!(!store.is_complete(&source.diff_id));
+    fs::remove_dir_all(&live).expect("cleanup");
+    w.check_contained();
+}

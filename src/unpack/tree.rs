@@ -1,0 +1,623 @@
+//! Writing decoded entries into a layer's staging directory, contained in it.
+//!
+//! Owns: every filesystem change inside the staging directory. Each entry's parent is resolved
+//! in-root (`openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` through
+//! [`InRoot`](crate::rootfs::inroot::InRoot)), missing parents are created one component at a
+//! time with `mkdirat`, and the final component is created, replaced or changed only with
+//! `*at` calls relative to the parent's descriptor that never follow it (`O_NOFOLLOW`,
+//! `AT_SYMLINK_NOFOLLOW`, `O_EXCL`, `linkat` without `AT_SYMLINK_FOLLOW`). It must never use a
+//! plain path outside the staging directory, never follow a symlink planted by the layer out of
+//! it, and never set an xattr the layer chose outside `security.capability` and `user.*`.
+//!
+//! Rules: ownership is the header's + [`ID_SHIFT`]; the mode (setuid/setgid/sticky included) is
+//! applied after `fchown` (which clears them), file capabilities after both; mtimes last, and
+//! directories' mtimes only in [`Tree::finish`], after all their contents. A duplicate path
+//! replaces a non-directory; a directory over a directory merges (the later metadata wins); a
+//! non-directory over a directory removes that tree. Whiteouts follow the OCI rule that a
+//! whiteout only hides lower layers: `.wh.<name>` becomes a 0:0 character device owned by
+//! 100000:100000 when `<name>` does not exist in this layer; when it does, the entry stays
+//! (and a directory there is made opaque, since the lower one is deleted); an entry arriving
+//! after its whiteout replaces the device (a directory doing so is made opaque). `.wh..wh..opq`
+//! sets `trusted.overlay.opaque=y` on its directory, created if missing, whatever the order.
+
+use std::cell::Cell;
+use std::ffi::{CStr, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{
+    fchmod, fstatat, futimens, mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+
+use super::header::{join, Entry, Kind};
+use super::{UnpackError, ID_SHIFT};
+use crate::digest::Digest;
+use crate::rootfs::inroot::InRoot;
+
+/// Size of the reused buffer that file data is copied through.
+const COPY_BUFFER: usize = 256 << 10;
+
+const OPAQUE_XATTR: &CStr = c"trusted.overlay.opaque";
+
+/// Why applying an entry failed: reading the layer stream, or anything else.
+pub(super) enum Failure {
+    Read(io::Error),
+    Unpack(UnpackError),
+}
+
+impl Failure {
+    /// The module error; `read` maps a stream read failure (it knows about the byte budget).
+    pub(super) fn into_unpack_error(
+        self,
+        read: impl FnOnce(io::Error) -> UnpackError,
+    ) -> UnpackError {
+        match self {
+            Failure::Read(e) => read(e),
+            Failure::Unpack(e) => e,
+        }
+    }
+}
+
+impl From<UnpackError> for Failure {
+    fn from(e: UnpackError) -> Self {
+        Failure::Unpack(e)
+    }
+}
+
+/// Creates the layer's top directory (owned 100000:100000, mode 0755).
+pub(super) fn create_root(path: &Path) -> io::Result<()> {
+    std::fs::create_dir(path)?;
+    let dir = File::open(path)?;
+    fchown(
+        &dir,
+        Some(Uid::from_raw(ID_SHIFT)),
+        Some(Gid::from_raw(ID_SHIFT)),
+    )?;
+    fchmod(&dir, Mode::from_bits_truncate(0o755))?;
+    Ok(())
+}
+
+/// The staging directory being written.
+pub(super) struct Tree<'a> {
+    layer: &'a Digest,
+    root: InRoot,
+    buf: Vec<u8>,
+    /// Directories whose mtime is set at the end, in stream order (a later record wins).
+    dir_times: Vec<(PathBuf, TimeSpec)>,
+    /// The last entry's parent: its components and directory descriptor.
+    parent: Option<(Vec<OsString>, OwnedFd)>,
+    /// Set by every removal; a removal drops the cached parent.
+    removed: Cell<bool>,
+}
+
+/// What is at a name before an entry is written there.
+enum Existing {
+    Nothing,
+    Dir,
+    Whiteout,
+    Other,
+}
+
+fn classify(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Existing> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(
+            match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+                SFlag::S_IFDIR => Existing::Dir,
+                // The layer's own device nodes are never created: a character device is a whiteout.
+                SFlag::S_IFCHR => Existing::Whiteout,
+                _ => Existing::Other,
+            },
+        ),
+        Err(Errno::ENOENT) => Ok(Existing::Nothing),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn shifted(uid: u32, gid: u32) -> (Option<Uid>, Option<Gid>) {
+    (
+        Some(Uid::from_raw(uid + ID_SHIFT)),
+        Some(Gid::from_raw(gid + ID_SHIFT)),
+    )
+}
+
+fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: name is NUL-terminated, value is a valid slice; fsetxattr reads both only.
+    let rc = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Removes the directory `name` under `parent` and everything in it, never following a symlink.
+fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let fd = openat(
+        parent,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut children: Vec<(OsString, bool)> = Vec::new();
+    {
+        let mut dir = nix::dir::Dir::from_fd(fd.try_clone()?)?;
+        for item in dir.iter() {
+            let item = item?;
+            let child = OsStr::from_bytes(item.file_name().to_bytes());
+            if child == "." || child == ".." {
+                continue;
+            }
+            let is_dir = match item.file_type() {
+                Some(t) => t == nix::dir::Type::Directory,
+                None => matches!(classify(fd.as_fd(), child)?, Existing::Dir),
+            };
+            children.push((child.to_owned(), is_dir));
+        }
+    }
+    for (child, is_dir) in children {
+        if is_dir {
+            remove_tree(fd.as_fd(), &child)?;
+        } else {
+            unlinkat(fd.as_fd(), child.as_os_str(), UnlinkatFlags::NoRemoveDir)?;
+        }
+    }
+    unlinkat(parent, name, UnlinkatFlags::RemoveDir)?;
+    Ok(())
+}
+
+impl<'a> Tree<'a> {
+    pub(super) fn open(layer: &'a Digest, root: &Path) -> io::Result<Self> {
+        Ok(Tree {
+            layer,
+            root: InRoot::open(root)?,
+            buf: vec![0; COPY_BUFFER],
+            dir_times: Vec::new(),
+            parent: None,
+            removed: Cell::new(false),
+        })
+    }
+
+    fn err(&self, action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
+        let path = path.to_owned();
+        move |source| UnpackError::Entry {
+            layer: self.layer.clone(),
+            path,
+            action,
+            source,
+        }
+    }
+
+    /// Writes one entry; `data` is the entry's reader (file contents).
+    pub(super) fn apply(
+        &mut self,
+        entry: &Entry,
+        data: &mut impl Read,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), Failure> {
+        let Some((name, parent_parts)) = entry.parts.split_last() else {
+            // The root: its ownership and mode are fixed; an opaque marker there applies.
+            if entry.kind == Kind::Opaque {
+                let fd = self
+                    .root
+                    .open_at(Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY);
+                let fd = fd.map_err(self.err("opening", &entry.path))?;
+                set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
+                    .map_err(self.err("marking opaque", &entry.path))?;
+            }
+            return Ok(());
+        };
+        match &entry.kind {
+            Kind::Skip | Kind::Device => Ok(()),
+            Kind::Opaque => {
+                self.parent = None;
+                let dir = self.ensure_dir(&entry.parts, &entry.path)?;
+                set_xattr(dir.as_fd(), OPAQUE_XATTR, b"y")
+                    .map_err(self.err("marking opaque", &entry.path))?;
+                Ok(())
+            }
+            kind => {
+                // Consecutive entries mostly share a parent: reuse its descriptor while nothing
+                // was removed (only a removal can change what a resolved path names).
+                let cached = self
+                    .parent
+                    .take()
+                    .filter(|(parts, _)| parts.as_slice() == parent_parts);
+                let (parts, fd) = match cached {
+                    Some(cached) => cached,
+                    None => (
+                        parent_parts.to_vec(),
+                        self.ensure_dir(parent_parts, &entry.path)?,
+                    ),
+                };
+                let parent = fd.as_fd();
+                let result = match kind {
+                    Kind::File => self.file(parent, name, entry, data),
+                    Kind::Dir => Ok(self.dir(parent, name, entry)?),
+                    Kind::Symlink(target) => {
+                        Ok(self.symlink(parent, name, target, entry, warnings)?)
+                    }
+                    Kind::Hardlink(target) => Ok(self.hardlink(parent, name, target, entry)?),
+                    Kind::Fifo => Ok(self.fifo(parent, name, entry)?),
+                    Kind::Whiteout => Ok(self.whiteout(parent, name, entry)?),
+                    Kind::Skip | Kind::Device | Kind::Opaque => Ok(()),
+                };
+                if !self.removed.replace(false) {
+                    self.parent = Some((parts, fd));
+                }
+                result
+            }
+        }
+    }
+
+    /// Sets the directories' mtimes, after all their contents were written.
+    pub(super) fn finish(&mut self) -> Result<(), UnpackError> {
+        for (path, mtime) in std::mem::take(&mut self.dir_times) {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+            match self.root.open_at(&path, flags) {
+                Ok(fd) => futimens(&fd, &mtime, &mtime)
+                    .map_err(io::Error::from)
+                    .map_err(self.err("setting mtime of", &path))?,
+                // Replaced later in the stream by something that is not a directory.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                    ) => {}
+                Err(e) => return Err(self.err("opening", &path)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the directory `parts` (in-root), creating missing components (0755, 100000:100000;
+    /// a whiteout in the way becomes an opaque directory).
+    fn ensure_dir(&self, parts: &[OsString], path: &Path) -> Result<OwnedFd, UnpackError> {
+        let rel = join(parts);
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+        match self.root.open_at(&rel, flags) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+            Err(e) => return Err(self.err("opening parent of", path)(e)),
+        }
+        // Slow path: one component at a time, each resolved in-root from the top.
+        let mut dir = self
+            .root
+            .open_at(Path::new("."), flags)
+            .map_err(self.err("opening root for", path))?;
+        for (i, part) in parts.iter().enumerate() {
+            let prefix = join(&parts[..=i]);
+            match self.root.open_at(&prefix, flags) {
+                Ok(fd) => {
+                    dir = fd;
+                    continue;
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
+                Err(e) => return Err(self.err("opening parent of", path)(e)),
+            }
+            let opaque = match classify(dir.as_fd(), part)
+                .map_err(self.err("inspecting parent of", path))?
+            {
+                Existing::Nothing => false,
+                Existing::Whiteout => {
+                    self.removed.set(true);
+                    unlinkat(dir.as_fd(), part.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                        .map_err(io::Error::from)
+                        .map_err(self.err("replacing whiteout in parent of", path))?;
+                    true
+                }
+                // A dangling symlink, a file, or a symlink to one.
+                Existing::Dir | Existing::Other => {
+                    return Err(UnpackError::ParentNotDir {
+                        layer: self.layer.clone(),
+                        path: path.to_owned(),
+                        parent: prefix,
+                    })
+                }
+            };
+            mkdirat(
+                dir.as_fd(),
+                part.as_os_str(),
+                Mode::from_bits_truncate(0o700),
+            )
+            .map_err(io::Error::from)
+            .map_err(self.err("creating parent of", path))?;
+            let fd = self.open_child_dir(dir.as_fd(), part, path)?;
+            let (uid, gid) = shifted(0, 0);
+            fchown(&fd, uid, gid)
+                .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(0o755)))
+                .map_err(io::Error::from)
+                .map_err(self.err("setting up parent of", path))?;
+            if opaque {
+                set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
+                    .map_err(self.err("marking opaque", path))?;
+            }
+            dir = fd;
+        }
+        Ok(dir)
+    }
+
+    fn open_child_dir(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+    ) -> Result<OwnedFd, UnpackError> {
+        openat(
+            parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)
+        .map_err(self.err("opening", path))
+    }
+
+    /// Makes room for a non-directory at `name`: removes whatever this layer put there.
+    fn clear(&self, parent: BorrowedFd<'_>, name: &OsStr, path: &Path) -> Result<(), UnpackError> {
+        let existing = classify(parent, name).map_err(self.err("inspecting", path))?;
+        if !matches!(existing, Existing::Nothing) {
+            self.removed.set(true);
+        }
+        let result = match existing {
+            Existing::Nothing => Ok(()),
+            Existing::Dir => remove_tree(parent, name),
+            Existing::Whiteout | Existing::Other => {
+                unlinkat(parent, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from)
+            }
+        };
+        result.map_err(self.err("replacing", path))
+    }
+
+    /// Runs `create` (an `O_EXCL`-style creation at `name`); if the name exists, clears it and
+    /// runs it once more.
+    fn create_replacing<T>(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &Path,
+        action: &'static str,
+        mut create: impl FnMut() -> nix::Result<T>,
+    ) -> Result<T, UnpackError> {
+        match create() {
+            Ok(t) => Ok(t),
+            Err(Errno::EEXIST) => {
+                self.clear(parent, name, path)?;
+                create()
+                    .map_err(io::Error::from)
+                    .map_err(self.err(action, path))
+            }
+            Err(e) => Err(self.err(action, path)(e.into())),
+        }
+    }
+
+    /// ownership, mode, xattrs, then (for non-directories) times, on an open descriptor.
+    fn finish_fd(&self, fd: BorrowedFd<'_>, entry: &Entry, times: bool) -> Result<(), UnpackError> {
+        let (uid, gid) = shifted(entry.uid, entry.gid);
+        fchown(fd, uid, gid)
+            .map_err(io::Error::from)
+            .map_err(self.err("changing owner of", &entry.path))?;
+        fchmod(fd, Mode::from_bits_truncate(entry.mode))
+            .map_err(io::Error::from)
+            .map_err(self.err("changing mode of", &entry.path))?;
+        for (name, value) in &entry.xattrs {
+            set_xattr(fd, name, value).map_err(self.err("setting an xattr of", &entry.path))?;
+        }
+        if times {
+            futimens(fd, &entry.mtime, &entry.mtime)
+                .map_err(io::Error::from)
+                .map_err(self.err("setting mtime of", &entry.path))?;
+        }
+        Ok(())
+    }
+
+    fn file(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        entry: &Entry,
+        data: &mut impl Read,
+    ) -> Result<(), Failure> {
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = self.create_replacing(parent, name, &entry.path, "creating", || {
+            openat(parent, name, flags, Mode::from_bits_truncate(0o600))
+        })?;
+        let mut file = File::from(fd);
+        loop {
+            let n = match data.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Failure::Read(e)),
+            };
+            file.write_all(&self.buf[..n])
+                .map_err(self.err("writing", &entry.path))?;
+        }
+        self.finish_fd(file.as_fd(), entry, true)?;
+        Ok(())
+    }
+
+    fn dir(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        entry: &Entry,
+    ) -> Result<(), UnpackError> {
+        let mode = Mode::from_bits_truncate(0o700);
+        let opaque = match mkdirat(parent, name, mode) {
+            Ok(()) => false,
+            Err(Errno::EEXIST) => {
+                match classify(parent, name).map_err(self.err("inspecting", &entry.path))? {
+                    Existing::Dir => false,
+                    existing => {
+                        self.clear(parent, name, &entry.path)?;
+                        mkdirat(parent, name, mode)
+                            .map_err(io::Error::from)
+                            .map_err(self.err("creating directory", &entry.path))?;
+                        matches!(existing, Existing::Whiteout)
+                    }
+                }
+            }
+            Err(e) => return Err(self.err("creating directory", &entry.path)(e.into())),
+        };
+        let fd = self.open_child_dir(parent, name, &entry.path)?;
+        self.finish_fd(fd.as_fd(), entry, false)?;
+        if opaque {
+            set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
+                .map_err(self.err("marking opaque", &entry.path))?;
+        }
+        self.dir_times.push((join(&entry.parts), entry.mtime));
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        target: &OsStr,
+        entry: &Entry,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), UnpackError> {
+        self.create_replacing(parent, name, &entry.path, "creating symlink", || {
+            symlinkat(target, parent, name)
+        })?;
+        let (uid, gid) = shifted(entry.uid, entry.gid);
+        fchownat(parent, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(io::Error::from)
+            .map_err(self.err("changing owner of", &entry.path))?;
+        utimensat(
+            parent,
+            name,
+            &entry.mtime,
+            &entry.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(io::Error::from)
+        .map_err(self.err("setting mtime of", &entry.path))?;
+        for (xattr, _) in &entry.xattrs {
+            warnings.push(format!(
+                "{:?}: xattr {} on a symlink not set",
+                entry.path,
+                xattr.to_string_lossy()
+            ));
+        }
+        Ok(())
+    }
+
+    fn hardlink(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        target: &[OsString],
+        entry: &Entry,
+    ) -> Result<(), UnpackError> {
+        let target_path = join(target);
+        let refuse = |reason| UnpackError::HardlinkTarget {
+            layer: self.layer.clone(),
+            path: entry.path.clone(),
+            target: target_path.clone(),
+            reason,
+        };
+        let Some((target_name, target_parent)) = target.split_last() else {
+            return Err(refuse("is the layer root"));
+        };
+        if target == entry.parts.as_slice() {
+            // A link to itself (GNU tar writes these): nothing to do.
+            return Ok(());
+        }
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+        let target_dir = self
+            .root
+            .open_at(&join(target_parent), flags)
+            .map_err(|_| refuse("does not exist in this layer"))?;
+        let st = fstatat(
+            target_dir.as_fd(),
+            target_name.as_os_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|_| refuse("does not exist in this layer"))?;
+        match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
+            // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it points to.
+            SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO => {}
+            _ => {
+                return Err(refuse(
+                    "is not a regular file, symlink or FIFO of this layer",
+                ))
+            }
+        }
+        self.create_replacing(parent, name, &entry.path, "creating hard link", || {
+            linkat(
+                target_dir.as_fd(),
+                target_name.as_os_str(),
+                parent,
+                name,
+                AtFlags::empty(),
+            )
+        })
+    }
+
+    fn fifo(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        entry: &Entry,
+    ) -> Result<(), UnpackError> {
+        self.create_replacing(parent, name, &entry.path, "creating FIFO", || {
+            mknodat(
+                parent,
+                name,
+                SFlag::S_IFIFO,
+                Mode::from_bits_truncate(0o600),
+                0,
+            )
+        })?;
+        // O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(parent, name, flags, Mode::empty())
+            .map_err(io::Error::from)
+            .map_err(self.err("opening", &entry.path))?;
+        self.finish_fd(fd.as_fd(), entry, true)
+    }
+
+    fn whiteout(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        entry: &Entry,
+    ) -> Result<(), UnpackError> {
+        match classify(parent, name).map_err(self.err("inspecting", &entry.path))? {
+            Existing::Nothing => {}
+            // This layer's own entry stays; its lower counterpart is deleted, so a directory
+            // must not merge with it.
+            Existing::Dir => {
+                let fd = self.open_child_dir(parent, name, &entry.path)?;
+                return set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
+                    .map_err(self.err("marking opaque", &entry.path));
+            }
+            Existing::Whiteout | Existing::Other => return Ok(()),
+        }
+        mknodat(parent, name, SFlag::S_IFCHR, Mode::empty(), 0)
+            .map_err(io::Error::from)
+            .map_err(self.err("creating whiteout", &entry.path))?;
+        let (uid, gid) = shifted(0, 0);
+        fchownat(parent, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(io::Error::from)
+            .map_err(self.err("changing owner of whiteout", &entry.path))
+    }
+}
