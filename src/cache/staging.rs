@@ -92,7 +92,7 @@ pub(crate) fn stale_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// Whether a staging file name belongs to no live writer.
-fn is_stale(name: &str) -> bool {
+pub(crate) fn is_stale(name: &str) -> bool {
     let Some(stem) = name.strip_suffix(SUFFIX) else {
         return true;
     };

@@ -14,11 +14,19 @@
 //! staging directory's filesystem before the rename, then an fsync of `layers/`, so a layer
 //! directory that survives a power loss has its contents on disk. A kill -9 needs no sync at
 //! all: it leaves only a staging directory, which the next [`LayerStore::open`] removes.
+//!
+//! [`flatten()`] applies an image's layers, in order, onto one merged directory with the same
+//! reader and writer (module `flatten`; whiteouts then act on the tree, see `tree::merge`).
 
+mod flatten;
 mod header;
 mod stream;
 mod tree;
 
+pub use flatten::{flatten, FlattenReport};
+
+#[cfg(test)]
+mod flatten_tests;
 #[cfg(test)]
 mod tests;
 
@@ -114,6 +122,8 @@ pub enum UnpackError {
         path: PathBuf,
         limit: u64,
     },
+    #[error("flatten: target {path} already exists")]
+    TargetExists { path: PathBuf },
     #[error("layer {layer}: uncompressed content has diff ID {actual}, the image config says {expected}; nothing was kept")]
     DiffIdMismatch {
         layer: Digest,

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use sha2::{Digest as _, Sha256};
 
 use super::header::{self, Kind};
-use super::tree::Tree;
+use super::tree::{Tree, Whiteouts};
 use super::{LayerSource, Limits, UnpackError, UnpackReport};
 use crate::digest::Digest;
 use crate::registry::manifest::Compression;
@@ -73,6 +73,22 @@ pub(super) fn unpack_stream(
     limits: &Limits,
     root: &Path,
 ) -> Result<UnpackReport, UnpackError> {
+    let mut tree =
+        Tree::open(&source.digest, root, Whiteouts::Overlay).map_err(|e| UnpackError::Store {
+            action: "opening staging directory",
+            path: root.to_owned(),
+            source: e,
+        })?;
+    apply_stream(source, limits, &mut tree)
+}
+
+/// Applies `source` to `tree` (whose current layer is `source`) and checks the diff ID. In
+/// flatten mode the caller applies the next layer to the same tree.
+pub(super) fn apply_stream(
+    source: &LayerSource,
+    limits: &Limits,
+    tree: &mut Tree<'_>,
+) -> Result<UnpackReport, UnpackError> {
     let layer = &source.digest;
     let exceeded = Rc::new(Cell::new(false));
     let hashing = Hashing {
@@ -83,11 +99,6 @@ pub(super) fn unpack_stream(
         exceeded: Rc::clone(&exceeded),
     };
     let mut archive = tar::Archive::new(BufReader::with_capacity(TAR_BUFFER, hashing));
-    let mut tree = Tree::open(layer, root).map_err(|e| UnpackError::Store {
-        action: "opening staging directory",
-        path: root.to_owned(),
-        source: e,
-    })?;
     let mut report = UnpackReport::default();
     let mut warnings = Vec::new();
     let mut last = PathBuf::new();

@@ -13,27 +13,27 @@ use tar::{EntryType, Header};
 
 use super::*;
 
-fn needs_root() {
+pub(super) fn needs_root() {
     assert!(nix::unistd::Uid::effective().is_root(), "needs root");
 }
 
 // ---- building layers ----
 
 /// A tar stream under construction, entry by entry, with raw names (no validation).
-struct Layer {
+pub(super) struct Layer {
     builder: tar::Builder<Vec<u8>>,
 }
 
 /// Metadata of an entry to add.
 #[derive(Clone, Copy)]
-struct Meta {
-    uid: u64,
-    gid: u64,
-    mode: u32,
-    mtime: u64,
+pub(super) struct Meta {
+    pub(super) uid: u64,
+    pub(super) gid: u64,
+    pub(super) mode: u32,
+    pub(super) mtime: u64,
 }
 
-const M: Meta = Meta {
+pub(super) const M: Meta = Meta {
     uid: 0,
     gid: 0,
     mode: 0o644,
@@ -41,7 +41,7 @@ const M: Meta = Meta {
 };
 
 impl Layer {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Layer {
             builder: tar::Builder::new(Vec::new()),
         }
@@ -83,37 +83,43 @@ impl Layer {
         self
     }
 
-    fn file(&mut self, name: &str, meta: Meta, data: &[u8]) -> &mut Self {
+    pub(super) fn file(&mut self, name: &str, meta: Meta, data: &[u8]) -> &mut Self {
         let h = Self::header(name, EntryType::Regular, meta, data.len() as u64, "");
         self.builder.append(&h, data).expect("append file");
         self
     }
 
-    fn dir(&mut self, name: &str, meta: Meta) -> &mut Self {
+    pub(super) fn dir(&mut self, name: &str, meta: Meta) -> &mut Self {
         self.other(name, EntryType::Directory, meta, "")
     }
 
-    fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+    pub(super) fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.other(name, EntryType::Symlink, M, target)
     }
 
-    fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+    pub(super) fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.other(name, EntryType::Link, M, target)
     }
 
-    fn other(&mut self, name: &str, kind: EntryType, meta: Meta, link: &str) -> &mut Self {
+    pub(super) fn other(
+        &mut self,
+        name: &str,
+        kind: EntryType,
+        meta: Meta,
+        link: &str,
+    ) -> &mut Self {
         let h = Self::header(name, kind, meta, 0, link);
         self.builder.append(&h, &[][..]).expect("append entry");
         self
     }
 
-    fn finish(&mut self) -> Vec<u8> {
+    pub(super) fn finish(&mut self) -> Vec<u8> {
         let builder = std::mem::replace(&mut self.builder, tar::Builder::new(Vec::new()));
         builder.into_inner().expect("finish tar")
     }
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
+pub(super) fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(data).expect("gzip");
     enc.finish().expect("gzip")
@@ -218,7 +224,7 @@ fn lstat(path: &Path) -> fs::Metadata {
     fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+pub(super) fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let cpath = CString::new(path.as_os_str().as_bytes()).expect("path");
     let cname = CString::new(name).expect("name");
     let mut buf = vec![0u8; 256];

@@ -19,8 +19,12 @@
 //! (and a directory there is made opaque, since the lower one is deleted); an entry arriving
 //! after its whiteout replaces the device (a directory doing so is made opaque). `.wh..wh..opq`
 //! sets `trusted.overlay.opaque=y` on its directory, created if missing, whatever the order.
+//!
+//! In [`Whiteouts::Flatten`] mode the same writer applies layer after layer onto one merged
+//! tree and whiteouts act on it instead (see [`merge`]): nothing overlay-specific is created.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -32,7 +36,7 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{
-    fchmod, fstatat, futimens, mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags,
+    fchmod, fstat, fstatat, futimens, mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
@@ -41,6 +45,8 @@ use super::header::{join, Entry, Kind};
 use super::{UnpackError, ID_SHIFT};
 use crate::digest::Digest;
 use crate::rootfs::inroot::InRoot;
+
+mod merge;
 
 /// Size of the reused buffer that file data is copied through.
 const COPY_BUFFER: usize = 256 << 10;
@@ -85,15 +91,32 @@ pub(super) fn create_root(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// How whiteouts are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Whiteouts {
+    /// One layer per directory: overlayfs whiteout devices and opaque xattrs.
+    Overlay,
+    /// Layers applied in order onto one tree: whiteouts remove what lower layers wrote.
+    Flatten,
+}
+
+/// A directory entry by its directory's inode and its name: names the same entry whatever
+/// symlinks the layer's path for it went through (directories have no hard links).
+type EntryKey = (u64, OsString);
+
 /// The staging directory being written.
 pub(super) struct Tree<'a> {
     layer: &'a Digest,
     root: InRoot,
     buf: Vec<u8>,
+    whiteouts: Whiteouts,
+    /// Flatten mode: the entries the current layer created or wrote (parents it created too).
+    written: RefCell<HashSet<EntryKey>>,
     /// Directories whose mtime is set at the end, in stream order (a later record wins).
     dir_times: Vec<(PathBuf, TimeSpec)>,
-    /// The last entry's parent: its components and directory descriptor.
-    parent: Option<(Vec<OsString>, OwnedFd)>,
+    /// The last entry's parent: its components, directory descriptor and (flatten mode only,
+    /// else 0) inode.
+    parent: Option<(Vec<OsString>, OwnedFd, u64)>,
     /// Set by every removal; a removal drops the cached parent.
     removed: Cell<bool>,
 }
@@ -146,31 +169,39 @@ fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Removes the directory `name` under `parent` and everything in it, never following a symlink.
-fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let fd = openat(
+/// Opens the directory `name` under `parent` for reading, never following a symlink.
+fn open_dir_nofollow(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    Ok(openat(
         parent,
         name,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
-    )?;
-    let mut children: Vec<(OsString, bool)> = Vec::new();
-    {
-        let mut dir = nix::dir::Dir::from_fd(fd.try_clone()?)?;
-        for item in dir.iter() {
-            let item = item?;
-            let child = OsStr::from_bytes(item.file_name().to_bytes());
-            if child == "." || child == ".." {
-                continue;
-            }
-            let is_dir = match item.file_type() {
-                Some(t) => t == nix::dir::Type::Directory,
-                None => matches!(classify(fd.as_fd(), child)?, Existing::Dir),
-            };
-            children.push((child.to_owned(), is_dir));
+    )?)
+}
+
+/// The entries of the directory `fd` (opened for reading): name and whether it is a directory.
+fn children(fd: BorrowedFd<'_>) -> io::Result<Vec<(OsString, bool)>> {
+    let mut children = Vec::new();
+    let mut dir = nix::dir::Dir::from_fd(fd.try_clone_to_owned()?)?;
+    for item in dir.iter() {
+        let item = item?;
+        let child = OsStr::from_bytes(item.file_name().to_bytes());
+        if child == "." || child == ".." {
+            continue;
         }
+        let is_dir = match item.file_type() {
+            Some(t) => t == nix::dir::Type::Directory,
+            None => matches!(classify(fd, child)?, Existing::Dir),
+        };
+        children.push((child.to_owned(), is_dir));
     }
-    for (child, is_dir) in children {
+    Ok(children)
+}
+
+/// Removes the directory `name` under `parent` and everything in it, never following a symlink.
+fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let fd = open_dir_nofollow(parent, name)?;
+    for (child, is_dir) in children(fd.as_fd())? {
         if is_dir {
             remove_tree(fd.as_fd(), &child)?;
         } else {
@@ -182,15 +213,40 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
 }
 
 impl<'a> Tree<'a> {
-    pub(super) fn open(layer: &'a Digest, root: &Path) -> io::Result<Self> {
+    pub(super) fn open(layer: &'a Digest, root: &Path, whiteouts: Whiteouts) -> io::Result<Self> {
         Ok(Tree {
             layer,
             root: InRoot::open(root)?,
             buf: vec![0; COPY_BUFFER],
+            whiteouts,
+            written: RefCell::new(HashSet::new()),
             dir_times: Vec::new(),
             parent: None,
             removed: Cell::new(false),
         })
+    }
+
+    /// Starts the next layer (flatten mode): it names errors, and what it writes is tracked
+    /// afresh (an opaque marker or whiteout only removes what lower layers wrote).
+    pub(super) fn begin_layer(&mut self, layer: &'a Digest) {
+        self.layer = layer;
+        self.written.get_mut().clear();
+        self.parent = None;
+    }
+
+    fn flatten(&self) -> bool {
+        self.whiteouts == Whiteouts::Flatten
+    }
+
+    /// The inode of the directory `fd` in flatten mode (0 otherwise: nothing is tracked).
+    fn dir_ino(&self, fd: BorrowedFd<'_>, path: &Path) -> Result<u64, UnpackError> {
+        if !self.flatten() {
+            return Ok(0);
+        }
+        let st = fstat(fd)
+            .map_err(io::Error::from)
+            .map_err(self.err("inspecting parent of", path))?;
+        Ok(st.st_ino)
     }
 
     fn err(&self, action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
@@ -212,6 +268,10 @@ impl<'a> Tree<'a> {
     ) -> Result<(), Failure> {
         let Some((name, parent_parts)) = entry.parts.split_last() else {
             // The root: its ownership and mode are fixed; an opaque marker there applies.
+            if entry.kind == Kind::Opaque && self.flatten() {
+                self.parent = None;
+                return Ok(self.flatten_opaque(entry)?);
+            }
             if entry.kind == Kind::Opaque {
                 let fd = self
                     .root
@@ -224,6 +284,14 @@ impl<'a> Tree<'a> {
         };
         match &entry.kind {
             Kind::Skip | Kind::Device => Ok(()),
+            Kind::Opaque if self.flatten() => {
+                self.parent = None;
+                Ok(self.flatten_opaque(entry)?)
+            }
+            Kind::Whiteout if self.flatten() => {
+                self.parent = None;
+                Ok(self.flatten_whiteout(parent_parts, name, entry)?)
+            }
             Kind::Opaque => {
                 self.parent = None;
                 let dir = self.ensure_dir(&entry.parts, &entry.path)?;
@@ -237,13 +305,14 @@ impl<'a> Tree<'a> {
                 let cached = self
                     .parent
                     .take()
-                    .filter(|(parts, _)| parts.as_slice() == parent_parts);
-                let (parts, fd) = match cached {
+                    .filter(|(parts, _, _)| parts.as_slice() == parent_parts);
+                let (parts, fd, ino) = match cached {
                     Some(cached) => cached,
-                    None => (
-                        parent_parts.to_vec(),
-                        self.ensure_dir(parent_parts, &entry.path)?,
-                    ),
+                    None => {
+                        let fd = self.ensure_dir(parent_parts, &entry.path)?;
+                        let ino = self.dir_ino(fd.as_fd(), &entry.path)?;
+                        (parent_parts.to_vec(), fd, ino)
+                    }
                 };
                 let parent = fd.as_fd();
                 let result = match kind {
@@ -257,8 +326,11 @@ impl<'a> Tree<'a> {
                     Kind::Whiteout => Ok(self.whiteout(parent, name, entry)?),
                     Kind::Skip | Kind::Device | Kind::Opaque => Ok(()),
                 };
+                if self.flatten() && result.is_ok() {
+                    self.record_written(ino, name);
+                }
                 if !self.removed.replace(false) {
-                    self.parent = Some((parts, fd));
+                    self.parent = Some((parts, fd, ino));
                 }
                 result
             }
@@ -337,13 +409,18 @@ impl<'a> Tree<'a> {
             )
             .map_err(io::Error::from)
             .map_err(self.err("creating parent of", path))?;
+            if self.flatten() {
+                // Created by this layer: an opaque marker of an ancestor keeps it.
+                let ino = self.dir_ino(dir.as_fd(), path)?;
+                self.record_written(ino, part);
+            }
             let fd = self.open_child_dir(dir.as_fd(), part, path)?;
             let (uid, gid) = shifted(0, 0);
             fchown(&fd, uid, gid)
                 .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(0o755)))
                 .map_err(io::Error::from)
                 .map_err(self.err("setting up parent of", path))?;
-            if opaque {
+            if opaque && !self.flatten() {
                 set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
                     .map_err(self.err("marking opaque", path))?;
             }
@@ -478,7 +555,7 @@ impl<'a> Tree<'a> {
         };
         let fd = self.open_child_dir(parent, name, &entry.path)?;
         self.finish_fd(fd.as_fd(), entry, false)?;
-        if opaque {
+        if opaque && !self.flatten() {
             set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
                 .map_err(self.err("marking opaque", &entry.path))?;
         }
@@ -528,6 +605,10 @@ impl<'a> Tree<'a> {
         entry: &Entry,
     ) -> Result<(), UnpackError> {
         let target_path = join(target);
+        let missing = match self.whiteouts {
+            Whiteouts::Overlay => "does not exist in this layer",
+            Whiteouts::Flatten => "does not exist in the tree",
+        };
         let refuse = |reason| UnpackError::HardlinkTarget {
             layer: self.layer.clone(),
             path: entry.path.clone(),
@@ -545,21 +626,17 @@ impl<'a> Tree<'a> {
         let target_dir = self
             .root
             .open_at(&join(target_parent), flags)
-            .map_err(|_| refuse("does not exist in this layer"))?;
+            .map_err(|_| refuse(missing))?;
         let st = fstatat(
             target_dir.as_fd(),
             target_name.as_os_str(),
             AtFlags::AT_SYMLINK_NOFOLLOW,
         )
-        .map_err(|_| refuse("does not exist in this layer"))?;
+        .map_err(|_| refuse(missing))?;
         match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
             // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it points to.
             SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO => {}
-            _ => {
-                return Err(refuse(
-                    "is not a regular file, symlink or FIFO of this layer",
-                ))
-            }
+            _ => return Err(refuse("is not a regular file, symlink or FIFO")),
         }
         self.create_replacing(parent, name, &entry.path, "creating hard link", || {
             linkat(

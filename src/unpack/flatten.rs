@@ -1,0 +1,169 @@
+//! Flattening: an image's ordered layers applied onto one fresh directory, for `envbox prepare
+//! --output` (a runtime bundle's `rootfs/`) and where overlayfs cannot be used.
+//!
+//! Owns: the target's staging directory (`.<target name>.<staging name>` beside the target, see
+//! `crate::cache::staging`; stale ones of dead processes are swept first), applying every
+//! layer in order through the same stream reader and entry writer as [`LayerStore::unpack`]
+//! (same in-root resolution, ownership shift, budgets per layer and diff-ID check per layer),
+//! with whiteouts in [`Whiteouts::Flatten`] mode, and the final rename. It must never replace
+//! an existing target, never leave a partial tree at the target's name, and never create an
+//! overlayfs whiteout device or `trusted.overlay.*` xattr.
+//!
+//! Durability as for layers: no fsync per file, one `syncfs` before the rename, an fsync of
+//! the target's parent after it.
+//!
+//! [`LayerStore::unpack`]: super::LayerStore::unpack
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+
+use super::stream::apply_stream;
+use super::tree::{self, Tree, Whiteouts};
+use super::{remove_any, store_err, LayerSource, Limits, UnpackError};
+use crate::cache::staging;
+
+/// What a flatten did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlattenReport {
+    /// Layers applied.
+    pub layers: usize,
+    /// Tar entries read, all layers together.
+    pub entries: u64,
+    /// Uncompressed stream bytes read, all layers together.
+    pub bytes: u64,
+    /// Things skipped that the caller may want to log, each prefixed with its layer's index.
+    pub warnings: Vec<String>,
+}
+
+/// Applies the layers, in order, onto a fresh directory `target` (must not exist; created
+/// owned 100000:100000 0755), staging next to it and renaming at the end. On any error the
+/// staging directory is removed and `target` does not exist.
+pub fn flatten(
+    layers: &[LayerSource],
+    target: &Path,
+    limits: &Limits,
+) -> Result<FlattenReport, UnpackError> {
+    match fs::symlink_metadata(target) {
+        Ok(_) => {
+            return Err(UnpackError::TargetExists {
+                path: target.to_owned(),
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(store_err("inspecting flatten target", target)(e)),
+    }
+    let (parent, name) = match (target.parent(), target.file_name()) {
+        (Some(parent), Some(name)) => (parent, name.to_string_lossy()),
+        _ => {
+            return Err(store_err("flattening into", target)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the target needs a parent directory and a final name",
+            )))
+        }
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    // The staging prefix may not contain dots (see `staging::is_stale`).
+    let hidden = format!(".{}.", name.replace('.', "_"));
+    sweep(parent, &hidden);
+    let staging_path = parent.join(format!("{hidden}{}", staging::fresh_name("flatten")));
+
+    let result = flatten_staged(layers, limits, &staging_path, target);
+    if result.is_err() {
+        if let Err(e) = remove_any(&staging_path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %staging_path.display(), error = %e, "cannot remove flatten staging directory");
+            }
+        }
+    }
+    result
+}
+
+fn flatten_staged(
+    layers: &[LayerSource],
+    limits: &Limits,
+    staging_path: &Path,
+    target: &Path,
+) -> Result<FlattenReport, UnpackError> {
+    tree::create_root(staging_path)
+        .map_err(store_err("creating staging directory", staging_path))?;
+    let mut report = FlattenReport::default();
+    if let Some(first) = layers.first() {
+        let mut tree = Tree::open(&first.digest, staging_path, Whiteouts::Flatten)
+            .map_err(store_err("opening staging directory", staging_path))?;
+        for (index, layer) in layers.iter().enumerate() {
+            tree.begin_layer(&layer.digest);
+            let one = apply_stream(layer, limits, &mut tree)?;
+            report.layers += 1;
+            report.entries += one.entries;
+            report.bytes += one.bytes;
+            report.warnings.extend(
+                one.warnings
+                    .into_iter()
+                    .map(|w| format!("layer {index}: {w}")),
+            );
+        }
+    }
+
+    let dir =
+        File::open(staging_path).map_err(store_err("opening staging directory", staging_path))?;
+    nix::unistd::syncfs(&dir)
+        .map_err(io::Error::from)
+        .map_err(store_err("syncing filesystem of", staging_path))?;
+    drop(dir);
+    renameat2(
+        AT_FDCWD,
+        staging_path,
+        AT_FDCWD,
+        target,
+        RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|e| match e {
+        nix::errno::Errno::EEXIST => UnpackError::TargetExists {
+            path: target.to_owned(),
+        },
+        e => store_err("renaming staging directory to", target)(e.into()),
+    })?;
+    let parent = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(store_err("syncing directory", parent))?;
+    Ok(report)
+}
+
+/// Removes the stale staging directories of earlier flattens into the same target (their
+/// writer is gone). Failures are logged: they must not stop this flatten.
+fn sweep(parent: &Path, hidden: &str) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    let stale: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(hidden))
+                .is_some_and(|rest| {
+                    // Only names this function makes: `flatten.<pid>.<token>-<n>.partial`.
+                    rest.starts_with("flatten.")
+                        && rest.ends_with(".partial")
+                        && staging::is_stale(rest)
+                })
+        })
+        .map(|e| e.path())
+        .collect();
+    for path in stale {
+        if let Err(e) = remove_any(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove stale flatten staging directory");
+        }
+    }
+}

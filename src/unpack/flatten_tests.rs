@@ -1,0 +1,397 @@
+//! Tests of [`flatten`]: a three-layer image built here (whiteouts, opaque directories in both
+//! entry orders, dir<->file replacement, writes through a lower symlink, hard links to lower
+//! layers), the merged tree checked entry by entry and, where `umoci` is installed, against
+//! `umoci raw unpack` of the same image. They need root and panic without it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::tests::{gzip, needs_root, Layer, Meta, M};
+use super::*;
+
+fn meta(uid: u64, gid: u64, mode: u32) -> Meta {
+    Meta {
+        uid,
+        gid,
+        mode,
+        ..M
+    }
+}
+
+/// Layer 1: the base tree.
+fn base_layer() -> Vec<u8> {
+    let mut l = Layer::new();
+    l.dir("etc/", meta(0, 0, 0o755))
+        .file("etc/passwd", M, b"root:x:0:0")
+        .file("etc/shadow", meta(0, 42, 0o640), b"secret")
+        .hardlink("etc/passwd-", "etc/passwd")
+        .dir("usr/", meta(0, 0, 0o755))
+        .dir("usr/lib/", meta(0, 0, 0o755))
+        .file("usr/lib/libc.so", meta(0, 0, 0o755), b"libc")
+        .symlink("lib", "usr/lib")
+        .dir("bin/", meta(0, 0, 0o755))
+        .file("bin/su", meta(0, 0, 0o4755), b"su")
+        .dir("home/", meta(0, 0, 0o755))
+        .dir("home/u/", meta(1000, 1000, 0o700))
+        .file("home/u/f", meta(1000, 1000, 0o644), b"u")
+        .dir("opq/", meta(0, 0, 0o755))
+        .file("opq/old", M, b"old")
+        .dir("opq/olddir/", meta(0, 0, 0o755))
+        .file("opq/olddir/deep", M, b"deep")
+        .dir("opq/keep/", meta(0, 0, 0o755))
+        .file("opq/keep/lowerchild", M, b"lower")
+        .dir("d2f/", meta(0, 0, 0o755))
+        .file("d2f/child", M, b"child")
+        .file("f2d", M, b"f2d")
+        .file("gone", M, b"gone")
+        .dir("gonedir/", meta(0, 0, 0o755))
+        .file("gonedir/x", M, b"x")
+        .symlink("sym", "/etc");
+    l.finish()
+}
+
+/// Layer 2: deletions, an opaque directory (marker before or after this layer's entries in it)
+/// and type changes.
+fn change_layer(opaque_after: bool) -> Vec<u8> {
+    let mut l = Layer::new();
+    l.file(".wh.gone", M, b"")
+        .file(".wh.gonedir", M, b"")
+        .file(".wh.sym", M, b"");
+    if !opaque_after {
+        l.file("opq/.wh..wh..opq", M, b"");
+    }
+    l.file("opq/new", M, b"new")
+        .dir("opq/keep/", meta(0, 0, 0o750))
+        .file("opq/keep/new2", M, b"new2");
+    if opaque_after {
+        l.file("opq/.wh..wh..opq", M, b"");
+    }
+    l.file("d2f", M, b"now a file")
+        .dir("f2d/", meta(0, 0, 0o755))
+        .file("f2d/inner", M, b"inner")
+        // A whiteout only hides lower layers: this layer's own entry stays.
+        .file("fresh", M, b"fresh")
+        .file(".wh.fresh", M, b"");
+    l.finish()
+}
+
+/// Layer 3: writes through the lower symlink `lib`, hard links to a lower file, replaces a
+/// file that a lower hard link shares.
+fn top_layer() -> Vec<u8> {
+    let mut l = Layer::new();
+    l.file("lib/x", M, b"via lib")
+        .hardlink("hl", "usr/lib/libc.so")
+        .file("etc/passwd", M, b"root:x:0:0:new");
+    l.finish()
+}
+
+struct Image {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    tars: Vec<Vec<u8>>,
+    sources: Vec<LayerSource>,
+}
+
+impl Image {
+    fn new(tars: Vec<Vec<u8>>) -> Self {
+        needs_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("envbox-flatten-test")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tmp.path().to_owned();
+        let sources = tars
+            .iter()
+            .map(|tar| {
+                let blob = gzip(tar);
+                let digest = Digest::of(&blob);
+                let path = dir.join(format!("blob-{}", digest.hex()));
+                fs::write(&path, &blob).expect("write blob");
+                LayerSource {
+                    blob: path,
+                    compression: Compression::Gzip,
+                    digest,
+                    diff_id: Digest::of(tar),
+                }
+            })
+            .collect();
+        Image {
+            _tmp: tmp,
+            dir,
+            tars,
+            sources,
+        }
+    }
+
+    fn flatten(&self) -> (FlattenReport, PathBuf) {
+        let target = self.dir.join("rootfs");
+        let report = flatten(&self.sources, &target, &Limits::default()).expect("flatten");
+        (report, target)
+    }
+
+    /// Writes an OCI image layout of these layers (tag `t`) and unpacks it with umoci.
+    fn umoci_unpack(&self) -> Option<PathBuf> {
+        let ok = Command::new("umoci").arg("--version").output().is_ok();
+        if !ok {
+            eprintln!("umoci not installed: comparison skipped");
+            return None;
+        }
+        let layout = self.dir.join("layout");
+        let blobs = layout.join("blobs/sha256");
+        fs::create_dir_all(&blobs).expect("layout");
+        let put = |bytes: &[u8]| {
+            let d = Digest::of(bytes);
+            fs::write(blobs.join(d.hex()), bytes).expect("blob");
+            serde_json::json!({"digest": d.to_string(), "size": bytes.len()})
+        };
+        let mut layers = Vec::new();
+        for tar in &self.tars {
+            let mut desc = put(&gzip(tar));
+            desc["mediaType"] = "application/vnd.oci.image.layer.v1.tar+gzip".into();
+            layers.push(desc);
+        }
+        let diff_ids: Vec<String> = self
+            .tars
+            .iter()
+            .map(|t| Digest::of(t).to_string())
+            .collect();
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux", "config": {},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let mut config_desc = put(&serde_json::to_vec(&config).expect("json"));
+        config_desc["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config_desc, "layers": layers,
+        });
+        let mut manifest_desc = put(&serde_json::to_vec(&manifest).expect("json"));
+        manifest_desc["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+        manifest_desc["annotations"] =
+            serde_json::json!({"org.opencontainers.image.ref.name": "t"});
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [manifest_desc]});
+        fs::write(
+            layout.join("index.json"),
+            serde_json::to_vec(&index).expect("json"),
+        )
+        .expect("index");
+        fs::write(
+            layout.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .expect("oci-layout");
+        let out = self.dir.join("umoci-out");
+        let status = Command::new("umoci")
+            .args(["raw", "unpack", "--image"])
+            .arg(format!("{}:t", layout.display()))
+            .arg(&out)
+            .status()
+            .expect("run umoci");
+        assert!(status.success(), "umoci raw unpack failed");
+        Some(out)
+    }
+}
+
+/// Every entry under `root` (the root itself left out): path -> "type mode uid:gid content or
+/// target", with `shift` taken off the ids. Also refuses overlay leftovers.
+fn snapshot(root: &Path, shift: u32) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).expect("list") {
+            let path = entry.expect("entry").path();
+            let m = fs::symlink_metadata(&path).expect("lstat");
+            let rel = path
+                .strip_prefix(root)
+                .expect("prefix")
+                .display()
+                .to_string();
+            let ft = m.file_type();
+            assert!(!ft.is_char_device(), "{rel}: device in a flattened tree");
+            assert!(
+                super::tests::xattr(&path, "trusted.overlay.opaque").is_none(),
+                "{rel}: overlay xattr"
+            );
+            let ids = format!("{}:{}", m.uid() - shift, m.gid() - shift);
+            let mode = m.mode() & 0o7777;
+            let desc = if ft.is_dir() {
+                stack.push(path.clone());
+                format!("dir {mode:o} {ids}")
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path).expect("readlink");
+                format!("symlink {ids} -> {}", target.display())
+            } else if ft.is_file() {
+                let data = fs::read(&path).expect("read");
+                format!("file {mode:o} {ids} {}", String::from_utf8_lossy(&data))
+            } else {
+                format!("other {mode:o} {ids}")
+            };
+            out.insert(rel, desc);
+        }
+    }
+    out
+}
+
+fn expected() -> BTreeMap<String, String> {
+    [
+        ("bin", "dir 755 0:0"),
+        ("bin/su", "file 4755 0:0 su"),
+        ("d2f", "file 644 0:0 now a file"),
+        ("etc", "dir 755 0:0"),
+        ("etc/passwd", "file 644 0:0 root:x:0:0:new"),
+        ("etc/passwd-", "file 644 0:0 root:x:0:0"),
+        ("etc/shadow", "file 640 0:42 secret"),
+        ("f2d", "dir 755 0:0"),
+        ("f2d/inner", "file 644 0:0 inner"),
+        ("fresh", "file 644 0:0 fresh"),
+        ("hl", "file 755 0:0 libc"),
+        ("home", "dir 755 0:0"),
+        ("home/u", "dir 700 1000:1000"),
+        ("home/u/f", "file 644 1000:1000 u"),
+        ("lib", "symlink 0:0 -> usr/lib"),
+        ("opq", "dir 755 0:0"),
+        ("opq/keep", "dir 750 0:0"),
+        ("opq/keep/new2", "file 644 0:0 new2"),
+        ("opq/new", "file 644 0:0 new"),
+        ("usr", "dir 755 0:0"),
+        ("usr/lib", "dir 755 0:0"),
+        ("usr/lib/libc.so", "file 755 0:0 libc"),
+        ("usr/lib/x", "file 644 0:0 via lib"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn check_merged(opaque_after: bool) {
+    let image = Image::new(vec![base_layer(), change_layer(opaque_after), top_layer()]);
+    let (report, root) = image.flatten();
+    assert_eq!(report.layers, 3);
+    assert!(report.entries > 40, "{report:?}");
+    assert!(report.warnings.is_empty(), "{report:?}");
+    let top = fs::symlink_metadata(&root).expect("lstat");
+    assert_eq!(
+        (top.uid(), top.gid(), top.mode() & 0o7777),
+        (ID_SHIFT, ID_SHIFT, 0o755)
+    );
+    let merged = snapshot(&root, ID_SHIFT);
+    assert_eq!(merged, expected());
+    let ino = |p: &str| fs::symlink_metadata(root.join(p)).expect("lstat").ino();
+    assert_eq!(
+        ino("hl"),
+        ino("usr/lib/libc.so"),
+        "hard link to a lower file"
+    );
+    assert_ne!(
+        ino("etc/passwd"),
+        ino("etc/passwd-"),
+        "replaced, not written through"
+    );
+    // No staging directory left beside the target.
+    let names: Vec<_> = fs::read_dir(&image.dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+
+    if let Some(out) = image.umoci_unpack() {
+        let theirs = snapshot(&out, 0);
+        assert_eq!(merged, theirs, "flatten and umoci raw unpack differ");
+    }
+}
+
+#[test]
+fn flatten_merges_layers_opaque_before() {
+    check_merged(false);
+}
+
+#[test]
+fn flatten_merges_layers_opaque_after() {
+    check_merged(true);
+}
+
+/// A sentinel directory outside any image's root, with its listing.
+fn sentinel() -> (tempfile::TempDir, PathBuf, Vec<String>) {
+    let tmp = tempfile::Builder::new()
+        .prefix("envbox-flatten-sentinel")
+        .tempdir()
+        .expect("tempdir");
+    let dir = tmp.path().join("sentinel");
+    fs::create_dir_all(dir.join("inside")).expect("sentinel");
+    fs::write(dir.join("file"), b"sentinel").expect("sentinel");
+    fs::write(dir.join("inside/deep"), b"deep").expect("sentinel");
+    let before = list_all(&dir);
+    (tmp, dir, before)
+}
+
+fn list_all(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = snapshot(dir, 0)
+        .into_iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn whiteouts_never_act_through_symlinks() {
+    needs_root();
+    let (_sentinel_tmp, sentinel_dir, before) = sentinel();
+    let abs = sentinel_dir.display().to_string();
+    let mut l1 = Layer::new();
+    l1.symlink("evil", &abs)
+        .symlink("up", "../../../..")
+        .file("keep", M, b"k");
+    let mut l2 = Layer::new();
+    l2.file("evil/.wh.file", M, b"")
+        .file("evil/.wh.inside", M, b"")
+        .file(&format!("up/{}/.wh.file", &abs[1..]), M, b"")
+        .file("../../.wh.keep-not", M, b"");
+    let mut l3 = Layer::new();
+    l3.file(".wh.evil", M, b"").file("up/.wh.keep", M, b"");
+    let image = Image::new(vec![l1.finish(), l2.finish(), l3.finish()]);
+    let (_, root) = image.flatten();
+    assert_eq!(list_all(&sentinel_dir), before, "sentinel changed");
+    let merged = snapshot(&root, ID_SHIFT);
+    // `evil` itself is gone (not what it points to); `up/.wh.keep` resolves in-root to `keep`.
+    let names: Vec<&str> = merged.keys().map(String::as_str).collect();
+    assert_eq!(names, ["up"], "{merged:?}");
+
+    // An opaque marker below the escaping symlink is refused or contained.
+    let mut l1 = Layer::new();
+    l1.symlink("evil", &abs);
+    let mut l2 = Layer::new();
+    l2.file("evil/.wh..wh..opq", M, b"");
+    let image2 = Image::new(vec![l1.finish(), l2.finish()]);
+    let target = image2.dir.join("rootfs");
+    if flatten(&image2.sources, &target, &Limits::default()).is_err() {
+        assert!(!target.exists(), "a failed flatten left its target");
+    }
+    assert_eq!(list_all(&sentinel_dir), before, "sentinel changed");
+}
+
+#[test]
+fn failures_leave_no_target() {
+    let mut bad = Image::new(vec![base_layer(), top_layer()]);
+    bad.sources[1].diff_id = Digest::of(b"something else");
+    let target = bad.dir.join("rootfs");
+    let err = flatten(&bad.sources, &target, &Limits::default()).expect_err("mismatch");
+    assert!(matches!(err, UnpackError::DiffIdMismatch { .. }), "{err}");
+    assert!(!target.exists());
+    let left: Vec<_> = fs::read_dir(&bad.dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "staging left: {left:?}");
+
+    let image = Image::new(vec![base_layer()]);
+    let (_, target) = image.flatten();
+    let err = flatten(&image.sources, &target, &Limits::default()).expect_err("exists");
+    assert!(matches!(err, UnpackError::TargetExists { .. }), "{err}");
+}

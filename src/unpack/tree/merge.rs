@@ -1,0 +1,114 @@
+//! Whiteouts in flatten mode: applied to the merged tree instead of written as overlayfs ones.
+//!
+//! Owns: what `.wh.<name>` and `.wh..wh..opq` do when layers are applied in order onto one
+//! directory. A whiteout removes `<name>` (a file, symlink or whole tree, never followed) as
+//! lower layers left it; an opaque marker removes every entry of its directory that lower
+//! layers left. Both spare what the current layer itself wrote, whatever the order of the
+//! marker and those entries: the [`Tree`] tracks every entry the layer creates (and every
+//! parent directory it creates) by (directory inode, name), so an entry is recognised however
+//! the layer's path reached it through symlinks. Clearing a directory walks it: an entry the
+//! layer wrote stays (a directory of it is cleared in turn, since the lower one it merged with
+//! is hidden), any other directory is cleared and removed only if nothing of the layer is left
+//! in it (the layer wrote there through an alias), anything else is removed. Parents are
+//! resolved in-root like every entry's; the final name is never followed; a whiteout whose
+//! parent does not exist creates nothing. Never sets an xattr or creates a device.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::fstat;
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+use super::{children, classify, open_dir_nofollow, remove_tree, Existing, Tree};
+use crate::unpack::header::{join, Entry};
+use crate::unpack::UnpackError;
+
+impl Tree<'_> {
+    /// Notes that the current layer wrote `name` in the directory with inode `dir_ino`.
+    pub(super) fn record_written(&self, dir_ino: u64, name: &OsStr) {
+        self.written.borrow_mut().insert((dir_ino, name.to_owned()));
+    }
+
+    fn is_written(&self, dir_ino: u64, name: &OsStr) -> bool {
+        // A lookup by a borrowed name needs an owned key: the set is small and hashing cheap.
+        self.written
+            .borrow()
+            .contains(&(dir_ino, OsString::from(name)))
+    }
+
+    /// `.wh.<name>` under `parent_parts`: removes `<name>` unless this layer wrote it (then a
+    /// directory of it loses only its lower contents).
+    pub(super) fn flatten_whiteout(
+        &mut self,
+        parent_parts: &[OsString],
+        name: &OsStr,
+        entry: &Entry,
+    ) -> Result<(), UnpackError> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+        let parent = match self.root.open_at(&join(parent_parts), flags) {
+            Ok(fd) => fd,
+            // Nothing below a missing parent (or a file) to remove.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                return Ok(())
+            }
+            Err(e) => return Err(self.err("opening parent of", &entry.path)(e)),
+        };
+        let parent = parent.as_fd();
+        let existing = classify(parent, name).map_err(self.err("inspecting", &entry.path))?;
+        if matches!(existing, Existing::Nothing) {
+            return Ok(());
+        }
+        self.removed.set(true);
+        let ino = self.dir_ino(parent, &entry.path)?;
+        let result = if self.is_written(ino, name) {
+            match existing {
+                Existing::Dir => open_dir_nofollow(parent, name)
+                    .and_then(|fd| self.clear_lower(fd.as_fd()).map(|_| ())),
+                _ => Ok(()),
+            }
+        } else {
+            match existing {
+                Existing::Dir => remove_tree(parent, name),
+                _ => unlinkat(parent, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from),
+            }
+        };
+        result.map_err(self.err("applying whiteout", &entry.path))
+    }
+
+    /// `.wh..wh..opq` in the directory `entry.parts` (created if missing): removes what lower
+    /// layers left in it.
+    pub(super) fn flatten_opaque(&mut self, entry: &Entry) -> Result<(), UnpackError> {
+        let dir = self.ensure_dir(&entry.parts, &entry.path)?;
+        self.removed.set(true);
+        self.clear_lower(dir.as_fd())
+            .map(|_| ())
+            .map_err(self.err("applying opaque marker", &entry.path))
+    }
+
+    /// Removes from the directory `dir` (open for reading) everything the current layer did not
+    /// write; returns whether anything is left.
+    fn clear_lower(&self, dir: BorrowedFd<'_>) -> io::Result<bool> {
+        let ino = fstat(dir)?.st_ino;
+        let mut left = false;
+        for (child, is_dir) in children(dir)? {
+            let written = self.is_written(ino, &child);
+            if is_dir {
+                let fd = open_dir_nofollow(dir, &child)?;
+                let kept = self.clear_lower(fd.as_fd())?;
+                drop(fd);
+                if written || kept {
+                    left = true;
+                } else {
+                    unlinkat(dir, child.as_os_str(), UnlinkatFlags::RemoveDir)?;
+                }
+            } else if written {
+                left = true;
+            } else {
+                unlinkat(dir, child.as_os_str(), UnlinkatFlags::NoRemoveDir)?;
+            }
+        }
+        Ok(left)
+    }
+}
