@@ -36,6 +36,7 @@ specs:
 # Benchmarks (not tests): envbox beside other tools on the same image in the same run.
 bench:
 	$(CARGO) bench --locked --bench pull
+	$(CARGO) bench --locked --bench image
 
 clean:
 	$(CARGO) clean

@@ -30,6 +30,9 @@ pub enum Command {
     Spec(SpecArgs),
     /// Pull an image into the cache on the volume (ahead of time, to warm it); prints its digest.
     Pull(PullArgs),
+    /// Pull and unpack the image into the cache on the volume, so `envbox docker` starts without
+    /// network; with --output, also write an OCI runtime bundle `runc run` can start.
+    Prepare(PrepareArgs),
     /// Inspect or clean the image cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -40,6 +43,17 @@ pub struct PullArgs {
     /// The image [default: --image / CODER_INNER_IMAGE].
     #[arg(value_name = "IMAGE")]
     pub reference: Option<String>,
+
+    #[command(flatten)]
+    pub settings: RawSettings,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// Also write an OCI runtime bundle (config.json + flattened rootfs/) into this directory
+    /// (absent or empty), and apply the host setup its spec relies on.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
 
     #[command(flatten)]
     pub settings: RawSettings,

@@ -14,6 +14,7 @@
 //! Everything left of `spec::build` only reads; `spec::build` is pure; `setup::apply` is the one
 //! place that changes the host (mknod, chown, write files, unmount).
 
+pub mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod cmd;
@@ -24,6 +25,7 @@ pub mod host;
 pub mod image;
 pub mod mountinfo;
 pub mod pipeline;
+pub mod prepare;
 pub mod progress;
 pub mod registry;
 pub mod rootfs;

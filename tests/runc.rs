@@ -15,41 +15,19 @@ use envbox::pipeline;
 use envbox::setup::{self, RealSys};
 use envbox::spec::render::{self, Secrets};
 
+mod support;
+
+use support::host::{requirements_met, RuncContainer, BUSYBOX};
+
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
-const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "id", "hostname", "ls", "touch", "env", "test", "grep", "mkdir",
     "true", "false", "stat", "head", "tr",
 ];
 
-/// Checks the test's requirements: true to go on, false to skip (never in CI).
-fn requirements_met() -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_owned());
-    }
-    if Command::new("runc").arg("--version").output().is_err() {
-        missing.push("runc (apt-get install runc)".to_owned());
-    }
-    if !Path::new(BUSYBOX).exists() {
-        missing.push(format!("{BUSYBOX} (apt-get install busybox-static)"));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let message = format!("runc integration test needs: {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    false
-}
-
 fn run(cmd: &mut Command) -> Output {
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    output
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32) {
@@ -98,36 +76,9 @@ fn busybox_rootfs(root: &Path) {
     chown_tree(&root.join("home/coder"), 101_000, 101_000);
 }
 
-struct Container {
-    id: String,
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("runc")
-            .args(["delete", "--force", &self.id])
-            .output();
-    }
-}
-
-fn exec(container: &Container, script: &str) -> Output {
-    run(Command::new("runc").args(["exec", &container.id, "/bin/sh", "-c", script]))
-}
-
-fn stdout_of(container: &Container, script: &str) -> String {
-    let out = exec(container, script);
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 #[test]
 fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
-    if !requirements_met() {
+    if !requirements_met("runc integration test", true) {
         return;
     }
     let work = tempfile::Builder::new()
@@ -206,46 +157,27 @@ fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
     let bundle = work.path().join("bundle");
     fs::create_dir_all(&bundle).unwrap();
     fs::write(bundle.join("config.json"), &spec_json).unwrap();
-    let container = Container {
-        id: format!("envbox-test-{}", std::process::id()),
-    };
-    // The detached container inherits runc's stdio: give it a file, not our pipes, or waiting
-    // for runc's output would wait for the container to exit.
-    let log_path = work.path().join("container.log");
-    let log = fs::File::create(&log_path).unwrap();
-    let started = Command::new("runc")
-        .args([
-            "run",
-            "--detach",
-            "--bundle",
-            bundle.to_str().unwrap(),
-            &container.id,
-        ])
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .status()
-        .unwrap();
-    assert!(
-        started.success(),
-        "runc run: {}",
-        fs::read_to_string(&log_path).unwrap_or_default()
+    let container = RuncContainer::start(
+        &bundle,
+        &format!("envbox-test-{}", std::process::id()),
+        &work.path().join("container.log"),
     );
-
-    let uid_map: Vec<String> = stdout_of(&container, "cat /proc/self/uid_map")
+    let uid_map: Vec<String> = container
+        .stdout("cat /proc/self/uid_map")
         .split_whitespace()
         .map(str::to_owned)
         .collect();
     assert_eq!(uid_map, ["0", "100000", "65536"]);
-    let gid_map: Vec<String> = stdout_of(&container, "cat /proc/self/gid_map")
+    let gid_map: Vec<String> = container
+        .stdout("cat /proc/self/gid_map")
         .split_whitespace()
         .map(str::to_owned)
         .collect();
     assert_eq!(gid_map, ["0", "100000", "65536"]);
-    assert_eq!(stdout_of(&container, "hostname"), "envbox-test");
-    assert_eq!(stdout_of(&container, "id -u"), "0");
+    assert_eq!(container.stdout("hostname"), "envbox-test");
+    assert_eq!(container.stdout("id -u"), "0");
 
-    let env = stdout_of(&container, "cat /proc/1/environ | tr '\\0' '\\n'");
+    let env = container.stdout("cat /proc/1/environ | tr '\\0' '\\n'");
     assert!(
         env.lines().any(|l| l == "ENVBOX_TEST_GREETING=hello=world"),
         "{env}"
@@ -262,39 +194,33 @@ fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
     assert!(!env.lines().any(|l| l.starts_with("SYSBOX_")), "{env}");
 
     // Devices: our own nodes, openable by root inside.
-    stdout_of(&container, "exec 3<>/dev/fuse && echo fuse-open");
-    stdout_of(
-        &container,
-        "test -c /dev/net/tun && exec 3<>/dev/net/tun && echo tun-open",
-    );
+    container.stdout("exec 3<>/dev/fuse && echo fuse-open");
+    container.stdout("test -c /dev/net/tun && exec 3<>/dev/net/tun && echo tun-open");
 
     // Mounts: ro refuses writes, rw works and lands as the shifted root outside.
-    assert_eq!(
-        stdout_of(&container, "cat /mnt/ro/seen"),
-        "from the outside"
-    );
-    let refused = exec(&container, "touch /mnt/ro/new");
+    assert_eq!(container.stdout("cat /mnt/ro/seen"), "from the outside");
+    let refused = container.exec("touch /mnt/ro/new");
     assert!(
         !refused.status.success(),
         "a write to the ro mount succeeded"
     );
     assert!(!ro.join("new").exists());
-    stdout_of(&container, "touch /mnt/rw/new");
+    container.stdout("touch /mnt/rw/new");
     let meta = fs::metadata(rw.join("new")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 100_000);
 
     // Generated files and the state mounts.
-    assert!(stdout_of(&container, "cat /etc/hosts").contains("host.docker.internal"));
-    assert_eq!(stdout_of(&container, "cat /etc/hostname"), "envbox-test");
-    stdout_of(
-        &container,
-        "test -d /var/lib/docker && touch /var/lib/docker/.envbox-test",
-    );
+    assert!(container
+        .stdout("cat /etc/hosts")
+        .contains("host.docker.internal"));
+    assert_eq!(container.stdout("cat /etc/hostname"), "envbox-test");
+    container.stdout("test -d /var/lib/docker && touch /var/lib/docker/.envbox-test");
     assert!(Path::new("/var/lib/coder/docker/.envbox-test").exists());
     let _ = fs::remove_file("/var/lib/coder/docker/.envbox-test");
 
     // The host's /proc and /sys are not writable.
-    assert!(!exec(&container, "echo 1 > /proc/sys/kernel/panic")
+    assert!(!container
+        .exec("echo 1 > /proc/sys/kernel/panic")
         .status
         .success());
     drop(container);

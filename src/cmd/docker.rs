@@ -1,15 +1,17 @@
 //! `envbox docker`: the pod's entrypoint.
 //!
-//! Today it validates the settings and pulls the image into the cache on the volume, then
-//! stops: unpacking (issue 4) and launching (issue 5) are not built yet, and it says so rather
-//! than pretending.
+//! Today it validates the settings, pulls the image and unpacks its layers into the cache on
+//! the volume, then stops: assembling the rootfs (overlay) and launching (issue 5) are not
+//! built yet, and it says so rather than pretending.
 
 use super::{outer_subsystem, runtime};
 use crate::cache::BlobStore;
 use crate::cli::DockerArgs;
 use crate::config::{Purpose, Settings};
+use crate::prepare;
 use crate::progress::{self, Kind};
-use crate::registry::{self, ImageRef, RegistryConfig};
+use crate::registry::{ImageRef, RegistryConfig};
+use crate::unpack::{LayerStore, Limits};
 
 pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(
@@ -23,16 +25,27 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     for warning in warnings {
         progress::emit(Kind::Info, &format!("warning: {warning}"));
     }
-    progress::emit(Kind::Info, &format!("Pulling image {reference}..."));
-    let store = BlobStore::open(&settings.state_dir)?;
-    let pulled = runtime()?.block_on(registry::pull(&config, &store, &reference))?;
+    progress::emit(Kind::Info, &format!("Preparing image {reference}..."));
+    let blobs = BlobStore::open(&settings.state_dir)?;
+    let layers = LayerStore::open(&settings.state_dir)?;
+    let prepared = runtime()?.block_on(prepare::prepare(
+        &config,
+        &blobs,
+        &layers,
+        &reference,
+        &Limits::default(),
+    ))?;
+    for warning in &prepared.warnings {
+        progress::emit(Kind::Info, &format!("warning: {warning}"));
+    }
     progress::emit(
         Kind::Info,
         &format!(
-            "Pulled {reference} ({}), {} layer(s)",
-            pulled.manifest_digest,
-            pulled.layers.len()
+            "Image {reference} ({}) ready: {} layer(s), {} unpacked now",
+            prepared.pulled.manifest_digest,
+            prepared.layer_dirs.len(),
+            prepared.layers_unpacked
         ),
     );
-    anyhow::bail!("starting the workspace is not implemented yet: this build of envbox pulls the image (envbox docker, envbox pull) and prints the runtime spec (envbox spec)")
+    anyhow::bail!("starting the workspace is not implemented yet: this build of envbox prepares the image (envbox docker, envbox prepare) and prints the runtime spec (envbox spec)")
 }

@@ -5,6 +5,7 @@
 
 mod cache;
 mod docker;
+mod prepare;
 mod pull;
 mod spec;
 
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Docker(args) => docker::run(&args),
         Command::Spec(args) => spec::run(&args),
         Command::Pull(args) => pull::run(&args),
+        Command::Prepare(args) => prepare::run(&args),
         Command::Cache(command) => cache::run(&command),
     }
 }

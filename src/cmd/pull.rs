@@ -24,6 +24,9 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     let store = BlobStore::open(&settings.state_dir)?;
     let started = std::time::Instant::now();
     let image = runtime()?.block_on(registry::pull(&config, &store, &reference))?;
+    for warning in &image.warnings {
+        progress::emit(Kind::Info, &format!("warning: {warning}"));
+    }
     progress::emit(
         Kind::Info,
         &format!(

@@ -45,6 +45,8 @@ pub struct PulledImage {
     pub layers: Vec<PulledLayer>,
     /// Blobs that had to be downloaded (0 on a warm cache).
     pub blobs_downloaded: usize,
+    /// Things the caller should log (e.g. an offline fallback to a pinned digest).
+    pub warnings: Vec<String>,
 }
 
 fn digest_of(text: &str, reference: &ImageRef) -> Result<Digest, RegistryError> {
@@ -110,16 +112,69 @@ async fn manifest_by_digest(
     Ok(bytes)
 }
 
-/// Resolves the reference to its top-level manifest digest and bytes.
+/// Attempts at resolving a tag online when a pinned digest could stand in for it.
+const ATTEMPTS_WITH_PIN: u32 = 3;
+
+/// True for failures that mean "the registry cannot be reached", not "it said no".
+fn unreachable(error: &RegistryError) -> bool {
+    matches!(
+        error,
+        RegistryError::Transfer { .. } | RegistryError::Protocol { .. }
+    )
+}
+
+/// Resolves the reference to its top-level manifest digest and bytes. A tag is resolved
+/// online; when the registry cannot be reached and the tag's last resolution is pinned with
+/// its manifest cached, that pin is used (an offline start after `envbox prepare`).
 async fn top_manifest(
     lazy: &mut LazySession<'_>,
     store: &BlobStore,
     reference: &ImageRef,
+    warnings: &mut Vec<String>,
 ) -> Result<(Digest, Vec<u8>), RegistryError> {
     if let Some(digest) = reference.digest() {
         let bytes = manifest_by_digest(lazy, store, reference, &digest).await?;
         return Ok((digest, bytes));
     }
+    let pin = store
+        .pinned(&reference.normalized())
+        .ok()
+        .flatten()
+        .filter(|d| store.size_of(d).is_some());
+    let Some(pinned) = pin else {
+        return resolve_tag(lazy, store, reference).await;
+    };
+    let mut quick = lazy.config.clone();
+    quick.max_attempts = quick.max_attempts.min(ATTEMPTS_WITH_PIN);
+    let mut quick_lazy = LazySession {
+        config: &quick,
+        reference,
+        session: lazy.session.clone(),
+    };
+    match resolve_tag(&mut quick_lazy, store, reference).await {
+        Ok(found) => {
+            lazy.session = quick_lazy.session;
+            Ok(found)
+        }
+        Err(error) if unreachable(&error) => {
+            warnings.push(format!(
+                "could not reach the registry for {reference} ({error}); using the cached {pinned} it last resolved to"
+            ));
+            let bytes = store
+                .read(&pinned)
+                .map_err(|e| store_error(reference, &pinned, e))?;
+            Ok((pinned, bytes))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Fetches the manifest a tag points at now, stores and pins it.
+async fn resolve_tag(
+    lazy: &mut LazySession<'_>,
+    store: &BlobStore,
+    reference: &ImageRef,
+) -> Result<(Digest, Vec<u8>), RegistryError> {
     let session = lazy.get().await?;
     let bytes = session
         .lock()
@@ -141,8 +196,9 @@ async fn image_manifest(
     lazy: &mut LazySession<'_>,
     store: &BlobStore,
     reference: &ImageRef,
+    warnings: &mut Vec<String>,
 ) -> Result<(Digest, Digest, OciImageManifest), RegistryError> {
-    let (top, bytes) = top_manifest(lazy, store, reference).await?;
+    let (top, bytes) = top_manifest(lazy, store, reference, warnings).await?;
     match manifest::parse(&bytes, None, &reference.to_string())? {
         Manifest::Image(image) => Ok((top.clone(), top, *image)),
         Manifest::Index(index) => {
@@ -220,7 +276,9 @@ pub async fn pull(
         reference,
         session: None,
     };
-    let (digest, manifest_digest, image) = image_manifest(&mut lazy, store, reference).await?;
+    let mut warnings = Vec::new();
+    let (digest, manifest_digest, image) =
+        image_manifest(&mut lazy, store, reference, &mut warnings).await?;
     let config_digest = digest_of(&image.config.digest, reference)?;
     let size = |s: i64| u64::try_from(s).unwrap_or(0);
     let mut requests = vec![BlobRequest {
@@ -306,6 +364,7 @@ pub async fn pull(
         config: document,
         layers,
         blobs_downloaded: missing.len(),
+        warnings,
     })
 }
 
@@ -332,7 +391,8 @@ pub async fn cached_blobs(
         reference: &pinned,
         session: None,
     };
-    let (top, manifest_digest, image) = image_manifest(&mut offline, store, &pinned).await?;
+    let (top, manifest_digest, image) =
+        image_manifest(&mut offline, store, &pinned, &mut Vec::new()).await?;
     let mut blobs = vec![
         top,
         manifest_digest,

@@ -43,11 +43,11 @@ use crate::digest::Digest;
 use crate::registry::manifest::Compression;
 
 /// What every uid and gid of a layer is shifted by: the inner container's user namespace maps
-/// its 0..65536 onto 100000..165536, so sysbox-runc finds nothing to shift.
-pub const ID_SHIFT: u32 = 100_000;
+/// its 0..65536 onto 100000..165536 (the spec's mapping), so sysbox-runc finds nothing to shift.
+pub use crate::spec::ID_SHIFT;
 
 /// A uid or gid at or above this in a layer is refused: it has no place in the mapping.
-pub const ID_RANGE: u64 = 65_536;
+pub const ID_RANGE: u64 = crate::spec::ID_RANGE as u64;
 
 /// Errors of this module. `layer` is the compressed (manifest) digest of the layer; `path` is
 /// the entry's name as written in the layer's tar stream.

@@ -29,6 +29,7 @@
 //! - [`tls`]: `TestCa` and signing certificates; [`server`]: the shared hyper server thread.
 #![allow(dead_code)]
 
+pub mod host;
 pub mod image;
 pub mod proxy;
 pub mod registry;

@@ -1,0 +1,142 @@
+//! `envbox prepare` against a real registry: the cache fills so a later start needs no network,
+//! and `--output` writes a bundle that plain `runc run` starts (root, runc, busybox needed).
+
+mod support;
+
+use std::process::{Command, Output};
+
+use support::host::{requirements_met, RuncContainer};
+use support::image::{busybox_image, write_layout};
+use support::registry::Registry;
+
+const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
+
+fn envbox(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(ENVBOX)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run envbox")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn push_busybox(registry: &Registry) -> String {
+    let layout = tempfile::tempdir().unwrap();
+    write_layout(layout.path(), "t", &[busybox_image("amd64")]);
+    registry.push(layout.path(), "t", "team/bb:1");
+    format!("{}/team/bb:1", registry.host)
+}
+
+#[test]
+fn prepare_fills_the_cache_and_a_later_run_needs_no_network() {
+    if !requirements_met("prepare test", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let reference = push_busybox(&registry);
+    let host = registry.host.clone();
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let env = [
+        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", host.as_str()),
+        ("CODER_INNER_IMAGE", reference.as_str()),
+    ];
+    let first = envbox(&["prepare"], &env);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("3 of 3 layer(s) unpacked"),
+        "{}",
+        text(&first.stderr)
+    );
+    let layers: Vec<_> = std::fs::read_dir(state.path().join("layers"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(layers.len(), 3);
+
+    drop(registry);
+    let offline = envbox(&["prepare"], &env);
+    let err = text(&offline.stderr);
+    assert!(offline.status.success(), "{err}");
+    assert!(
+        err.contains("could not reach the registry") && err.contains("0 of 3 layer(s) unpacked"),
+        "{err}"
+    );
+    assert!(err.contains("0 blob(s) downloaded"), "{err}");
+}
+
+#[test]
+fn prepare_output_is_a_bundle_runc_runs() {
+    if !requirements_met("prepare --output test", true) {
+        return;
+    }
+    let registry = Registry::http();
+    let reference = push_busybox(&registry);
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let state = work.path().join("state");
+    let bundle = work.path().join("bundle");
+    let run_dir = work.path().join("run");
+    let out = envbox(
+        &[
+            "prepare",
+            "--output",
+            bundle.to_str().unwrap(),
+            "--username",
+            "coder",
+            "--hostname",
+            "bundle-test",
+            "--runtime",
+            "runc",
+        ],
+        &[
+            ("ENVBOX_STATE_DIR", state.to_str().unwrap()),
+            ("ENVBOX_RUN_DIR", run_dir.to_str().unwrap()),
+            ("ENVBOX_INSECURE_REGISTRIES", registry.host.as_str()),
+            ("CODER_INNER_IMAGE", reference.as_str()),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    use std::os::unix::fs::MetadataExt;
+    let busybox = std::fs::symlink_metadata(bundle.join("rootfs/bin/busybox")).unwrap();
+    assert_eq!(
+        (busybox.uid(), busybox.gid()),
+        (100_000, 100_000),
+        "unpacked shifted"
+    );
+    let config = std::fs::metadata(bundle.join("config.json")).unwrap();
+    assert_eq!(
+        config.mode() & 0o777,
+        0o600,
+        "the spec may hold the agent token"
+    );
+
+    let container = RuncContainer::start(
+        &bundle,
+        &format!("envbox-bundle-{}", std::process::id()),
+        &work.path().join("log"),
+    );
+    let uid_map: Vec<String> = container
+        .stdout("cat /proc/self/uid_map")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(uid_map, ["0", "100000", "65536"]);
+    assert_eq!(container.stdout("hostname"), "bundle-test");
+    assert_eq!(
+        container.stdout("stat -c %u /bin/busybox"),
+        "0",
+        "the image's root owns its files inside"
+    );
+    assert!(container.stdout("cat /etc/passwd").contains("coder:x:1000"));
+    assert_eq!(
+        container.stdout("stat -c %u:%g /home/coder"),
+        "0:0",
+        "the test image creates it as root"
+    );
+}

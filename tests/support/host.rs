@@ -1,0 +1,91 @@
+//! What a test needs from this machine (root, runc, busybox): checked up front, so a test
+//! either runs for real or says why not. In CI (`CI` set) a missing requirement fails the test
+//! instead of skipping it.
+
+use std::path::Path;
+use std::process::Command;
+
+pub const BUSYBOX: &str = "/bin/busybox";
+
+/// True to go on, false to skip (never in CI, where it panics naming what is missing).
+pub fn requirements_met(what: &str, needs_runc: bool) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_owned());
+    }
+    if needs_runc && Command::new("runc").arg("--version").output().is_err() {
+        missing.push("runc (apt-get install runc)".to_owned());
+    }
+    if !Path::new(BUSYBOX).exists() {
+        missing.push(format!("{BUSYBOX} (apt-get install busybox-static)"));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("{what} needs: {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
+/// A runc container removed (killed) on drop.
+pub struct RuncContainer {
+    pub id: String,
+}
+
+impl RuncContainer {
+    /// `runc run --detach` of a bundle; the container's stdio goes to `log`, never to our
+    /// pipes (waiting for runc's output would otherwise wait for the container to exit).
+    pub fn start(bundle: &Path, id: &str, log: &Path) -> RuncContainer {
+        let file = std::fs::File::create(log).expect("container log");
+        let status = Command::new("runc")
+            .args([
+                "run",
+                "--detach",
+                "--bundle",
+                bundle.to_str().expect("bundle path"),
+                id,
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .status()
+            .expect("runc run");
+        assert!(
+            status.success(),
+            "runc run: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        RuncContainer { id: id.to_owned() }
+    }
+
+    /// `runc exec` of a shell command.
+    pub fn exec(&self, script: &str) -> std::process::Output {
+        Command::new("runc")
+            .args(["exec", &self.id, "/bin/sh", "-c", script])
+            .output()
+            .expect("runc exec")
+    }
+
+    /// Stdout of a command that must succeed.
+    pub fn stdout(&self, script: &str) -> String {
+        let out = self.exec(script);
+        assert!(
+            out.status.success(),
+            "{script}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for RuncContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .args(["delete", "--force", &self.id])
+            .output();
+    }
+}
