@@ -140,3 +140,55 @@ fn prepare_output_is_a_bundle_runc_runs() {
         "the test image creates it as root"
     );
 }
+
+#[test]
+fn docker_prepares_assembles_and_specs_then_says_launching_is_not_built() {
+    if !requirements_met("docker entrypoint test", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let reference = push_busybox(&registry);
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let run_dir = state.path().join("run");
+    let env = |user: &'static str| {
+        vec![
+            (
+                "ENVBOX_STATE_DIR",
+                state.path().to_str().unwrap().to_owned(),
+            ),
+            ("ENVBOX_RUN_DIR", run_dir.to_str().unwrap().to_owned()),
+            ("ENVBOX_INSECURE_REGISTRIES", registry.host.clone()),
+            ("CODER_INNER_IMAGE", reference.clone()),
+            ("CODER_INNER_USERNAME", user.to_owned()),
+        ]
+    };
+    let run = |user| {
+        let vars = env(user);
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        envbox(&["docker"], &pairs)
+    };
+    let out = run("coder");
+    let err = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Runtime spec ready"), "{err}");
+    assert!(
+        err.contains("\"type\":\"error\"") && err.contains("not implemented yet"),
+        "{err}"
+    );
+    assert!(
+        !state.path().join("container/merged/bin").exists(),
+        "the rootfs was released"
+    );
+
+    let out = run("alice");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("alice") && err.contains("not found in the image"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("not found in the image").count(),
+        1,
+        "the cause is said once: {err}"
+    );
+}

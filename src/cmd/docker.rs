@@ -1,13 +1,16 @@
 //! `envbox docker`: the pod's entrypoint.
 //!
-//! Today it validates the settings, pulls the image and unpacks its layers into the cache on
-//! the volume, then stops: assembling the rootfs (overlay) and launching (issue 5) are not
-//! built yet, and it says so rather than pretending.
+//! Today it validates the settings, pulls the image, unpacks its layers into the cache on the
+//! volume, assembles the rootfs (overlay, or a flattened copy) and generates the runtime spec,
+//! then stops: launching through containerd (issue 5) is not built yet, and it says so rather
+//! than pretending.
 
 use super::{outer_subsystem, runtime};
 use crate::cache::BlobStore;
 use crate::cli::DockerArgs;
 use crate::config::{Purpose, Settings};
+use crate::overlay;
+use crate::pipeline;
 use crate::prepare;
 use crate::progress::{self, Kind};
 use crate::registry::{ImageRef, RegistryConfig};
@@ -47,5 +50,29 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
             prepared.layers_unpacked
         ),
     );
-    anyhow::bail!("starting the workspace is not implemented yet: this build of envbox prepares the image (envbox docker, envbox prepare) and prints the runtime spec (envbox spec)")
+    let rootfs = overlay::assemble(
+        &settings.state_dir,
+        &prepared.sources,
+        &prepared.layer_dirs,
+        overlay::Mode::Auto,
+        &Limits::default(),
+    )?;
+    for warning in &rootfs.warnings {
+        progress::emit(Kind::Info, &format!("warning: {warning}"));
+    }
+    let plan = pipeline::plan_container(&settings, &rootfs.path, &prepared.config);
+    overlay::release(&rootfs)?;
+    let plan = plan?;
+    for warning in &plan.warnings {
+        progress::emit(Kind::Info, &format!("warning: {warning}"));
+    }
+    progress::emit(
+        Kind::Info,
+        &format!(
+            "Runtime spec ready ({} mounts, {} setup actions)",
+            plan.spec.mounts().as_ref().map_or(0, Vec::len),
+            plan.actions.len()
+        ),
+    );
+    anyhow::bail!("starting the workspace is not implemented yet: this build of envbox prepares the image and its runtime spec (envbox docker, envbox prepare, envbox spec) but does not launch it")
 }

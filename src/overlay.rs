@@ -1,0 +1,204 @@
+//! The inner container's root filesystem at start.
+//!
+//! Owns: `<state_dir>/container/`: an overlay of the image's read-only layer directories plus
+//! a fresh, empty upper directory each start (changes outside mounts do not persist, as with
+//! the Go envbox's fresh container per start), mounted at `merged/`; or, where overlayfs is
+//! not usable (the volume is itself overlayfs, the kernel refuses), a flattened copy in
+//! `rootfs/`, which is slower and said so. Leftovers of a previous start (a mount still there
+//! after a kill -9, an old upper dir) are cleared first. It never changes a layer directory.
+
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::unpack::{self, LayerSource, Limits, UnpackError};
+
+/// How the rootfs was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootfsKind {
+    Overlay,
+    Flattened,
+}
+
+/// Which way to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Overlay, falling back to a flattened copy when the kernel refuses.
+    Auto,
+    /// Always a flattened copy.
+    Flatten,
+}
+
+/// An assembled root filesystem.
+#[derive(Debug, Clone)]
+pub struct Rootfs {
+    pub path: PathBuf,
+    pub kind: RootfsKind,
+    /// Why a flattened copy was used, for the log.
+    pub warnings: Vec<String>,
+}
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("flattening the image into {path}: {source}")]
+    Flatten { path: PathBuf, source: UnpackError },
+}
+
+fn io<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> OverlayError + 'a {
+    move |source| OverlayError::Io {
+        action,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+struct Layout {
+    root: PathBuf,
+    lower_links: PathBuf,
+    upper: PathBuf,
+    work: PathBuf,
+    merged: PathBuf,
+    flat: PathBuf,
+}
+
+impl Layout {
+    fn new(state_dir: &Path) -> Layout {
+        let root = state_dir.join("container");
+        Layout {
+            lower_links: root.join("l"),
+            upper: root.join("upper"),
+            work: root.join("work"),
+            merged: root.join("merged"),
+            flat: root.join("rootfs"),
+            root,
+        }
+    }
+}
+
+/// Unmounts `path` if something is mounted there (lazily: a kill -9'd start may have left it).
+fn unmount_if_mounted(path: &Path) -> Result<(), OverlayError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(io("unmounting a previous rootfs at", path)(e.into())),
+    }
+}
+
+fn remove_all(path: &Path) -> Result<(), OverlayError> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Clears what a previous start left.
+fn clear(layout: &Layout) -> Result<(), OverlayError> {
+    unmount_if_mounted(&layout.merged)?;
+    for dir in [
+        &layout.upper,
+        &layout.work,
+        &layout.flat,
+        &layout.lower_links,
+    ] {
+        remove_all(dir)?;
+    }
+    Ok(())
+}
+
+fn mkdir(path: &Path) -> Result<(), OverlayError> {
+    std::fs::create_dir_all(path).map_err(io("creating", path))
+}
+
+/// Short names for the layer directories, so the mount options stay far below the page-size
+/// limit however many layers the image has (the trick containerd and Docker use too).
+fn lower_option(layout: &Layout, layer_dirs: &[PathBuf]) -> Result<String, OverlayError> {
+    mkdir(&layout.lower_links)?;
+    let mut lowers = Vec::with_capacity(layer_dirs.len());
+    // overlayfs wants the top-most layer first.
+    for (i, dir) in layer_dirs.iter().rev().enumerate() {
+        let link = layout.lower_links.join(i.to_string());
+        std::os::unix::fs::symlink(dir, &link).map_err(io("linking a layer at", &link))?;
+        lowers.push(link.display().to_string());
+    }
+    Ok(lowers.join(":"))
+}
+
+fn try_overlay(layout: &Layout, layer_dirs: &[PathBuf]) -> Result<Result<(), Errno>, OverlayError> {
+    for dir in [&layout.upper, &layout.work, &layout.merged] {
+        mkdir(dir)?;
+    }
+    let lower = lower_option(layout, layer_dirs)?;
+    let options = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        layout.upper.display(),
+        layout.work.display()
+    );
+    Ok(mount(
+        Some("overlay"),
+        &layout.merged,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    ))
+}
+
+/// Assembles the rootfs for a start from the layers (bottom first).
+pub fn assemble(
+    state_dir: &Path,
+    sources: &[LayerSource],
+    layer_dirs: &[PathBuf],
+    mode: Mode,
+    limits: &Limits,
+) -> Result<Rootfs, OverlayError> {
+    let layout = Layout::new(state_dir);
+    clear(&layout)?;
+    mkdir(&layout.root)?;
+    let mut warnings = Vec::new();
+    if mode == Mode::Auto {
+        match try_overlay(&layout, layer_dirs)? {
+            Ok(()) => {
+                return Ok(Rootfs {
+                    path: layout.merged,
+                    kind: RootfsKind::Overlay,
+                    warnings,
+                })
+            }
+            Err(errno) => {
+                warnings.push(format!(
+                    "overlayfs cannot be used here ({errno}: {} is perhaps itself on overlayfs): using a flattened copy of the image; start-up will be slower",
+                    layout.root.display()
+                ));
+                clear(&layout)?;
+            }
+        }
+    }
+    let report =
+        unpack::flatten(sources, &layout.flat, limits).map_err(|source| OverlayError::Flatten {
+            path: layout.flat.clone(),
+            source,
+        })?;
+    warnings.extend(report.warnings);
+    Ok(Rootfs {
+        path: layout.flat,
+        kind: RootfsKind::Flattened,
+        warnings,
+    })
+}
+
+/// Undoes [`assemble`]'s mount (the upper dir is cleared by the next start).
+pub fn release(rootfs: &Rootfs) -> Result<(), OverlayError> {
+    match rootfs.kind {
+        RootfsKind::Overlay => unmount_if_mounted(&rootfs.path),
+        RootfsKind::Flattened => Ok(()),
+    }
+}
