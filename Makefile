@@ -13,7 +13,7 @@ release:
 # Unit and integration tests (the runc ones need root, and say so), then the golden specs
 # against the official OCI runtime-spec JSON schema.
 test: build
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --lib --bins --tests
 	$(MAKE) conformance
 
 unit:

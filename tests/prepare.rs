@@ -192,3 +192,47 @@ fn docker_prepares_assembles_and_specs_then_says_launching_is_not_built() {
         "the cause is said once: {err}"
     );
 }
+
+#[test]
+fn cache_prune_removes_the_blobs_and_layers_of_other_images() {
+    if !requirements_met("cache prune test", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let a = push_busybox(&registry);
+    let layout = tempfile::tempdir().unwrap();
+    let other = support::image::ImageSpec::new("amd64").layer(support::image::Layer::new(vec![
+        support::image::Entry::file("only-in-b", 0o644, b"b".to_vec()),
+    ]));
+    let info = write_layout(layout.path(), "t", &[other]);
+    registry.push(layout.path(), "t", "team/b:1");
+    let b = format!("{}/team/b:1", registry.host);
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let env = [
+        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", registry.host.as_str()),
+    ];
+    for image in [&a, &b] {
+        let out = envbox(&["prepare", "--image", image], &env);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let b_layer_dir = state
+        .path()
+        .join("layers")
+        .join(info.diff_ids[0][0].trim_start_matches("sha256:"));
+    assert!(b_layer_dir.is_dir());
+    let out = envbox(&["cache", "prune", "--image", &a], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 unpacked layer(s)"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!b_layer_dir.exists(), "b's unpacked layer was pruned");
+    let again = envbox(&["prepare", "--image", &a], &env);
+    assert!(
+        text(&again.stderr).contains("0 of 3 layer(s) unpacked"),
+        "a's layers were kept: {}",
+        text(&again.stderr)
+    );
+}

@@ -6,7 +6,9 @@ use super::{outer_subsystem, runtime};
 use crate::cache::BlobStore;
 use crate::cli::{CacheArgs, CacheCommand};
 use crate::config::{names, Purpose, Settings};
+use crate::digest::Digest;
 use crate::registry::{self, ImageRef, RegistryConfig};
+use crate::unpack::LayerStore;
 
 fn open(args: &CacheArgs) -> anyhow::Result<(Settings, BlobStore)> {
     let settings = Settings::from_raw(&args.settings, outer_subsystem().as_deref(), Purpose::Pull)?;
@@ -54,10 +56,9 @@ fn prune(args: &CacheArgs) -> anyhow::Result<()> {
     })?;
     let reference = ImageRef::parse(&text)?;
     let (config, _) = RegistryConfig::from_settings(&settings)?;
-    let keep: BTreeSet<_> = runtime()?
-        .block_on(registry::cached_blobs(&config, &store, &reference))?
-        .into_iter()
-        .collect();
+    let cached = runtime()?.block_on(registry::cached_blobs(&config, &store, &reference))?;
+    let keep: BTreeSet<Digest> = cached.blobs.into_iter().collect();
+    let keep_layers: BTreeSet<Digest> = cached.diff_ids.into_iter().collect();
     let mut freed = 0;
     let mut removed = 0;
     for blob in store.list()? {
@@ -67,10 +68,19 @@ fn prune(args: &CacheArgs) -> anyhow::Result<()> {
             removed += 1;
         }
     }
+    let layers = LayerStore::open(&settings.state_dir)?;
+    let mut layers_removed = 0;
+    for diff_id in layers.list()? {
+        if !keep_layers.contains(&diff_id) {
+            layers.remove(&diff_id)?;
+            layers_removed += 1;
+        }
+    }
     println!(
-        "removed {removed} blob(s), freed {}; kept {} blob(s) of {reference}",
+        "removed {removed} blob(s) ({}) and {layers_removed} unpacked layer(s); kept {} blob(s) and {} layer(s) of {reference}",
         mb(freed),
-        keep.len()
+        keep.len(),
+        keep_layers.len()
     );
     Ok(())
 }

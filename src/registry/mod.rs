@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use credentials::{Credential, Credentials};
 pub use platform::Platform;
-pub use pull::{cached_blobs, pull, PulledImage, PulledLayer};
+pub use pull::{cached_blobs, pull, CachedImage, PulledImage, PulledLayer};
 pub use reference::{normalize_host, ImageRef};
 pub use tls::load_extra_certs;
 

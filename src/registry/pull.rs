@@ -374,7 +374,7 @@ pub async fn cached_blobs(
     config: &RegistryConfig,
     store: &BlobStore,
     reference: &ImageRef,
-) -> Result<Vec<Digest>, RegistryError> {
+) -> Result<CachedImage, RegistryError> {
     let top = match reference.digest() {
         Some(d) => d,
         None => store
@@ -402,5 +402,26 @@ pub async fn cached_blobs(
         blobs.push(digest_of(&layer.digest, reference)?);
     }
     blobs.retain(|d| store.size_of(d).is_some());
-    Ok(blobs)
+    let config_digest = digest_of(&image.config.digest, reference)?;
+    let diff_ids = match store.read(&config_digest) {
+        Ok(bytes) => ImageDocument::from_json(&bytes, &format!("image config {config_digest}"))
+            .map_err(|e| RegistryError::Manifest {
+                reference: reference.to_string(),
+                detail: e.to_string(),
+            })?
+            .rootfs
+            .diff_ids
+            .iter()
+            .map(|id| digest_of(id, reference))
+            .collect::<Result<Vec<_>, _>>()?,
+        Err(_) => Vec::new(),
+    };
+    Ok(CachedImage { blobs, diff_ids })
+}
+
+/// What of an image is in the cache: its blobs, and the diff IDs of its layers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedImage {
+    pub blobs: Vec<Digest>,
+    pub diff_ids: Vec<Digest>,
 }

@@ -227,6 +227,31 @@ impl LayerStore {
     }
 
     /// Whether the layer is complete: its directory exists (it is only created by a rename).
+    /// Every complete layer directory (name = diff ID hex), sorted.
+    pub fn list(&self) -> Result<Vec<Digest>, UnpackError> {
+        let entries =
+            fs::read_dir(&self.root).map_err(store_err("listing layer store", &self.root))?;
+        let mut layers: Vec<Digest> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok()
+            })
+            .collect();
+        layers.sort();
+        Ok(layers)
+    }
+
+    /// Removes a layer directory (absent is fine). It must not be in use by a mounted rootfs.
+    pub fn remove(&self, diff_id: &Digest) -> Result<(), UnpackError> {
+        let path = self.path(diff_id);
+        match remove_any(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(store_err("removing layer", &path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn is_complete(&self, diff_id: &Digest) -> bool {
         fs::symlink_metadata(self.path(diff_id)).is_ok_and(|m| m.is_dir())
     }
