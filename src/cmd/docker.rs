@@ -5,16 +5,13 @@
 //! then stops: launching through containerd (issue 5) is not built yet, and it says so rather
 //! than pretending.
 
-use super::{outer_subsystem, runtime};
-use crate::cache::BlobStore;
+use super::{outer_subsystem, prepare_image, warn_all};
 use crate::cli::DockerArgs;
 use crate::config::{Purpose, Settings};
 use crate::overlay;
 use crate::pipeline;
-use crate::prepare;
 use crate::progress::{self, Kind};
-use crate::registry::{ImageRef, RegistryConfig};
-use crate::unpack::{LayerStore, Limits};
+use crate::unpack::Limits;
 
 pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(
@@ -23,24 +20,8 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
         Purpose::Docker,
     )?;
     let image = settings.image.clone().unwrap_or_default();
-    let reference = ImageRef::parse(&image)?;
-    let (config, warnings) = RegistryConfig::from_settings(&settings)?;
-    for warning in warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
-    progress::emit(Kind::Info, &format!("Preparing image {reference}..."));
-    let blobs = BlobStore::open(&settings.state_dir)?;
-    let layers = LayerStore::open(&settings.state_dir)?;
-    let prepared = runtime()?.block_on(prepare::prepare(
-        &config,
-        &blobs,
-        &layers,
-        &reference,
-        &Limits::default(),
-    ))?;
-    for warning in &prepared.warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
+    progress::emit(Kind::Info, &format!("Preparing image {image}..."));
+    let (reference, prepared) = prepare_image(&settings, &image)?;
     progress::emit(
         Kind::Info,
         &format!(
@@ -57,15 +38,11 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
         overlay::Mode::Auto,
         &Limits::default(),
     )?;
-    for warning in &rootfs.warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
+    warn_all(&rootfs.warnings);
     let plan = pipeline::plan_container(&settings, &rootfs.path, &prepared.config);
     overlay::release(&rootfs)?;
     let plan = plan?;
-    for warning in &plan.warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
+    warn_all(&plan.warnings);
     progress::emit(
         Kind::Info,
         &format!(

@@ -9,12 +9,42 @@ mod prepare;
 mod pull;
 mod spec;
 
+use crate::cache::BlobStore;
 use crate::cli::{Cli, Command};
-use crate::config::names;
+use crate::config::{names, Settings};
+use crate::prepare::PreparedImage;
+use crate::progress::{self, Kind};
+use crate::registry::{ImageRef, RegistryConfig};
+use crate::unpack::{LayerStore, Limits};
 
 /// The outer `CODER_AGENT_SUBSYSTEM` (env only, as in the Go envbox).
 fn outer_subsystem() -> Option<String> {
     std::env::var(names::AGENT_SUBSYSTEM.env).ok()
+}
+
+/// Logs each warning as an info progress line.
+fn warn_all<W: std::fmt::Display>(warnings: impl IntoIterator<Item = W>) {
+    for warning in warnings {
+        progress::emit(Kind::Info, &format!("warning: {warning}"));
+    }
+}
+
+/// `image` pulled and unpacked into the cache on the volume of `settings`, warnings logged.
+fn prepare_image(settings: &Settings, image: &str) -> anyhow::Result<(ImageRef, PreparedImage)> {
+    let reference = ImageRef::parse(image)?;
+    let (config, warnings) = RegistryConfig::from_settings(settings)?;
+    warn_all(warnings);
+    let blobs = BlobStore::open(&settings.state_dir)?;
+    let layers = LayerStore::open(&settings.state_dir)?;
+    let prepared = runtime()?.block_on(crate::prepare::prepare(
+        &config,
+        &blobs,
+        &layers,
+        &reference,
+        &Limits::default(),
+    ))?;
+    warn_all(&prepared.warnings);
+    Ok((reference, prepared))
 }
 
 /// A multi-threaded runtime for the commands that do network I/O.

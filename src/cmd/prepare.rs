@@ -3,15 +3,12 @@
 
 use anyhow::Context;
 
-use super::{outer_subsystem, runtime};
+use super::{outer_subsystem, prepare_image, warn_all};
 use crate::bundle;
-use crate::cache::BlobStore;
 use crate::cli::PrepareArgs;
 use crate::config::{names, Purpose, Settings};
-use crate::prepare;
 use crate::progress::{self, Kind};
-use crate::registry::{ImageRef, RegistryConfig};
-use crate::unpack::{LayerStore, Limits};
+use crate::unpack::Limits;
 
 pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
     // A bundle needs the workspace user (its spec reads /etc/passwd); filling the cache does not.
@@ -25,21 +22,8 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
         .image
         .clone()
         .with_context(|| format!("{} is required", names::IMAGE))?;
-    let reference = ImageRef::parse(&image)?;
-    let (config, warnings) = RegistryConfig::from_settings(&settings)?;
-    for warning in warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
-    let blobs = BlobStore::open(&settings.state_dir)?;
-    let layers = LayerStore::open(&settings.state_dir)?;
-    let limits = Limits::default();
     let started = std::time::Instant::now();
-    let prepared = runtime()?.block_on(prepare::prepare(
-        &config, &blobs, &layers, &reference, &limits,
-    ))?;
-    for warning in &prepared.warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
+    let (reference, prepared) = prepare_image(&settings, &image)?;
     progress::emit(
         Kind::Info,
         &format!(
@@ -52,11 +36,9 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
         ),
     );
     if let Some(output) = &args.output {
-        let report = bundle::write(output, &settings, &prepared, &limits)
+        let report = bundle::write(output, &settings, &prepared, &Limits::default())
             .with_context(|| format!("writing the bundle {}", output.display()))?;
-        for warning in &report.warnings {
-            progress::emit(Kind::Info, &format!("warning: {warning}"));
-        }
+        warn_all(&report.warnings);
         progress::emit(
             Kind::Info,
             &format!("bundle written: {}", report.config.display()),

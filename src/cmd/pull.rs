@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 
-use super::{outer_subsystem, runtime};
+use super::{outer_subsystem, runtime, warn_all};
 use crate::cache::BlobStore;
 use crate::cli::PullArgs;
 use crate::config::{names, Purpose, Settings};
@@ -18,15 +18,11 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
         .with_context(|| format!("no image: give one, or set {}", names::IMAGE))?;
     let reference = ImageRef::parse(&text)?;
     let (config, warnings) = RegistryConfig::from_settings(&settings)?;
-    for warning in warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
+    warn_all(warnings);
     let store = BlobStore::open(&settings.state_dir)?;
     let started = std::time::Instant::now();
     let image = runtime()?.block_on(registry::pull(&config, &store, &reference))?;
-    for warning in &image.warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
+    warn_all(&image.warnings);
     progress::emit(
         Kind::Info,
         &format!(
