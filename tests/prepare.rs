@@ -236,3 +236,83 @@ fn cache_prune_removes_the_blobs_and_layers_of_other_images() {
         text(&again.stderr)
     );
 }
+
+#[test]
+fn a_kill_9_mid_unpack_leaves_nothing_a_later_start_takes_as_complete() {
+    if !requirements_met("kill -9 test", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let layout = tempfile::tempdir().unwrap();
+    let info = write_layout(layout.path(), "t", &[support::image::big_image(120, 2)]);
+    registry.push(layout.path(), "t", "team/big:1");
+    let reference = format!("{}/team/big:1", registry.host);
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let staging = state.path().join("layers/.staging");
+    let mut child = Command::new(ENVBOX)
+        .args([
+            "prepare",
+            "--image",
+            &reference,
+            "--insecure-registries",
+            &registry.host,
+        ])
+        .args(["--state-dir", state.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let unpacking = || {
+        std::fs::read_dir(&staging)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    };
+    while !unpacking() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(unpacking(), "never saw a layer being unpacked");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert!(unpacking(), "the killed unpack left its staging directory");
+    let complete: Vec<_> = info.diff_ids[0]
+        .iter()
+        .filter(|id| {
+            state
+                .path()
+                .join("layers")
+                .join(id.trim_start_matches("sha256:"))
+                .exists()
+        })
+        .collect();
+    assert!(
+        complete.len() < info.diff_ids[0].len(),
+        "the kill came before every layer was complete"
+    );
+
+    let out = envbox(
+        &[
+            "prepare",
+            "--image",
+            &reference,
+            "--insecure-registries",
+            &registry.host,
+            "--state-dir",
+            state.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!unpacking(), "the stale staging directory was swept");
+    for id in &info.diff_ids[0] {
+        assert!(state
+            .path()
+            .join("layers")
+            .join(id.trim_start_matches("sha256:"))
+            .is_dir());
+    }
+}
