@@ -3,16 +3,15 @@
 //! Owns: writing a bundle for a prepared image (`envbox prepare --output DIR`): the layers
 //! flattened into `DIR/rootfs` (staged and renamed by the unpack stage), the spec from the same
 //! generator `envbox docker` uses, written atomically with mode 0600 (it holds the agent
-//! token), and the host setup that spec relies on, applied. It refuses to write into a
+//! token) by the setup stage together with the host setup that spec relies on. It refuses to write into a
 //! directory that has content: a bundle is never half-overwritten.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::config::Settings;
 use crate::pipeline::{self, PipelineError};
 use crate::prepare::PreparedImage;
-use crate::setup::{self, RealSys, SetupError};
+use crate::setup::{self, Action, RealSys, SetupError};
 use crate::spec::render::{self, Secrets};
 use crate::unpack::{self, Limits, UnpackError};
 
@@ -64,20 +63,6 @@ fn ensure_empty_dir(dir: &Path) -> Result<(), BundleError> {
     }
 }
 
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), BundleError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let staging = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&staging)
-        .map_err(io("creating", &staging))?;
-    file.write_all(contents).map_err(io("writing", &staging))?;
-    file.sync_all().map_err(io("syncing", &staging))?;
-    std::fs::rename(&staging, path).map_err(io("renaming into place", path))
-}
-
 /// Writes the bundle for `image` into `dir` (absent or empty).
 pub fn write(
     dir: &Path,
@@ -96,15 +81,18 @@ pub fn write(
     })?;
     let plan = pipeline::plan_container(settings, &rootfs, &image.config)?;
     let config = dir.join("config.json");
-    write_atomic(
-        &config,
-        render::to_json(&plan.spec, Secrets::Reveal).as_bytes(),
-        0o600,
-    )?;
+    let write_config = Action::WriteFile {
+        path: config.clone(),
+        contents: render::to_json(&plan.spec, Secrets::Reveal),
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    };
     let mut warnings = flattened.warnings;
     warnings.extend(plan.warnings);
+    let actions: Vec<Action> = std::iter::once(write_config).chain(plan.actions).collect();
     warnings.extend(
-        setup::apply(&plan.actions, &RealSys)?
+        setup::apply(&actions, &RealSys)?
             .iter()
             .map(|w| w.to_string()),
     );

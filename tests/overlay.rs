@@ -38,6 +38,17 @@ fn prepared(state: &Path) -> PreparedImage {
         .unwrap()
 }
 
+fn assemble(state: &Path, image: &PreparedImage, mode: Mode) -> overlay::Rootfs {
+    overlay::assemble(
+        state,
+        &image.sources,
+        &image.layer_dirs,
+        mode,
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn an_overlay_with_a_fresh_upper_dir_each_start() {
     if !requirements_met("overlay test", false) {
@@ -45,14 +56,7 @@ fn an_overlay_with_a_fresh_upper_dir_each_start() {
     }
     let state = tempfile::tempdir_in("/var/tmp").unwrap();
     let image = prepared(state.path());
-    let rootfs = overlay::assemble(
-        state.path(),
-        &image.sources,
-        &image.layer_dirs,
-        Mode::Auto,
-        &Limits::default(),
-    )
-    .unwrap();
+    let rootfs = assemble(state.path(), &image, Mode::Auto);
     assert_eq!(rootfs.kind, RootfsKind::Overlay, "{:?}", rootfs.warnings);
     assert!(rootfs.path.join("bin/busybox").is_file());
     assert!(
@@ -76,14 +80,7 @@ fn an_overlay_with_a_fresh_upper_dir_each_start() {
     }
 
     // A new start over a stale mount (as after a kill -9): fresh upper, same layers.
-    let again = overlay::assemble(
-        state.path(),
-        &image.sources,
-        &image.layer_dirs,
-        Mode::Auto,
-        &Limits::default(),
-    )
-    .unwrap();
+    let again = assemble(state.path(), &image, Mode::Auto);
     assert!(
         !again.path.join("etc/written-at-run-time").exists(),
         "changes outside mounts do not persist"
@@ -100,27 +97,13 @@ fn a_flattened_copy_when_asked_or_when_overlayfs_refuses() {
     }
     let state = tempfile::tempdir_in("/var/tmp").unwrap();
     let image = prepared(state.path());
-    let rootfs = overlay::assemble(
-        state.path(),
-        &image.sources,
-        &image.layer_dirs,
-        Mode::Flatten,
-        &Limits::default(),
-    )
-    .unwrap();
+    let rootfs = assemble(state.path(), &image, Mode::Flatten);
     assert_eq!(rootfs.kind, RootfsKind::Flattened);
     use std::os::unix::fs::MetadataExt;
     let busybox = std::fs::metadata(rootfs.path.join("bin/busybox")).unwrap();
     assert_eq!(busybox.uid(), 100_000);
     assert!(rootfs.path.join("etc/passwd").is_file());
-    let again = overlay::assemble(
-        state.path(),
-        &image.sources,
-        &image.layer_dirs,
-        Mode::Flatten,
-        &Limits::default(),
-    )
-    .unwrap();
+    let again = assemble(state.path(), &image, Mode::Flatten);
     assert!(
         again.path.join("bin/busybox").is_file(),
         "a second start rebuilds the copy"

@@ -121,12 +121,7 @@ fn prepare_output_is_a_bundle_runc_runs() {
         &format!("envbox-bundle-{}", std::process::id()),
         &work.path().join("log"),
     );
-    let uid_map: Vec<String> = container
-        .stdout("cat /proc/self/uid_map")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(uid_map, ["0", "100000", "65536"]);
+    container.assert_envbox_id_maps();
     assert_eq!(container.stdout("hostname"), "bundle-test");
     assert_eq!(
         container.stdout("stat -c %u /bin/busybox"),

@@ -162,18 +162,7 @@ fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
         &format!("envbox-test-{}", std::process::id()),
         &work.path().join("container.log"),
     );
-    let uid_map: Vec<String> = container
-        .stdout("cat /proc/self/uid_map")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(uid_map, ["0", "100000", "65536"]);
-    let gid_map: Vec<String> = container
-        .stdout("cat /proc/self/gid_map")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(gid_map, ["0", "100000", "65536"]);
+    container.assert_envbox_id_maps();
     assert_eq!(container.stdout("hostname"), "envbox-test");
     assert_eq!(container.stdout("id -u"), "0");
 

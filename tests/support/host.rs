@@ -82,6 +82,20 @@ impl RuncContainer {
     }
 }
 
+impl RuncContainer {
+    /// Checks the container's uid and gid maps are the envbox mapping, 0 -> 100000 (65536).
+    pub fn assert_envbox_id_maps(&self) {
+        for map in ["uid_map", "gid_map"] {
+            let fields: Vec<String> = self
+                .stdout(&format!("cat /proc/self/{map}"))
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(fields, ["0", "100000", "65536"], "{map}");
+        }
+    }
+}
+
 impl Drop for RuncContainer {
     fn drop(&mut self) {
         let _ = Command::new("runc")
