@@ -14,6 +14,7 @@
 //! Everything left of `spec::build` only reads; `spec::build` is pure; `setup::apply` is the one
 //! place that changes the host (mknod, chown, write files, unmount).
 
+pub mod bootstrap;
 pub mod bundle;
 pub mod cache;
 pub mod cli;
@@ -30,6 +31,7 @@ pub mod prepare;
 pub mod progress;
 pub mod registry;
 pub mod rootfs;
+pub mod runtime;
 pub mod setup;
 pub mod spec;
 pub mod unpack;

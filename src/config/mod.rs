@@ -27,6 +27,8 @@ pub mod defaults {
     pub const ETHLINK: &str = "eth0";
     pub const STATE_DIR: &str = "/var/lib/coder/envbox";
     pub const RUN_DIR: &str = "/run/envbox";
+    /// How long a stop waits for the agent and the inner init before killing everything.
+    pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
 }
 
 /// The OCI runtime the shim runs.
@@ -115,6 +117,9 @@ pub struct Settings {
     pub run_dir: PathBuf,
     /// `ENVBOX_INSECURE_REGISTRIES`: registries reached over plain HTTP; default none.
     pub insecure_registries: Vec<String>,
+    /// `ENVBOX_STOP_TIMEOUT`: on SIGTERM, how long the agent and the inner init get to stop
+    /// before everything in the container is killed; default 90 s.
+    pub stop_timeout: std::time::Duration,
 }
 
 /// A setting that could not be accepted.
@@ -279,6 +284,12 @@ impl Settings {
                 value::parse_hosts,
             )?
             .unwrap_or_default(),
+            stop_timeout: parse_opt(
+                names::STOP_TIMEOUT,
+                &raw.stop_timeout,
+                value::parse_duration,
+            )?
+            .unwrap_or(defaults::STOP_TIMEOUT),
         })
     }
 }

@@ -53,5 +53,6 @@ names! {
     RUNTIME = "runtime", "ENVBOX_RUNTIME";
     STATE_DIR = "state-dir", "ENVBOX_STATE_DIR";
     RUN_DIR = "run-dir", "ENVBOX_RUN_DIR";
+    STOP_TIMEOUT = "stop-timeout", "ENVBOX_STOP_TIMEOUT";
     INSECURE_REGISTRIES = "insecure-registries", "ENVBOX_INSECURE_REGISTRIES";
 }

@@ -121,4 +121,9 @@ pub struct RawSettings {
     /// Per-start files (generated /etc files, device nodes, sockets) [default: /run/envbox].
     #[arg(long = names::RUN_DIR.flag, env = names::RUN_DIR.env, value_name = "DIR")]
     pub run_dir: Option<String>,
+
+    /// On SIGTERM, how long the agent and the inner init get before everything in the
+    /// workspace is killed: seconds, or 30s, 2m [default: 90s].
+    #[arg(long = names::STOP_TIMEOUT.flag, env = names::STOP_TIMEOUT.env, value_name = "DURATION")]
+    pub stop_timeout: Option<String>,
 }

@@ -20,6 +20,24 @@ impl Problem {
 
 type Parsed<T> = Result<T, Problem>;
 
+/// A duration: whole seconds (`90`), or a number with `s`, `m` or `h` (`30s`, `2m`).
+pub fn parse_duration(text: &str) -> Parsed<std::time::Duration> {
+    let expected = || Problem::new("expected seconds, or a number with s, m or h (30s, 2m)");
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number.parse().map_err(|_| expected())?;
+    let seconds = match unit {
+        "s" => Some(number),
+        "m" => number.checked_mul(60),
+        "h" => number.checked_mul(3600),
+        _ => None,
+    }
+    .ok_or_else(expected)?;
+    Ok(std::time::Duration::from_secs(seconds))
+}
+
 /// Go's `strconv.ParseBool` forms, which existing templates use.
 pub fn parse_bool(text: &str) -> Parsed<bool> {
     match text {
@@ -374,6 +392,19 @@ pub fn agent_subsystem(outer: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_a_unit() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "s", "1.5s", "-1", "10ms", "2 m", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn booleans_take_go_forms_only() {

@@ -1,0 +1,124 @@
+//! The inner container's lifecycle over containerd's gRPC API.
+//!
+//! Owns: talking to a running containerd (the one `supervise` started): removing a previous
+//! run's container and task, creating the container from a runtime spec with the runc shim
+//! (`io.containerd.runc.v2`, `BinaryName` = the configured OCI runtime), its task, exec'd
+//! processes with their stdio, signals, waiting and deleting. No image, no snapshotter: the
+//! spec's absolute `root.path` is the rootfs. It never builds specs (that is `spec`) and never
+//! touches the network (that is `network`).
+
+mod exec;
+mod io;
+pub mod options;
+mod task;
+
+use std::path::{Path, PathBuf};
+
+use containerd_client::tonic::{self, transport::Channel, Request};
+
+pub use exec::{Exec, ExecDef, ExecSignaller};
+pub use io::{OutputSink, Stream};
+pub use task::{ContainerDef, ExitStatus, Task};
+
+/// The containerd namespace envbox's container lives in.
+pub const NAMESPACE: &str = "envbox";
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("connecting to containerd at {socket}: {source}")]
+    Connect {
+        socket: PathBuf,
+        source: tonic::transport::Error,
+    },
+    #[error("containerd could not {action} {id}: {status}", status = .status.message())]
+    Call {
+        action: &'static str,
+        id: String,
+        status: tonic::Status,
+    },
+    #[error("encoding the {what} for containerd: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl RuntimeError {
+    /// Whether containerd answered "not found" (the object is already gone).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::Call { status, .. } if status.code() == tonic::Code::NotFound)
+    }
+
+    fn call(action: &'static str, id: &str) -> impl FnOnce(tonic::Status) -> RuntimeError {
+        let id = id.to_owned();
+        move |status| RuntimeError::Call { action, id, status }
+    }
+
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let path = path.to_owned();
+        move |source| RuntimeError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
+/// A connection to containerd, scoped to envbox's namespace. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    channel: Channel,
+    namespace: String,
+}
+
+impl Engine {
+    /// Connects to the containerd listening on `socket`.
+    pub async fn connect(socket: &Path) -> Result<Engine, RuntimeError> {
+        let channel =
+            containerd_client::connect(socket)
+                .await
+                .map_err(|source| RuntimeError::Connect {
+                    socket: socket.to_owned(),
+                    source,
+                })?;
+        Ok(Engine::with_channel(channel))
+    }
+
+    /// An engine over an already connected channel.
+    pub fn with_channel(channel: Channel) -> Engine {
+        Engine {
+            channel,
+            namespace: NAMESPACE.to_owned(),
+        }
+    }
+
+    /// `message` with the namespace header containerd routes by.
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        let value = self
+            .namespace
+            .parse()
+            .expect("the namespace is a valid header value");
+        request.metadata_mut().insert("containerd-namespace", value);
+        request
+    }
+
+    fn tasks(&self) -> containerd_client::services::v1::tasks_client::TasksClient<Channel> {
+        containerd_client::services::v1::tasks_client::TasksClient::new(self.channel.clone())
+    }
+
+    fn containers(
+        &self,
+    ) -> containerd_client::services::v1::containers_client::ContainersClient<Channel> {
+        containerd_client::services::v1::containers_client::ContainersClient::new(
+            self.channel.clone(),
+        )
+    }
+}
