@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use crate::config::Settings;
 use crate::host::{self, HostError};
 use crate::image::ImageConfig;
-use crate::rootfs::{self, RootfsError};
+use crate::rootfs::{self, RootfsError, RootfsFacts};
 use crate::spec::{self, ContainerPlan, SpecError, SpecInput};
 
 /// Errors of this module, each naming the stage.
@@ -23,12 +23,29 @@ pub enum PipelineError {
     Spec(#[from] SpecError),
 }
 
+/// A plan with the rootfs facts it was built from (the inner user, whether the image has an
+/// init), which the launcher needs too.
+#[derive(Debug)]
+pub struct Planned {
+    pub plan: ContainerPlan,
+    pub facts: RootfsFacts,
+}
+
 /// Reads what the spec depends on and builds the plan.
 pub fn plan_container(
     settings: &Settings,
     rootfs_path: &Path,
     image: &ImageConfig,
 ) -> Result<ContainerPlan, PipelineError> {
+    Ok(plan_with_facts(settings, rootfs_path, image)?.plan)
+}
+
+/// [`plan_container`], also returning the rootfs facts.
+pub fn plan_with_facts(
+    settings: &Settings,
+    rootfs_path: &Path,
+    image: &ImageConfig,
+) -> Result<Planned, PipelineError> {
     let facts = rootfs::read_facts(rootfs_path, &settings.username).map_err(|source| {
         PipelineError::Rootfs {
             path: rootfs_path.to_owned(),
@@ -36,11 +53,12 @@ pub fn plan_container(
         }
     })?;
     let host = host::gather(settings)?;
-    Ok(spec::build(&SpecInput {
+    let plan = spec::build(&SpecInput {
         settings,
         rootfs_path,
         rootfs: &facts,
         image,
         host: &host,
-    })?)
+    })?;
+    Ok(Planned { plan, facts })
 }

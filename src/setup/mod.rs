@@ -73,6 +73,25 @@ pub fn apply(actions: &[Action], sys: &dyn Sys) -> Result<Vec<SetupWarning>, Set
     Ok(warnings)
 }
 
+/// Changes the owner of a mount source. A read-only mount point (a Kubernetes `readOnly`
+/// volume) is remounted read-write for the change and read-only again right after, so the
+/// source stays read-only outside as well as inside (the Go envbox left it read-write).
+fn chown_mount_source(sys: &dyn Sys, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    match sys.chown(path, uid, gid) {
+        Err(e) if e.raw_os_error() == Some(Errno::EROFS as i32) => {
+            if sys.remount(path, false).is_err() {
+                // Not a mount point of its own (inside a read-only mount): the chown's error
+                // is the one that explains it.
+                return Err(e);
+            }
+            let changed = sys.chown(path, uid, gid);
+            let restored = sys.remount(path, true);
+            changed.and(restored)
+        }
+        other => other,
+    }
+}
+
 fn apply_one(action: &Action, sys: &dyn Sys) -> Result<Option<SetupWarning>, SetupError> {
     match action {
         Action::UnmountBestEffort { path } => return Ok(unmount(sys, path)),
@@ -120,13 +139,12 @@ fn apply_one(action: &Action, sys: &dyn Sys) -> Result<Option<SetupWarning>, Set
             })
         }
         Action::Chown { path, uid, gid } => {
-            sys.chown(path, *uid, *gid)
-                .map_err(|source| SetupError::Chown {
-                    path: path.clone(),
-                    uid: *uid,
-                    gid: *gid,
-                    source,
-                })
+            chown_mount_source(sys, path, *uid, *gid).map_err(|source| SetupError::Chown {
+                path: path.clone(),
+                uid: *uid,
+                gid: *gid,
+                source,
+            })
         }
         Action::RootfsSymlink {
             rootfs,

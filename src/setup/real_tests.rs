@@ -236,3 +236,45 @@ fn symlink_in_root_gives_up_on_symlink_loops() {
         Some(nix::errno::Errno::ELOOP as i32)
     );
 }
+
+#[test]
+fn a_read_only_bind_mount_source_is_chowned_and_stays_read_only() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("volume");
+    fs::create_dir(&source).unwrap();
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    mount(
+        Some(&source),
+        &source,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID;
+    mount(None::<&str>, &source, None::<&str>, ro, None::<&str>).unwrap();
+    let result = apply(
+        &[Action::Chown {
+            path: source.clone(),
+            uid: 101000,
+            gid: 101000,
+        }],
+        &RealSys,
+    );
+    let still_ro = fs::write(source.join("probe"), "x");
+    let table = crate::mountinfo::MountTable::read_self().unwrap();
+    let entry = table
+        .entries
+        .iter()
+        .rev()
+        .find(|e| e.mount_point == source)
+        .cloned();
+    umount2(&source, MntFlags::MNT_DETACH).unwrap();
+    result.unwrap();
+    assert_eq!(fs::metadata(&source).unwrap().uid(), 101000);
+    assert!(still_ro.is_err(), "the source is read-only again");
+    let entry = entry.unwrap();
+    assert!(entry.is_read_only());
+    assert_eq!(entry.locked_flags(), ["nosuid"], "locked flags kept");
+}

@@ -40,6 +40,10 @@ pub enum Call {
     Umount {
         path: PathBuf,
     },
+    Remount {
+        path: PathBuf,
+        read_only: bool,
+    },
     SymlinkInRoot {
         rootfs: PathBuf,
         path: PathBuf,
@@ -58,6 +62,7 @@ pub enum Op {
     WriteFileAtomic,
     MknodChar,
     Umount,
+    Remount,
     SymlinkInRoot,
 }
 
@@ -71,6 +76,7 @@ impl Call {
             Call::WriteFileAtomic { .. } => Op::WriteFileAtomic,
             Call::MknodChar { .. } => Op::MknodChar,
             Call::Umount { .. } => Op::Umount,
+            Call::Remount { .. } => Op::Remount,
             Call::SymlinkInRoot { .. } => Op::SymlinkInRoot,
         }
     }
@@ -84,6 +90,7 @@ impl Call {
             | Call::WriteFileAtomic { path, .. }
             | Call::MknodChar { path, .. }
             | Call::Umount { path }
+            | Call::Remount { path, .. }
             | Call::SymlinkInRoot { path, .. } => path,
         }
     }
@@ -94,11 +101,16 @@ struct Failure {
     op: Option<Op>,
     path: PathBuf,
     errno: Errno,
+    /// Fails only the first matching call.
+    once: bool,
+    used: std::cell::Cell<bool>,
 }
 
 impl Failure {
     fn matches(&self, call: &Call) -> bool {
-        self.path == call.path() && self.op.is_none_or(|op| op == call.op())
+        self.path == call.path()
+            && self.op.is_none_or(|op| op == call.op())
+            && !(self.once && self.used.get())
     }
 }
 
@@ -120,6 +132,8 @@ impl RecordingSys {
             op: None,
             path: path.into(),
             errno,
+            once: false,
+            used: Default::default(),
         });
         self
     }
@@ -130,6 +144,20 @@ impl RecordingSys {
             op: Some(op),
             path: path.into(),
             errno,
+            once: false,
+            used: Default::default(),
+        });
+        self
+    }
+
+    /// Only the first call of `op` on `path` fails with `errno`; later ones succeed.
+    pub fn fail_op_once(mut self, op: Op, path: impl Into<PathBuf>, errno: Errno) -> Self {
+        self.failures.push(Failure {
+            op: Some(op),
+            path: path.into(),
+            errno,
+            once: true,
+            used: Default::default(),
         });
         self
     }
@@ -143,7 +171,10 @@ impl RecordingSys {
         let failure = self.failures.iter().find(|f| f.matches(&call));
         self.calls.borrow_mut().push(call);
         match failure {
-            Some(f) => Err(f.errno.into()),
+            Some(f) => {
+                f.used.set(true);
+                Err(f.errno.into())
+            }
             None => Ok(()),
         }
     }
@@ -187,6 +218,13 @@ impl Sys for RecordingSys {
 
     fn umount(&self, path: &Path) -> io::Result<()> {
         self.record(Call::Umount { path: path.into() })
+    }
+
+    fn remount(&self, path: &Path, read_only: bool) -> io::Result<()> {
+        self.record(Call::Remount {
+            path: path.into(),
+            read_only,
+        })
     }
 
     fn symlink_in_root(

@@ -12,10 +12,11 @@ use std::os::unix::fs::{lchown, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::mount::{umount2, MntFlags};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
 use super::in_root;
+use crate::mountinfo::MountTable;
 
 /// One method per host primitive. Paths are absolute in the outer container, except `path`
 /// of [`Sys::symlink_in_root`], which is inside `rootfs`.
@@ -34,6 +35,9 @@ pub trait Sys {
     fn mknod_char(&self, path: &Path, major: u64, minor: u64, mode: u32) -> io::Result<()>;
     /// Lazily unmounts `path` (`MNT_DETACH`). `EINVAL` means it was not a mount point.
     fn umount(&self, path: &Path) -> io::Result<()>;
+    /// Remounts the mount point `path` read-only or read-write, keeping the flags its mount
+    /// locks (`nosuid`, `nodev`, `noexec`, atime). `EINVAL` when `path` is not a mount point.
+    fn remount(&self, path: &Path, read_only: bool) -> io::Result<()>;
     /// Creates the symlink `path -> target` inside `rootfs`, every component resolved in-root;
     /// missing parents are created `0755`; the parents it creates and the link are owned by
     /// `uid:gid`; a non-directory at `path` is replaced, a directory is an error.
@@ -82,6 +86,38 @@ impl Sys for RealSys {
 
     fn umount(&self, path: &Path) -> io::Result<()> {
         Ok(umount2(path, MntFlags::MNT_DETACH)?)
+    }
+
+    fn remount(&self, path: &Path, read_only: bool) -> io::Result<()> {
+        let table = MountTable::read_self().map_err(io::Error::other)?;
+        let entry = table
+            .entries
+            .iter()
+            .rev()
+            .find(|e| e.mount_point == path)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+        for flag in entry.locked_flags() {
+            flags |= match flag {
+                "nosuid" => MsFlags::MS_NOSUID,
+                "nodev" => MsFlags::MS_NODEV,
+                "noexec" => MsFlags::MS_NOEXEC,
+                "noatime" => MsFlags::MS_NOATIME,
+                "nodiratime" => MsFlags::MS_NODIRATIME,
+                "strictatime" => MsFlags::MS_STRICTATIME,
+                _ => MsFlags::empty(),
+            };
+        }
+        if read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        Ok(mount(
+            None::<&str>,
+            path,
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )?)
     }
 
     fn symlink_in_root(

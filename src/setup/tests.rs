@@ -257,3 +257,52 @@ fn every_other_action_kind_fails_with_its_own_variant() {
         "creating symlink /usr/lib64/libcuda.so -> libcuda.so.1 inside rootfs /var/lib/envbox/rootfs: "
     ));
 }
+
+#[test]
+fn a_read_only_mount_source_is_remounted_rw_for_the_chown_and_ro_again() {
+    let source = p("/mnt/readonly-volume");
+    let sys = RecordingSys::new().fail_op_once(Op::Chown, &source, Errno::EROFS);
+    let actions = [Action::Chown {
+        path: source.clone(),
+        uid: 101000,
+        gid: 101000,
+    }];
+    apply(&actions, &sys).unwrap();
+    let chown = Call::Chown {
+        path: source.clone(),
+        uid: 101000,
+        gid: 101000,
+    };
+    assert_eq!(
+        sys.calls(),
+        vec![
+            chown.clone(),
+            Call::Remount {
+                path: source.clone(),
+                read_only: false
+            },
+            chown,
+            Call::Remount {
+                path: source,
+                read_only: true
+            },
+        ]
+    );
+}
+
+#[test]
+fn a_read_only_source_that_is_not_a_mount_point_reports_the_chown_error() {
+    let source = p("/ro/inside/a/mount");
+    let sys = RecordingSys::new()
+        .fail_op(Op::Chown, &source, Errno::EROFS)
+        .fail_op(Op::Remount, &source, Errno::EINVAL);
+    let actions = [Action::Chown {
+        path: source.clone(),
+        uid: 100000,
+        gid: 100000,
+    }];
+    let error = apply(&actions, &sys).unwrap_err().to_string();
+    assert!(error.contains("/ro/inside/a/mount"), "{error}");
+    assert!(error.contains("Read-only file system"), "{error}");
+    assert_eq!(sys.calls().len(), 2, "no chown retried: {:?}", sys.calls());
+}
