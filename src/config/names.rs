@@ -54,4 +54,5 @@ names! {
     STATE_DIR = "state-dir", "ENVBOX_STATE_DIR";
     RUN_DIR = "run-dir", "ENVBOX_RUN_DIR";
     INSECURE_REGISTRIES = "insecure-registries", "ENVBOX_INSECURE_REGISTRIES";
+    CNI_PATH = "cni-path", "ENVBOX_CNI_PATH";
 }

@@ -121,4 +121,8 @@ pub struct RawSettings {
     /// Per-start files (generated /etc files, device nodes, sockets) [default: /run/envbox].
     #[arg(long = names::RUN_DIR.flag, env = names::RUN_DIR.env, value_name = "DIR")]
     pub run_dir: Option<String>,
+
+    /// Directory of the CNI plugins (bridge, host-local, portmap, loopback) [default: /usr/lib/cni].
+    #[arg(long = names::CNI_PATH.flag, env = names::CNI_PATH.env, value_name = "DIR")]
+    pub cni_path: Option<String>,
 }
