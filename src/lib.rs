@@ -25,6 +25,7 @@ pub mod gpu;
 pub mod host;
 pub mod image;
 pub mod mountinfo;
+pub mod network;
 pub mod overlay;
 pub mod pipeline;
 pub mod prepare;

@@ -29,6 +29,7 @@ pub mod defaults {
     pub const RUN_DIR: &str = "/run/envbox";
     /// How long a stop waits for the agent and the inner init before killing everything.
     pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+    pub const CNI_PATH: &str = "/usr/lib/cni";
 }
 
 /// The OCI runtime the shim runs.
@@ -115,6 +116,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// `ENVBOX_RUN_DIR`; default `/run/envbox`.
     pub run_dir: PathBuf,
+    /// `ENVBOX_CNI_PATH`: where the CNI plugins are; default `/usr/lib/cni`.
+    pub cni_path: PathBuf,
     /// `ENVBOX_INSECURE_REGISTRIES`: registries reached over plain HTTP; default none.
     pub insecure_registries: Vec<String>,
     /// `ENVBOX_STOP_TIMEOUT`: on SIGTERM, how long the agent and the inner init get to stop
@@ -278,6 +281,8 @@ impl Settings {
                 .unwrap_or_else(|| defaults::STATE_DIR.into()),
             run_dir: parse_path(names::RUN_DIR, &raw.run_dir)?
                 .unwrap_or_else(|| defaults::RUN_DIR.into()),
+            cni_path: parse_path(names::CNI_PATH, &raw.cni_path)?
+                .unwrap_or_else(|| defaults::CNI_PATH.into()),
             insecure_registries: parse_opt(
                 names::INSECURE_REGISTRIES,
                 &raw.insecure_registries,
@@ -332,6 +337,7 @@ mod tests {
         assert_eq!(s.runtime, Runtime::SysboxRunc);
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/coder/envbox"));
         assert_eq!(s.run_dir, PathBuf::from("/run/envbox"));
+        assert_eq!(s.cni_path, PathBuf::from("/usr/lib/cni"));
         assert_eq!(s.agent_subsystem, "envbox");
         assert_eq!(s.ethlink, "eth0");
         assert!(!s.add_tun && !s.add_fuse && !s.add_gpu && !s.disable_idmapped_mount);

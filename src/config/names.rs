@@ -55,4 +55,5 @@ names! {
     RUN_DIR = "run-dir", "ENVBOX_RUN_DIR";
     STOP_TIMEOUT = "stop-timeout", "ENVBOX_STOP_TIMEOUT";
     INSECURE_REGISTRIES = "insecure-registries", "ENVBOX_INSECURE_REGISTRIES";
+    CNI_PATH = "cni-path", "ENVBOX_CNI_PATH";
 }

@@ -126,4 +126,8 @@ pub struct RawSettings {
     /// workspace is killed: seconds, or 30s, 2m [default: 90s].
     #[arg(long = names::STOP_TIMEOUT.flag, env = names::STOP_TIMEOUT.env, value_name = "DURATION")]
     pub stop_timeout: Option<String>,
+
+    /// Directory of the CNI plugins (bridge, host-local, portmap, loopback) [default: /usr/lib/cni].
+    #[arg(long = names::CNI_PATH.flag, env = names::CNI_PATH.env, value_name = "DIR")]
+    pub cni_path: Option<String>,
 }

@@ -30,6 +30,47 @@ pub fn requirements_met(what: &str, needs_runc: bool) -> bool {
     false
 }
 
+/// The CNI plugins the network stage runs, where Debian's containernetworking-plugins puts them.
+pub const CNI_PATH: &str = "/usr/lib/cni";
+
+/// Like [`requirements_met`], for tests of the real CNI plugins: root, the plugins,
+/// `iptables`, `ip`, `nsenter`, `unshare` and busybox (its `nc`).
+pub fn network_requirements_met(what: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_owned());
+    }
+    for plugin in ["bridge", "host-local", "portmap", "loopback"] {
+        if !Path::new(CNI_PATH).join(plugin).exists() {
+            missing.push(format!(
+                "{CNI_PATH}/{plugin} (apt-get install containernetworking-plugins)"
+            ));
+        }
+    }
+    for (tool, version, package) in [
+        ("iptables", "--version", "iptables"),
+        ("ip", "-V", "iproute2"),
+        ("nsenter", "--version", "util-linux"),
+        ("unshare", "--version", "util-linux"),
+    ] {
+        if Command::new(tool).arg(version).output().is_err() {
+            missing.push(format!("{tool} (apt-get install {package})"));
+        }
+    }
+    if !Path::new(BUSYBOX).exists() {
+        missing.push(format!("{BUSYBOX} (apt-get install busybox-static)"));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("{what} needs: {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
 /// A runc container removed (killed) on drop.
 pub struct RuncContainer {
     pub id: String,

@@ -1,0 +1,344 @@
+//! The chaining, caching and cleanup logic against a recording stand-in for the plugins.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use super::fake::{failed, kind, ok, stdin, FakeSys, NETNS};
+use super::*;
+use crate::config::{Purpose, RawSettings, Settings};
+
+fn plan(run_dir: &Path) -> NetworkPlan {
+    let raw = RawSettings {
+        image: Some("ubuntu".into()),
+        username: Some("coder".into()),
+        run_dir: Some(run_dir.to_str().unwrap().into()),
+        ..Default::default()
+    };
+    let settings = Settings::from_raw(&raw, None, Purpose::Docker).unwrap();
+    let mtu = LinkMtu::Read {
+        link: "eth0".into(),
+        mtu: 1450,
+    };
+    NetworkPlan::new(&settings, "ws1", &mtu).unwrap()
+}
+
+fn network(dir: &tempfile::TempDir, sys: FakeSys) -> Network<FakeSys> {
+    Network::with_sys(plan(dir.path()), sys)
+}
+
+#[test]
+fn add_chains_prev_result_and_caches_the_final_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, FakeSys::plain());
+    let attachment = net.add(Path::new(NETNS)).unwrap();
+    assert_eq!(
+        net.sys.kinds(),
+        ["loopback ADD", "bridge ADD", "portmap ADD"]
+    );
+
+    let lo = net.sys.call("loopback ADD");
+    assert_eq!(lo.env_var("CNI_IFNAME"), Some("lo"));
+    assert_eq!(stdin(&lo)["name"], json!("envbox-loopback"));
+    let bridge = net.sys.call("bridge ADD");
+    let bridge_in = stdin(&bridge);
+    assert_eq!(bridge.program, PathBuf::from("/usr/lib/cni/bridge"));
+    assert_eq!(bridge_in["cniVersion"], json!("1.0.0"));
+    assert_eq!(bridge_in["name"], json!("envbox"));
+    assert_eq!(
+        bridge_in["runtimeConfig"],
+        json!({"ips": ["172.19.0.2/30"]})
+    );
+    assert!(
+        bridge_in.get("prevResult").is_none(),
+        "the first plugin has none"
+    );
+    let portmap_in = stdin(&net.sys.call("portmap ADD"));
+    let bridge_out = net.sys.behave(&bridge).unwrap().stdout;
+    assert_eq!(
+        portmap_in["prevResult"],
+        serde_json::from_slice::<Value>(&bridge_out).unwrap()
+    );
+    assert!(
+        portmap_in.get("runtimeConfig").is_none(),
+        "no port mappings given"
+    );
+
+    assert_eq!(attachment.address, std::net::Ipv4Addr::new(172, 19, 0, 2));
+    assert_eq!(attachment.gateway, std::net::Ipv4Addr::new(172, 19, 0, 1));
+    assert_eq!(
+        (
+            attachment.interface.as_str(),
+            attachment.prefix,
+            attachment.mtu
+        ),
+        ("eth0", 30, 1450)
+    );
+    assert_eq!(attachment.host_veth.as_deref(), Some("veth1234"));
+    let cached = state::read(&net.plan.cache_path()).unwrap().unwrap();
+    assert_eq!(
+        cached.result.as_ref().unwrap()["ips"][0]["address"],
+        json!("172.19.0.2/30")
+    );
+    assert_eq!(cached.netns_id, NetnsId { dev: 4, ino: 77 });
+}
+
+#[test]
+fn plugins_get_exactly_the_cni_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, FakeSys::plain());
+    net.add(Path::new(NETNS)).unwrap();
+    let mut env = net.sys.call("bridge ADD").env;
+    env.sort();
+    let expected: Vec<(String, String)> = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "ws1"),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_NETNS", NETNS),
+        ("CNI_PATH", "/usr/lib/cni"),
+        ("PATH", plan::PLUGIN_PATH),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    assert_eq!(env, expected);
+}
+
+#[test]
+fn del_runs_in_reverse_with_the_cached_result_then_sweeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, FakeSys::plain());
+    let attachment = net.add(Path::new(NETNS)).unwrap();
+    let final_result = state::read(&net.plan.cache_path()).unwrap().unwrap().result;
+    net.sys.calls.borrow_mut().clear();
+    net.del(&attachment).unwrap();
+    let chain = masq::chain_name("envbox", "ws1");
+    assert_eq!(
+        net.sys.kinds(),
+        [
+            "portmap DEL",
+            "bridge DEL",
+            "loopback DEL",
+            &format!("iptables -S {chain}")
+        ]
+    );
+    for plugin in ["portmap DEL", "bridge DEL"] {
+        let inv = net.sys.call(plugin);
+        assert_eq!(
+            Some(stdin(&inv)["prevResult"].clone()),
+            final_result,
+            "{plugin}"
+        );
+        assert_eq!(inv.env_var("CNI_NETNS"), Some(NETNS));
+    }
+    assert_eq!(
+        net.sys.call("loopback DEL").env_var("CNI_IFNAME"),
+        Some("lo")
+    );
+    assert_eq!(state::read(&net.plan.cache_path()).unwrap(), None);
+}
+
+#[test]
+fn a_plugin_error_is_typed_and_the_partial_add_is_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = FakeSys::new(|inv| {
+        (kind(inv) == "portmap ADD").then(|| {
+            failed(
+                r#"{"cniVersion":"1.0.0","code":7,"msg":"bad config","details":"x"}"#,
+                "",
+            )
+        })
+    });
+    let net = network(&dir, sys);
+    let err = net.add(Path::new(NETNS)).unwrap_err();
+    assert!(
+        matches!(&err, NetworkError::Plugin { plugin, command: CniCommand::Add, code: 7, msg, .. }
+            if plugin == "portmap" && msg == "bad config"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "CNI plugin portmap ADD failed (code 7): bad config (x)"
+    );
+    let kinds = net.sys.kinds();
+    assert_eq!(
+        kinds[3..6],
+        ["portmap DEL", "bridge DEL", "loopback DEL"],
+        "{kinds:?}"
+    );
+    assert_eq!(
+        state::read(&net.plan.cache_path()).unwrap(),
+        None,
+        "undone: no cache"
+    );
+}
+
+#[test]
+fn output_that_is_not_a_cni_error_is_shown_as_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = FakeSys::new(|inv| (kind(inv) == "bridge ADD").then(|| failed("", "panic: boom")));
+    let err = network(&dir, sys)
+        .add(Path::new(NETNS))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "CNI plugin bridge ADD failed (exit status: 1) without a CNI error: panic: boom"
+    );
+}
+
+#[test]
+fn a_missing_plugin_names_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = FakeSys::new(|inv| {
+        (kind(inv) == "loopback ADD").then(|| Err(io::Error::from(io::ErrorKind::NotFound)))
+    });
+    let err = network(&dir, sys)
+        .add(Path::new(NETNS))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("loopback ADD: cannot run /usr/lib/cni/loopback"),
+        "{err}"
+    );
+    assert!(err.contains("ENVBOX_CNI_PATH"), "{err}");
+}
+
+#[test]
+fn another_address_than_the_one_in_etc_hosts_is_refused_and_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = FakeSys::new(|inv| {
+        (kind(inv) == "portmap ADD").then(|| {
+            let mut result = stdin(inv)["prevResult"].clone();
+            result["ips"][0]["address"] = json!("172.19.0.3/30");
+            ok(&serde_json::to_vec(&result).unwrap())
+        })
+    });
+    let net = network(&dir, sys);
+    let err = net.add(Path::new(NETNS)).unwrap_err();
+    assert!(
+        matches!(&err, NetworkError::UnexpectedAddress { got, .. } if got == "172.19.0.3/30"),
+        "{err:?}"
+    );
+    assert!(net.sys.kinds().contains(&"bridge DEL".to_owned()));
+    assert_eq!(state::read(&net.plan.cache_path()).unwrap(), None);
+}
+
+#[test]
+fn add_refuses_while_a_previous_attachment_is_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, FakeSys::plain());
+    net.add(Path::new(NETNS)).unwrap();
+    let err = net.add(Path::new(NETNS)).unwrap_err().to_string();
+    assert!(
+        err.contains("cleanup_stale") && err.contains("\"ws1\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn stale_cleanup_after_the_namespace_died_releases_the_lease_and_sweeps_iptables() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = network(&dir, FakeSys::plain());
+    first.add(Path::new(NETNS)).unwrap();
+    drop(first); // killed: no DEL
+
+    let sys = FakeSys::plain();
+    sys.netns.borrow_mut().clear(); // the namespace is gone
+    let chain = masq::chain_name("envbox", "ws1");
+    sys.chains.borrow_mut().push(chain.clone());
+    let net = network(&dir, sys);
+    let cleaned = net.cleanup_stale().unwrap().unwrap();
+    assert_eq!((cleaned.netns_existed, cleaned.add_finished), (false, true));
+    assert_eq!(cleaned.container_id, "ws1");
+    assert_eq!(
+        net.sys.call("bridge DEL").env_var("CNI_NETNS"),
+        Some(""),
+        "never entered"
+    );
+    let kinds = net.sys.kinds();
+    assert_eq!(
+        kinds[3..],
+        [
+            format!("iptables -S {chain}"),
+            format!("iptables -C POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
+            format!("iptables -D POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
+            format!("iptables -F {chain}"),
+            format!("iptables -X {chain}"),
+        ]
+    );
+    assert_eq!(net.cleanup_stale().unwrap(), None, "nothing left");
+}
+
+#[test]
+fn a_reused_namespace_path_is_not_entered() {
+    let dir = tempfile::tempdir().unwrap();
+    network(&dir, FakeSys::plain())
+        .add(Path::new(NETNS))
+        .unwrap();
+    let sys = FakeSys::plain();
+    sys.netns
+        .borrow_mut()
+        .insert(NETNS.into(), NetnsId { dev: 4, ino: 78 });
+    let net = network(&dir, sys);
+    assert!(!net.cleanup_stale().unwrap().unwrap().netns_existed);
+    assert_eq!(net.sys.call("bridge DEL").env_var("CNI_NETNS"), Some(""));
+}
+
+#[test]
+fn stale_cleanup_ignores_gone_but_reports_other_errors_and_keeps_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    network(&dir, FakeSys::plain())
+        .add(Path::new(NETNS))
+        .unwrap();
+
+    let sys = FakeSys::new(|inv| {
+        (kind(inv) == "portmap DEL").then(|| failed(r#"{"code":999,"msg":"could not teardown ipv4 dnat: running [/usr/sbin/iptables -t nat -X CNI-DN-x --wait]: exit status 1: iptables: Resource busy."}"#, ""))
+    });
+    let net = network(&dir, sys);
+    let err = net.cleanup_stale().unwrap_err();
+    assert!(
+        matches!(err, NetworkError::Plugin { ref plugin, command: CniCommand::Del, .. } if plugin == "portmap"),
+        "{err:?}"
+    );
+    assert!(
+        net.sys.kinds().contains(&"bridge DEL".to_owned()),
+        "the other DELs still ran"
+    );
+    assert!(
+        state::read(&net.plan.cache_path()).unwrap().is_some(),
+        "kept for a retry"
+    );
+
+    let sys = FakeSys::new(|inv| {
+        (kind(inv) == "bridge DEL").then(|| failed(r#"{"code":3,"msg":"unknown container"}"#, ""))
+    });
+    let net = network(&dir, sys);
+    let cleaned = net.cleanup_stale().unwrap().unwrap();
+    assert_eq!(
+        cleaned.ignored,
+        ["CNI plugin bridge DEL failed (code 3): unknown container"]
+    );
+    assert_eq!(state::read(&net.plan.cache_path()).unwrap(), None);
+}
+
+#[test]
+fn a_crash_during_add_leaves_a_record_whose_del_has_no_prev_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(&dir, FakeSys::plain());
+    // What add() caches before its first ADD, as a killed envbox would leave it.
+    let pending = net
+        .plan
+        .pending_record(Path::new(NETNS), NetnsId { dev: 4, ino: 77 });
+    std::fs::create_dir_all(&net.plan.state_dir).unwrap();
+    state::write(&net.plan.cache_path(), &pending).unwrap();
+    let cleaned = net.cleanup_stale().unwrap().unwrap();
+    assert!(!cleaned.add_finished && cleaned.netns_existed);
+    let bridge = net.sys.call("bridge DEL");
+    assert!(stdin(&bridge).get("prevResult").is_none());
+    assert_eq!(
+        stdin(&bridge)["runtimeConfig"],
+        json!({"ips": ["172.19.0.2/30"]})
+    );
+}
