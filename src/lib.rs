@@ -24,6 +24,7 @@ pub mod digest;
 pub mod gpu;
 pub mod host;
 pub mod image;
+pub mod launch;
 pub mod mountinfo;
 pub mod network;
 pub mod overlay;

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use envbox::cache::BlobStore;
@@ -59,6 +61,12 @@ fn an_overlay_with_a_fresh_upper_dir_each_start() {
     let rootfs = assemble(state.path(), &image, Mode::Auto);
     assert_eq!(rootfs.kind, RootfsKind::Overlay, "{:?}", rootfs.warnings);
     assert!(rootfs.path.join("bin/busybox").is_file());
+    let top = fs::metadata(&rootfs.path).unwrap();
+    assert_eq!(
+        (top.uid(), top.gid(), top.mode() & 0o7777),
+        (100_000, 100_000, 0o755),
+        "the merged root is the workspace's root, shifted"
+    );
     assert!(
         rootfs.path.join("etc/passwd").is_file(),
         "upper layers are visible"

@@ -1,17 +1,18 @@
 //! `envbox docker`: the pod's entrypoint.
 //!
-//! Today it validates the settings, pulls the image, unpacks its layers into the cache on the
-//! volume, assembles the rootfs (overlay, or a flattened copy) and generates the runtime spec,
-//! then stops: launching through containerd (issue 5) is not built yet, and it says so rather
-//! than pretending.
+//! Validates the settings, then hands over to [`crate::launch`], giving it the image
+//! preparation step (registry wiring lives here, at the top). Errors end up in the progress
+//! log, `/dev/termination-log` and the exit status (see `main.rs`).
 
-use super::{outer_subsystem, prepare_image, warn_all};
+use super::{outer_subsystem, runtime, warn_all};
+use crate::cache::BlobStore;
 use crate::cli::DockerArgs;
 use crate::config::{Purpose, Settings};
-use crate::overlay;
-use crate::pipeline;
+use crate::launch;
+use crate::prepare::PreparedImage;
 use crate::progress::{self, Kind};
-use crate::unpack::Limits;
+use crate::registry::{ImageRef, RegistryConfig};
+use crate::unpack::{LayerStore, Limits};
 
 pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(
@@ -20,36 +21,37 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
         Purpose::Docker,
     )?;
     let image = settings.image.clone().unwrap_or_default();
-    progress::emit(Kind::Info, &format!("Preparing image {image}..."));
-    let (reference, prepared) = prepare_image(&settings, &image)?;
-    progress::emit(
-        Kind::Info,
-        &format!(
-            "Image {reference} ({}) ready: {} layer(s), {} unpacked now",
-            prepared.pulled.manifest_digest,
-            prepared.layer_dirs.len(),
-            prepared.layers_unpacked
-        ),
+    let reference = ImageRef::parse(&image)?;
+    let (config, warnings) = RegistryConfig::from_settings(&settings)?;
+    warn_all(warnings);
+    let blobs = BlobStore::open(&settings.state_dir)?;
+    let layers = LayerStore::open(&settings.state_dir)?;
+    let prepare: launch::PrepareFn =
+        Box::new(move || Box::pin(prepare(config, blobs, layers, reference)));
+    runtime()?.block_on(launch::run(&settings, prepare))?;
+    progress::emit(Kind::Info, "Workspace stopped");
+    Ok(())
+}
+
+/// Pulls and unpacks the image, logging what it did.
+async fn prepare(
+    config: RegistryConfig,
+    blobs: BlobStore,
+    layers: LayerStore,
+    reference: ImageRef,
+) -> anyhow::Result<PreparedImage> {
+    progress::emit(Kind::Info, &format!("Preparing image {reference}..."));
+    let prepared =
+        crate::prepare::prepare(&config, &blobs, &layers, &reference, &Limits::default()).await?;
+    for warning in &prepared.warnings {
+        progress::emit(Kind::Info, &format!("warning: {warning}"));
+    }
+    let line = format!(
+        "Image {reference} ({}) ready: {} layer(s), {} unpacked now",
+        prepared.pulled.manifest_digest,
+        prepared.layer_dirs.len(),
+        prepared.layers_unpacked
     );
-    let rootfs = overlay::assemble(
-        &settings.state_dir,
-        &prepared.sources,
-        &prepared.layer_dirs,
-        overlay::Mode::Auto,
-        &Limits::default(),
-    )?;
-    warn_all(&rootfs.warnings);
-    let plan = pipeline::plan_container(&settings, &rootfs.path, &prepared.config);
-    overlay::release(&rootfs)?;
-    let plan = plan?;
-    warn_all(&plan.warnings);
-    progress::emit(
-        Kind::Info,
-        &format!(
-            "Runtime spec ready ({} mounts, {} setup actions)",
-            plan.spec.mounts().as_ref().map_or(0, Vec::len),
-            plan.actions.len()
-        ),
-    );
-    anyhow::bail!("starting the workspace is not implemented yet: this build of envbox prepares the image and its runtime spec (envbox docker, envbox prepare, envbox spec) but does not launch it")
+    progress::emit(Kind::Info, &line);
+    Ok(prepared)
 }

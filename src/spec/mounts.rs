@@ -119,10 +119,12 @@ pub fn bind_options(host: &HostFacts, source: &Path, read_only: bool) -> Vec<Str
     options
 }
 
-/// Owner of a bind source: the workspace user for `/root` and `/home/<name>`, else root.
-pub fn source_owner(source: &Path, rootfs: &RootfsFacts) -> (u32, u32) {
+/// Owner of a bind source: the workspace user for a source `/root` or `/home/<name>` (the Go
+/// envbox's rule) and for any source mounted at the user's home directory, else root.
+pub fn source_owner(source: &Path, destination: &Path, rootfs: &RootfsFacts) -> (u32, u32) {
     let is_home = source == Path::new("/root")
-        || (source.starts_with("/home") && source.components().count() == 3);
+        || (source.starts_with("/home") && source.components().count() == 3)
+        || destination == rootfs.user.home;
     if is_home {
         (ID_SHIFT + rootfs.user.uid, ID_SHIFT + rootfs.user.gid)
     } else {
@@ -168,7 +170,7 @@ pub fn plan(
                 mount.destination.display()
             ));
         }
-        let (uid, gid) = source_owner(&mount.source, rootfs);
+        let (uid, gid) = source_owner(&mount.source, &mount.destination, rootfs);
         actions.push(Action::Chown {
             path: mount.source.clone(),
             uid,

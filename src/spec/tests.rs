@@ -232,7 +232,9 @@ fn without_tun_and_fuse_there_are_no_such_rules() {
 #[test]
 fn mounts_keep_order_ro_and_ownership() {
     let mut r = raw();
-    r.mounts = Some("/home/coder:/home/coder,/srv/data:/data:ro,/root:/root".into());
+    r.mounts = Some(
+        "/home/coder:/home/coder,/srv/data:/data:ro,/root:/root,/pvc/homes/c:/home/coder/x,/pvc/h:/home/coder".into(),
+    );
     let p = plan(&r);
     let destinations: Vec<_> = p
         .spec
@@ -262,6 +264,9 @@ fn mounts_keep_order_ro_and_ownership() {
             (PathBuf::from("/home/coder"), 101_000, 101_001),
             (PathBuf::from("/srv/data"), ID_SHIFT, ID_SHIFT),
             (PathBuf::from("/root"), 101_000, 101_001),
+            (PathBuf::from("/pvc/homes/c"), ID_SHIFT, ID_SHIFT),
+            // Mounted at the user's home: the user's, whatever the source path.
+            (PathBuf::from("/pvc/h"), 101_000, 101_001),
         ]
     );
     let state_dirs: Vec<_> = p

@@ -144,3 +144,35 @@ impl Drop for RuncContainer {
             .output();
     }
 }
+
+/// Like [`network_requirements_met`], for tests of `envbox docker` end to end: also runc,
+/// containerd (and its runc shim) and the registry tools.
+pub fn launch_requirements_met(what: &str) -> bool {
+    if !network_requirements_met(what) {
+        return false;
+    }
+    let mut missing = Vec::new();
+    for (tool, package) in [
+        ("runc", "runc"),
+        ("containerd", "containerd"),
+        ("containerd-shim-runc-v2", "containerd"),
+        ("docker-registry", "docker-registry"),
+        ("skopeo", "skopeo"),
+    ] {
+        let found = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).exists()))
+            .unwrap_or(false);
+        if !found {
+            missing.push(format!("{tool} (apt-get install {package})"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("{what} needs: {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    false
+}

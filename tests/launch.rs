@@ -1,0 +1,396 @@
+//! Integration tests of `envbox docker` end to end (root): a real registry, the real containerd
+//! envbox supervises, real runc (`ENVBOX_RUNTIME=runc`: sysbox cannot run here) and the real
+//! CNI plugins. The equivalents of the Go envbox's integration tests: environment filters,
+//! mounts rw and ro, ownership of a home mount, TUN and FUSE, cgroup limits, hostname, the
+//! bootstrap script as the user, a SIGTERM reaching the agent's trap, the gateway reachable as
+//! `host.docker.internal`, a clean second start after a kill -9, and no dockerd anywhere.
+//!
+//! The tests share the bridge and the containerd shim directory, so they run one at a time.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+mod support;
+
+use support::host::launch_requirements_met;
+use support::image::{busybox_image, write_layout};
+use support::registry::Registry;
+
+const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A running `envbox docker`, its progress lines collected.
+struct Envbox {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Envbox {
+    fn start(envs: &[(String, String)]) -> Envbox {
+        let mut child = Command::new(ENVBOX)
+            .arg("docker")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start envbox docker");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("envbox: {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Envbox { child, lines }
+    }
+
+    fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until a progress line contains `needle`; panics with the log on timeout or exit.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            if self.lines.lock().unwrap().iter().any(|l| l.contains(needle)) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(200));
+                panic!("envbox exited ({status}) before {needle:?}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < end,
+                "no {needle:?} within {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
+            .unwrap();
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "envbox still running after {timeout:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Envbox {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registry holding the busybox test image as `envbox/busybox:v1`.
+fn registry_with_busybox() -> (Registry, String) {
+    let registry = Registry::http();
+    let layout = tempfile::tempdir().unwrap();
+    write_layout(layout.path(), "v1", &[busybox_image("amd64")]);
+    registry.push(layout.path(), "v1", "envbox/busybox:v1");
+    let image = format!("{}/envbox/busybox:v1", registry.host);
+    (registry, image)
+}
+
+/// One test's directories: the volume, the run dir, and mount sources.
+struct Dirs {
+    _work: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Dirs {
+    fn new(name: &str) -> Dirs {
+        let work = tempfile::Builder::new()
+            .prefix(&format!("envbox-launch-{name}-"))
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let root = work.path().to_owned();
+        Dirs { _work: work, root }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        let path = self.root.join(name);
+        fs::create_dir_all(&path).unwrap();
+        path
+    }
+
+    fn base_env(&self, image: &str, registry: &Registry, script: &str) -> Vec<(String, String)> {
+        [
+            ("CODER_INNER_IMAGE", image.to_owned()),
+            ("ENVBOX_INSECURE_REGISTRIES", registry.host.clone()),
+            ("CODER_INNER_USERNAME", "coder".to_owned()),
+            ("CODER_BOOTSTRAP_SCRIPT", script.to_owned()),
+            ("CODER_AGENT_TOKEN", "token-that-must-not-be-logged".to_owned()),
+            ("ENVBOX_RUNTIME", "runc".to_owned()),
+            ("ENVBOX_STATE_DIR", self.path("state").display().to_string()),
+            ("ENVBOX_RUN_DIR", self.path("run").display().to_string()),
+            ("ENVBOX_STOP_TIMEOUT", "20s".to_owned()),
+            ("CODER_DOCKER_BRIDGE_CIDR", "172.29.0.1/30".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+/// Names of every process on this machine.
+fn process_names() -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            e.file_name().to_str()?.parse::<u32>().ok()?;
+            fs::read_to_string(e.path().join("comm")).ok()
+        })
+        .map(|c| c.trim().to_owned())
+        .collect()
+}
+
+/// Command lines of every process mentioning `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(needle).then_some(text)
+        })
+        .collect()
+}
+
+fn wait_for_file(path: &Path, envbox: &mut Envbox, timeout: Duration) -> String {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Ok(text) = fs::read_to_string(path) {
+            if text.ends_with("END\n") {
+                return text;
+            }
+        }
+        if let Some(status) = envbox.child.try_wait().unwrap() {
+            panic!("envbox exited ({status}) before writing {}:\n{}", path.display(), envbox.log());
+        }
+        assert!(Instant::now() < end, "no {} within {timeout:?}:\n{}", path.display(), envbox.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A one-shot HTTP server on the outer side (all addresses), answering `body`.
+fn outer_server(body: &'static str) -> u16 {
+    let listener = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn workspace_runs_through_containerd_runc_and_cni_and_stops_on_sigterm() {
+    if !launch_requirements_met("envbox docker integration test") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (registry, image) = registry_with_busybox();
+    let dirs = Dirs::new("e2e");
+    let home = dirs.path("home-coder");
+    let rw = dirs.path("rw");
+    let ro = dirs.path("ro");
+    fs::write(ro.join("seen"), "from the outside\n").unwrap();
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o777)).unwrap();
+    let port = outer_server("hello from the outer side");
+
+    let script = format!(
+        r#"
+r="$HOME/report.tmp"
+{{
+echo "uid=$(id -u) gid=$(id -g) home=$HOME pwd=$(pwd)"
+echo "binary_dir=$BINARY_DIR exists=$(test -d "$BINARY_DIR" && echo yes)"
+echo "hostname=$(hostname)"
+echo "uid_map=$(cat /proc/self/uid_map | tr -s ' ')"
+echo "match=$ENVBOX_T_MATCH other=${{ENVBOX_OTHER:-unset}} sysbox=${{SYSBOX_X:-unset}}"
+echo "token=$(test -n "$CODER_AGENT_TOKEN" && echo set)"
+echo "subsystem=$CODER_AGENT_SUBSYSTEM"
+echo "ro_seen=$(cat /mnt/ro/seen)"
+echo "ro_write=$(touch /mnt/ro/new 2>&1 && echo allowed)"
+echo "rw_owner=$(stat -c %u /mnt/rw)"
+echo "tun=$(test -c /dev/net/tun && (exec 3<>/dev/net/tun) 2>&1 && echo open)"
+echo "fuse=$(test -c /dev/fuse && (exec 3<>/dev/fuse) 2>&1 && echo open)"
+echo "mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)"
+echo "cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max)"
+# Debian's static busybox crashes in name lookups (static glibc NSS; its wget even for an
+# address): read /etc/hosts here and talk HTTP with nc.
+gateway=$(awk '$2 == "host.docker.internal" {{ print $1 }}' /etc/hosts)
+echo "gateway=$gateway"
+echo "outer=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 "$gateway" {port} 2>&1 | tail -n 1)"
+echo END
+}} > "$r" 2>&1
+mv "$r" "$HOME/report"
+echo "bootstrap output line"
+trap 'echo trapped > "$HOME/trapped"; exit 0' TERM
+while :; do sleep 1; done
+"#
+    );
+    let mut env = dirs.base_env(&image, &registry, &script);
+    env.extend(
+        [
+            ("CODER_INNER_HOSTNAME", "envbox-it".to_owned()),
+            ("CODER_INNER_ENVS", "ENVBOX_T_*,SYSBOX_X".to_owned()),
+            ("ENVBOX_T_MATCH", "yes=indeed".to_owned()),
+            ("ENVBOX_OTHER", "not passed".to_owned()),
+            ("SYSBOX_X", "never passed".to_owned()),
+            ("CODER_ADD_TUN", "true".to_owned()),
+            ("CODER_ADD_FUSE", "true".to_owned()),
+            ("CODER_CPUS", "1500m".to_owned()),
+            ("CODER_MEMORY", "256Mi".to_owned()),
+            (
+                "CODER_MOUNTS",
+                format!(
+                    "{}:/home/coder,{}:/mnt/rw,{}:/mnt/ro:ro",
+                    home.display(),
+                    rw.display(),
+                    ro.display()
+                ),
+            ),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+
+    let mut envbox = Envbox::start(&env);
+    envbox.wait_for(r#""type":"done""#, Duration::from_secs(120));
+    let report = wait_for_file(&home.join("report"), &mut envbox, Duration::from_secs(30));
+    let field = |name: &str| -> String {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in report:\n{report}"))
+            .to_owned()
+    };
+    assert_eq!(
+        field("uid"),
+        "1000 gid=1000 home=/home/coder pwd=/home/coder",
+        "{report}"
+    );
+    assert_eq!(field("binary_dir"), "/home/coder/.coder exists=yes");
+    assert_eq!(field("hostname"), "envbox-it");
+    assert_eq!(field("uid_map"), " 0 100000 65536");
+    assert_eq!(field("match"), "yes=indeed other=unset sysbox=unset");
+    assert_eq!(field("token"), "set");
+    assert_eq!(field("subsystem"), "envbox");
+    assert_eq!(field("ro_seen"), "from the outside");
+    assert!(field("ro_write").contains("Read-only file system"), "{report}");
+    assert!(!ro.join("new").exists());
+    assert_eq!(field("rw_owner"), "0", "a plain mount source is owned by root inside");
+    assert_eq!(field("tun"), "open", "{report}");
+    assert_eq!(field("fuse"), "open", "{report}");
+    assert_eq!(field("mem"), (256u64 << 20).to_string());
+    assert_eq!(field("cpu"), "150000");
+    assert_eq!(field("gateway"), "172.29.0.1", "host.docker.internal is the gateway");
+    assert_eq!(field("outer"), "hello from the outer side", "{report}");
+    // Ownership of the home mount: the inner user, shifted.
+    let meta = fs::metadata(&home).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (101_000, 101_000));
+    assert_eq!(fs::metadata(home.join("report")).unwrap().uid(), 101_000);
+    // The script's output is in the progress log, whole.
+    envbox.wait_for("bootstrap output line", Duration::from_secs(10));
+    assert!(
+        !process_names().iter().any(|n| n == "dockerd"),
+        "no dockerd anywhere"
+    );
+
+    envbox.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = envbox.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "exit after SIGTERM: {status}\n{}", envbox.log());
+    assert_eq!(
+        fs::read_to_string(home.join("trapped")).unwrap_or_default(),
+        "trapped\n",
+        "the SIGTERM reached the bootstrap script's trap"
+    );
+    let log = envbox.log();
+    assert!(!log.contains("token-that-must-not-be-logged"), "token in log");
+    let socket = dirs.root.join("run").display().to_string();
+    assert!(
+        processes_mentioning(&socket).is_empty(),
+        "daemons or shims left: {:?}",
+        processes_mentioning(&socket)
+    );
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&dirs.root.display().to_string()),
+        "mounts left under {}:\n{mounts}",
+        dirs.root.display()
+    );
+}
+
+#[test]
+fn a_second_start_after_kill_9_of_the_first_starts_cleanly() {
+    if !launch_requirements_met("envbox docker restart test") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (registry, image) = registry_with_busybox();
+    let dirs = Dirs::new("restart");
+    let script = r#"echo "started as $(id -u)"; while :; do sleep 1; done"#;
+    let env = dirs.base_env(&image, &registry, script);
+
+    let mut first = Envbox::start(&env);
+    first.wait_for("started as 1000", Duration::from_secs(120));
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    first.wait_exit(Duration::from_secs(10));
+    let run = dirs.root.join("run").display().to_string();
+
+    let mut second = Envbox::start(&env);
+    second.wait_for("started as 1000", Duration::from_secs(120));
+    let log = second.log();
+    assert!(
+        log.contains("previous run"),
+        "the second start cleaned the first one's leftovers:\n{log}"
+    );
+    assert!(
+        !log.contains("Downloading") || log.contains("0 unpacked now"),
+        "the image came from the cache:\n{log}"
+    );
+    second.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = second.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", second.log());
+    assert!(
+        processes_mentioning(&run).is_empty(),
+        "processes of either run left: {:?}",
+        processes_mentioning(&run)
+    );
+}
