@@ -32,4 +32,5 @@ pub mod registry;
 pub mod rootfs;
 pub mod setup;
 pub mod spec;
+pub mod supervise;
 pub mod unpack;
