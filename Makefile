@@ -37,6 +37,7 @@ specs:
 bench:
 	$(CARGO) bench --locked --bench pull
 	$(CARGO) bench --locked --bench image
+	$(CARGO) bench --locked --bench daemons
 
 clean:
 	$(CARGO) clean

@@ -36,4 +36,5 @@ pub mod rootfs;
 pub mod runtime;
 pub mod setup;
 pub mod spec;
+pub mod supervise;
 pub mod unpack;

@@ -176,3 +176,31 @@ pub fn launch_requirements_met(what: &str) -> bool {
     eprintln!("SKIPPED: {message}");
     false
 }
+
+/// Like [`requirements_met`], for tests that start the real containerd (and sysbox stand-ins
+/// written in Python): root, `containerd` and `/usr/bin/python3`.
+pub fn containerd_requirements_met(what: &str) -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root");
+    }
+    if Command::new("containerd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        missing.push("containerd (apt-get install containerd)");
+    }
+    if !Path::new("/usr/bin/python3").exists() {
+        missing.push("/usr/bin/python3 (apt-get install python3)");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!("{what} needs: {}", missing.join(", "));
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    false
+}
