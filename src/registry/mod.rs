@@ -9,6 +9,7 @@
 //! redirects; everything else goes through oci-client. It never unpacks or runs anything.
 
 mod credentials;
+pub(crate) mod describe;
 mod fetch;
 pub mod manifest;
 mod platform;
@@ -22,8 +23,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use credentials::{Credential, Credentials};
+pub use describe::{PulledImage, PulledLayer};
 pub use platform::Platform;
-pub use pull::{cached_blobs, pull, CachedImage, PulledImage, PulledLayer};
+pub use pull::{cached_blobs, pull, CachedImage};
 pub use reference::{normalize_host, ImageRef};
 pub use tls::load_extra_certs;
 

@@ -12,48 +12,18 @@ use futures_util::{stream, StreamExt};
 use oci_client::manifest::OciImageManifest;
 use tokio::sync::Mutex;
 
+use super::describe::{self, PulledImage};
 use super::fetch::{fetch_blob, BlobRequest};
-use super::manifest::{self, Compression, Manifest};
+use super::manifest::{self, Manifest};
 use super::progress::{Progress, Reporter};
 use super::session::Session;
-use super::{platform, ImageRef, RegistryConfig, RegistryError};
+use super::{ImageRef, RegistryConfig, RegistryError};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::image::ImageDocument;
 
-/// A layer of the pulled image, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PulledLayer {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-    pub compression: Compression,
-    /// The digest of the uncompressed tar, from the image config.
-    pub diff_id: Digest,
-}
-
-/// What a pull produced; every blob named here is in the store.
-#[derive(Debug, Clone)]
-pub struct PulledImage {
-    pub reference: ImageRef,
-    /// What the reference resolved to (an index's digest for multi-platform images).
-    pub digest: Digest,
-    /// The image manifest for this platform.
-    pub manifest_digest: Digest,
-    pub config_digest: Digest,
-    pub config: ImageDocument,
-    pub layers: Vec<PulledLayer>,
-    /// Blobs that had to be downloaded (0 on a warm cache).
-    pub blobs_downloaded: usize,
-    /// Things the caller should log (e.g. an offline fallback to a pinned digest).
-    pub warnings: Vec<String>,
-}
-
 fn digest_of(text: &str, reference: &ImageRef) -> Result<Digest, RegistryError> {
-    Digest::parse(text).map_err(|e| RegistryError::Manifest {
-        reference: reference.to_string(),
-        detail: e.to_string(),
-    })
+    describe::digest_of(text, &reference.to_string())
 }
 
 fn store_error(
@@ -202,33 +172,11 @@ async fn image_manifest(
     match manifest::parse(&bytes, None, &reference.to_string())? {
         Manifest::Image(image) => Ok((top.clone(), top, *image)),
         Manifest::Index(index) => {
-            let wanted = &lazy.config.platform;
-            let entry = platform::choose(&index.manifests, wanted).map_err(|offered| {
-                RegistryError::NoMatchingPlatform {
-                    reference: reference.to_string(),
-                    wanted: wanted.to_string(),
-                    offered,
-                }
-            })?;
-            let digest = digest_of(&entry.digest, reference)?;
-            let bytes = manifest_by_digest(lazy, store, reference, &digest).await?;
-            if bytes.len() as i64 != entry.size {
-                return Err(RegistryError::Manifest {
-                    reference: reference.to_string(),
-                    detail: format!(
-                        "manifest {digest} is {} bytes, the index says {}",
-                        bytes.len(),
-                        entry.size
-                    ),
-                });
-            }
-            match manifest::parse(&bytes, Some(&entry.media_type), &reference.to_string())? {
-                Manifest::Image(image) => Ok((top, digest, *image)),
-                Manifest::Index(_) => Err(RegistryError::Manifest {
-                    reference: reference.to_string(),
-                    detail: format!("index entry {digest} is itself an index"),
-                }),
-            }
+            let name = reference.to_string();
+            let entry = describe::platform_entry(&index.manifests, &lazy.config.platform, &name)?;
+            let bytes = manifest_by_digest(lazy, store, reference, &entry.digest).await?;
+            let image = describe::entry_manifest(&bytes, &entry, &name)?;
+            Ok((top, entry.digest, image))
         }
     }
 }
@@ -279,23 +227,24 @@ pub async fn pull(
     let mut warnings = Vec::new();
     let (digest, manifest_digest, image) =
         image_manifest(&mut lazy, store, reference, &mut warnings).await?;
-    let config_digest = digest_of(&image.config.digest, reference)?;
-    let size = |s: i64| u64::try_from(s).unwrap_or(0);
-    let mut requests = vec![BlobRequest {
-        digest: config_digest.clone(),
-        size: size(image.config.size),
-        what: "the image config".into(),
-        urls: vec![],
-    }];
+    let name = reference.to_string();
     let count = image.layers.len();
-    for (i, layer) in image.layers.iter().enumerate() {
-        requests.push(BlobRequest {
-            digest: digest_of(&layer.digest, reference)?,
-            size: size(layer.size),
-            what: format!("layer {} of {count}", i + 1),
-            urls: layer.urls.clone().unwrap_or_default(),
-        });
-    }
+    let requests: Vec<BlobRequest> = describe::blobs_of(&image, &name)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (digest, size))| BlobRequest {
+            digest,
+            size,
+            what: match i {
+                0 => "the image config".into(),
+                i => format!("layer {i} of {count}"),
+            },
+            urls: match i {
+                0 => vec![],
+                i => image.layers[i - 1].urls.clone().unwrap_or_default(),
+            },
+        })
+        .collect();
     let missing: Vec<BlobRequest> = requests
         .iter()
         .filter(|r| store.size_of(&r.digest) != Some(r.size))
@@ -311,61 +260,17 @@ pub async fn pull(
         );
         transfer_all(&session, config, store, &missing, &progress).await?;
     }
-    let config_bytes = store
-        .read(&config_digest)
-        .map_err(|e| store_error(reference, &config_digest, e))?;
-    let document =
-        ImageDocument::from_json(&config_bytes, &format!("image config {config_digest}")).map_err(
-            |e| RegistryError::Manifest {
-                reference: reference.to_string(),
-                detail: e.to_string(),
-            },
-        )?;
-    let wanted = &config.platform;
-    if !document.os.is_empty()
-        && !wanted.accepts(
-            &document.os,
-            &document.architecture,
-            document.variant.as_deref(),
-        )
-    {
-        return Err(RegistryError::WrongPlatform {
-            reference: reference.to_string(),
-            found: format!("{}/{}", document.os, document.architecture),
-            wanted: wanted.to_string(),
-        });
-    }
-    if document.rootfs.diff_ids.len() != image.layers.len() {
-        return Err(RegistryError::Manifest {
-            reference: reference.to_string(),
-            detail: format!(
-                "the manifest has {} layers but the config lists {} diff IDs",
-                image.layers.len(),
-                document.rootfs.diff_ids.len()
-            ),
-        });
-    }
-    let mut layers = Vec::with_capacity(count);
-    for (layer, diff_id) in image.layers.iter().zip(&document.rootfs.diff_ids) {
-        layers.push(PulledLayer {
-            digest: digest_of(&layer.digest, reference)?,
-            size: size(layer.size),
-            compression: manifest::layer_compression(&layer.media_type)
-                .unwrap_or(Compression::None),
-            media_type: layer.media_type.clone(),
-            diff_id: digest_of(diff_id, reference)?,
-        });
-    }
-    Ok(PulledImage {
-        reference: reference.clone(),
+    let mut pulled = describe::describe(
+        store,
+        &config.platform,
+        &name,
         digest,
         manifest_digest,
-        config_digest,
-        config: document,
-        layers,
-        blobs_downloaded: missing.len(),
-        warnings,
-    })
+        &image,
+    )?;
+    pulled.blobs_downloaded = missing.len();
+    pulled.warnings = warnings;
+    Ok(pulled)
 }
 
 /// Every blob of `reference` that is in the store, found without the network (pinned digest,
