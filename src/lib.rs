@@ -31,5 +31,6 @@ pub mod progress;
 pub mod registry;
 pub mod rootfs;
 pub mod setup;
+pub mod source;
 pub mod spec;
 pub mod unpack;

@@ -1,6 +1,7 @@
 //! Getting an image ready on the volume: verified blobs, then unpacked layer directories.
 //!
-//! Owns: the order pull -> unpack, and unpacking an image's layers in parallel (one thread per
+//! Owns: the order fetch (registry pull or local import, `crate::source`) -> unpack, and
+//! unpacking an image's layers in parallel (one thread per
 //! core, each layer into its own directory keyed by diff ID, reused when already complete).
 //! Both `envbox docker` and `envbox prepare` call [`prepare`]. It never mounts and never writes
 //! outside the state directory.
@@ -10,13 +11,16 @@ use std::sync::Mutex;
 
 use crate::cache::BlobStore;
 use crate::image::ImageConfig;
-use crate::registry::{self, ImageRef, PulledImage, RegistryConfig, RegistryError};
+use crate::registry::{ImageRef, PulledImage, RegistryConfig};
+use crate::source::{self, Fetched, ImageSource, SourceError};
 use crate::unpack::{LayerSource, LayerStore, Limits, UnpackError, UnpackReport};
 
 /// An image whose layers are all unpacked.
 #[derive(Debug, Clone)]
 pub struct PreparedImage {
     pub pulled: PulledImage,
+    /// The references the image is known by in the store (see [`Fetched::names`]).
+    pub names: Vec<ImageRef>,
     /// The layers' sources, bottom first (blob path, compression, digests).
     pub sources: Vec<LayerSource>,
     /// The unpacked layer directories, bottom first.
@@ -32,7 +36,7 @@ pub struct PreparedImage {
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     #[error(transparent)]
-    Pull(#[from] RegistryError),
+    Fetch(#[from] SourceError),
     #[error(transparent)]
     Unpack(#[from] UnpackError),
 }
@@ -94,15 +98,18 @@ pub fn unpack_all(
     Ok(reports)
 }
 
-/// Pulls `reference` (blobs already cached are not fetched) and unpacks its layers.
+/// Fetches `source` (blobs already cached are not fetched again) and unpacks its layers.
 pub async fn prepare(
     config: &RegistryConfig,
     blobs: &BlobStore,
     layers: &LayerStore,
-    reference: &ImageRef,
+    source: &ImageSource,
     limits: &Limits,
 ) -> Result<PreparedImage, PrepareError> {
-    let pulled = registry::pull(config, blobs, reference).await?;
+    let Fetched {
+        image: pulled,
+        names,
+    } = source::fetch(source, config, blobs).await?;
     let sources = layer_sources(blobs, &pulled);
     let (store, work, lim) = (layers.clone(), sources.clone(), *limits);
     let reports = tokio::task::spawn_blocking(move || unpack_all(&store, &work, &lim))
@@ -120,5 +127,6 @@ pub async fn prepare(
             .collect(),
         sources,
         pulled,
+        names,
     })
 }

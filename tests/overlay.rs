@@ -32,7 +32,7 @@ fn prepared(state: &Path) -> PreparedImage {
             &config,
             &blobs,
             &layers,
-            &reference,
+            &reference.into(),
             &Limits::default(),
         ))
         .unwrap()

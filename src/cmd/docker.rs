@@ -11,6 +11,7 @@ use crate::config::{Purpose, Settings};
 use crate::overlay;
 use crate::pipeline;
 use crate::progress::{self, Kind};
+use crate::source::ImageSource;
 use crate::unpack::Limits;
 
 pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
@@ -21,11 +22,12 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     )?;
     let image = settings.image.clone().unwrap_or_default();
     progress::emit(Kind::Info, &format!("Preparing image {image}..."));
-    let (reference, prepared) = prepare_image(&settings, &image)?;
+    let source = ImageSource::parse(&image)?;
+    let prepared = prepare_image(&settings, &source)?;
     progress::emit(
         Kind::Info,
         &format!(
-            "Image {reference} ({}) ready: {} layer(s), {} unpacked now",
+            "Image {source} ({}) ready: {} layer(s), {} unpacked now",
             prepared.pulled.manifest_digest,
             prepared.layer_dirs.len(),
             prepared.layers_unpacked
