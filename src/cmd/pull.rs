@@ -8,7 +8,7 @@ use crate::cache::BlobStore;
 use crate::cli::PullArgs;
 use crate::config::{names, Purpose, Settings};
 use crate::progress::{self, Kind};
-use crate::registry::RegistryConfig;
+use crate::registry::{LayerFeed, RegistryConfig};
 use crate::source::{self, ImageSource};
 
 pub fn run(args: &PullArgs) -> anyhow::Result<()> {
@@ -23,7 +23,12 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     warn_all(warnings);
     let store = BlobStore::open(&settings.state_dir)?;
     let started = std::time::Instant::now();
-    let fetched = runtime()?.block_on(source::fetch(&source, &config, &store))?;
+    let fetched = runtime()?.block_on(source::fetch(
+        &source,
+        &config,
+        &store,
+        &LayerFeed::default(),
+    ))?;
     let image = &fetched.image;
     warn_all(&image.warnings);
     progress::emit(

@@ -3,7 +3,9 @@
 //! Owns: the order of a pull and what is fetched at all. Blobs already in the store are never
 //! fetched again; a reference pinned by digest whose manifests are in the store needs no
 //! network at all; a tag is resolved online (tags move) and pinned. Every manifest is checked
-//! against the digest it was asked for. Layers download in parallel, bounded. It never unpacks.
+//! against the digest it was asked for. The config comes first; layers download in parallel,
+//! bounded, and each is handed to the caller's [`LayerFeed`] as soon as it is verified in the
+//! store, so the caller can unpack it while the others download. It never unpacks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use super::fetch::{fetch_blob, BlobRequest};
 use super::manifest::{self, Manifest};
 use super::progress::{Progress, Reporter};
 use super::session::Session;
-use super::{ImageRef, RegistryConfig, RegistryError};
+use super::{ImageRef, LayerFeed, RegistryConfig, RegistryError};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::image::ImageDocument;
@@ -181,36 +183,51 @@ async fn image_manifest(
     }
 }
 
-/// Downloads every blob, a bounded number at once. After a failure no new transfer starts,
-/// but those in flight finish (their blobs are valid and stay cached for the next try) before
-/// the first error is returned: nothing is left writing behind the caller's back.
+/// Downloads every blob, a bounded number at once, calling `stored` for each as soon as it is
+/// committed to the store. After a failure (here, or `feed.stop()` by the consumer) no new
+/// transfer starts, but those in flight finish (their blobs are valid and stay cached for the
+/// next try) before the first error is returned: nothing is left writing behind the caller's
+/// back. Transfers skipped because the consumer stopped make it [`RegistryError::Stopped`].
+#[allow(clippy::too_many_arguments)]
 async fn transfer_all(
     session: &Mutex<Session>,
     config: &RegistryConfig,
     store: &BlobStore,
     blobs: &[BlobRequest],
     progress: &Progress,
+    feed: &LayerFeed,
+    stored: &(dyn Fn(&BlobRequest) + Sync),
+    reference: &str,
 ) -> Result<(), RegistryError> {
-    let failed = AtomicBool::new(false);
+    let skipped = AtomicBool::new(false);
     let mut transfers = stream::iter(blobs)
         .map(|request| {
-            let failed = &failed;
+            let skipped = &skipped;
             async move {
-                if failed.load(Ordering::Relaxed) {
+                if feed.stopped() {
+                    skipped.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
-                fetch_blob(session, config, store, request, progress).await
+                fetch_blob(session, config, store, request, progress).await?;
+                stored(request);
+                Ok(())
             }
         })
         .buffer_unordered(config.max_concurrent_downloads.max(1));
     let mut first_error = None;
     while let Some(result) = transfers.next().await {
         if let Err(error) = result {
-            failed.store(true, Ordering::Relaxed);
+            feed.stop();
             first_error.get_or_insert(error);
         }
     }
-    first_error.map_or(Ok(()), Err)
+    match first_error {
+        Some(error) => Err(error),
+        None if skipped.load(Ordering::Relaxed) => Err(RegistryError::Stopped {
+            reference: reference.to_owned(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Pulls `reference` into `store`.
@@ -218,6 +235,18 @@ pub async fn pull(
     config: &RegistryConfig,
     store: &BlobStore,
     reference: &ImageRef,
+) -> Result<PulledImage, RegistryError> {
+    pull_feeding(config, store, reference, &LayerFeed::default()).await
+}
+
+/// Pulls `reference` into `store`, handing each layer to `feed` as soon as its blob is
+/// verified in the store: the config comes first (its diff IDs name the layers), layers
+/// already cached are handed over at once, the others as their transfers complete.
+pub async fn pull_feeding(
+    config: &RegistryConfig,
+    store: &BlobStore,
+    reference: &ImageRef,
+    feed: &LayerFeed,
 ) -> Result<PulledImage, RegistryError> {
     let mut lazy = LazySession {
         config,
@@ -245,20 +274,42 @@ pub async fn pull(
             },
         })
         .collect();
-    let missing: Vec<BlobRequest> = requests
+    // Each missing blob once, even when the image lists it twice.
+    let mut missing: Vec<BlobRequest> = Vec::new();
+    for request in &requests {
+        if store.size_of(&request.digest) != Some(request.size)
+            && !missing.iter().any(|m| m.digest == request.digest)
+        {
+            missing.push(request.clone());
+        }
+    }
+    let transfer = match missing.is_empty() {
+        true => None,
+        false => {
+            let session = lazy.get().await?;
+            let progress = Progress::new(missing.iter().map(|r| (r.digest.clone(), r.size)));
+            let reporter =
+                Reporter::start(progress.clone(), name.clone(), config.progress_interval);
+            Some((session, progress, reporter))
+        }
+    };
+    let (config_blob, layer_blobs): (Vec<BlobRequest>, Vec<BlobRequest>) = missing
         .iter()
-        .filter(|r| store.size_of(&r.digest) != Some(r.size))
         .cloned()
-        .collect();
-    if !missing.is_empty() {
-        let session = lazy.get().await?;
-        let progress = Progress::new(missing.iter().map(|r| (r.digest.clone(), r.size)));
-        let _reporter = Reporter::start(
-            progress.clone(),
-            reference.to_string(),
-            config.progress_interval,
-        );
-        transfer_all(&session, config, store, &missing, &progress).await?;
+        .partition(|r| r.digest == requests[0].digest);
+    if let (Some((session, progress, _)), false) = (&transfer, config_blob.is_empty()) {
+        let none = |_: &BlobRequest| {};
+        transfer_all(
+            session,
+            config,
+            store,
+            &config_blob,
+            progress,
+            feed,
+            &none,
+            &name,
+        )
+        .await?;
     }
     let mut pulled = describe::describe(
         store,
@@ -268,6 +319,33 @@ pub async fn pull(
         manifest_digest,
         &image,
     )?;
+    for (i, layer) in pulled.layers.iter().enumerate() {
+        if !layer_blobs.iter().any(|r| r.digest == layer.digest) {
+            feed.ready(i, layer);
+        }
+    }
+    if let Some((session, progress, _)) = &transfer {
+        let layers = &pulled.layers;
+        let stored = |request: &BlobRequest| {
+            for (i, layer) in layers.iter().enumerate() {
+                if layer.digest == request.digest {
+                    feed.ready(i, layer);
+                }
+            }
+        };
+        transfer_all(
+            session,
+            config,
+            store,
+            &layer_blobs,
+            progress,
+            feed,
+            &stored,
+            &name,
+        )
+        .await?;
+    }
+    drop(transfer);
     pulled.blobs_downloaded = missing.len();
     pulled.warnings = warnings;
     Ok(pulled)

@@ -19,7 +19,7 @@ use crate::digest::Digest;
 use crate::image::ImageDocument;
 use crate::registry::describe;
 use crate::registry::manifest::{self, Manifest, DOCKER_MANIFEST};
-use crate::registry::Platform;
+use crate::registry::{LayerFeed, Platform};
 
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
@@ -134,9 +134,18 @@ pub(crate) fn import_image(
     wanted: Option<&str>,
     platform: &Platform,
     store: &BlobStore,
+    feed: &LayerFeed,
 ) -> Result<Imported, SourceError> {
     if files.contains("index.json")? {
-        return layout::import_image(files, "docker-archive", reference, wanted, platform, store);
+        return layout::import_image(
+            files,
+            "docker-archive",
+            reference,
+            wanted,
+            platform,
+            store,
+            feed,
+        );
     }
     let bytes = files.read("manifest.json", "the image list of a docker save archive")?;
     let images: Vec<SavedImage> =
@@ -189,6 +198,11 @@ pub(crate) fn import_image(
     )?;
     let count = layers.len();
     for (i, (name, (digest, size))) in saved.layers.iter().zip(&layers).enumerate() {
+        if feed.stopped() {
+            return Err(SourceError::Stopped {
+                path: files.path().to_owned(),
+            });
+        }
         let what = format!("layer {} of {count}", i + 1);
         let blob = Blob {
             name,
@@ -198,6 +212,7 @@ pub(crate) fn import_image(
             plain_tar: true,
         };
         copied += usize::from(import(files, store, &blob)?);
+        feed.ready(i, &image.layers[i]);
     }
     image.blobs_downloaded = copied;
     Ok(Imported {

@@ -4,7 +4,8 @@
 //! `org.opencontainers.image.ref.name` or containerd's `io.containerd.image.name` annotation,
 //! or its digest; the only image when no name is given; this node's platform when several
 //! unnamed entries differ by platform), then importing that image's manifests, config and
-//! layers into the store, each verified against its descriptor. Blobs are looked up only as
+//! layers into the store, each verified against its descriptor; each layer is handed to the
+//! caller's feed as soon as it is in the store. Blobs are looked up only as
 //! `blobs/sha256/<hex>` of a parsed digest. The manifest rules are the registry's
 //! (`crate::registry::describe`), so an image means the same wherever it came from.
 
@@ -17,7 +18,7 @@ use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::registry::describe::{self, Descriptor};
 use crate::registry::manifest::{self, Manifest, OCI_INDEX};
-use crate::registry::{Platform, RegistryError};
+use crate::registry::{LayerFeed, Platform, RegistryError};
 
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub(crate) const IMAGE_NAME: &str = "io.containerd.image.name";
@@ -136,6 +137,7 @@ pub(crate) fn import_image(
     wanted: Option<&str>,
     platform: &Platform,
     store: &BlobStore,
+    feed: &LayerFeed,
 ) -> Result<Imported, SourceError> {
     let index_bytes = files.read("index.json", "the index of an OCI image layout")?;
     let index = match manifest::parse(&index_bytes, Some(OCI_INDEX), reference)? {
@@ -204,8 +206,14 @@ pub(crate) fn import_image(
     )?;
     let count = image.layers.len();
     for (i, layer) in image.layers.iter().enumerate() {
+        if feed.stopped() {
+            return Err(SourceError::Stopped {
+                path: files.path().to_owned(),
+            });
+        }
         let what = format!("layer {} of {count}", i + 1);
         import_blob(files, store, &layer.digest, layer.size, &what, &mut copied)?;
+        feed.ready(i, layer);
     }
     image.blobs_downloaded = copied;
     Ok(Imported {

@@ -23,7 +23,9 @@ use std::path::PathBuf;
 
 use crate::cache::{BlobStore, CacheError};
 use crate::digest::Digest;
-use crate::registry::{self, ImageRef, Platform, PulledImage, RegistryConfig, RegistryError};
+use crate::registry::{
+    self, ImageRef, LayerFeed, Platform, PulledImage, RegistryConfig, RegistryError,
+};
 
 /// The kind of local image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +197,7 @@ fn import_local(
     local: &LocalImage,
     store: &BlobStore,
     platform: &Platform,
+    feed: &LayerFeed,
 ) -> Result<Fetched, SourceError> {
     let label = ImageSource::Local(local.clone()).to_string();
     let files = files::open(&local.path, local.format == Format::OciLayout)?;
@@ -207,8 +210,9 @@ fn import_local(
             name,
             platform,
             store,
+            feed,
         )?,
-        Format::DockerArchive => docker::import_image(&files, &label, name, platform, store)?,
+        Format::DockerArchive => docker::import_image(&files, &label, name, platform, store, feed)?,
     };
     let names = match &local.pin_as {
         Some(reference) => vec![reference.clone()],
@@ -234,24 +238,34 @@ fn import_local(
 }
 
 /// Gets `source`'s blobs into `store`: pulled from the registry (with `config`), or imported
-/// from the local files (on a blocking thread) and pinned.
+/// from the local files (on a blocking thread) and pinned. Each layer goes to `feed` as soon as
+/// its blob is verified in the store; a failure stops the feed (see [`LayerFeed::stop`]).
 pub async fn fetch(
     source: &ImageSource,
     config: &RegistryConfig,
     store: &BlobStore,
+    feed: &LayerFeed,
 ) -> Result<Fetched, SourceError> {
-    match source {
-        ImageSource::Registry(reference) => Ok(Fetched {
-            image: registry::pull(config, store, reference).await?,
-            names: vec![reference.clone()],
-        }),
+    let fetched = match source {
+        ImageSource::Registry(reference) => registry::pull_feeding(config, store, reference, feed)
+            .await
+            .map(|image| Fetched {
+                image,
+                names: vec![reference.clone()],
+            })
+            .map_err(SourceError::from),
         ImageSource::Local(local) => {
             let (local, store, platform) = (local.clone(), store.clone(), config.platform.clone());
-            tokio::task::spawn_blocking(move || import_local(&local, &store, &platform))
+            let feed = feed.clone();
+            tokio::task::spawn_blocking(move || import_local(&local, &store, &platform, &feed))
                 .await
                 .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
         }
+    };
+    if fetched.is_err() {
+        feed.stop();
     }
+    fetched
 }
 
 /// Errors of this module; each names the file (or the `--image` text) it is about.
@@ -320,6 +334,8 @@ pub enum SourceError {
         what: String,
         source: CacheError,
     },
+    #[error("importing from {path}: stopped before every blob was imported, because another step failed")]
+    Stopped { path: PathBuf },
     #[error("pinning {reference} in the cache: {source}")]
     Pin {
         reference: String,
