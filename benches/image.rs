@@ -75,6 +75,28 @@ fn row(tool: &str, mut times: Vec<Duration>) {
     );
 }
 
+/// Cold `envbox prepare` with another build of envbox (`ENVBOX_BENCH_BASELINE=/path/to/envbox`),
+/// to compare two builds side by side in the same run.
+fn baseline_prepare(binary: &str, reference: &str, host: &str, state: &Path) {
+    let out = Command::new(binary)
+        .args([
+            "prepare",
+            "--image",
+            reference,
+            "--insecure-registries",
+            host,
+        ])
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .expect("baseline envbox prepare");
+    assert!(
+        out.status.success(),
+        "baseline envbox prepare: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("the image benchmark needs root (it mounts fresh ext4 filesystems)");
@@ -100,7 +122,22 @@ fn main() {
     );
 
     let (mut envbox_cold, mut envbox_repeat, mut umoci, mut raw) = (vec![], vec![], vec![], vec![]);
-    for _ in 0..RUNS {
+    let baseline = std::env::var("ENVBOX_BENCH_BASELINE").ok();
+    let mut baseline_cold = vec![];
+    let run_baseline = |baseline_cold: &mut Vec<Duration>| {
+        if let Some(binary) = &baseline {
+            let fs = FreshFs::new(work.path());
+            let state = fs.mnt.join("state");
+            baseline_cold.push(timed(|| {
+                baseline_prepare(binary, &reference, &registry.host, &state)
+            }));
+        }
+    };
+    for run in 0..RUNS {
+        // Whichever build goes first reads the registry's blobs colder: alternate.
+        if run % 2 == 0 {
+            run_baseline(&mut baseline_cold);
+        }
         let fs = FreshFs::new(work.path());
         let state = fs.mnt.join("state");
         let prepare = || {
@@ -125,6 +162,9 @@ fn main() {
         envbox_cold.push(timed(prepare));
         envbox_repeat.push(timed(prepare));
         drop(fs);
+        if run % 2 == 1 {
+            run_baseline(&mut baseline_cold);
+        }
 
         let fs = FreshFs::new(work.path());
         let m = fs.mnt.display();
@@ -159,6 +199,10 @@ fn main() {
         drop(fs);
     }
     row("envbox prepare, cold (pull + unpack, shifted)", envbox_cold);
+    if let Some(binary) = &baseline {
+        println!("baseline: {binary}");
+        row("baseline envbox prepare, cold", baseline_cold);
+    }
     row("skopeo copy + umoci raw unpack + chown", umoci);
     row("raw limit: curl | gzip -dc | tar -x, parallel", raw);
     row("envbox prepare, repeat (cached)", envbox_repeat);

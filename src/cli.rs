@@ -29,9 +29,12 @@ pub enum Command {
     /// Print the OCI runtime spec `envbox docker` would hand to the runtime. No side effects.
     Spec(SpecArgs),
     /// Pull an image into the cache on the volume (ahead of time, to warm it); prints its digest.
+    /// Also imports from oci:DIR, oci-archive:FILE and docker-archive:FILE (see prepare --help).
     Pull(PullArgs),
-    /// Pull and unpack the image into the cache on the volume, so `envbox docker` starts without
-    /// network; with --output, also write an OCI runtime bundle `runc run` can start.
+    /// Pull (or import from a local layout or archive) and unpack the image into the cache on the
+    /// volume, so `envbox docker` starts without network; with --output, also write an OCI
+    /// runtime bundle `runc run` can start.
+    #[command(after_help = PREPARE_HELP)]
     Prepare(PrepareArgs),
     /// Inspect or clean the image cache.
     #[command(subcommand)]
@@ -48,8 +51,27 @@ pub struct PullArgs {
     pub settings: RawSettings,
 }
 
+const PREPARE_HELP: &str = "\
+Image sources (--image / CODER_INNER_IMAGE):
+  REF                               a registry reference (docker://REF also works)
+  oci:DIR[:NAME]                    an OCI image layout directory
+  oci-archive:FILE[:NAME]           a tar of an OCI image layout
+  docker-archive:FILE[:NAME]        a `docker save` tar (NAME: one of its repo tags, or @N)
+NAME picks one image when the layout or archive holds several (a ref name, a repo tag or a
+digest); the error lists them. PATH ends at the first ':'. Archives are read in place and must
+be plain tar (decompress a .tar.gz first). A local image is recorded in the cache under --as
+REF, else under the full reference it carries (repo tag, io.containerd.image.name, or an OCI
+ref name like registry.example.com/team/dev:1.0), so a later `envbox docker --image REF` on the
+same volume starts without network.";
+
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
+    /// Record an image from oci:, oci-archive: or docker-archive: in the cache under this
+    /// reference (a tag), so that `envbox docker --image REF` finds it offline
+    /// [default: the full reference the layout or archive carries].
+    #[arg(long = "as", value_name = "REF")]
+    pub pin_as: Option<String>,
+
     /// Also write an OCI runtime bundle (config.json + flattened rootfs/) into this directory
     /// (absent or empty), and apply the host setup its spec relies on.
     #[arg(long, value_name = "DIR")]

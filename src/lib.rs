@@ -35,6 +35,7 @@ pub mod registry;
 pub mod rootfs;
 pub mod runtime;
 pub mod setup;
+pub mod source;
 pub mod spec;
 pub mod supervise;
 pub mod unpack;

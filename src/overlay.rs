@@ -142,8 +142,11 @@ fn try_overlay(layout: &Layout, layer_dirs: &[PathBuf]) -> Result<Result<(), Err
     let shifted = Some(crate::spec::ID_SHIFT);
     std::os::unix::fs::chown(&layout.upper, shifted, shifted)
         .map_err(io("changing the owner of", &layout.upper))?;
-    std::fs::set_permissions(&layout.upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(io("setting the mode of", &layout.upper))?;
+    std::fs::set_permissions(
+        &layout.upper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(io("setting the mode of", &layout.upper))?;
     let lower = lower_option(layout, layer_dirs)?;
     let options = format!(
         "lowerdir={lower},upperdir={},workdir={}",

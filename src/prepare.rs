@@ -1,22 +1,33 @@
 //! Getting an image ready on the volume: verified blobs, then unpacked layer directories.
 //!
-//! Owns: the order pull -> unpack, and unpacking an image's layers in parallel (one thread per
-//! core, each layer into its own directory keyed by diff ID, reused when already complete).
-//! Both `envbox docker` and `envbox prepare` call [`prepare`]. It never mounts and never writes
+//! Owns: running a fetch (registry pull or local import, `crate::source`) and the unpacking of
+//! its layers side by side: a layer starts unpacking as soon as its blob is verified in the
+//! store and the config has named its diff ID, while later blobs are still arriving; at most
+//! one unpack per core runs at once, each layer into its own directory keyed by diff ID
+//! (reused when already complete). The first failure wins: the other side starts nothing new,
+//! and what is in flight (transfers, unpacks) finishes, so no staging file or directory is left
+//! being written and no layer directory is ever half-complete (see `crate::unpack`). Both
+//! `envbox docker` and `envbox prepare` call [`prepare`]. It never mounts and never writes
 //! outside the state directory.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Condvar, Mutex};
 
 use crate::cache::BlobStore;
+use crate::digest::Digest;
 use crate::image::ImageConfig;
-use crate::registry::{self, ImageRef, PulledImage, RegistryConfig, RegistryError};
+use crate::registry::{ImageRef, LayerFeed, PulledImage, PulledLayer, RegistryConfig};
+use crate::source::{self, Fetched, ImageSource, SourceError};
 use crate::unpack::{LayerSource, LayerStore, Limits, UnpackError, UnpackReport};
 
 /// An image whose layers are all unpacked.
 #[derive(Debug, Clone)]
 pub struct PreparedImage {
     pub pulled: PulledImage,
+    /// The references the image is known by in the store (see [`Fetched::names`]).
+    pub names: Vec<ImageRef>,
     /// The layers' sources, bottom first (blob path, compression, digests).
     pub sources: Vec<LayerSource>,
     /// The unpacked layer directories, bottom first.
@@ -32,9 +43,19 @@ pub struct PreparedImage {
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     #[error(transparent)]
-    Pull(#[from] RegistryError),
+    Fetch(#[from] SourceError),
     #[error(transparent)]
     Unpack(#[from] UnpackError),
+}
+
+/// A layer as an unpack source.
+fn layer_source(blobs: &BlobStore, layer: &PulledLayer) -> LayerSource {
+    LayerSource {
+        blob: blobs.path(&layer.digest),
+        compression: layer.compression,
+        digest: layer.digest.clone(),
+        diff_id: layer.diff_id.clone(),
+    }
 }
 
 /// The layers of a pulled image as unpack sources.
@@ -42,13 +63,16 @@ pub fn layer_sources(blobs: &BlobStore, pulled: &PulledImage) -> Vec<LayerSource
     pulled
         .layers
         .iter()
-        .map(|layer| LayerSource {
-            blob: blobs.path(&layer.digest),
-            compression: layer.compression,
-            digest: layer.digest.clone(),
-            diff_id: layer.diff_id.clone(),
-        })
+        .map(|layer| layer_source(blobs, layer))
         .collect()
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Unpacks every source not yet complete, up to one thread per core. The first error wins;
@@ -58,67 +82,179 @@ pub fn unpack_all(
     sources: &[LayerSource],
     limits: &Limits,
 ) -> Result<Vec<UnpackReport>, UnpackError> {
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(sources.len().max(1));
-    let next = Mutex::new(0usize);
-    let results: Mutex<Vec<Option<Result<UnpackReport, UnpackError>>>> =
-        Mutex::new((0..sources.len()).map(|_| None).collect());
+    let (send, arrivals) = mpsc::channel();
+    for (index, source) in sources.iter().enumerate() {
+        let _ = send.send((index, source.clone()));
+    }
+    drop(send);
+    let unpacked = unpack_as_fed(layers, arrivals, limits, &LayerFeed::default());
+    let mut reports = vec![None; sources.len()];
+    for (index, result) in unpacked.results {
+        reports[index] = Some(result?);
+    }
+    Ok(reports.into_iter().flatten().collect())
+}
+
+/// One running unpack, counted while it lives (also when it panics, so the dispatcher never
+/// waits for a slot that is not coming back).
+struct Slot<'a> {
+    running: &'a Mutex<usize>,
+    finished: &'a Condvar,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *lock(self.running) -= 1;
+        self.finished.notify_one();
+    }
+}
+
+/// What [`unpack_as_fed`] did.
+struct Unpacked {
+    /// `(layer index, result)` for each layer taken, in completion order.
+    results: Vec<(usize, Result<UnpackReport, UnpackError>)>,
+    /// An unpack failure here stopped the feed before anything else did.
+    failed_first: bool,
+}
+
+/// Unpacks layers as they arrive, at most one per core at once, until every sender is gone.
+/// After a failure here, or `feed.stop()` by the fetch, no new unpack starts (arrivals are
+/// drained and dropped); those running finish. A diff ID already started under another index
+/// is reported as reused, not unpacked twice.
+fn unpack_as_fed(
+    layers: &LayerStore,
+    arrivals: Receiver<(usize, LayerSource)>,
+    limits: &Limits,
+    feed: &LayerFeed,
+) -> Unpacked {
+    let max = threads();
+    let running = Mutex::new(0usize);
+    let finished = Condvar::new();
+    let results = Mutex::new(Vec::new());
+    let stopped_first = Mutex::new(false);
     std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let index = {
-                    let mut n = next.lock().unwrap_or_else(|p| p.into_inner());
-                    let i = *n;
-                    *n += 1;
-                    i
+        let mut started: HashSet<Digest> = HashSet::new();
+        for (index, source) in arrivals {
+            if feed.stopped() {
+                continue;
+            }
+            if !started.insert(source.diff_id.clone()) {
+                let reused = UnpackReport {
+                    reused: true,
+                    ..UnpackReport::default()
                 };
-                let Some(source) = sources.get(index) else {
-                    break;
-                };
-                let result = layers.unpack(source, limits);
-                let failed = result.is_err();
-                results.lock().unwrap_or_else(|p| p.into_inner())[index] = Some(result);
-                if failed {
-                    // Let the other threads stop taking new layers.
-                    *next.lock().unwrap_or_else(|p| p.into_inner()) = sources.len();
+                lock(&results).push((index, Ok(reused)));
+                continue;
+            }
+            let mut count = lock(&running);
+            while *count >= max {
+                count = finished.wait(count).unwrap_or_else(|p| p.into_inner());
+            }
+            *count += 1;
+            drop(count);
+            let (running, finished, results, stopped_first) =
+                (&running, &finished, &results, &stopped_first);
+            scope.spawn(move || {
+                let _slot = Slot { running, finished };
+                let result = layers.unpack(&source, limits);
+                if result.is_err() && feed.stop() {
+                    *lock(stopped_first) = true;
                 }
+                lock(results).push((index, result));
             });
         }
     });
-    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    let mut reports = Vec::with_capacity(results.len());
-    for result in results.into_iter().flatten() {
-        reports.push(result?);
+    let failed_first = *lock(&stopped_first);
+    Unpacked {
+        results: results.into_inner().unwrap_or_else(|p| p.into_inner()),
+        failed_first,
     }
-    Ok(reports)
 }
 
-/// Pulls `reference` (blobs already cached are not fetched) and unpacks its layers.
+/// Fetches `source` (blobs already cached are not fetched again) and unpacks its layers, each
+/// as soon as its blob is in the store.
 pub async fn prepare(
     config: &RegistryConfig,
     blobs: &BlobStore,
     layers: &LayerStore,
-    reference: &ImageRef,
+    source: &ImageSource,
     limits: &Limits,
 ) -> Result<PreparedImage, PrepareError> {
-    let pulled = registry::pull(config, blobs, reference).await?;
-    let sources = layer_sources(blobs, &pulled);
-    let (store, work, lim) = (layers.clone(), sources.clone(), *limits);
-    let reports = tokio::task::spawn_blocking(move || unpack_all(&store, &work, &lim))
+    let (send, arrivals) = mpsc::channel();
+    let feed = {
+        let blobs = blobs.clone();
+        LayerFeed::new(move |index, layer| {
+            // The unpacker takes arrivals until the last sender is gone; never an error here.
+            let _ = send.send((index, layer_source(&blobs, layer)));
+        })
+    };
+    let unpacker = {
+        // Only the stop flag: the sender lives in `feed`, which must go when the fetch ends.
+        let (store, limits, stop) = (layers.clone(), *limits, feed.stop_handle());
+        tokio::task::spawn_blocking(move || unpack_as_fed(&store, arrivals, &limits, &stop))
+    };
+    let fetched = source::fetch(source, config, blobs, &feed).await;
+    // The last sender goes with the feed: the unpacker then finishes what arrived and returns.
+    drop(feed);
+    let unpacked = unpacker
         .await
-        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+    let mut reports: Vec<Option<UnpackReport>> = Vec::new();
+    let mut unpack_error = None;
+    for (index, result) in unpacked.results {
+        match result {
+            Ok(report) => {
+                if reports.len() <= index {
+                    reports.resize(index + 1, None);
+                }
+                reports[index] = Some(report);
+            }
+            Err(error) => {
+                unpack_error.get_or_insert(error);
+            }
+        }
+    }
+    let Fetched {
+        image: pulled,
+        names,
+    } = match (fetched, unpack_error) {
+        (_, Some(error)) if unpacked.failed_first => return Err(error.into()),
+        (Err(error), _) => return Err(error.into()),
+        (Ok(_), Some(error)) => return Err(error.into()),
+        (Ok(fetched), None) => fetched,
+    };
+    let sources = layer_sources(blobs, &pulled);
+    reports.resize(sources.len(), None);
+    // Every layer was handed over by a fetch that succeeded; should one not have been, it is
+    // unpacked now rather than left out.
+    let left: Vec<(usize, LayerSource)> = reports
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_none())
+        .map(|(i, _)| (i, sources[i].clone()))
+        .collect();
+    if !left.is_empty() {
+        let (store, limits) = (layers.clone(), *limits);
+        let work: Vec<LayerSource> = left.iter().map(|(_, s)| s.clone()).collect();
+        let done = tokio::task::spawn_blocking(move || unpack_all(&store, &work, &limits))
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
+        for ((index, _), report) in left.iter().zip(done) {
+            reports[*index] = Some(report);
+        }
+    }
     Ok(PreparedImage {
         layer_dirs: sources.iter().map(|s| layers.path(&s.diff_id)).collect(),
         config: pulled.config.config.clone().unwrap_or_default(),
-        layers_unpacked: reports.iter().filter(|r| !r.reused).count(),
+        layers_unpacked: reports.iter().flatten().filter(|r| !r.reused).count(),
         warnings: pulled
             .warnings
             .iter()
             .cloned()
-            .chain(reports.into_iter().flat_map(|r| r.warnings))
+            .chain(reports.into_iter().flatten().flat_map(|r| r.warnings))
             .collect(),
         sources,
         pulled,
+        names,
     })
 }

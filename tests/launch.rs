@@ -62,12 +62,21 @@ impl Envbox {
     fn wait_for(&mut self, needle: &str, timeout: Duration) {
         let end = Instant::now() + timeout;
         loop {
-            if self.lines.lock().unwrap().iter().any(|l| l.contains(needle)) {
+            if self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(needle))
+            {
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(200));
-                panic!("envbox exited ({status}) before {needle:?}:\n{}", self.log());
+                panic!(
+                    "envbox exited ({status}) before {needle:?}:\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < end,
@@ -79,8 +88,7 @@ impl Envbox {
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal)
-            .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
     fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
@@ -145,7 +153,10 @@ impl Dirs {
             ("ENVBOX_INSECURE_REGISTRIES", registry.host.clone()),
             ("CODER_INNER_USERNAME", "coder".to_owned()),
             ("CODER_BOOTSTRAP_SCRIPT", script.to_owned()),
-            ("CODER_AGENT_TOKEN", "token-that-must-not-be-logged".to_owned()),
+            (
+                "CODER_AGENT_TOKEN",
+                "token-that-must-not-be-logged".to_owned(),
+            ),
             ("ENVBOX_RUNTIME", "runc".to_owned()),
             ("ENVBOX_STATE_DIR", self.path("state").display().to_string()),
             ("ENVBOX_RUN_DIR", self.path("run").display().to_string()),
@@ -194,9 +205,18 @@ fn wait_for_file(path: &Path, envbox: &mut Envbox, timeout: Duration) -> String 
             }
         }
         if let Some(status) = envbox.child.try_wait().unwrap() {
-            panic!("envbox exited ({status}) before writing {}:\n{}", path.display(), envbox.log());
+            panic!(
+                "envbox exited ({status}) before writing {}:\n{}",
+                path.display(),
+                envbox.log()
+            );
         }
-        assert!(Instant::now() < end, "no {} within {timeout:?}:\n{}", path.display(), envbox.log());
+        assert!(
+            Instant::now() < end,
+            "no {} within {timeout:?}:\n{}",
+            path.display(),
+            envbox.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -313,14 +333,25 @@ while :; do sleep 1; done
     assert_eq!(field("token"), "set");
     assert_eq!(field("subsystem"), "envbox");
     assert_eq!(field("ro_seen"), "from the outside");
-    assert!(field("ro_write").contains("Read-only file system"), "{report}");
+    assert!(
+        field("ro_write").contains("Read-only file system"),
+        "{report}"
+    );
     assert!(!ro.join("new").exists());
-    assert_eq!(field("rw_owner"), "0", "a plain mount source is owned by root inside");
+    assert_eq!(
+        field("rw_owner"),
+        "0",
+        "a plain mount source is owned by root inside"
+    );
     assert_eq!(field("tun"), "open", "{report}");
     assert_eq!(field("fuse"), "open", "{report}");
     assert_eq!(field("mem"), (256u64 << 20).to_string());
     assert_eq!(field("cpu"), "150000");
-    assert_eq!(field("gateway"), "172.29.0.1", "host.docker.internal is the gateway");
+    assert_eq!(
+        field("gateway"),
+        "172.29.0.1",
+        "host.docker.internal is the gateway"
+    );
     assert_eq!(field("outer"), "hello from the outer side", "{report}");
     // Ownership of the home mount: the inner user, shifted.
     let meta = fs::metadata(&home).unwrap();
@@ -335,14 +366,21 @@ while :; do sleep 1; done
 
     envbox.signal(nix::sys::signal::Signal::SIGTERM);
     let status = envbox.wait_exit(Duration::from_secs(60));
-    assert!(status.success(), "exit after SIGTERM: {status}\n{}", envbox.log());
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        envbox.log()
+    );
     assert_eq!(
         fs::read_to_string(home.join("trapped")).unwrap_or_default(),
         "trapped\n",
         "the SIGTERM reached the bootstrap script's trap"
     );
     let log = envbox.log();
-    assert!(!log.contains("token-that-must-not-be-logged"), "token in log");
+    assert!(
+        !log.contains("token-that-must-not-be-logged"),
+        "token in log"
+    );
     let socket = dirs.root.join("run").display().to_string();
     assert!(
         processes_mentioning(&socket).is_empty(),
@@ -366,7 +404,12 @@ fn a_second_start_after_kill_9_of_the_first_starts_cleanly() {
     let (registry, image) = registry_with_busybox();
     let dirs = Dirs::new("restart");
     let script = r#"echo "started as $(id -u)"; while :; do sleep 1; done"#;
-    let env = dirs.base_env(&image, &registry, script);
+    let mut env = dirs.base_env(&image, &registry, script);
+    let home = dirs.path("home-coder");
+    env.push((
+        "CODER_MOUNTS".to_owned(),
+        format!("{}:/home/coder", home.display()),
+    ));
 
     let mut first = Envbox::start(&env);
     first.wait_for("started as 1000", Duration::from_secs(120));

@@ -34,7 +34,7 @@ fn prepared(state: &Path) -> PreparedImage {
             &config,
             &blobs,
             &layers,
-            &reference,
+            &reference.into(),
             &Limits::default(),
         ))
         .unwrap()

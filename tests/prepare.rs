@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use support::host::{requirements_met, RuncContainer};
 use support::image::{busybox_image, write_layout};
+use support::proxy::{Fault, FaultProxy};
 use support::registry::Registry;
 
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
@@ -137,7 +138,7 @@ fn prepare_output_is_a_bundle_runc_runs() {
 }
 
 #[test]
-fn docker_prepares_assembles_and_specs_then_says_launching_is_not_built() {
+fn docker_fails_clearly_without_sysbox_or_without_the_user_and_leaves_nothing_mounted() {
     if !requirements_met("docker entrypoint test", false) {
         return;
     }
@@ -145,7 +146,7 @@ fn docker_prepares_assembles_and_specs_then_says_launching_is_not_built() {
     let reference = push_busybox(&registry);
     let state = tempfile::tempdir_in("/var/tmp").unwrap();
     let run_dir = state.path().join("run");
-    let env = |user: &'static str| {
+    let env = |user: &'static str, runtime: &'static str| {
         vec![
             (
                 "ENVBOX_STATE_DIR",
@@ -153,30 +154,28 @@ fn docker_prepares_assembles_and_specs_then_says_launching_is_not_built() {
             ),
             ("ENVBOX_RUN_DIR", run_dir.to_str().unwrap().to_owned()),
             ("ENVBOX_INSECURE_REGISTRIES", registry.host.clone()),
+            ("ENVBOX_RUNTIME", runtime.to_owned()),
             ("CODER_INNER_IMAGE", reference.clone()),
             ("CODER_INNER_USERNAME", user.to_owned()),
         ]
     };
-    let run = |user| {
-        let vars = env(user);
+    let run = |user, runtime| {
+        let vars = env(user, runtime);
         let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         envbox(&["docker"], &pairs)
     };
-    let out = run("coder");
+    // The default runtime is sysbox-runc, which this machine lacks: its daemons cannot start.
+    let out = run("coder", "sysbox-runc");
     let err = text(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("Runtime spec ready"), "{err}");
     assert!(
-        err.contains("\"type\":\"error\"") && err.contains("not implemented yet"),
+        err.contains("\"type\":\"error\"") && err.contains("sysbox-mgr"),
         "{err}"
     );
-    assert!(
-        !state.path().join("container/merged/bin").exists(),
-        "the rootfs was released"
-    );
 
-    let out = run("alice");
+    let out = run("alice", "runc");
     let err = text(&out.stderr);
+    assert!(!out.status.success());
     assert!(
         err.contains("alice") && err.contains("not found in the image"),
         "{err}"
@@ -186,6 +185,12 @@ fn docker_prepares_assembles_and_specs_then_says_launching_is_not_built() {
         1,
         "the cause is said once: {err}"
     );
+    assert!(
+        !state.path().join("container/merged/bin").exists(),
+        "the rootfs was released"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(state.path().to_str().unwrap()), "{mounts}");
 }
 
 #[test]
@@ -310,4 +315,166 @@ fn a_kill_9_mid_unpack_leaves_nothing_a_later_start_takes_as_complete() {
             .join(id.trim_start_matches("sha256:"))
             .is_dir());
     }
+}
+
+/// Two or more small layers, each one file.
+fn small_layers(count: usize) -> support::image::ImageSpec {
+    let mut image = support::image::ImageSpec::new("amd64");
+    for i in 0..count {
+        image = image.layer(support::image::Layer::new(vec![
+            support::image::Entry::file(&format!("/layer{i}"), 0o644, vec![i as u8; 4096]),
+        ]));
+    }
+    image
+}
+
+fn hex(digest: &str) -> &str {
+    digest.trim_start_matches("sha256:")
+}
+
+/// `envbox::prepare::prepare` of `reference` through `proxy`, `downloads` blobs at a time.
+fn prepare_via(
+    proxy: &FaultProxy,
+    reference: &str,
+    state: &std::path::Path,
+    downloads: usize,
+) -> Result<envbox::prepare::PreparedImage, envbox::prepare::PrepareError> {
+    let config = envbox::registry::RegistryConfig {
+        insecure: vec![proxy.host.clone()],
+        max_concurrent_downloads: downloads,
+        ..envbox::registry::RegistryConfig::default()
+    };
+    let source = envbox::registry::ImageRef::parse(&format!("{}/{reference}", proxy.host))
+        .unwrap()
+        .into();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(envbox::prepare::prepare(
+            &config,
+            &envbox::cache::BlobStore::open(state).unwrap(),
+            &envbox::unpack::LayerStore::open(state).unwrap(),
+            &source,
+            &envbox::unpack::Limits::default(),
+        ))
+}
+
+fn blob_get_fault(proxy: &FaultProxy, digest: &str) -> Vec<Option<&'static str>> {
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.ends_with(digest))
+        .map(|r| r.fault)
+        .collect()
+}
+
+#[test]
+fn a_layer_is_unpacked_while_later_blobs_are_still_downloading() {
+    if !requirements_met("download/unpack overlap test", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let layout = tempfile::tempdir().unwrap();
+    let info = write_layout(layout.path(), "t", &[small_layers(2)]);
+    registry.push(layout.path(), "t", "team/two:1");
+    let proxy = FaultProxy::start(&registry);
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let first_layer_dir = state.path().join("layers").join(hex(&info.diff_ids[0][0]));
+    let second = info.layer_digests[0][1].clone();
+    proxy.inject(Fault::Hold {
+        path_contains: second.clone(),
+        until: first_layer_dir.clone(),
+        at_most: std::time::Duration::from_secs(30),
+    });
+    let prepared = prepare_via(&proxy, "team/two:1", state.path(), 4).unwrap();
+    assert_eq!(prepared.layers_unpacked, 2);
+    assert_eq!(
+        blob_get_fault(&proxy, &second),
+        [Some("held")],
+        "layer 2 was held until layer 1 was unpacked, so layer 1 was unpacked while layer 2 was still downloading"
+    );
+    assert!(first_layer_dir.join("layer0").is_file());
+}
+
+/// Rewrites the image of `layout` (tag `t`, one image) so that its config names a wrong diff ID
+/// for the first layer.
+fn break_first_diff_id(layout: &std::path::Path, info: &support::image::LayoutInfo) {
+    let blob = |d: &str| layout.join("blobs/sha256").join(hex(d));
+    let write = |bytes: Vec<u8>| {
+        let digest = support::server::sha256_digest(&bytes);
+        std::fs::write(blob(&digest), &bytes).unwrap();
+        (digest, bytes.len())
+    };
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&info.config_digests[0])).unwrap()).unwrap();
+    config["rootfs"]["diff_ids"][0] = support::server::sha256_digest(b"not the layer").into();
+    let (config_digest, config_size) = write(serde_json::to_vec(&config).unwrap());
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob(&info.manifest_digests[0])).unwrap()).unwrap();
+    manifest["config"]["digest"] = config_digest.into();
+    manifest["config"]["size"] = config_size.into();
+    let (manifest_digest, manifest_size) = write(serde_json::to_vec(&manifest).unwrap());
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    index["manifests"][0]["digest"] = manifest_digest.into();
+    index["manifests"][0]["size"] = manifest_size.into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn an_unpack_failure_stops_new_downloads_lets_those_in_flight_finish_and_is_the_error() {
+    if !requirements_met("unpack failure during download test", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let layout = tempfile::tempdir().unwrap();
+    let info = write_layout(layout.path(), "t", &[small_layers(3)]);
+    break_first_diff_id(layout.path(), &info);
+    registry.push(layout.path(), "t", "team/bad:1");
+    let proxy = FaultProxy::start(&registry);
+    let [first, second, third] = [0, 1, 2].map(|i| info.layer_digests[0][i].clone());
+    // Layer 2 is in flight (held) while layer 1, downloaded before it, fails to unpack.
+    proxy.inject(Fault::Hold {
+        path_contains: second.clone(),
+        until: "/nonexistent/never".into(),
+        at_most: std::time::Duration::from_secs(3),
+    });
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let err = prepare_via(&proxy, "team/bad:1", state.path(), 1).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            envbox::prepare::PrepareError::Unpack(
+                envbox::unpack::UnpackError::DiffIdMismatch { .. }
+            )
+        ),
+        "the unpack failure wins: {err}"
+    );
+    assert_eq!(blob_get_fault(&proxy, &first), [None]);
+    assert_eq!(blob_get_fault(&proxy, &second), [Some("hold-timeout")]);
+    assert!(
+        blob_get_fault(&proxy, &third).is_empty(),
+        "no download starts after the failure"
+    );
+    let store = envbox::cache::BlobStore::open(state.path()).unwrap();
+    let second = envbox::digest::Digest::parse(&second).unwrap();
+    assert!(
+        store.size_of(&second).is_some(),
+        "the transfer in flight finished and its blob is stored whole"
+    );
+    for dir in ["staging", "layers/.staging"] {
+        assert_eq!(
+            std::fs::read_dir(state.path().join(dir)).unwrap().count(),
+            0,
+            "{dir}: nothing left half-written"
+        );
+    }
+    assert!(
+        !state
+            .path()
+            .join("layers")
+            .join(hex(&info.diff_ids[0][0]))
+            .exists(),
+        "no layer directory for the layer that failed"
+    );
 }

@@ -29,7 +29,7 @@ pub use writer::BlobWriter;
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
-    #[error("blob {expected}: content has digest {actual}, the registry's descriptor says {expected}; nothing was stored")]
+    #[error("blob {expected}: content has digest {actual}, its descriptor says {expected}; nothing was stored")]
     DigestMismatch { expected: Digest, actual: Digest },
     #[error(
         "blob {digest}: got {actual} bytes, the descriptor says {expected}; nothing was stored"

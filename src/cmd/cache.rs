@@ -7,7 +7,8 @@ use crate::cache::BlobStore;
 use crate::cli::{CacheArgs, CacheCommand};
 use crate::config::{names, Purpose, Settings};
 use crate::digest::Digest;
-use crate::registry::{self, ImageRef, RegistryConfig};
+use crate::registry::{self, RegistryConfig};
+use crate::source::ImageSource;
 use crate::unpack::LayerStore;
 
 fn open(args: &CacheArgs) -> anyhow::Result<(Settings, BlobStore)> {
@@ -54,7 +55,12 @@ fn prune(args: &CacheArgs) -> anyhow::Result<()> {
             names::IMAGE
         )
     })?;
-    let reference = ImageRef::parse(&text)?;
+    let reference = match ImageSource::parse(&text)? {
+        ImageSource::Registry(reference) => reference,
+        ImageSource::Local(_) => anyhow::bail!(
+            "cache prune keeps the blobs of an image reference; {text} is a local image: name the reference it was recorded as (envbox cache ls lists them)"
+        ),
+    };
     let (config, _) = RegistryConfig::from_settings(&settings)?;
     let cached = runtime()?.block_on(registry::cached_blobs(&config, &store, &reference))?;
     let keep: BTreeSet<Digest> = cached.blobs.into_iter().collect();

@@ -11,7 +11,8 @@ use crate::config::{Purpose, Settings};
 use crate::launch;
 use crate::prepare::PreparedImage;
 use crate::progress::{self, Kind};
-use crate::registry::{ImageRef, RegistryConfig};
+use crate::registry::RegistryConfig;
+use crate::source::ImageSource;
 use crate::unpack::{LayerStore, Limits};
 
 pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
@@ -21,13 +22,13 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
         Purpose::Docker,
     )?;
     let image = settings.image.clone().unwrap_or_default();
-    let reference = ImageRef::parse(&image)?;
+    let source = ImageSource::parse(&image)?;
     let (config, warnings) = RegistryConfig::from_settings(&settings)?;
     warn_all(warnings);
     let blobs = BlobStore::open(&settings.state_dir)?;
     let layers = LayerStore::open(&settings.state_dir)?;
     let prepare: launch::PrepareFn =
-        Box::new(move || Box::pin(prepare(config, blobs, layers, reference)));
+        Box::new(move || Box::pin(prepare(config, blobs, layers, source)));
     runtime()?.block_on(launch::run(&settings, prepare))?;
     progress::emit(Kind::Info, "Workspace stopped");
     Ok(())
@@ -38,16 +39,16 @@ async fn prepare(
     config: RegistryConfig,
     blobs: BlobStore,
     layers: LayerStore,
-    reference: ImageRef,
+    source: ImageSource,
 ) -> anyhow::Result<PreparedImage> {
-    progress::emit(Kind::Info, &format!("Preparing image {reference}..."));
+    progress::emit(Kind::Info, &format!("Preparing image {source}..."));
     let prepared =
-        crate::prepare::prepare(&config, &blobs, &layers, &reference, &Limits::default()).await?;
+        crate::prepare::prepare(&config, &blobs, &layers, &source, &Limits::default()).await?;
     for warning in &prepared.warnings {
         progress::emit(Kind::Info, &format!("warning: {warning}"));
     }
     let line = format!(
-        "Image {reference} ({}) ready: {} layer(s), {} unpacked now",
+        "Image {source} ({}) ready: {} layer(s), {} unpacked now",
         prepared.pulled.manifest_digest,
         prepared.layer_dirs.len(),
         prepared.layers_unpacked

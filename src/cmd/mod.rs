@@ -12,9 +12,11 @@ mod spec;
 use crate::cache::BlobStore;
 use crate::cli::{Cli, Command};
 use crate::config::{names, Settings};
+use crate::digest::Digest;
 use crate::prepare::PreparedImage;
 use crate::progress::{self, Kind};
 use crate::registry::{ImageRef, RegistryConfig};
+use crate::source::ImageSource;
 use crate::unpack::{LayerStore, Limits};
 
 /// The outer `CODER_AGENT_SUBSYSTEM` (env only, as in the Go envbox).
@@ -29,9 +31,8 @@ fn warn_all<W: std::fmt::Display>(warnings: impl IntoIterator<Item = W>) {
     }
 }
 
-/// `image` pulled and unpacked into the cache on the volume of `settings`, warnings logged.
-fn prepare_image(settings: &Settings, image: &str) -> anyhow::Result<(ImageRef, PreparedImage)> {
-    let reference = ImageRef::parse(image)?;
+/// `source` fetched and unpacked into the cache on the volume of `settings`, warnings logged.
+fn prepare_image(settings: &Settings, source: &ImageSource) -> anyhow::Result<PreparedImage> {
     let (config, warnings) = RegistryConfig::from_settings(settings)?;
     warn_all(warnings);
     let blobs = BlobStore::open(&settings.state_dir)?;
@@ -40,11 +41,20 @@ fn prepare_image(settings: &Settings, image: &str) -> anyhow::Result<(ImageRef, 
         &config,
         &blobs,
         &layers,
-        &reference,
+        source,
         &Limits::default(),
     ))?;
     warn_all(&prepared.warnings);
-    Ok((reference, prepared))
+    Ok(prepared)
+}
+
+/// What `pull` and `prepare` print for scripts: `repository@digest` of the first reference
+/// the image is known by, else the `--image` text a later run must repeat.
+fn printable(source: &ImageSource, names: &[ImageRef], digest: &Digest) -> String {
+    match names.first() {
+        Some(reference) => format!("{}@{digest}", reference.normalized_repository()),
+        None => source.to_string(),
+    }
 }
 
 /// A multi-threaded runtime for the commands that do network I/O.

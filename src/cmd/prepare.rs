@@ -1,13 +1,15 @@
-//! `envbox prepare`: fill the cache on the volume (pull + unpack) so a later `envbox docker`
+//! `envbox prepare`: fill the cache on the volume (fetch + unpack) so a later `envbox docker`
 //! needs no network; with `--output DIR`, also write an OCI runtime bundle.
 
 use anyhow::Context;
 
-use super::{outer_subsystem, prepare_image, warn_all};
+use super::{outer_subsystem, prepare_image, printable, warn_all};
 use crate::bundle;
 use crate::cli::PrepareArgs;
 use crate::config::{names, Purpose, Settings};
 use crate::progress::{self, Kind};
+use crate::registry::ImageRef;
+use crate::source::ImageSource;
 use crate::unpack::Limits;
 
 pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
@@ -22,12 +24,16 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
         .image
         .clone()
         .with_context(|| format!("{} is required", names::IMAGE))?;
+    let pin_as = args.pin_as.as_deref().map(ImageRef::parse).transpose()?;
+    let source = ImageSource::parse(&image)?.pinned_as(pin_as)?;
     let started = std::time::Instant::now();
-    let (reference, prepared) = prepare_image(&settings, &image)?;
+    let prepared = prepare_image(&settings, &source)?;
+    let local = matches!(source, ImageSource::Local(_));
+    let copied = if local { "imported" } else { "downloaded" };
     progress::emit(
         Kind::Info,
         &format!(
-            "prepared {reference} ({}) in {:.2} s: {} blob(s) downloaded, {} of {} layer(s) unpacked",
+            "prepared {source} ({}) in {:.2} s: {} blob(s) {copied}, {} of {} layer(s) unpacked",
             prepared.pulled.manifest_digest,
             started.elapsed().as_secs_f64(),
             prepared.pulled.blobs_downloaded,
@@ -35,6 +41,16 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
             prepared.layer_dirs.len()
         ),
     );
+    if local {
+        for reference in &prepared.names {
+            progress::emit(
+                Kind::Info,
+                &format!(
+                    "recorded as {reference}: a later start by that reference needs no network"
+                ),
+            );
+        }
+    }
     if let Some(output) = &args.output {
         let report = bundle::write(output, &settings, &prepared, &Limits::default())
             .with_context(|| format!("writing the bundle {}", output.display()))?;
@@ -45,9 +61,8 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "{}@{}",
-        reference.normalized_repository(),
-        prepared.pulled.digest
+        "{}",
+        printable(&source, &prepared.names, &prepared.pulled.digest)
     );
     Ok(())
 }

@@ -1,13 +1,15 @@
-//! `envbox pull [IMAGE]`: fill the cache on the volume; print `reference@digest`.
+//! `envbox pull [IMAGE]`: fill the cache on the volume (from a registry, or imported from a
+//! local layout or archive); print `reference@digest`.
 
 use anyhow::Context;
 
-use super::{outer_subsystem, runtime, warn_all};
+use super::{outer_subsystem, printable, runtime, warn_all};
 use crate::cache::BlobStore;
 use crate::cli::PullArgs;
 use crate::config::{names, Purpose, Settings};
 use crate::progress::{self, Kind};
-use crate::registry::{self, ImageRef, RegistryConfig};
+use crate::registry::{LayerFeed, RegistryConfig};
+use crate::source::{self, ImageSource};
 
 pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(&args.settings, outer_subsystem().as_deref(), Purpose::Pull)?;
@@ -16,23 +18,33 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| settings.image.clone())
         .with_context(|| format!("no image: give one, or set {}", names::IMAGE))?;
-    let reference = ImageRef::parse(&text)?;
+    let source = ImageSource::parse(&text)?;
     let (config, warnings) = RegistryConfig::from_settings(&settings)?;
     warn_all(warnings);
     let store = BlobStore::open(&settings.state_dir)?;
     let started = std::time::Instant::now();
-    let image = runtime()?.block_on(registry::pull(&config, &store, &reference))?;
+    let fetched = runtime()?.block_on(source::fetch(
+        &source,
+        &config,
+        &store,
+        &LayerFeed::default(),
+    ))?;
+    let image = &fetched.image;
     warn_all(&image.warnings);
     progress::emit(
         Kind::Info,
         &format!(
-            "pulled {reference} ({}) in {:.1} s: {} blob(s) downloaded, {} layer(s)",
+            "pulled {source} ({}) in {:.1} s: {} blob(s) {}, {} layer(s)",
             image.manifest_digest,
             started.elapsed().as_secs_f64(),
             image.blobs_downloaded,
+            match source {
+                ImageSource::Registry(_) => "downloaded",
+                ImageSource::Local(_) => "imported",
+            },
             image.layers.len()
         ),
     );
-    println!("{}@{}", reference.normalized_repository(), image.digest);
+    println!("{}", printable(&source, &fetched.names, &image.digest));
     Ok(())
 }

@@ -17,7 +17,8 @@ fn secret(text: &str) -> Result<Secret, std::convert::Infallible> {
 #[derive(Debug, Clone, Default, Args)]
 pub struct RawSettings {
     /// Image of the workspace, e.g. `ubuntu` (= docker.io/library/ubuntu:latest), tags and
-    /// `@sha256:` digests allowed. Required.
+    /// `@sha256:` digests allowed; or a local image: oci:DIR[:NAME], oci-archive:FILE[:NAME],
+    /// docker-archive:FILE[:NAME]. Required.
     #[arg(long = names::IMAGE.flag, env = names::IMAGE.env, value_name = "REF")]
     pub image: Option<String>,
 

@@ -72,7 +72,8 @@ pub enum LaunchError {
 }
 
 /// How the image is made ready: given by the caller (`cmd`), which owns registry wiring.
-pub type PrepareFn = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<PreparedImage>>>>>;
+pub type PrepareFn =
+    Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<PreparedImage>>>>>;
 
 /// Everything started so far; what [`Workspace::stop`] undoes.
 #[derive(Default)]
@@ -146,7 +147,10 @@ impl Workspace {
         let engine = Engine::with_channel(daemons.channel());
         self.engine = Some(engine.clone());
         if engine.remove_leftovers(CONTAINER_ID).await? {
-            progress::emit(Kind::Info, "Removed the workspace container a previous run left");
+            progress::emit(
+                Kind::Info,
+                "Removed the workspace container a previous run left",
+            );
         }
 
         let rootfs = {
@@ -259,8 +263,7 @@ impl Workspace {
             .as_ref()
             .ok_or(bootstrap::BootstrapError::NoInitProcess)?;
         let process = bootstrap::process(init, user)?;
-        let sink: runtime::OutputSink =
-            Arc::new(|_, line: &str| progress::emit(Kind::Info, line));
+        let sink: runtime::OutputSink = Arc::new(|_, line: &str| progress::emit(Kind::Info, line));
         let exec = task
             .exec(
                 &ExecDef {
@@ -337,7 +340,10 @@ impl Workspace {
         }
         if let Some(engine) = &self.engine {
             if let Err(e) = engine.remove_leftovers(CONTAINER_ID).await {
-                progress::emit(Kind::Error, &format!("removing the workspace container: {e}"));
+                progress::emit(
+                    Kind::Error,
+                    &format!("removing the workspace container: {e}"),
+                );
             }
         }
         self.netns = None;
@@ -475,7 +481,10 @@ mod tests {
         let v1 = "12:memory:/a\n4:cpu,cpuacct:/workspace_cvm\n0::/init\n";
         assert_eq!(cpu_cgroup_in(v1), Some(PathBuf::from("/workspace_cvm")));
         let v2 = "0::/envbox/workspace_cvm\n";
-        assert_eq!(cpu_cgroup_in(v2), Some(PathBuf::from("/envbox/workspace_cvm")));
+        assert_eq!(
+            cpu_cgroup_in(v2),
+            Some(PathBuf::from("/envbox/workspace_cvm"))
+        );
         assert_eq!(cpu_cgroup_in("garbage"), None);
     }
 }

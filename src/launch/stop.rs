@@ -64,7 +64,10 @@ mod tests {
         );
         assert_eq!(p.signal_bootstrap, Some(libc::SIGTERM));
         assert!(p.wait_bootstrap);
-        assert!(!p.wait_init, "sleep infinity ignores SIGTERM: no point waiting");
+        assert!(
+            !p.wait_init,
+            "sleep infinity ignores SIGTERM: no point waiting"
+        );
         assert_eq!(p.grace, GRACE);
     }
 

@@ -9,6 +9,8 @@
 //! redirects; everything else goes through oci-client. It never unpacks or runs anything.
 
 mod credentials;
+pub(crate) mod describe;
+mod feed;
 mod fetch;
 pub mod manifest;
 mod platform;
@@ -22,8 +24,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use credentials::{Credential, Credentials};
+pub use describe::{PulledImage, PulledLayer};
+pub use feed::LayerFeed;
 pub use platform::Platform;
-pub use pull::{cached_blobs, pull, CachedImage, PulledImage, PulledLayer};
+pub use pull::{cached_blobs, pull, pull_feeding, CachedImage};
 pub use reference::{normalize_host, ImageRef};
 pub use tls::load_extra_certs;
 
@@ -197,6 +201,10 @@ pub enum RegistryError {
         attempts: u32,
         detail: String,
     },
+    #[error(
+        "pulling {reference}: stopped before every blob was fetched, because another step failed"
+    )]
+    Stopped { reference: String },
     #[error("talking to {registry} about {reference}: {detail}")]
     Protocol {
         reference: String,

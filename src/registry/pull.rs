@@ -3,7 +3,9 @@
 //! Owns: the order of a pull and what is fetched at all. Blobs already in the store are never
 //! fetched again; a reference pinned by digest whose manifests are in the store needs no
 //! network at all; a tag is resolved online (tags move) and pinned. Every manifest is checked
-//! against the digest it was asked for. Layers download in parallel, bounded. It never unpacks.
+//! against the digest it was asked for. The config comes first; layers download in parallel,
+//! bounded, and each is handed to the caller's [`LayerFeed`] as soon as it is verified in the
+//! store, so the caller can unpack it while the others download. It never unpacks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,48 +14,18 @@ use futures_util::{stream, StreamExt};
 use oci_client::manifest::OciImageManifest;
 use tokio::sync::Mutex;
 
+use super::describe::{self, PulledImage};
 use super::fetch::{fetch_blob, BlobRequest};
-use super::manifest::{self, Compression, Manifest};
+use super::manifest::{self, Manifest};
 use super::progress::{Progress, Reporter};
 use super::session::Session;
-use super::{platform, ImageRef, RegistryConfig, RegistryError};
+use super::{ImageRef, LayerFeed, RegistryConfig, RegistryError};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::image::ImageDocument;
 
-/// A layer of the pulled image, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PulledLayer {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: String,
-    pub compression: Compression,
-    /// The digest of the uncompressed tar, from the image config.
-    pub diff_id: Digest,
-}
-
-/// What a pull produced; every blob named here is in the store.
-#[derive(Debug, Clone)]
-pub struct PulledImage {
-    pub reference: ImageRef,
-    /// What the reference resolved to (an index's digest for multi-platform images).
-    pub digest: Digest,
-    /// The image manifest for this platform.
-    pub manifest_digest: Digest,
-    pub config_digest: Digest,
-    pub config: ImageDocument,
-    pub layers: Vec<PulledLayer>,
-    /// Blobs that had to be downloaded (0 on a warm cache).
-    pub blobs_downloaded: usize,
-    /// Things the caller should log (e.g. an offline fallback to a pinned digest).
-    pub warnings: Vec<String>,
-}
-
 fn digest_of(text: &str, reference: &ImageRef) -> Result<Digest, RegistryError> {
-    Digest::parse(text).map_err(|e| RegistryError::Manifest {
-        reference: reference.to_string(),
-        detail: e.to_string(),
-    })
+    describe::digest_of(text, &reference.to_string())
 }
 
 fn store_error(
@@ -202,67 +174,60 @@ async fn image_manifest(
     match manifest::parse(&bytes, None, &reference.to_string())? {
         Manifest::Image(image) => Ok((top.clone(), top, *image)),
         Manifest::Index(index) => {
-            let wanted = &lazy.config.platform;
-            let entry = platform::choose(&index.manifests, wanted).map_err(|offered| {
-                RegistryError::NoMatchingPlatform {
-                    reference: reference.to_string(),
-                    wanted: wanted.to_string(),
-                    offered,
-                }
-            })?;
-            let digest = digest_of(&entry.digest, reference)?;
-            let bytes = manifest_by_digest(lazy, store, reference, &digest).await?;
-            if bytes.len() as i64 != entry.size {
-                return Err(RegistryError::Manifest {
-                    reference: reference.to_string(),
-                    detail: format!(
-                        "manifest {digest} is {} bytes, the index says {}",
-                        bytes.len(),
-                        entry.size
-                    ),
-                });
-            }
-            match manifest::parse(&bytes, Some(&entry.media_type), &reference.to_string())? {
-                Manifest::Image(image) => Ok((top, digest, *image)),
-                Manifest::Index(_) => Err(RegistryError::Manifest {
-                    reference: reference.to_string(),
-                    detail: format!("index entry {digest} is itself an index"),
-                }),
-            }
+            let name = reference.to_string();
+            let entry = describe::platform_entry(&index.manifests, &lazy.config.platform, &name)?;
+            let bytes = manifest_by_digest(lazy, store, reference, &entry.digest).await?;
+            let image = describe::entry_manifest(&bytes, &entry, &name)?;
+            Ok((top, entry.digest, image))
         }
     }
 }
 
-/// Downloads every blob, a bounded number at once. After a failure no new transfer starts,
-/// but those in flight finish (their blobs are valid and stay cached for the next try) before
-/// the first error is returned: nothing is left writing behind the caller's back.
+/// Downloads every blob, a bounded number at once, calling `stored` for each as soon as it is
+/// committed to the store. After a failure (here, or `feed.stop()` by the consumer) no new
+/// transfer starts, but those in flight finish (their blobs are valid and stay cached for the
+/// next try) before the first error is returned: nothing is left writing behind the caller's
+/// back. Transfers skipped because the consumer stopped make it [`RegistryError::Stopped`].
+#[allow(clippy::too_many_arguments)]
 async fn transfer_all(
     session: &Mutex<Session>,
     config: &RegistryConfig,
     store: &BlobStore,
     blobs: &[BlobRequest],
     progress: &Progress,
+    feed: &LayerFeed,
+    stored: &(dyn Fn(&BlobRequest) + Sync),
+    reference: &str,
 ) -> Result<(), RegistryError> {
-    let failed = AtomicBool::new(false);
+    let skipped = AtomicBool::new(false);
     let mut transfers = stream::iter(blobs)
         .map(|request| {
-            let failed = &failed;
+            let skipped = &skipped;
             async move {
-                if failed.load(Ordering::Relaxed) {
+                if feed.stopped() {
+                    skipped.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
-                fetch_blob(session, config, store, request, progress).await
+                fetch_blob(session, config, store, request, progress).await?;
+                stored(request);
+                Ok(())
             }
         })
         .buffer_unordered(config.max_concurrent_downloads.max(1));
     let mut first_error = None;
     while let Some(result) = transfers.next().await {
         if let Err(error) = result {
-            failed.store(true, Ordering::Relaxed);
+            feed.stop();
             first_error.get_or_insert(error);
         }
     }
-    first_error.map_or(Ok(()), Err)
+    match first_error {
+        Some(error) => Err(error),
+        None if skipped.load(Ordering::Relaxed) => Err(RegistryError::Stopped {
+            reference: reference.to_owned(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Pulls `reference` into `store`.
@@ -270,6 +235,18 @@ pub async fn pull(
     config: &RegistryConfig,
     store: &BlobStore,
     reference: &ImageRef,
+) -> Result<PulledImage, RegistryError> {
+    pull_feeding(config, store, reference, &LayerFeed::default()).await
+}
+
+/// Pulls `reference` into `store`, handing each layer to `feed` as soon as its blob is
+/// verified in the store: the config comes first (its diff IDs name the layers), layers
+/// already cached are handed over at once, the others as their transfers complete.
+pub async fn pull_feeding(
+    config: &RegistryConfig,
+    store: &BlobStore,
+    reference: &ImageRef,
+    feed: &LayerFeed,
 ) -> Result<PulledImage, RegistryError> {
     let mut lazy = LazySession {
         config,
@@ -279,93 +256,99 @@ pub async fn pull(
     let mut warnings = Vec::new();
     let (digest, manifest_digest, image) =
         image_manifest(&mut lazy, store, reference, &mut warnings).await?;
-    let config_digest = digest_of(&image.config.digest, reference)?;
-    let size = |s: i64| u64::try_from(s).unwrap_or(0);
-    let mut requests = vec![BlobRequest {
-        digest: config_digest.clone(),
-        size: size(image.config.size),
-        what: "the image config".into(),
-        urls: vec![],
-    }];
+    let name = reference.to_string();
     let count = image.layers.len();
-    for (i, layer) in image.layers.iter().enumerate() {
-        requests.push(BlobRequest {
-            digest: digest_of(&layer.digest, reference)?,
-            size: size(layer.size),
-            what: format!("layer {} of {count}", i + 1),
-            urls: layer.urls.clone().unwrap_or_default(),
-        });
-    }
-    let missing: Vec<BlobRequest> = requests
-        .iter()
-        .filter(|r| store.size_of(&r.digest) != Some(r.size))
-        .cloned()
-        .collect();
-    if !missing.is_empty() {
-        let session = lazy.get().await?;
-        let progress = Progress::new(missing.iter().map(|r| (r.digest.clone(), r.size)));
-        let _reporter = Reporter::start(
-            progress.clone(),
-            reference.to_string(),
-            config.progress_interval,
-        );
-        transfer_all(&session, config, store, &missing, &progress).await?;
-    }
-    let config_bytes = store
-        .read(&config_digest)
-        .map_err(|e| store_error(reference, &config_digest, e))?;
-    let document =
-        ImageDocument::from_json(&config_bytes, &format!("image config {config_digest}")).map_err(
-            |e| RegistryError::Manifest {
-                reference: reference.to_string(),
-                detail: e.to_string(),
+    let requests: Vec<BlobRequest> = describe::blobs_of(&image, &name)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, (digest, size))| BlobRequest {
+            digest,
+            size,
+            what: match i {
+                0 => "the image config".into(),
+                i => format!("layer {i} of {count}"),
             },
-        )?;
-    let wanted = &config.platform;
-    if !document.os.is_empty()
-        && !wanted.accepts(
-            &document.os,
-            &document.architecture,
-            document.variant.as_deref(),
+            urls: match i {
+                0 => vec![],
+                i => image.layers[i - 1].urls.clone().unwrap_or_default(),
+            },
+        })
+        .collect();
+    // Each missing blob once, even when the image lists it twice.
+    let mut missing: Vec<BlobRequest> = Vec::new();
+    for request in &requests {
+        if store.size_of(&request.digest) != Some(request.size)
+            && !missing.iter().any(|m| m.digest == request.digest)
+        {
+            missing.push(request.clone());
+        }
+    }
+    let transfer = match missing.is_empty() {
+        true => None,
+        false => {
+            let session = lazy.get().await?;
+            let progress = Progress::new(missing.iter().map(|r| (r.digest.clone(), r.size)));
+            let reporter =
+                Reporter::start(progress.clone(), name.clone(), config.progress_interval);
+            Some((session, progress, reporter))
+        }
+    };
+    let (config_blob, layer_blobs): (Vec<BlobRequest>, Vec<BlobRequest>) = missing
+        .iter()
+        .cloned()
+        .partition(|r| r.digest == requests[0].digest);
+    if let (Some((session, progress, _)), false) = (&transfer, config_blob.is_empty()) {
+        let none = |_: &BlobRequest| {};
+        transfer_all(
+            session,
+            config,
+            store,
+            &config_blob,
+            progress,
+            feed,
+            &none,
+            &name,
         )
-    {
-        return Err(RegistryError::WrongPlatform {
-            reference: reference.to_string(),
-            found: format!("{}/{}", document.os, document.architecture),
-            wanted: wanted.to_string(),
-        });
+        .await?;
     }
-    if document.rootfs.diff_ids.len() != image.layers.len() {
-        return Err(RegistryError::Manifest {
-            reference: reference.to_string(),
-            detail: format!(
-                "the manifest has {} layers but the config lists {} diff IDs",
-                image.layers.len(),
-                document.rootfs.diff_ids.len()
-            ),
-        });
-    }
-    let mut layers = Vec::with_capacity(count);
-    for (layer, diff_id) in image.layers.iter().zip(&document.rootfs.diff_ids) {
-        layers.push(PulledLayer {
-            digest: digest_of(&layer.digest, reference)?,
-            size: size(layer.size),
-            compression: manifest::layer_compression(&layer.media_type)
-                .unwrap_or(Compression::None),
-            media_type: layer.media_type.clone(),
-            diff_id: digest_of(diff_id, reference)?,
-        });
-    }
-    Ok(PulledImage {
-        reference: reference.clone(),
+    let mut pulled = describe::describe(
+        store,
+        &config.platform,
+        &name,
         digest,
         manifest_digest,
-        config_digest,
-        config: document,
-        layers,
-        blobs_downloaded: missing.len(),
-        warnings,
-    })
+        &image,
+    )?;
+    for (i, layer) in pulled.layers.iter().enumerate() {
+        if !layer_blobs.iter().any(|r| r.digest == layer.digest) {
+            feed.ready(i, layer);
+        }
+    }
+    if let Some((session, progress, _)) = &transfer {
+        let layers = &pulled.layers;
+        let stored = |request: &BlobRequest| {
+            for (i, layer) in layers.iter().enumerate() {
+                if layer.digest == request.digest {
+                    feed.ready(i, layer);
+                }
+            }
+        };
+        transfer_all(
+            session,
+            config,
+            store,
+            &layer_blobs,
+            progress,
+            feed,
+            &stored,
+            &name,
+        )
+        .await?;
+    }
+    drop(transfer);
+    pulled.blobs_downloaded = missing.len();
+    pulled.warnings = warnings;
+    Ok(pulled)
 }
 
 /// Every blob of `reference` that is in the store, found without the network (pinned digest,

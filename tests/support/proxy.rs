@@ -47,6 +47,14 @@ pub enum Fault {
     NoRangeSupport,
     /// Answer blob GETs with `307 Location: <to><path>` (like S3 redirects), forever.
     RedirectBlobs { to: String },
+    /// Hold GETs whose path contains `path_contains` until the file `until` exists, at most
+    /// `at_most`, then forward them; recorded as `held` (released by the file) or
+    /// `hold-timeout`.
+    Hold {
+        path_contains: String,
+        until: std::path::PathBuf,
+        at_most: std::time::Duration,
+    },
     /// Answer GET/HEAD of manifests whose path contains `path_contains` with this document.
     ReplaceManifest {
         path_contains: String,
@@ -237,6 +245,7 @@ enum Plan {
         strip_range: bool,
         drop_after: Option<u64>,
         corrupt: bool,
+        hold: Option<(std::path::PathBuf, std::time::Duration)>,
     },
     Answer(Response<Body>, &'static str),
 }
@@ -246,6 +255,7 @@ fn plan(state: &State, method: &str, path: &str) -> (Plan, Option<&'static str>)
     let mut strip_range = false;
     let mut corrupt = false;
     let mut drop_after = None;
+    let mut hold = None;
     let mut label = None;
     for active in faults.iter_mut() {
         if active.remaining == 0 {
@@ -340,6 +350,14 @@ fn plan(state: &State, method: &str, path: &str) -> (Plan, Option<&'static str>)
                 strip_range = true;
                 label = label.or(Some("no-range"));
             }
+            Fault::Hold {
+                path_contains,
+                until,
+                at_most,
+            } if method == "GET" && path.contains(path_contains.as_str()) => {
+                hold = Some((until.clone(), *at_most));
+                label = label.or(Some("held"));
+            }
             _ => {}
         }
         if used {
@@ -351,6 +369,7 @@ fn plan(state: &State, method: &str, path: &str) -> (Plan, Option<&'static str>)
             strip_range,
             drop_after,
             corrupt,
+            hold,
         },
         label,
     )
@@ -390,14 +409,27 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             strip_range,
             drop_after,
             corrupt,
-        } => match forward(&state, req, &path, query.as_deref(), strip_range).await {
-            Ok(response) => {
-                let (parts, body) = response.into_parts();
-                let body = shape_body(body, drop_after, corrupt);
-                Response::from_parts(parts, body)
+            hold,
+        } => {
+            if let Some((until, at_most)) = hold {
+                let deadline = tokio::time::Instant::now() + at_most;
+                while !until.exists() {
+                    if tokio::time::Instant::now() >= deadline {
+                        record.fault = Some("hold-timeout");
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
             }
-            Err(e) => server::respond(502, &[], format!("proxy upstream error: {e}")),
-        },
+            match forward(&state, req, &path, query.as_deref(), strip_range).await {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    let body = shape_body(body, drop_after, corrupt);
+                    Response::from_parts(parts, body)
+                }
+                Err(e) => server::respond(502, &[], format!("proxy upstream error: {e}")),
+            }
+        }
     };
     record.status = response.status().as_u16();
     state.requests.lock().expect("proxy requests").push(record);

@@ -1,0 +1,201 @@
+//! An image described from its manifests and config: the rules every image source shares.
+//!
+//! Owns: choosing the platform's entry of an image index, checking the manifest it points to
+//! against that entry, and turning an image manifest plus its config (already in the store) into
+//! a [`PulledImage`]: config platform checked against this node's, one diff ID per layer, layer
+//! compressions. Registry pulls and local archives (`crate::source`) both go through here, so
+//! an image means the same wherever it came from. It reads the config from the store and never
+//! fetches or writes anything.
+
+use oci_client::manifest::{ImageIndexEntry, OciImageManifest};
+
+use super::manifest::{self, Compression, Manifest};
+use super::{platform, Platform, RegistryError};
+use crate::cache::BlobStore;
+use crate::digest::Digest;
+use crate::image::ImageDocument;
+
+/// A layer of the image, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PulledLayer {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub compression: Compression,
+    /// The digest of the uncompressed tar, from the image config.
+    pub diff_id: Digest,
+}
+
+/// An image whose blobs are all in the store (after a pull or an import).
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    /// What the image is called in messages: the normalised reference, or the archive.
+    pub name: String,
+    /// What the reference resolved to (an index's digest for multi-platform images).
+    pub digest: Digest,
+    /// The image manifest for this platform.
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub config: ImageDocument,
+    pub layers: Vec<PulledLayer>,
+    /// Blobs that had to be copied into the store: downloaded, or imported from an archive
+    /// (0 on a warm cache).
+    pub blobs_downloaded: usize,
+    /// Things the caller should log (e.g. an offline fallback to a pinned digest).
+    pub warnings: Vec<String>,
+}
+
+/// What a descriptor points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Descriptor {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+pub(crate) fn malformed(reference: &str, detail: impl Into<String>) -> RegistryError {
+    RegistryError::Manifest {
+        reference: reference.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// A digest named by a manifest, index or config.
+pub(crate) fn digest_of(text: &str, reference: &str) -> Result<Digest, RegistryError> {
+    Digest::parse(text).map_err(|e| malformed(reference, e.to_string()))
+}
+
+/// A size named by a descriptor (negative sizes are refused).
+pub(crate) fn size_of(size: i64, digest: &Digest, reference: &str) -> Result<u64, RegistryError> {
+    u64::try_from(size).map_err(|_| malformed(reference, format!("{digest} has size {size}")))
+}
+
+/// The entry of an index's `entries` for `wanted`; the error lists what the index offers.
+pub(crate) fn platform_entry(
+    entries: &[ImageIndexEntry],
+    wanted: &Platform,
+    reference: &str,
+) -> Result<Descriptor, RegistryError> {
+    let entry =
+        platform::choose(entries, wanted).map_err(|offered| RegistryError::NoMatchingPlatform {
+            reference: reference.to_owned(),
+            wanted: wanted.to_string(),
+            offered,
+        })?;
+    let digest = digest_of(&entry.digest, reference)?;
+    Ok(Descriptor {
+        size: size_of(entry.size, &digest, reference)?,
+        digest,
+        media_type: entry.media_type.clone(),
+    })
+}
+
+/// The image manifest `bytes`, which an index `entry` points to: its size must be the entry's,
+/// and it must not be another index.
+pub(crate) fn entry_manifest(
+    bytes: &[u8],
+    entry: &Descriptor,
+    reference: &str,
+) -> Result<OciImageManifest, RegistryError> {
+    if bytes.len() as u64 != entry.size {
+        return Err(malformed(
+            reference,
+            format!(
+                "manifest {} is {} bytes, the index says {}",
+                entry.digest,
+                bytes.len(),
+                entry.size
+            ),
+        ));
+    }
+    match manifest::parse(bytes, Some(&entry.media_type), reference)? {
+        Manifest::Image(image) => Ok(*image),
+        Manifest::Index(_) => Err(malformed(
+            reference,
+            format!("index entry {} is itself an index", entry.digest),
+        )),
+    }
+}
+
+/// The config and layer blobs `image` names, config first, each with its size.
+pub(crate) fn blobs_of(
+    image: &OciImageManifest,
+    reference: &str,
+) -> Result<Vec<(Digest, u64)>, RegistryError> {
+    std::iter::once((&image.config.digest, image.config.size))
+        .chain(image.layers.iter().map(|l| (&l.digest, l.size)))
+        .map(|(digest, size)| {
+            let digest = digest_of(digest, reference)?;
+            Ok((digest.clone(), size_of(size, &digest, reference)?))
+        })
+        .collect()
+}
+
+/// The image `image` describes, once its config blob is in the store: the config is read and
+/// checked (platform, one diff ID per layer). `digest` is what the name resolved to (an index
+/// or the manifest itself). The layers need not be in the store yet.
+pub(crate) fn describe(
+    store: &BlobStore,
+    wanted: &Platform,
+    reference: &str,
+    digest: Digest,
+    manifest_digest: Digest,
+    image: &OciImageManifest,
+) -> Result<PulledImage, RegistryError> {
+    let config_digest = digest_of(&image.config.digest, reference)?;
+    let config_bytes = store
+        .read(&config_digest)
+        .map_err(|source| RegistryError::Store {
+            reference: reference.to_owned(),
+            digest: config_digest.to_string(),
+            source,
+        })?;
+    let document =
+        ImageDocument::from_json(&config_bytes, &format!("image config {config_digest}"))
+            .map_err(|e| malformed(reference, e.to_string()))?;
+    if !document.os.is_empty()
+        && !wanted.accepts(
+            &document.os,
+            &document.architecture,
+            document.variant.as_deref(),
+        )
+    {
+        return Err(RegistryError::WrongPlatform {
+            reference: reference.to_owned(),
+            found: format!("{}/{}", document.os, document.architecture),
+            wanted: wanted.to_string(),
+        });
+    }
+    if document.rootfs.diff_ids.len() != image.layers.len() {
+        return Err(malformed(
+            reference,
+            format!(
+                "the manifest has {} layers but the config lists {} diff IDs",
+                image.layers.len(),
+                document.rootfs.diff_ids.len()
+            ),
+        ));
+    }
+    let mut layers = Vec::with_capacity(image.layers.len());
+    for (layer, diff_id) in image.layers.iter().zip(&document.rootfs.diff_ids) {
+        let digest = digest_of(&layer.digest, reference)?;
+        layers.push(PulledLayer {
+            size: size_of(layer.size, &digest, reference)?,
+            digest,
+            compression: manifest::layer_compression(&layer.media_type)
+                .unwrap_or(Compression::None),
+            media_type: layer.media_type.clone(),
+            diff_id: digest_of(diff_id, reference)?,
+        });
+    }
+    Ok(PulledImage {
+        name: reference.to_owned(),
+        digest,
+        manifest_digest,
+        config_digest,
+        config: document,
+        layers,
+        blobs_downloaded: 0,
+        warnings: Vec::new(),
+    })
+}

@@ -1,0 +1,67 @@
+//! [`LayerFeed`]: layers handed on as soon as their blobs are verified in the store.
+//!
+//! Owns: the small contract between a fetch (registry pull or local import) and whoever consumes
+//! its layers while it is still running (`crate::prepare` unpacks them): `ready` is called once
+//! per layer index, only after that layer's blob is committed to the store (verified against
+//! the manifest's digest and size) and the image config (its diff IDs) is known; `stop` asks
+//! the fetch to start no new transfer (those in flight finish). It never fetches, stores or
+//! unpacks anything itself.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::PulledLayer;
+
+type Ready = dyn Fn(usize, &PulledLayer) + Send + Sync;
+
+/// Where a fetch reports each verified layer, and the shared stop flag. Cheap to clone; the
+/// default feed reports nowhere.
+#[derive(Clone, Default)]
+pub struct LayerFeed {
+    ready: Option<Arc<Ready>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for LayerFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerFeed")
+            .field("stopped", &self.stopped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LayerFeed {
+    /// A feed that calls `ready(index, layer)` for each layer as it lands in the store.
+    pub fn new(ready: impl Fn(usize, &PulledLayer) + Send + Sync + 'static) -> LayerFeed {
+        LayerFeed {
+            ready: Some(Arc::new(ready)),
+            stop: Arc::default(),
+        }
+    }
+
+    /// The same stop flag without the reporting (a consumer holds this one, so that the
+    /// reporting closure, and what it owns, goes away with the fetch).
+    pub fn stop_handle(&self) -> LayerFeed {
+        LayerFeed {
+            ready: None,
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Reports layer `index`, whose blob is now verified in the store.
+    pub fn ready(&self, index: usize, layer: &PulledLayer) {
+        if let Some(ready) = &self.ready {
+            ready(index, layer);
+        }
+    }
+
+    /// Asks the fetch and the consumer to start nothing new. True for the call that stopped it
+    /// first (so a caller can tell whose failure came first).
+    pub fn stop(&self) -> bool {
+        !self.stop.swap(true, Ordering::SeqCst)
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
