@@ -2,7 +2,13 @@
 CARGO ?= cargo
 SCHEMA_DIR ?= /usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema
 
-.PHONY: build release test unit conformance fmt lint specs bench clean
+.PHONY: demo build release test unit conformance fmt lint specs bench clean
+
+# envbox's main job on this machine (root): installs the Debian packages it needs, builds
+# envbox, starts a loopback registry with a small image, runs `envbox docker` with runc and a
+# bootstrap script that shows it is inside the workspace, then stops it with SIGTERM.
+demo:
+	bash deploy/demo/demo.sh
 
 build:
 	$(CARGO) build --locked

@@ -36,11 +36,13 @@ cargo build --locked --manifest-path "$repo/Cargo.toml" --bin envbox
 envbox="$repo/target/debug/envbox"
 
 work=$(mktemp -d /var/tmp/envbox-demo.XXXXXX)
+# The workspace's root (uid 100000 outside) must be able to reach the rootfs under it.
+chmod 755 "$work"
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$work"
+    [ -n "${DEMO_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 

@@ -61,6 +61,8 @@ pub enum LaunchError {
     Bootstrap(#[from] bootstrap::BootstrapError),
     #[error("holding the workspace's network namespace (/proc/{pid}/ns/net): {source}")]
     Netns { pid: u32, source: std::io::Error },
+    #[error("{path} (mode {mode:o}, owner {uid}) cannot be searched by the workspace's root (uid {shifted}), so the runtime cannot reach the root filesystem under it: allow others to search it (chmod o+x) or put ENVBOX_STATE_DIR elsewhere", shifted = crate::spec::ID_SHIFT)]
+    Unreachable { path: PathBuf, mode: u32, uid: u32 },
     #[error("listening for signals: {0}")]
     Signals(std::io::Error),
     #[error("{0} exited unexpectedly; the workspace was stopped")]
@@ -170,6 +172,7 @@ impl Workspace {
         };
         warn_all(&rootfs.warnings);
         let rootfs_path = rootfs.path.clone();
+        check_searchable(&rootfs_path)?;
         self.rootfs = Some(rootfs);
 
         let planned = pipeline::plan_with_facts(settings, &rootfs_path, &prepared.config)?;
@@ -199,6 +202,12 @@ impl Workspace {
                     ),
                 );
             }
+        }
+        // envbox is the bridge's only user: one left by a killed run (perhaps with another
+        // subnet) is removed, and the bridge plugin makes it afresh.
+        {
+            let net = Arc::clone(&net);
+            blocking(move || net.remove_bridge()).await?;
         }
         self.network = Some(Arc::clone(&net));
 
@@ -333,9 +342,13 @@ impl Workspace {
             self.stop_task(&task, grace).await;
         }
         if let (Some(net), Some(attachment)) = (self.network.take(), self.attachment.take()) {
-            match blocking(move || net.del(&attachment)).await {
-                Ok(()) => {}
-                Err(e) => progress::emit(Kind::Error, &format!("workspace network: {e}")),
+            let result = blocking(move || {
+                net.del(&attachment)?;
+                net.remove_bridge()
+            })
+            .await;
+            if let Err(e) = result {
+                progress::emit(Kind::Error, &format!("workspace network: {e}"));
             }
         }
         if let Some(engine) = &self.engine {
@@ -452,6 +465,31 @@ fn cpu_cgroup_in(proc_cgroup: &str) -> Option<PathBuf> {
     unified
 }
 
+/// Every directory above the rootfs must be searchable by the workspace's root (the shifted
+/// uid, which the runtime is once inside the user namespace), or creating the container fails
+/// with a bare "permission denied".
+fn check_searchable(rootfs: &std::path::Path) -> Result<(), LaunchError> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in rootfs.ancestors().skip(1) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let mode = meta.mode() & 0o7777;
+        let shifted = crate::spec::ID_SHIFT;
+        let searchable = mode & 0o001 != 0
+            || (meta.uid() == shifted && mode & 0o100 != 0)
+            || (meta.gid() == shifted && mode & 0o010 != 0);
+        if !searchable {
+            return Err(LaunchError::Unreachable {
+                path: dir.to_owned(),
+                mode,
+                uid: meta.uid(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Runs blocking stage code off the async threads.
 async fn blocking<T: Send + 'static, E: Send + 'static>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
@@ -475,6 +513,22 @@ pub fn init_log(settings: &Settings) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_directory_above_the_rootfs_is_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let private = dir.path().join("private");
+        let rootfs = private.join("state/container/merged");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let error = check_searchable(&rootfs).unwrap_err().to_string();
+        assert!(error.contains(&private.display().to_string()), "{error}");
+        assert!(error.contains("mode 700"), "{error}");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        check_searchable(&rootfs).unwrap();
+    }
 
     #[test]
     fn the_cpu_cgroup_is_the_v1_cpu_line_or_the_unified_one() {

@@ -75,6 +75,8 @@ pub enum NetworkError {
     },
     #[error("a previous attachment of container {container_id:?} is still recorded in {path}: cleanup_stale must run before add")]
     StaleAttachment { container_id: String, path: PathBuf },
+    #[error("deleting the workspace bridge {bridge}: {source}")]
+    Bridge { bridge: String, source: io::Error },
     #[error("{action} {path}: {source}")]
     State {
         action: &'static str,

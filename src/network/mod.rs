@@ -29,6 +29,7 @@
 //! it is gone the plugins release the lease and a sweep (`masq`) removes the masquerade rules the
 //! bridge plugin could no longer find.
 
+mod bridge;
 mod error;
 #[cfg(test)]
 mod fake;
@@ -153,6 +154,15 @@ impl<S: NetSys> Network<S> {
         let _lock = state::lock(&self.plan.lock_path())?;
         invoke::del(&self.sys, &attachment.record, Missing::Report)?;
         state::remove(&self.plan.cache_path())
+    }
+
+    /// Deletes the bridge (after the last [`Network::del`]): the plugins never do, and a
+    /// bridge left with another subnet breaks the next start on a machine that keeps it.
+    pub fn remove_bridge(&self) -> Result<bool, NetworkError> {
+        bridge::delete(&self.plan.bridge).map_err(|source| NetworkError::Bridge {
+            bridge: self.plan.bridge.clone(),
+            source,
+        })
     }
 
     /// Deletes an attachment a previous envbox left cached (killed before its DEL). "Already
