@@ -393,6 +393,75 @@ while :; do sleep 1; done
         "mounts left under {}:\n{mounts}",
         dirs.root.display()
     );
+    let nat = Command::new("iptables")
+        .args(["-t", "nat", "-S"])
+        .output()
+        .unwrap();
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    assert!(!nat.contains("172.29.0."), "NAT rules left:\n{nat}");
+    assert!(
+        !Path::new("/sys/class/net/envbox0").exists(),
+        "the workspace bridge is removed at stop"
+    );
+}
+
+#[test]
+fn containerd_dying_stops_envbox_with_a_message_naming_it() {
+    if !launch_requirements_met("envbox docker daemon death test") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (registry, image) = registry_with_busybox();
+    let dirs = Dirs::new("death");
+    let mut env = dirs.base_env(
+        &image,
+        &registry,
+        "echo agent-up; while :; do sleep 1; done",
+    );
+    env.push((
+        "CODER_MOUNTS".to_owned(),
+        format!("{}:/home/coder", dirs.path("home-coder").display()),
+    ));
+    let mut envbox = Envbox::start(&env);
+    envbox.wait_for("agent-up", Duration::from_secs(120));
+    let run = dirs.root.join("run");
+    let config = run.join("containerd").display().to_string();
+    let containerd: Vec<i32> = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let program = text.split(' ').next()?;
+            let is_containerd = program == "containerd" || program.ends_with("/containerd");
+            (is_containerd && text.contains(&config)).then_some(pid)
+        })
+        .collect();
+    assert_eq!(containerd.len(), 1, "envbox's containerd: {containerd:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(containerd[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = envbox.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "a daemon's death is a failure");
+    let log = envbox.log();
+    assert!(
+        log.contains("\"type\":\"error\"") && log.contains("containerd exited unexpectedly"),
+        "{log}"
+    );
+    // In a pod, envbox is PID 1: its exit ends every process of the pod. Here the shim and the
+    // workspace outlive it; a next start removes them (see the kill -9 test). Clean up.
+    let mut second = Envbox::start(&env);
+    second.wait_for("agent-up", Duration::from_secs(120));
+    second.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(second.wait_exit(Duration::from_secs(60)).success());
+    assert!(
+        processes_mentioning(&run.display().to_string()).is_empty(),
+        "{:?}",
+        processes_mentioning(&run.display().to_string())
+    );
 }
 
 #[test]

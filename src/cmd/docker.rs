@@ -29,7 +29,12 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let layers = LayerStore::open(&settings.state_dir)?;
     let prepare: launch::PrepareFn =
         Box::new(move || Box::pin(prepare(config, blobs, layers, source)));
-    runtime()?.block_on(launch::run(&settings, prepare))?;
+    let runtime = runtime()?;
+    let result = runtime.block_on(launch::run(&settings, prepare));
+    // Threads still blocked on a workspace process's output (its containerd died) must not
+    // keep envbox from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result?;
     progress::emit(Kind::Info, "Workspace stopped");
     Ok(())
 }

@@ -65,7 +65,7 @@ pub enum LaunchError {
     Unreachable { path: PathBuf, mode: u32, uid: u32 },
     #[error("listening for signals: {0}")]
     Signals(std::io::Error),
-    #[error("{0} exited unexpectedly; the workspace was stopped")]
+    #[error("the workspace was stopped because {0}")]
     DaemonDied(String),
     #[error("the workspace's init process ended ({0}); the workspace was stopped")]
     InitExited(ExitStatus),
@@ -91,6 +91,8 @@ struct Workspace {
     bootstrap_done: Option<tokio::task::JoinHandle<Result<ExitStatus, runtime::RuntimeError>>>,
     init_signal: i32,
     image_init: bool,
+    /// A supervised daemon died: containerd may be gone, so the stop works without it.
+    daemon_died: bool,
 }
 
 /// Runs the workspace until a signal stops it. `Ok` after a clean stop on SIGTERM/SIGINT.
@@ -316,6 +318,7 @@ impl Workspace {
                     return Ok(());
                 }
                 death = daemons.died() => {
+                    self.daemon_died = true;
                     return Err(LaunchError::DaemonDied(death.to_string()));
                 }
                 status = &mut init_exit => {
@@ -339,7 +342,14 @@ impl Workspace {
     /// Undoes whatever was started, in reverse order; every step is tried, failures logged.
     async fn stop(&mut self, grace: Duration) {
         if let Some(task) = self.task.take() {
-            self.stop_task(&task, grace).await;
+            if self.daemon_died {
+                kill_without_containerd(&task);
+                self.bootstrap = None;
+                self.bootstrap_done = None;
+                self.engine = None;
+            } else {
+                self.stop_task(&task, grace).await;
+            }
         }
         if let (Some(net), Some(attachment)) = (self.network.take(), self.attachment.take()) {
             let result = blocking(move || {
@@ -367,7 +377,10 @@ impl Workspace {
         }
         if let Some(daemons) = self.daemons.take() {
             for problem in daemons.stop().await {
-                progress::emit(Kind::Error, &format!("stopping the daemons: {problem}"));
+                // A death was reported already, as the reason for this stop.
+                if !matches!(problem, supervise::StopProblem::AlreadyDead { .. }) {
+                    progress::emit(Kind::Error, &format!("stopping the daemons: {problem}"));
+                }
             }
         }
     }
@@ -488,6 +501,23 @@ fn check_searchable(rootfs: &std::path::Path) -> Result<(), LaunchError> {
         }
     }
     Ok(())
+}
+
+/// With containerd gone, the workspace is ended by killing its init: the kernel then kills every
+/// process of its pid namespace. The shim stays until the next start's containerd removes it
+/// (in a pod, envbox exiting as PID 1 ends it too).
+fn kill_without_containerd(task: &Task) {
+    if task.pid == 0 {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(task.pid as i32);
+    match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => progress::emit(
+            Kind::Error,
+            &format!("killing the workspace's init (pid {pid}) without containerd: {e}"),
+        ),
+    }
 }
 
 /// Runs blocking stage code off the async threads.

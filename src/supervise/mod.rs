@@ -62,6 +62,17 @@ pub enum CgroupSetup {
     Skip,
 }
 
+impl CgroupSetup {
+    /// `Prepare` only for PID 1, the pod's entrypoint.
+    pub fn for_pid(pid: u32) -> CgroupSetup {
+        if pid == 1 {
+            CgroupSetup::Prepare
+        } else {
+            CgroupSetup::Skip
+        }
+    }
+}
+
 /// Everything [`Daemons::start`] needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -87,11 +98,7 @@ impl DaemonConfig {
             runtime: settings.runtime,
             state_dir: settings.state_dir.clone(),
             run_dir: settings.run_dir.clone(),
-            cgroups: if std::process::id() == 1 {
-                CgroupSetup::Prepare
-            } else {
-                CgroupSetup::Skip
-            },
+            cgroups: CgroupSetup::for_pid(std::process::id()),
             containerd: ContainerdOptions::default(),
             sysbox: SysboxOptions {
                 disable_idmapped_mount: settings.disable_idmapped_mount,

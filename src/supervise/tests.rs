@@ -253,6 +253,8 @@ fn daemon_config_from_settings_follows_the_runtime_dirs_and_idmapped_flag() {
     assert_eq!(config.log_dir(), Path::new("/run/eb/log"));
     assert!(config.sysbox.disable_idmapped_mount);
     assert_eq!(config.sysbox.run_dir, Path::new("/run/sysbox"));
-    assert_eq!(config.cgroups, CgroupSetup::Prepare);
+    assert_eq!(config.cgroups, CgroupSetup::Skip, "a test is not PID 1");
     assert_eq!(config.containerd.binary, Path::new("containerd"));
+    assert_eq!(CgroupSetup::for_pid(1), CgroupSetup::Prepare);
+    assert_eq!(CgroupSetup::for_pid(4242), CgroupSetup::Skip);
 }
