@@ -169,7 +169,9 @@ fn docker_fails_clearly_without_sysbox_or_without_the_user_and_leaves_nothing_mo
     let err = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("\"type\":\"error\"") && err.contains("sysbox-mgr"),
+        err.contains("\"type\":\"error\"")
+            && err.contains("sysbox-mgr")
+            && err.contains("ENVBOX_RUNTIME=runc"),
         "{err}"
     );
 

@@ -139,12 +139,18 @@ impl Workspace {
     async fn start(&mut self, settings: &Settings, prepare: PrepareFn) -> Result<(), LaunchError> {
         let begun = Instant::now();
         // The daemons start while the image is pulled and unpacked.
+        // The first failure of either ends the other (a missing sysbox is said at once, not
+        // after the pull's retries).
         let daemon_config = supervise::DaemonConfig::from_settings(settings);
-        let (daemons, prepared) =
-            tokio::join!(supervise::Daemons::start(&daemon_config), prepare());
-        let daemons = daemons?;
+        let (daemons, prepared) = tokio::try_join!(
+            async {
+                supervise::Daemons::start(&daemon_config)
+                    .await
+                    .map_err(LaunchError::from)
+            },
+            async { prepare().await.map_err(LaunchError::Prepare) }
+        )?;
         self.daemons = Some(daemons);
-        let prepared = prepared.map_err(LaunchError::Prepare)?;
 
         // A previous run's container still uses the rootfs about to be reassembled.
         let daemons = self.daemons.as_ref().expect("started above");

@@ -101,7 +101,7 @@ pub enum SuperviseError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("starting {name} ({program}): {source}")]
+    #[error("starting {name} ({program}): {source}{hint}", hint = spawn_hint(name, source))]
     Spawn {
         name: String,
         program: String,
@@ -168,4 +168,16 @@ pub enum StopProblem {
     Killed { name: String, grace: Duration },
     #[error("waiting for {name} to exit: its exit status could not be collected")]
     Lost { name: String },
+}
+
+/// What to do when a daemon's program is missing.
+fn spawn_hint(name: &str, source: &io::Error) -> &'static str {
+    if source.kind() != io::ErrorKind::NotFound {
+        return "";
+    }
+    if name.starts_with("sysbox") {
+        "; sysbox is not installed in this image (ENVBOX_RUNTIME=runc runs without it, for development only)"
+    } else {
+        "; it must be installed in envbox's image and found in PATH"
+    }
 }
