@@ -1,8 +1,9 @@
 //! Deterministic OCI image layouts written by hand (`oci-layout`, `index.json`,
 //! `blobs/sha256/..`): layers from explicit entries (files, dirs, symlinks, hardlinks, whiteouts,
-//! opaque dirs) compressed with gzip, multi-member gzip, zstd or nothing; one image per tag or a
-//! multi-platform image index; a busybox image and a large benchmark image. Same input, same
-//! digests: tar headers carry mtime 0 and uid/gid 0, data comes from a seeded PRNG.
+//! opaque dirs) or from a tar written elsewhere ([`Layer::from_tar`]), compressed with gzip,
+//! multi-member gzip, zstd or nothing; one image per tag or a multi-platform image index; a
+//! busybox image and large benchmark images. Same input, same digests: tar headers carry
+//! mtime 0 and uid/gid 0, data comes from a seeded PRNG.
 
 use std::fs;
 use std::io::Write;
@@ -107,6 +108,8 @@ pub struct Layer {
     pub compression: Compression,
     /// Media type written into the manifest instead of the one matching `compression`.
     pub media_type_override: Option<String>,
+    /// The layer's uncompressed tar, written elsewhere (then `entries` is not used).
+    pub raw_tar: Option<Vec<u8>>,
 }
 
 impl Layer {
@@ -116,6 +119,15 @@ impl Layer {
             entries,
             compression: Compression::Gzip,
             media_type_override: None,
+            raw_tar: None,
+        }
+    }
+    /// A gzip layer whose uncompressed tar is `tar` as given (PAX records, GNU long names,
+    /// ownership, xattrs: whatever the caller's tar writer put there).
+    pub fn from_tar(tar: Vec<u8>) -> Layer {
+        Layer {
+            raw_tar: Some(tar),
+            ..Layer::new(Vec::new())
         }
     }
     pub fn compression(mut self, compression: Compression) -> Layer {
@@ -435,10 +447,17 @@ fn rel(path: &str) -> &str {
 }
 
 fn build_layer(layer: &Layer) -> BuiltLayer {
-    let tar = layer_tar(&layer.entries);
-    let diff_id = sha256_digest(&tar);
+    let built;
+    let tar = match &layer.raw_tar {
+        Some(tar) => tar,
+        None => {
+            built = layer_tar(&layer.entries);
+            &built
+        }
+    };
+    let diff_id = sha256_digest(tar);
     BuiltLayer {
-        blob: compress(&tar, layer.compression),
+        blob: compress(tar, layer.compression),
         diff_id,
     }
 }
