@@ -589,3 +589,68 @@ pub fn big_image(total_mb: u64, layers: usize) -> ImageSpec {
     }
     image
 }
+
+/// A benchmark image shaped like a distribution image: `files` files (about 14 KB on average,
+/// ~550 MB for 40k: 75% of 256 B..8 KB, 22% of 8..32 KB, 2.8% of 32..256 KB, 0.2% of
+/// 256 KB..2 MB) in directories of ~40 files three levels deep, one symlink per 50 files,
+/// over 5 gzip layers of 35/30/15/15/5% of the files. Contents are 40% pseudo-random and 60%
+/// text per 4 KiB block (gzip gets them to ~45%).
+pub fn many_files_image(files: usize) -> ImageSpec {
+    const SHARES: [usize; 5] = [35, 30, 15, 15, 5];
+    let mut image = ImageSpec::new("amd64");
+    let mut n = 0usize;
+    for (l, share) in SHARES.iter().enumerate() {
+        let count = files * share / 100;
+        let mut entries = vec![Entry::dir(&format!("/l{l}"), 0o755)];
+        for i in 0..count {
+            let (a, b) = (i / 1600, i / 40);
+            if i % 1600 == 0 {
+                entries.push(Entry::dir(&format!("/l{l}/a{a}"), 0o755));
+            }
+            if i % 40 == 0 {
+                entries.push(Entry::dir(&format!("/l{l}/a{a}/b{b}"), 0o755));
+            }
+            let path = format!("/l{l}/a{a}/b{b}/f{i}.dat");
+            let pick = u64::from_le_bytes(
+                prng_bytes(n as u64 ^ 0x5eed, 8)
+                    .try_into()
+                    .expect("8 bytes"),
+            );
+            let (lo, hi) = match pick % 1000 {
+                0..=749 => (256, 8 << 10),
+                750..=969 => (8 << 10, 32 << 10),
+                970..=997 => (32 << 10, 256 << 10),
+                _ => (256 << 10, 2 << 20),
+            };
+            let size = lo + (pick / 1000) % (hi - lo);
+            entries.push(Entry::file(
+                &path,
+                0o644,
+                mixed_bytes(n as u64, size as usize),
+            ));
+            if i % 50 == 49 {
+                entries.push(Entry::symlink(
+                    &format!("/l{l}/a{a}/b{b}/link{i}"),
+                    &format!("f{i}.dat"),
+                ));
+            }
+            n += 1;
+        }
+        image = image.layer(Layer::new(entries));
+    }
+    image
+}
+
+/// `len` bytes: per 4 KiB block, 40% pseudo-random then 60% text.
+fn mixed_bytes(seed: u64, len: usize) -> Vec<u8> {
+    const TEXT: &[u8] =
+        b"The quick brown fox jumps over the lazy dog; lorem ipsum dolor sit amet. ";
+    let mut out = prng_bytes(seed, len);
+    for block in out.chunks_mut(4096) {
+        let random = block.len() * 2 / 5;
+        for (i, byte) in block[random..].iter_mut().enumerate() {
+            *byte = TEXT[i % TEXT.len()];
+        }
+    }
+    out
+}
