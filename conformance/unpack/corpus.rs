@@ -303,10 +303,11 @@ pub fn long_names() -> Vec<Vec<u8>> {
 }
 
 /// Layers no image builder writes, applied as the OCI rules say: a layer writing through a
-/// lower layer's symlink (`lib/x`), into directories it does not list (`etc/passwd`), and
-/// hard-linking to a lower layer's file (`hl`). The layer store refuses the last (each layer
-/// directory is unpacked on its own), so only the flattened tree is compared. The opaque
-/// marker comes after the layer's own entries in its directory when `opaque_after`.
+/// lower layer's symlink (`lib/x`) and into directories it does not list (`etc/passwd`,
+/// `home/u/g`, an opaque marker without its directory). In an overlay of the layer
+/// directories `lib` would become a directory and `home/u` root's 0755, so envbox flattens
+/// such an image at start. The opaque marker comes after the layer's own entries in its
+/// directory when `opaque_after`.
 pub fn handmade(opaque_after: bool) -> Vec<Vec<u8>> {
     let f = meta(FILE);
     let d = meta(DIR);
@@ -342,9 +343,22 @@ pub fn handmade(opaque_after: bool) -> Vec<Vec<u8>> {
 
     let mut l3 = LayerTar::new(LongNames::Pax);
     l3.file("lib/x", &f, b"via lib")
-        .hardlink("hl", "usr/lib/libc.so")
         .file("etc/passwd", &f, b"root:x:0:0:new");
     vec![l1.finish(), l2.finish(), l3.finish()]
+}
+
+/// A layer hard-linking to a lower layer's file. The layer store refuses it (each layer
+/// directory is unpacked on its own, without the lower ones), so only the flattened tree is
+/// compared.
+pub fn lower_hardlink() -> Vec<Vec<u8>> {
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.dir("usr", &meta(DIR))
+        .file("usr/libc.so", &meta(0o755), b"libc");
+    let mut l2 = LayerTar::new(LongNames::Pax);
+    l2.hardlink("hl", "usr/libc.so")
+        .dir("usr", &meta(DIR))
+        .file("usr/other", &meta(FILE), b"o");
+    vec![l1.finish(), l2.finish()]
 }
 
 /// `len` bytes of a repeating, slightly varying text (compressible like real files).

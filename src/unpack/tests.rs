@@ -559,6 +559,34 @@ fn a_relisted_directory_keeps_only_the_later_xattrs_and_its_opaque_marker() {
     w.check_contained();
 }
 
+/// A layer that needs directories it does not list is marked with the first of them (a layer
+/// directory an overlay cannot show faithfully above others); a layer listing all of them, in
+/// any order, is not.
+#[test]
+fn implicit_directories_are_marked() {
+    let w = Work::new();
+    let mut l = Layer::new();
+    l.file("a/b/f", M, b"f")
+        .dir("a/", M)
+        .file("c/.wh.x", M, b"");
+    let (report, root) = w.unpack_ok(&l.finish());
+    assert_eq!(
+        report.implicit_dirs,
+        [PathBuf::from("a/b"), PathBuf::from("c")]
+    );
+    assert_eq!(implicit_dir(&root), Some(PathBuf::from("a/b")));
+
+    let mut l = Layer::new();
+    l.file("x/y", M, b"y")
+        .dir("x/", M)
+        .dir("z/", M)
+        .file("z/.wh.q", M, b"");
+    let (report, root) = w.unpack_ok(&l.finish());
+    assert!(report.implicit_dirs.is_empty(), "{report:?}");
+    assert_eq!(implicit_dir(&root), None);
+    w.check_contained();
+}
+
 // ---- malicious layers ----
 
 #[test]

@@ -26,7 +26,7 @@
 //! and a lower directory the layer changes without listing it keeps its mtime.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -128,6 +128,9 @@ pub(super) struct Tree<'a> {
     parent: Option<(Vec<OsString>, OwnedFd, u64)>,
     /// Set by every removal; a removal drops the cached parent.
     removed: Cell<bool>,
+    /// Overlay mode: directories created because an entry needed them, that the layer has
+    /// not listed (yet); see [`Tree::implicit_dirs`].
+    implicit: RefCell<BTreeSet<PathBuf>>,
 }
 
 /// What is at a name before an entry is written there.
@@ -215,6 +218,7 @@ impl<'a> Tree<'a> {
             touched_dirs: RefCell::new(HashMap::new()),
             parent: None,
             removed: Cell::new(false),
+            implicit: RefCell::new(BTreeSet::new()),
         })
     }
 
@@ -340,6 +344,14 @@ impl<'a> Tree<'a> {
         }
     }
 
+    /// Overlay mode: the directories the layer needed (for an entry below them, a whiteout or
+    /// an opaque marker) but does not list. They exist in the layer directory as 0755 root
+    /// with the unpack time, so in an overlay they would hide the owner, mode and mtime of the
+    /// lower layers' directory, or replace a lower layer's symlink that the path went through.
+    pub(super) fn implicit_dirs(&self) -> Vec<PathBuf> {
+        self.implicit.borrow().iter().cloned().collect()
+    }
+
     /// Sets the directories' mtimes, after all their contents were written (in flatten mode,
     /// first giving back their mtime to the lower directories the layer changed).
     pub(super) fn finish(&mut self) -> Result<(), UnpackError> {
@@ -420,6 +432,8 @@ impl<'a> Tree<'a> {
             if self.flatten() {
                 // Created by this layer: an opaque marker of an ancestor keeps it.
                 self.record_written(dir_ino, part);
+            } else {
+                self.implicit.borrow_mut().insert(prefix.clone());
             }
             let fd = self.open_child_dir(dir.as_fd(), part, path)?;
             let (uid, gid) = shifted(0, 0);
@@ -572,7 +586,9 @@ impl<'a> Tree<'a> {
             set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
                 .map_err(self.err("marking opaque", &entry.path))?;
         }
-        self.dir_times.push((join(&entry.parts), entry.mtime));
+        let path = join(&entry.parts);
+        self.implicit.get_mut().remove(&path);
+        self.dir_times.push((path, entry.mtime));
         Ok(())
     }
 

@@ -559,7 +559,11 @@ pub fn big_image(total_mb: u64, layers: usize) -> ImageSpec {
     let per_layer = (total_mb << 20) / layers as u64;
     let mut image = ImageSpec::new("amd64");
     for l in 0..layers {
-        let mut entries = vec![Entry::dir(&format!("/big/l{l}"), 0o755)];
+        // Every layer lists its directories, as image builders write them.
+        let mut entries = vec![
+            Entry::dir("/big", 0o755),
+            Entry::dir(&format!("/big/l{l}"), 0o755),
+        ];
         let mut written = 0u64;
         let mut n = 0u64;
         while written < per_layer {
