@@ -16,8 +16,7 @@ build:
 release:
 	$(CARGO) build --locked --release
 
-# Unit and integration tests (the runc ones need root, and say so), then the golden specs
-# against the official OCI runtime-spec JSON schema.
+# Unit and integration tests (the runc ones need root, and say so), then the conformance suite.
 test: build
 	$(CARGO) test --locked --lib --bins --tests
 	$(MAKE) conformance
@@ -25,8 +24,11 @@ test: build
 unit:
 	$(CARGO) test --locked --lib
 
+# Conformance: the golden specs against the official OCI runtime-spec JSON schema, and unpacked
+# images against umoci raw unpack (root, umoci, debootstrap; see conformance/unpack/main.rs).
 conformance:
 	python3 conformance/validate_specs.py --schema-dir $(SCHEMA_DIR) specs/*.json
+	$(CARGO) test --locked --test conformance_unpack
 
 fmt:
 	$(CARGO) fmt --all

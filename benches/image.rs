@@ -1,174 +1,112 @@
-//! `make bench` (second half): cold pull+unpack of a multi-layer image, envbox beside
-//! `skopeo copy` + `umoci raw unpack` + the +100000 chown pass that umoci needs for the shift,
-//! and beside the raw limit (`curl | gzip -dc | tar -x` of the same layers, all in parallel);
-//! plus the time of a repeat `envbox prepare` of the cached image.
+//! `make bench` (second half): cold pull+unpack of multi-layer images from a loopback registry,
+//! envbox beside the other ways to get the same tree, in the same run:
+//! - `envbox prepare` (pull, verify, unpack every layer shifted by +100000);
+//! - `skopeo copy` + `umoci raw unpack` + the +100000 chown pass that umoci needs for the shift
+//!   (`chown -R --from=0:0`: every entry of these images is 0:0);
+//! - containerd: `ctr image pull` through a private containerd (own root, state and socket on
+//!   the fresh filesystem) into its overlayfs snapshotter (fetch + unpack, no shift);
+//! - the raw limit: `curl | gzip -dc | tar -x` of the layers, all in parallel;
+//!
+//! plus a repeat `envbox prepare` of the cached image. Two images: few large files
+//! (`big_image`, 400 MB in 6 layers) and a distribution-like tree (`many_files_image`, 40k
+//! files, ~550 MB in 5 layers). Ratios are the tool's time over envbox's (min over min,
+//! median over median), and the issue's goals are checked against the medians.
 //!
 //! benchmarking.md: every timed unpack writes into a freshly made journaled ext4 on a loop
-//! device (creating files right after deleting others is 6-7x slower on this disk); tools run
-//! side by side in the same run, several runs, min and median. Needs root (mount), skopeo,
-//! umoci, gzip, tar. containerd's `ctr image pull` is not measured yet.
+//! device; tools run side by side in the same run, several runs, min and median. Needs root
+//! (mount), skopeo, umoci, containerd + ctr, curl, gzip, tar. `ENVBOX_BENCH_RUNS` (3),
+//! `ENVBOX_BENCH_MB` (400), `ENVBOX_BENCH_LAYERS` (6), `ENVBOX_BENCH_FILES` (40000) and
+//! `ENVBOX_BENCH_IMAGES` (`big,files`) change the runs and images.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+#[path = "image/containerd.rs"]
+mod containerd;
+#[path = "image/fresh_fs.rs"]
+mod fresh_fs;
 
-use support::image::{big_image, write_layout};
+use std::process::Command;
+use std::time::Duration;
+
+use containerd::Containerd;
+use fresh_fs::{sh, timed, FreshFs};
+use support::image::{big_image, many_files_image, write_layout, ImageSpec};
 use support::registry::Registry;
 
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
-const RUNS: usize = 3;
 
-fn sh(script: &str) {
-    let out = Command::new("sh")
-        .args(["-ec", script])
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
-/// A fresh ext4 filesystem mounted at `<base>/mnt` for one timed run.
-struct FreshFs {
-    mnt: PathBuf,
-    image: PathBuf,
-}
-
-impl FreshFs {
-    fn new(base: &Path) -> FreshFs {
-        let image = base.join("fs.img");
-        let mnt = base.join("mnt");
-        std::fs::create_dir_all(&mnt).expect("mnt");
-        sh(&format!(
-            "rm -f {img}; truncate -s 20G {img}; mkfs.ext4 -q {img}; mount -o loop {img} {mnt}",
-            img = image.display(),
-            mnt = mnt.display()
-        ));
-        FreshFs { mnt, image }
-    }
-}
-
-impl Drop for FreshFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mnt).status();
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
-fn timed(f: impl FnOnce()) -> Duration {
-    let started = Instant::now();
-    f();
-    started.elapsed()
-}
-
-fn row(tool: &str, mut times: Vec<Duration>) {
+/// min and median.
+fn stats(times: &[Duration]) -> (f64, f64) {
+    let mut times = times.to_vec();
     times.sort();
-    println!(
-        "{tool:<44} min {:>7.2} s   median {:>7.2} s",
-        times[0].as_secs_f64(),
-        times[times.len() / 2].as_secs_f64()
-    );
+    (times[0].as_secs_f64(), times[times.len() / 2].as_secs_f64())
 }
 
-/// Cold `envbox prepare` with another build of envbox (`ENVBOX_BENCH_BASELINE=/path/to/envbox`),
-/// to compare two builds side by side in the same run.
-fn baseline_prepare(binary: &str, reference: &str, host: &str, state: &Path) {
-    let out = Command::new(binary)
+/// Times of one image, per tool.
+#[derive(Default)]
+struct Times {
+    envbox: Vec<Duration>,
+    repeat: Vec<Duration>,
+    umoci: Vec<Duration>,
+    containerd: Vec<Duration>,
+    raw: Vec<Duration>,
+}
+
+fn prepare(reference: &str, registry_host: &str, state: &std::path::Path) {
+    let out = Command::new(ENVBOX)
         .args([
             "prepare",
             "--image",
             reference,
             "--insecure-registries",
-            host,
+            registry_host,
+            "--state-dir",
         ])
-        .arg("--state-dir")
         .arg(state)
         .output()
-        .expect("baseline envbox prepare");
+        .expect("envbox prepare");
     assert!(
         out.status.success(),
-        "baseline envbox prepare: {}",
+        "envbox prepare: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
-fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("the image benchmark needs root (it mounts fresh ext4 filesystems)");
-        return;
-    }
-    let total_mb = std::env::var("ENVBOX_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
-    let layers = std::env::var("ENVBOX_BENCH_LAYERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(6);
+/// One image: built, pushed, then `runs` cold runs of every tool, each on a fresh filesystem.
+fn bench_image(name: &str, image: ImageSpec, runs: usize) {
     let work = tempfile::tempdir_in("/var/tmp").expect("work dir");
     let layout = work.path().join("layout");
-    let info = write_layout(&layout, "bench", &[big_image(total_mb, layers)]);
+    let info = write_layout(&layout, "bench", &[image]);
     let registry = Registry::http();
-    registry.push(&layout, "bench", "bench/big:1");
-    let reference = format!("{}/bench/big:1", registry.host);
-    println!(
-        "image benchmark: {} MB compressed in {layers} gzip layers, loopback registry, fresh ext4 per run, {RUNS} runs",
-        info.total_layer_bytes / 1_000_000
-    );
+    registry.push(&layout, "bench", &format!("bench/{name}:1"));
+    std::fs::remove_dir_all(&layout).expect("remove the layout");
+    let reference = format!("{}/bench/{name}:1", registry.host);
+    let blobs: Vec<String> = info.layer_digests[0]
+        .iter()
+        .map(|d| format!("http://{}/v2/bench/{name}/blobs/{d}", registry.host))
+        .collect();
 
-    let (mut envbox_cold, mut envbox_repeat, mut umoci, mut raw) = (vec![], vec![], vec![], vec![]);
-    let baseline = std::env::var("ENVBOX_BENCH_BASELINE").ok();
-    let mut baseline_cold = vec![];
-    let run_baseline = |baseline_cold: &mut Vec<Duration>| {
-        if let Some(binary) = &baseline {
-            let fs = FreshFs::new(work.path());
-            let state = fs.mnt.join("state");
-            baseline_cold.push(timed(|| {
-                baseline_prepare(binary, &reference, &registry.host, &state)
-            }));
-        }
-    };
-    for run in 0..RUNS {
-        // Whichever build goes first reads the registry's blobs colder: alternate.
-        if run % 2 == 0 {
-            run_baseline(&mut baseline_cold);
-        }
+    let mut t = Times::default();
+    for _ in 0..runs {
         let fs = FreshFs::new(work.path());
         let state = fs.mnt.join("state");
-        let prepare = || {
-            let out = Command::new(ENVBOX)
-                .args([
-                    "prepare",
-                    "--image",
-                    &reference,
-                    "--insecure-registries",
-                    &registry.host,
-                    "--state-dir",
-                    state.to_str().unwrap(),
-                ])
-                .output()
-                .expect("envbox prepare");
-            assert!(
-                out.status.success(),
-                "envbox prepare: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        envbox_cold.push(timed(prepare));
-        envbox_repeat.push(timed(prepare));
+        t.envbox
+            .push(timed(|| prepare(&reference, &registry.host, &state)));
+        t.repeat
+            .push(timed(|| prepare(&reference, &registry.host, &state)));
         drop(fs);
-        if run % 2 == 1 {
-            run_baseline(&mut baseline_cold);
-        }
 
         let fs = FreshFs::new(work.path());
         let m = fs.mnt.display();
-        umoci.push(timed(|| {
+        t.umoci.push(timed(|| {
             sh(&format!(
                 "skopeo copy -q --src-tls-verify=false docker://{reference} oci:{m}/oci:t
                  umoci raw unpack --image {m}/oci:t {m}/rootfs
@@ -178,12 +116,14 @@ fn main() {
         drop(fs);
 
         let fs = FreshFs::new(work.path());
+        let containerd = Containerd::start(&fs.mnt.join("containerd"));
+        t.containerd.push(timed(|| containerd.pull(&reference)));
+        drop(containerd);
+        drop(fs);
+
+        let fs = FreshFs::new(work.path());
         let m = fs.mnt.display().to_string();
-        let blobs: Vec<String> = info.layer_digests[0]
-            .iter()
-            .map(|d| format!("http://{}/v2/bench/big/blobs/{d}", registry.host))
-            .collect();
-        raw.push(timed(|| {
+        t.raw.push(timed(|| {
             let script: String = blobs
                 .iter()
                 .enumerate()
@@ -198,12 +138,65 @@ fn main() {
         }));
         drop(fs);
     }
-    row("envbox prepare, cold (pull + unpack, shifted)", envbox_cold);
-    if let Some(binary) = &baseline {
-        println!("baseline: {binary}");
-        row("baseline envbox prepare, cold", baseline_cold);
+    report(name, &info, runs, &t);
+}
+
+fn report(name: &str, info: &support::image::LayoutInfo, runs: usize, t: &Times) {
+    println!(
+        "\nimage {name}: {} MB compressed in {} gzip layers; loopback registry, fresh ext4 per run, {runs} runs",
+        info.total_layer_bytes / 1_000_000,
+        info.layer_digests[0].len(),
+    );
+    let (e_min, e_med) = stats(&t.envbox);
+    let row = |tool: &str, times: &[Duration]| {
+        let (min, med) = stats(times);
+        println!(
+            "  {tool:<48} min {min:>7.2} s   median {med:>7.2} s   x envbox {:>5.2} / {:>5.2}",
+            min / e_min,
+            med / e_med
+        );
+        med / e_med
+    };
+    row("envbox prepare, cold (pull + unpack, shifted)", &t.envbox);
+    let umoci = row("skopeo copy + umoci raw unpack + chown", &t.umoci);
+    let ctr = row("containerd: ctr image pull (fetch + unpack)", &t.containerd);
+    let raw = row("raw limit: curl | gzip -dc | tar -x, parallel", &t.raw);
+    let (r_min, r_med) = stats(&t.repeat);
+    println!(
+        "  {:<48} min {:>7.0} ms  median {:>7.0} ms",
+        "envbox prepare, repeat (cached)",
+        r_min * 1e3,
+        r_med * 1e3
+    );
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    println!(
+        "  goals (medians): >=5x skopeo+umoci+chown {}; >=3x containerd {}; within 1.3x of the raw limit {}; repeat < 100 ms {}",
+        verdict(umoci >= 5.0),
+        verdict(ctr >= 3.0),
+        verdict(raw >= 1.0 / 1.3),
+        verdict(r_med < 0.1),
+    );
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("the image benchmark needs root (it mounts fresh ext4 filesystems)");
+        return;
     }
-    row("skopeo copy + umoci raw unpack + chown", umoci);
-    row("raw limit: curl | gzip -dc | tar -x, parallel", raw);
-    row("envbox prepare, repeat (cached)", envbox_repeat);
+    let runs = env_usize("ENVBOX_BENCH_RUNS", 3).max(1);
+    let images = std::env::var("ENVBOX_BENCH_IMAGES").unwrap_or_else(|_| "big,files".into());
+    for name in images.split(',') {
+        match name {
+            "big" => {
+                let mb = env_usize("ENVBOX_BENCH_MB", 400) as u64;
+                let layers = env_usize("ENVBOX_BENCH_LAYERS", 6);
+                bench_image("big", big_image(mb, layers), runs);
+            }
+            "files" => {
+                let files = env_usize("ENVBOX_BENCH_FILES", 40_000);
+                bench_image("files", many_files_image(files), runs);
+            }
+            other => panic!("ENVBOX_BENCH_IMAGES: unknown image {other:?} (big, files)"),
+        }
+    }
 }

@@ -18,6 +18,8 @@ pub struct FakeSys {
     pub netns: RefCell<HashMap<PathBuf, NetnsId>>,
     /// Chains `iptables -S` finds.
     pub chains: RefCell<Vec<String>>,
+    /// `POSTROUTING` jumps `iptables -C` finds (by chain; one entry per copy); `-D` removes one.
+    pub jumps: RefCell<Vec<String>>,
     respond: Respond,
 }
 
@@ -58,6 +60,7 @@ impl FakeSys {
             calls: RefCell::default(),
             netns: RefCell::new(netns),
             chains: RefCell::default(),
+            jumps: RefCell::default(),
             respond: Box::new(respond),
         }
     }
@@ -79,6 +82,19 @@ impl FakeSys {
     /// What the real plugins answer.
     pub fn behave(&self, inv: &Invocation) -> io::Result<Outcome> {
         let name = inv.program.file_name().unwrap().to_string_lossy();
+        if name == "iptables" && matches!(inv.args[3].as_str(), "-C" | "-D") {
+            let chain = &inv.args[8];
+            let mut jumps = self.jumps.borrow_mut();
+            let at = jumps.iter().position(|j| j == chain);
+            return match (inv.args[3].as_str(), at) {
+                ("-D", Some(at)) => {
+                    jumps.remove(at);
+                    ok(b"")
+                }
+                ("-C", Some(_)) => ok(b""),
+                _ => failed("", "Bad rule (does a matching rule exist in that chain?)."),
+            };
+        }
         if name == "iptables" {
             let chain = inv.args[4].clone();
             let found = self.chains.borrow().contains(&chain);

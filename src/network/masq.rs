@@ -80,16 +80,29 @@ pub fn sweep(
         "--comment",
         &comment,
     ];
+    // Every copy of the jump (a crash between the plugin's own steps can leave two).
     let check: Vec<&str> = [&["-C"][..], &jump[..]].concat();
-    if iptables(sys, &check)?.success {
-        let delete: Vec<&str> = [&["-D"][..], &jump[..]].concat();
+    let delete: Vec<&str> = [&["-D"][..], &jump[..]].concat();
+    for _ in 0..8 {
+        if !iptables(sys, &check)?.success {
+            break;
+        }
         must(iptables(sys, &delete)?, &delete)?;
     }
-    for op in ["-F", "-X"] {
-        let args = [op, chain.as_str()];
-        must(iptables(sys, &args)?, &args)?;
+    let flush = ["-F", chain.as_str()];
+    must(iptables(sys, &flush)?, &flush)?;
+    // iptables-nft can still see the chain referenced for a moment after its jump went
+    // (EBUSY, seen once in five runs here): retry briefly before giving up.
+    let remove = ["-X", chain.as_str()];
+    let mut attempt = 0;
+    loop {
+        let outcome = iptables(sys, &remove)?;
+        if outcome.success || attempt == 4 {
+            return must(outcome, &remove).map(|()| true);
+        }
+        attempt += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
     }
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -248,6 +248,10 @@ fn stale_cleanup_after_the_namespace_died_releases_the_lease_and_sweeps_iptables
     sys.netns.borrow_mut().clear(); // the namespace is gone
     let chain = masq::chain_name("envbox", "ws1");
     sys.chains.borrow_mut().push(chain.clone());
+    // Two copies of the jump: every one goes before the chain.
+    sys.jumps
+        .borrow_mut()
+        .extend([chain.clone(), chain.clone()]);
     let net = network(&dir, sys);
     let cleaned = net.cleanup_stale().unwrap().unwrap();
     assert_eq!((cleaned.netns_existed, cleaned.add_finished), (false, true));
@@ -264,6 +268,9 @@ fn stale_cleanup_after_the_namespace_died_releases_the_lease_and_sweeps_iptables
             format!("iptables -S {chain}"),
             format!("iptables -C POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
             format!("iptables -D POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
+            format!("iptables -C POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
+            format!("iptables -D POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
+            format!("iptables -C POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
             format!("iptables -F {chain}"),
             format!("iptables -X {chain}"),
         ]

@@ -4,7 +4,8 @@
 //! finished staging directory) and `<state_dir>/layers/.staging/` (layers being unpacked, named
 //! and swept by the blob store's staging rule, see `crate::cache::staging`). A layer directory
 //! holds the layer's tree with every uid/gid shifted by [`ID_SHIFT`] and OCI whiteouts turned
-//! into overlayfs ones, ready to be a read-only `lowerdir`. It must never create, change or
+//! into overlayfs ones, ready to be a read-only `lowerdir` (a layer that needed directories it
+//! does not list is marked so, see [`implicit_dir`]). It must never create, change or
 //! follow anything outside the staging directory it is writing (every path of a layer is
 //! resolved in-root, see [`tree`]), never keep a directory whose uncompressed content does not
 //! hash to the layer's diff ID, and never fetch, verify compressed blobs or mount anything: the
@@ -184,6 +185,56 @@ pub struct UnpackReport {
     pub reused: bool,
     /// Things skipped that the caller may want to log: device nodes, dropped xattrs.
     pub warnings: Vec<String>,
+    /// Directories the layer needed but does not list (see [`implicit_dir`]); empty when the
+    /// layer was reused.
+    pub implicit_dirs: Vec<PathBuf>,
+}
+
+/// The xattr on a layer directory's top that names the first of its implicit directories.
+const IMPLICIT_XATTR: &std::ffi::CStr = c"trusted.envbox.implicit-dir";
+
+/// The first directory that the complete layer directory `layer_dir` holds only because an
+/// entry needed it (the layer does not list it: writes into a lower layer's directory, or
+/// through a lower layer's symlink). Such a layer is not a faithful overlay `lowerdir` above
+/// other layers: that directory's owner, mode and mtime (or the symlink) of the layers below
+/// would be hidden. `None` for a self-contained layer, as image builders write them.
+pub fn implicit_dir(layer_dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let path = std::ffi::CString::new(layer_dir.as_os_str().as_bytes()).ok()?;
+    let mut value = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated; value is a writable buffer of its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            path.as_ptr(),
+            IMPLICIT_XATTR.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    value.truncate(n);
+    Some(PathBuf::from(std::ffi::OsString::from_vec(value)))
+}
+
+/// Marks the staging directory `dir` with its first implicit directory.
+fn mark_implicit(dir: &File, first: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let value = first.as_os_str().as_bytes();
+    // SAFETY: the name is NUL-terminated and value a valid slice; fsetxattr only reads them.
+    let rc = unsafe {
+        libc::fsetxattr(
+            dir.as_raw_fd(),
+            IMPLICIT_XATTR.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
 }
 
 /// The layer store. Cheap to clone; layers may be unpacked from several threads at once (each
@@ -295,6 +346,10 @@ impl LayerStore {
         // Durability: one syncfs of the filesystem before the rename, instead of an fsync per
         // file: the rename must not reach the disk before the files it publishes.
         let dir = File::open(staging).map_err(store_err("opening staging directory", staging))?;
+        if let Some(first) = report.implicit_dirs.first() {
+            mark_implicit(&dir, first)
+                .map_err(store_err("marking implicit directories of", staging))?;
+        }
         nix::unistd::syncfs(&dir)
             .map_err(io::Error::from)
             .map_err(store_err("syncing filesystem of", staging))?;

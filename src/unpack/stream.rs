@@ -79,7 +79,9 @@ pub(super) fn unpack_stream(
             path: root.to_owned(),
             source: e,
         })?;
-    apply_stream(source, limits, &mut tree)
+    let mut report = apply_stream(source, limits, &mut tree)?;
+    report.implicit_dirs = tree.implicit_dirs();
+    Ok(report)
 }
 
 /// Applies `source` to `tree` (whose current layer is `source`) and checks the diff ID. In

@@ -63,7 +63,7 @@ impl Layer {
         h
     }
 
-    fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
+    pub(super) fn pax(&mut self, records: &[(&str, &[u8])]) -> &mut Self {
         let mut data = Vec::new();
         for (key, value) in records {
             // "<len> <key>=<value>\n" where len counts itself.
@@ -530,6 +530,60 @@ fn duplicates_replace_or_merge() {
     assert!(lstat(&root.join("r")).file_type().is_symlink());
     assert_eq!(fs::read(root.join("b")).expect("read"), b"b");
     assert_eq!(fs::read(root.join("w")).expect("read"), b"2");
+    w.check_contained();
+}
+
+/// A directory listed twice in one layer takes the later entry's user xattrs (the earlier ones
+/// go, as its mode and owner do); the opaque marker envbox set in between stays.
+#[test]
+fn a_relisted_directory_keeps_only_the_later_xattrs_and_its_opaque_marker() {
+    let w = Work::new();
+    let mut l = Layer::new();
+    l.pax(&[
+        ("SCHILY.xattr.user.old", b"1"),
+        ("SCHILY.xattr.security.capability", CAP),
+    ])
+    .dir("d/", M)
+    .file("d/.wh..wh..opq", M, b"")
+    .pax(&[("SCHILY.xattr.user.new", b"2")])
+    .dir("d/", M);
+    let (_, root) = w.unpack_ok(&l.finish());
+    let d = root.join("d");
+    assert_eq!(xattr(&d, "user.old"), None);
+    assert_eq!(xattr(&d, "security.capability"), None);
+    assert_eq!(xattr(&d, "user.new").as_deref(), Some(&b"2"[..]));
+    assert_eq!(
+        xattr(&d, "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    w.check_contained();
+}
+
+/// A layer that needs directories it does not list is marked with the first of them (a layer
+/// directory an overlay cannot show faithfully above others); a layer listing all of them, in
+/// any order, is not.
+#[test]
+fn implicit_directories_are_marked() {
+    let w = Work::new();
+    let mut l = Layer::new();
+    l.file("a/b/f", M, b"f")
+        .dir("a/", M)
+        .file("c/.wh.x", M, b"");
+    let (report, root) = w.unpack_ok(&l.finish());
+    assert_eq!(
+        report.implicit_dirs,
+        [PathBuf::from("a/b"), PathBuf::from("c")]
+    );
+    assert_eq!(implicit_dir(&root), Some(PathBuf::from("a/b")));
+
+    let mut l = Layer::new();
+    l.file("x/y", M, b"y")
+        .dir("x/", M)
+        .dir("z/", M)
+        .file("z/.wh.q", M, b"");
+    let (report, root) = w.unpack_ok(&l.finish());
+    assert!(report.implicit_dirs.is_empty(), "{report:?}");
+    assert_eq!(implicit_dir(&root), None);
     w.check_contained();
 }
 

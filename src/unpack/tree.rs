@@ -12,8 +12,9 @@
 //! Rules: ownership is the header's + [`ID_SHIFT`]; the mode (setuid/setgid/sticky included) is
 //! applied after `fchown` (which clears them), file capabilities after both; mtimes last, and
 //! directories' mtimes only in [`Tree::finish`], after all their contents. A duplicate path
-//! replaces a non-directory; a directory over a directory merges (the later metadata wins); a
-//! non-directory over a directory removes that tree. Whiteouts follow the OCI rule that a
+//! replaces a non-directory; a directory over a directory merges (the later metadata wins,
+//! its `user.*` and capability xattrs replacing the earlier ones); a non-directory over a
+//! directory removes that tree. Whiteouts follow the OCI rule that a
 //! whiteout only hides lower layers: `.wh.<name>` becomes a 0:0 character device owned by
 //! 100000:100000 when `<name>` does not exist in this layer; when it does, the entry stays
 //! (and a directory there is made opaque, since the lower one is deleted); an entry arriving
@@ -21,14 +22,15 @@
 //! sets `trusted.overlay.opaque=y` on its directory, created if missing, whatever the order.
 //!
 //! In [`Whiteouts::Flatten`] mode the same writer applies layer after layer onto one merged
-//! tree and whiteouts act on it instead (see [`merge`]): nothing overlay-specific is created.
+//! tree and whiteouts act on it instead (see [`merge`]): nothing overlay-specific is created,
+//! and a lower directory the layer changes without listing it keeps its mtime.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -47,6 +49,9 @@ use crate::digest::Digest;
 use crate::rootfs::inroot::InRoot;
 
 mod merge;
+mod xattrs;
+
+use xattrs::{drop_layer_xattrs, set_xattr};
 
 /// Size of the reused buffer that file data is copied through.
 const COPY_BUFFER: usize = 256 << 10;
@@ -114,11 +119,18 @@ pub(super) struct Tree<'a> {
     written: RefCell<HashSet<EntryKey>>,
     /// Directories whose mtime is set at the end, in stream order (a later record wins).
     dir_times: Vec<(PathBuf, TimeSpec)>,
+    /// Flatten mode: directories the current layer changes, by inode, with the path it reached
+    /// them by and their mtime before the change (restored in [`Tree::finish`] unless the
+    /// layer lists them).
+    touched_dirs: RefCell<HashMap<u64, (PathBuf, TimeSpec)>>,
     /// The last entry's parent: its components, directory descriptor and (flatten mode only,
     /// else 0) inode.
     parent: Option<(Vec<OsString>, OwnedFd, u64)>,
     /// Set by every removal; a removal drops the cached parent.
     removed: Cell<bool>,
+    /// Overlay mode: directories created because an entry needed them, that the layer has
+    /// not listed (yet); see [`Tree::implicit_dirs`].
+    implicit: RefCell<BTreeSet<PathBuf>>,
 }
 
 /// What is at a name before an entry is written there.
@@ -149,24 +161,6 @@ fn shifted(uid: u32, gid: u32) -> (Option<Uid>, Option<Gid>) {
         Some(Uid::from_raw(uid + ID_SHIFT)),
         Some(Gid::from_raw(gid + ID_SHIFT)),
     )
-}
-
-fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
-    // SAFETY: name is NUL-terminated, value is a valid slice; fsetxattr reads both only.
-    let rc = unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Opens the directory `name` under `parent` for reading, never following a symlink.
@@ -221,8 +215,10 @@ impl<'a> Tree<'a> {
             whiteouts,
             written: RefCell::new(HashSet::new()),
             dir_times: Vec::new(),
+            touched_dirs: RefCell::new(HashMap::new()),
             parent: None,
             removed: Cell::new(false),
+            implicit: RefCell::new(BTreeSet::new()),
         })
     }
 
@@ -238,14 +234,25 @@ impl<'a> Tree<'a> {
         self.whiteouts == Whiteouts::Flatten
     }
 
-    /// The inode of the directory `fd` in flatten mode (0 otherwise: nothing is tracked).
-    fn dir_ino(&self, fd: BorrowedFd<'_>, path: &Path) -> Result<u64, UnpackError> {
+    /// The inode of the directory `fd` (components `parts`) that the current layer is about
+    /// to change, in flatten mode (0 otherwise: nothing is tracked). Notes its mtime the first
+    /// time the layer comes to it: see `merge::restore_touched_dirs`.
+    fn dir_ino(
+        &self,
+        fd: BorrowedFd<'_>,
+        parts: &[OsString],
+        path: &Path,
+    ) -> Result<u64, UnpackError> {
         if !self.flatten() {
             return Ok(0);
         }
         let st = fstat(fd)
             .map_err(io::Error::from)
             .map_err(self.err("inspecting parent of", path))?;
+        self.touched_dirs
+            .borrow_mut()
+            .entry(st.st_ino)
+            .or_insert_with(|| (join(parts), TimeSpec::new(st.st_mtime, st.st_mtime_nsec)));
         Ok(st.st_ino)
     }
 
@@ -310,7 +317,7 @@ impl<'a> Tree<'a> {
                     Some(cached) => cached,
                     None => {
                         let fd = self.ensure_dir(parent_parts, &entry.path)?;
-                        let ino = self.dir_ino(fd.as_fd(), &entry.path)?;
+                        let ino = self.dir_ino(fd.as_fd(), parent_parts, &entry.path)?;
                         (parent_parts.to_vec(), fd, ino)
                     }
                 };
@@ -337,8 +344,20 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// Sets the directories' mtimes, after all their contents were written.
+    /// Overlay mode: the directories the layer needed (for an entry below them, a whiteout or
+    /// an opaque marker) but does not list. They exist in the layer directory as 0755 root
+    /// with the unpack time, so in an overlay they would hide the owner, mode and mtime of the
+    /// lower layers' directory, or replace a lower layer's symlink that the path went through.
+    pub(super) fn implicit_dirs(&self) -> Vec<PathBuf> {
+        self.implicit.borrow().iter().cloned().collect()
+    }
+
+    /// Sets the directories' mtimes, after all their contents were written (in flatten mode,
+    /// first giving back their mtime to the lower directories the layer changed).
     pub(super) fn finish(&mut self) -> Result<(), UnpackError> {
+        if self.flatten() {
+            self.restore_touched_dirs()?;
+        }
         for (path, mtime) in std::mem::take(&mut self.dir_times) {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
             match self.root.open_at(&path, flags) {
@@ -402,6 +421,7 @@ impl<'a> Tree<'a> {
                     })
                 }
             };
+            let dir_ino = self.dir_ino(dir.as_fd(), &parts[..i], path)?;
             mkdirat(
                 dir.as_fd(),
                 part.as_os_str(),
@@ -411,8 +431,9 @@ impl<'a> Tree<'a> {
             .map_err(self.err("creating parent of", path))?;
             if self.flatten() {
                 // Created by this layer: an opaque marker of an ancestor keeps it.
-                let ino = self.dir_ino(dir.as_fd(), path)?;
-                self.record_written(ino, part);
+                self.record_written(dir_ino, part);
+            } else {
+                self.implicit.borrow_mut().insert(prefix.clone());
             }
             let fd = self.open_child_dir(dir.as_fd(), part, path)?;
             let (uid, gid) = shifted(0, 0);
@@ -537,29 +558,37 @@ impl<'a> Tree<'a> {
         entry: &Entry,
     ) -> Result<(), UnpackError> {
         let mode = Mode::from_bits_truncate(0o700);
-        let opaque = match mkdirat(parent, name, mode) {
-            Ok(()) => false,
+        // (opaque, merged): over a whiteout / over an existing directory.
+        let (opaque, merged) = match mkdirat(parent, name, mode) {
+            Ok(()) => (false, false),
             Err(Errno::EEXIST) => {
                 match classify(parent, name).map_err(self.err("inspecting", &entry.path))? {
-                    Existing::Dir => false,
+                    Existing::Dir => (false, true),
                     existing => {
                         self.clear(parent, name, &entry.path)?;
                         mkdirat(parent, name, mode)
                             .map_err(io::Error::from)
                             .map_err(self.err("creating directory", &entry.path))?;
-                        matches!(existing, Existing::Whiteout)
+                        (matches!(existing, Existing::Whiteout), false)
                     }
                 }
             }
             Err(e) => return Err(self.err("creating directory", &entry.path)(e.into())),
         };
         let fd = self.open_child_dir(parent, name, &entry.path)?;
+        if merged {
+            // The later entry's xattrs replace the earlier ones, as its mode and owner do.
+            drop_layer_xattrs(fd.as_fd(), entry)
+                .map_err(self.err("removing replaced xattrs of", &entry.path))?;
+        }
         self.finish_fd(fd.as_fd(), entry, false)?;
         if opaque && !self.flatten() {
             set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
                 .map_err(self.err("marking opaque", &entry.path))?;
         }
-        self.dir_times.push((join(&entry.parts), entry.mtime));
+        let path = join(&entry.parts);
+        self.implicit.get_mut().remove(&path);
+        self.dir_times.push((path, entry.mtime));
         Ok(())
     }
 

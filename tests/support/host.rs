@@ -1,6 +1,6 @@
-//! What a test needs from this machine (root, runc, busybox): checked up front, so a test
-//! either runs for real or says why not. In CI (`CI` set) a missing requirement fails the test
-//! instead of skipping it.
+//! What a test needs from this machine (root, runc, busybox, other tools): checked up front, so
+//! a test either runs for real or says why not. In CI (`CI` set) a missing requirement fails
+//! the test instead of skipping it.
 
 use std::path::Path;
 use std::process::Command;
@@ -9,16 +9,33 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// True to go on, false to skip (never in CI, where it panics naming what is missing).
 pub fn requirements_met(what: &str, needs_runc: bool) -> bool {
+    let mut missing = missing_tools(if needs_runc { &[("runc", "runc")] } else { &[] });
+    if !Path::new(BUSYBOX).exists() {
+        missing.push(format!("{BUSYBOX} (apt-get install busybox-static)"));
+    }
+    verdict(what, missing)
+}
+
+/// Root and each `(command, Debian package)` of `tools` (found when `command --version` runs):
+/// true to go on, false to skip (never in CI, where it panics naming what is missing).
+pub fn root_and_tools_met(what: &str, tools: &[(&str, &str)]) -> bool {
+    verdict(what, missing_tools(tools))
+}
+
+fn missing_tools(tools: &[(&str, &str)]) -> Vec<String> {
     let mut missing = Vec::new();
     if !nix::unistd::geteuid().is_root() {
         missing.push("root".to_owned());
     }
-    if needs_runc && Command::new("runc").arg("--version").output().is_err() {
-        missing.push("runc (apt-get install runc)".to_owned());
+    for (command, package) in tools {
+        if Command::new(command).arg("--version").output().is_err() {
+            missing.push(format!("{command} (apt-get install {package})"));
+        }
     }
-    if !Path::new(BUSYBOX).exists() {
-        missing.push(format!("{BUSYBOX} (apt-get install busybox-static)"));
-    }
+    missing
+}
+
+fn verdict(what: &str, missing: Vec<String>) -> bool {
     if missing.is_empty() {
         return true;
     }

@@ -1,8 +1,9 @@
 //! Deterministic OCI image layouts written by hand (`oci-layout`, `index.json`,
 //! `blobs/sha256/..`): layers from explicit entries (files, dirs, symlinks, hardlinks, whiteouts,
-//! opaque dirs) compressed with gzip, multi-member gzip, zstd or nothing; one image per tag or a
-//! multi-platform image index; a busybox image and a large benchmark image. Same input, same
-//! digests: tar headers carry mtime 0 and uid/gid 0, data comes from a seeded PRNG.
+//! opaque dirs) or from a tar written elsewhere ([`Layer::from_tar`]), compressed with gzip,
+//! multi-member gzip, zstd or nothing; one image per tag or a multi-platform image index; a
+//! busybox image and large benchmark images. Same input, same digests: tar headers carry
+//! mtime 0 and uid/gid 0, data comes from a seeded PRNG.
 
 use std::fs;
 use std::io::Write;
@@ -107,6 +108,8 @@ pub struct Layer {
     pub compression: Compression,
     /// Media type written into the manifest instead of the one matching `compression`.
     pub media_type_override: Option<String>,
+    /// The layer's uncompressed tar, written elsewhere (then `entries` is not used).
+    pub raw_tar: Option<Vec<u8>>,
 }
 
 impl Layer {
@@ -116,6 +119,15 @@ impl Layer {
             entries,
             compression: Compression::Gzip,
             media_type_override: None,
+            raw_tar: None,
+        }
+    }
+    /// A gzip layer whose uncompressed tar is `tar` as given (PAX records, GNU long names,
+    /// ownership, xattrs: whatever the caller's tar writer put there).
+    pub fn from_tar(tar: Vec<u8>) -> Layer {
+        Layer {
+            raw_tar: Some(tar),
+            ..Layer::new(Vec::new())
         }
     }
     pub fn compression(mut self, compression: Compression) -> Layer {
@@ -435,10 +447,17 @@ fn rel(path: &str) -> &str {
 }
 
 fn build_layer(layer: &Layer) -> BuiltLayer {
-    let tar = layer_tar(&layer.entries);
-    let diff_id = sha256_digest(&tar);
+    let built;
+    let tar = match &layer.raw_tar {
+        Some(tar) => tar,
+        None => {
+            built = layer_tar(&layer.entries);
+            &built
+        }
+    };
+    let diff_id = sha256_digest(tar);
     BuiltLayer {
-        blob: compress(&tar, layer.compression),
+        blob: compress(tar, layer.compression),
         diff_id,
     }
 }
@@ -540,7 +559,11 @@ pub fn big_image(total_mb: u64, layers: usize) -> ImageSpec {
     let per_layer = (total_mb << 20) / layers as u64;
     let mut image = ImageSpec::new("amd64");
     for l in 0..layers {
-        let mut entries = vec![Entry::dir(&format!("/big/l{l}"), 0o755)];
+        // Every layer lists its directories, as image builders write them.
+        let mut entries = vec![
+            Entry::dir("/big", 0o755),
+            Entry::dir(&format!("/big/l{l}"), 0o755),
+        ];
         let mut written = 0u64;
         let mut n = 0u64;
         while written < per_layer {
@@ -569,4 +592,69 @@ pub fn big_image(total_mb: u64, layers: usize) -> ImageSpec {
         image = image.layer(Layer::new(entries));
     }
     image
+}
+
+/// A benchmark image shaped like a distribution image: `files` files (about 14 KB on average,
+/// ~550 MB for 40k: 75% of 256 B..8 KB, 22% of 8..32 KB, 2.8% of 32..256 KB, 0.2% of
+/// 256 KB..2 MB) in directories of ~40 files three levels deep, one symlink per 50 files,
+/// over 5 gzip layers of 35/30/15/15/5% of the files. Contents are 40% pseudo-random and 60%
+/// text per 4 KiB block (gzip gets them to ~45%).
+pub fn many_files_image(files: usize) -> ImageSpec {
+    const SHARES: [usize; 5] = [35, 30, 15, 15, 5];
+    let mut image = ImageSpec::new("amd64");
+    let mut n = 0usize;
+    for (l, share) in SHARES.iter().enumerate() {
+        let count = files * share / 100;
+        let mut entries = vec![Entry::dir(&format!("/l{l}"), 0o755)];
+        for i in 0..count {
+            let (a, b) = (i / 1600, i / 40);
+            if i % 1600 == 0 {
+                entries.push(Entry::dir(&format!("/l{l}/a{a}"), 0o755));
+            }
+            if i % 40 == 0 {
+                entries.push(Entry::dir(&format!("/l{l}/a{a}/b{b}"), 0o755));
+            }
+            let path = format!("/l{l}/a{a}/b{b}/f{i}.dat");
+            let pick = u64::from_le_bytes(
+                prng_bytes(n as u64 ^ 0x5eed, 8)
+                    .try_into()
+                    .expect("8 bytes"),
+            );
+            let (lo, hi) = match pick % 1000 {
+                0..=749 => (256, 8 << 10),
+                750..=969 => (8 << 10, 32 << 10),
+                970..=997 => (32 << 10, 256 << 10),
+                _ => (256 << 10, 2 << 20),
+            };
+            let size = lo + (pick / 1000) % (hi - lo);
+            entries.push(Entry::file(
+                &path,
+                0o644,
+                mixed_bytes(n as u64, size as usize),
+            ));
+            if i % 50 == 49 {
+                entries.push(Entry::symlink(
+                    &format!("/l{l}/a{a}/b{b}/link{i}"),
+                    &format!("f{i}.dat"),
+                ));
+            }
+            n += 1;
+        }
+        image = image.layer(Layer::new(entries));
+    }
+    image
+}
+
+/// `len` bytes: per 4 KiB block, 40% pseudo-random then 60% text.
+fn mixed_bytes(seed: u64, len: usize) -> Vec<u8> {
+    const TEXT: &[u8] =
+        b"The quick brown fox jumps over the lazy dog; lorem ipsum dolor sit amet. ";
+    let mut out = prng_bytes(seed, len);
+    for block in out.chunks_mut(4096) {
+        let random = block.len() * 2 / 5;
+        for (i, byte) in block[random..].iter_mut().enumerate() {
+            *byte = TEXT[i % TEXT.len()];
+        }
+    }
+    out
 }

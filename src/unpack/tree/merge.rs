@@ -12,13 +12,20 @@
 //! in it (the layer wrote there through an alias), anything else is removed. Parents are
 //! resolved in-root like every entry's; the final name is never followed; a whiteout whose
 //! parent does not exist creates nothing. Never sets an xattr or creates a device.
+//!
+//! Directory mtimes: a lower directory the layer changes without listing it (writing or
+//! deleting in it, making it opaque) keeps its mtime, as `umoci raw unpack` keeps it; a
+//! listed one gets the layer's.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
 
 use nix::fcntl::OFlag;
-use nix::sys::stat::fstat;
+use nix::sys::stat::{fstat, futimens};
+use nix::sys::time::TimeSpec;
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use super::{children, classify, open_dir_nofollow, remove_tree, Existing, Tree};
@@ -61,7 +68,7 @@ impl Tree<'_> {
             return Ok(());
         }
         self.removed.set(true);
-        let ino = self.dir_ino(parent, &entry.path)?;
+        let ino = self.dir_ino(parent, parent_parts, &entry.path)?;
         let result = if self.is_written(ino, name) {
             match existing {
                 Existing::Dir => open_dir_nofollow(parent, name)
@@ -81,10 +88,46 @@ impl Tree<'_> {
     /// layers left in it.
     pub(super) fn flatten_opaque(&mut self, entry: &Entry) -> Result<(), UnpackError> {
         let dir = self.ensure_dir(&entry.parts, &entry.path)?;
+        self.dir_ino(dir.as_fd(), &entry.parts, &entry.path)?;
         self.removed.set(true);
         self.clear_lower(dir.as_fd())
             .map(|_| ())
             .map_err(self.err("applying opaque marker", &entry.path))
+    }
+
+    /// Gives the directories the current layer changed without listing them (it wrote or
+    /// deleted in them, or made them opaque) back the mtime they had before the layer: a layer
+    /// says what a directory's mtime is only by listing it. One that is no longer the same
+    /// directory (replaced, or now reached otherwise) is left alone.
+    pub(super) fn restore_touched_dirs(&mut self) -> Result<(), UnpackError> {
+        let listed: HashSet<&PathBuf> = self.dir_times.iter().map(|(path, _)| path).collect();
+        for (ino, (path, mtime)) in self.touched_dirs.take() {
+            if listed.contains(&path) {
+                continue;
+            }
+            // Followed in-root like the layer's path was (it may end in a symlink to the
+            // directory); the inode check below makes sure it is the same directory.
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+            let fd = match self.root.open_at(&path, flags) {
+                Ok(fd) => fd,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(self.err("opening", &path)(e)),
+            };
+            let same = fstat(fd.as_fd()).is_ok_and(|st| st.st_ino == ino);
+            if same {
+                futimens(&fd, &TimeSpec::UTIME_OMIT, &mtime)
+                    .map_err(io::Error::from)
+                    .map_err(self.err("restoring mtime of", &path))?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes from the directory `dir` (open for reading) everything the current layer did not

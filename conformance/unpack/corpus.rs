@@ -1,0 +1,374 @@
+//! The synthetic images of the conformance suite, each a list of layer tars (bottom first).
+//!
+//! The "docker-like" images are layers as image builders write them: every layer lists the
+//! ancestor directories of what it adds or deletes, names real paths (never a path through a
+//! symlink) and hard-links only to files of its own; both envbox views must equal umoci on
+//! them. [`handmade`] breaks those habits on purpose (see there).
+
+use super::layer::{meta, LayerTar, LongNames, Meta};
+
+const FILE: u32 = 0o644;
+const DIR: u32 = 0o755;
+
+/// A later mtime: what a directory gets when a layer changes it.
+fn touched(mode: u32) -> Meta {
+    meta(mode).mtime(1_700_000_000, 5)
+}
+
+/// A version 2 `security.capability` value: effective, permitted CAP_NET_RAW.
+pub const CAP_NET_RAW: [u8; 20] = [
+    0x01, 0, 0, 0x02, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// Whiteouts of files, trees, symlinks and missing names; opaque directories with the marker
+/// before and after the layer's own entries, and with nothing else; dir->file, file->dir,
+/// symlink->dir, dir->symlink; whiteout and re-creation of one name in one layer, both orders
+/// (a whiteout only hides lower layers).
+pub fn whiteouts() -> Vec<Vec<u8>> {
+    let f = meta(FILE);
+    let d = meta(DIR);
+    let mut l1 = LayerTar::new(LongNames::Gnu);
+    l1.dir("etc", &d).file("etc/passwd", &f, b"root:x:0:0");
+    for opq in ["opq-before", "opq-after"] {
+        l1.dir(opq, &d)
+            .file(&format!("{opq}/old"), &f, b"old")
+            .dir(&format!("{opq}/olddir"), &d)
+            .file(&format!("{opq}/olddir/deep"), &f, b"deep")
+            .dir(&format!("{opq}/keep"), &d)
+            .file(&format!("{opq}/keep/lowerchild"), &f, b"lower");
+    }
+    l1.dir("opq-empty", &d)
+        .file("opq-empty/x", &f, b"x")
+        .dir("opq-empty/sub", &d)
+        .file("opq-empty/sub/y", &f, b"y")
+        .dir("d2f", &d)
+        .file("d2f/child", &f, b"child")
+        .file("f2d", &f, b"f2d")
+        .symlink("s2d", "etc", &f)
+        .dir("d2s", &d)
+        .file("d2s/x", &f, b"x")
+        .file("gone", &f, b"gone")
+        .dir("gonedir", &d)
+        .dir("gonedir/sub", &d)
+        .file("gonedir/sub/x", &f, b"x")
+        .symlink("gonelink", "gone", &f)
+        .file("fresh-after", &f, b"lower")
+        .file("fresh-before", &f, b"lower")
+        .dir("freshdir-before", &d)
+        .file("freshdir-before/old", &f, b"old")
+        .dir("freshdir-after", &d)
+        .file("freshdir-after/old", &f, b"old")
+        .dir("nested", &d)
+        .dir("nested/a", &d)
+        .dir("nested/a/b", &d)
+        .file("nested/a/b/c", &f, b"c");
+
+    let t = touched(DIR);
+    let mut l2 = LayerTar::new(LongNames::Pax);
+    l2.whiteout("gone")
+        .whiteout("gonedir")
+        .whiteout("gonelink")
+        .whiteout("never-existed")
+        .dir("opq-before", &t)
+        .opaque("opq-before")
+        .file("opq-before/new", &f, b"new")
+        .dir("opq-before/keep", &meta(0o750))
+        .file("opq-before/keep/new2", &f, b"new2")
+        .dir("opq-after", &t)
+        .file("opq-after/new", &f, b"new")
+        .dir("opq-after/keep", &meta(0o750))
+        .file("opq-after/keep/new2", &f, b"new2")
+        .opaque("opq-after")
+        .dir("opq-empty", &t)
+        .opaque("opq-empty")
+        .file("d2f", &f, b"now a file")
+        .dir("f2d", &d)
+        .file("f2d/inner", &f, b"inner")
+        .dir("s2d", &d)
+        .file("s2d/in", &f, b"in")
+        .symlink("d2s", "etc", &f)
+        .file("fresh-after", &f, b"upper")
+        .whiteout("fresh-after")
+        .whiteout("fresh-before")
+        .file("fresh-before", &f, b"upper")
+        .whiteout("freshdir-before")
+        .dir("freshdir-before", &d)
+        .file("freshdir-before/new", &f, b"new")
+        .dir("freshdir-after", &d)
+        .file("freshdir-after/new", &f, b"new")
+        .whiteout("freshdir-after")
+        .dir("nested", &d)
+        .dir("nested/a", &t)
+        .whiteout("nested/a/b");
+
+    let mut l3 = LayerTar::new(LongNames::UstarPrefix);
+    l3.dir("opq-before", &touched(0o700))
+        .whiteout("opq-before/new")
+        .dir("d2f", &d)
+        .file("d2f/again", &f, b"again")
+        .dir("f2d", &t)
+        .opaque("f2d")
+        .whiteout("s2d")
+        .file("gone", &f, b"back again");
+    vec![l1.finish(), l2.finish(), l3.finish()]
+}
+
+/// Hard links (to files, a symlink, a FIFO; a group broken up by later layers replacing,
+/// deleting and re-moding members) and symlink chains (relative, absolute, through `..`,
+/// dangling, looping, to a directory).
+pub fn links() -> Vec<Vec<u8>> {
+    let f = meta(FILE);
+    let d = meta(DIR);
+    let x = meta(0o755);
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.dir("usr", &d)
+        .dir("usr/bin", &d)
+        .file("usr/bin/real", &x, b"real binary")
+        .hardlink("usr/bin/hl1", "usr/bin/real")
+        .hardlink("usr/bin/hl2", "./usr/bin/real")
+        .dir("usr/lib", &d)
+        .file("usr/lib/libx.so.1.2", &x, b"library")
+        .symlink("usr/lib/libx.so.1", "libx.so.1.2", &f)
+        .symlink("usr/lib/libx.so", "libx.so.1", &f)
+        .symlink("lib", "usr/lib", &f)
+        .dir("etc", &d)
+        .dir("etc/alternatives", &d)
+        .symlink("etc/alternatives/editor", "/usr/bin/real", &f)
+        .symlink("usr/bin/editor", "/etc/alternatives/editor", &f)
+        .dir("data", &d)
+        .file("data/a", &f, b"A")
+        .hardlink("data/b", "data/a")
+        .hardlink("data/c", "data/a")
+        .symlink("data/s", "a", &f)
+        .hardlink("data/hs", "data/s")
+        .symlink("data/r1", "r2", &f)
+        .symlink("data/r2", "../data/a", &f)
+        .symlink("data/dangle", "/nonexistent/path", &f)
+        .symlink("data/dangle-rel", "missing/file", &f)
+        .symlink("data/loop1", "loop2", &f)
+        .symlink("data/loop2", "loop1", &f)
+        .symlink("data/self", "self", &f)
+        .symlink("data/dot", ".", &f)
+        .symlink("data/up", "../../..", &f)
+        .fifo("data/fifo", &f)
+        .hardlink("data/fifo-link", "data/fifo");
+
+    let t = touched(DIR);
+    let mut l2 = LayerTar::new(LongNames::Gnu);
+    l2.dir("data", &t)
+        .file("data/a", &meta(0o600), b"A2")
+        .whiteout("data/c")
+        .file("data/new1", &f, b"N")
+        .hardlink("data/new2", "data/new1")
+        .hardlink("data/a-link", "data/a")
+        .symlink("data/r2", "a", &f)
+        .dir("usr", &d)
+        .dir("usr/bin", &t)
+        .whiteout("usr/bin/hl1");
+
+    let mut l3 = LayerTar::new(LongNames::UstarPrefix);
+    l3.dir("usr", &d)
+        .dir("usr/bin", &t)
+        .file("usr/bin/real", &meta(0o700), b"real binary");
+    vec![l1.finish(), l2.finish(), l3.finish()]
+}
+
+/// Special bits on files and directories, odd modes, owners up to 65535, mtimes (epoch,
+/// nanoseconds, 2100, before 1970), xattrs (user.*, empty and binary values,
+/// security.capability), a FIFO, empty directories, sizes around a tar block; then a layer
+/// changing the metadata of existing files and directories.
+pub fn metadata() -> Vec<Vec<u8>> {
+    let f = meta(FILE);
+    let d = meta(DIR);
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.dir("bin", &d)
+        .file("bin/suid", &meta(0o4755), b"s")
+        .file("bin/sgid", &meta(0o2755).owner(0, 42), b"s")
+        .file("bin/sticky", &meta(0o1755), b"s")
+        .file("bin/all", &meta(0o7777), b"s")
+        .file("bin/sgid-noexec", &meta(0o2644), b"s")
+        .file("bin/suid-user", &meta(0o4750).owner(1000, 1000), b"s")
+        .file("bin/none", &meta(0o000), b"s")
+        .file(
+            "bin/ping",
+            &meta(0o755).xattr("security.capability", &CAP_NET_RAW),
+            b"ping",
+        )
+        .dir("tmp", &meta(0o1777))
+        .dir("shared", &meta(0o2775).owner(1000, 1000))
+        .dir("locked", &meta(0o000))
+        .file("locked/inside", &meta(0o600), b"in")
+        .dir("private", &meta(0o700).owner(1000, 1000))
+        .file("private/f", &meta(0o600).owner(1000, 1000), b"f")
+        .dir("empty", &d)
+        .dir("empty-odd", &meta(0o311).owner(7, 8))
+        .dir("ids", &d.clone().owner(1, 2))
+        .file("ids/nobody", &f.clone().owner(65534, 65534), b"n")
+        .file("ids/max", &f.clone().owner(65535, 65535), b"m")
+        .file("ids/mixed", &f.clone().owner(0, 65535), b"m")
+        .dir("times", &meta(DIR).mtime(1_234_567_890, 987_654_321))
+        .file("times/epoch", &meta(FILE).mtime(0, 0), b"t")
+        .file(
+            "times/ns",
+            &meta(FILE).mtime(1_600_000_000, 123_456_789),
+            b"t",
+        )
+        .file("times/y2100", &meta(FILE).mtime(4_102_444_800, 0), b"t")
+        .file("times/pre-epoch", &meta(FILE).mtime(-86_400, 0), b"t")
+        .file(
+            "times/pre-epoch-frac",
+            &meta(FILE).mtime(-86_400, 250_000_000),
+            b"t",
+        )
+        .symlink("times/link", "ns", &meta(FILE).mtime(1_500_000_000, 42))
+        .dir("x", &d.clone().xattr("user.dirattr", b"d"))
+        .file(
+            "x/user",
+            &f.clone()
+                .xattr("user.mime_type", b"text/plain")
+                .xattr("user.empty", b"")
+                .xattr("user.bin", &[0, 1, 2, 255]),
+            b"u",
+        )
+        .file(
+            "x/cap",
+            &meta(0o750)
+                .owner(0, 42)
+                .xattr("security.capability", &CAP_NET_RAW)
+                .xattr("user.also", b"yes"),
+            b"c",
+        )
+        .dir("run", &d)
+        .fifo("run/fifo", &meta(0o620).owner(1000, 1000))
+        .dir("sizes", &d)
+        .file("sizes/empty", &f, b"")
+        .file("sizes/512", &f, &[7u8; 512])
+        .file("sizes/513", &f, &[8u8; 513])
+        .file("sizes/1m", &f, &pattern(1 << 20));
+
+    let t = touched(DIR);
+    let mut l2 = LayerTar::new(LongNames::Gnu);
+    l2.dir("x", &meta(0o750).owner(5, 5).xattr("user.other", b"o"))
+        .file("x/user", &meta(0o600), b"u2")
+        .dir("tmp", &meta(0o777))
+        .dir("private", &meta(0o750).owner(2000, 2000))
+        .dir("bin", &t)
+        .file("bin/suid", &meta(0o755), b"s")
+        .dir("times", &meta(DIR).mtime(1_300_000_000, 1));
+    vec![l1.finish(), l2.finish()]
+}
+
+/// Names and link targets longer than a ustar header holds, in PAX, GNU and ustar-prefix
+/// spelling (a 200-byte component, a component of exactly 100 bytes, UTF-8 and spaces), and
+/// whiteouts and opaque markers under long names.
+pub fn long_names() -> Vec<Vec<u8>> {
+    let f = meta(FILE);
+    let d = meta(DIR);
+    let (a60, b60, c80) = ("a".repeat(60), "b".repeat(60), "c".repeat(80));
+    let deep = format!("long/{a60}/{b60}/{c80}");
+    let d200 = "d".repeat(200);
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.dir("long", &d)
+        .dir(&format!("long/{a60}"), &d)
+        .dir(&format!("long/{a60}/{b60}"), &d)
+        .file(&deep, &f, b"deep")
+        .file(&format!("long/{d200}"), &f, b"d200")
+        .symlink("long/sym-to-long", &format!("{a60}/{b60}/{c80}"), &f)
+        .hardlink("long/hl-to-long", &deep)
+        .file("long/ünïcødé 名前 ✓", &f, b"utf8")
+        .file("long/with space and 'quotes'", &f, b"q");
+
+    let (e120, f120) = ("e".repeat(120), "f".repeat(120));
+    let gnu = format!("long/gnu/{e120}/{f120}");
+    let mut l2 = LayerTar::new(LongNames::Gnu);
+    l2.dir("long", &touched(DIR))
+        .dir("long/gnu", &d)
+        .dir(&format!("long/gnu/{e120}"), &d)
+        .file(&gnu, &f, b"gnu")
+        .symlink("long/gnu-sym", &format!("gnu/{e120}/{f120}"), &f)
+        .hardlink("long/gnu-hl", &gnu)
+        .whiteout(&format!("long/{d200}"))
+        .dir(&format!("long/{a60}"), &touched(DIR))
+        .opaque(&format!("long/{a60}"))
+        .file(&format!("long/{a60}/new"), &f, b"new");
+
+    let (g90, h90, i100) = ("g".repeat(90), "h".repeat(90), "i".repeat(100));
+    let mut l3 = LayerTar::new(LongNames::UstarPrefix);
+    l3.dir("long", &touched(DIR))
+        .dir("long/ustar", &d)
+        .dir(&format!("long/ustar/{g90}"), &d)
+        .file(&format!("long/ustar/{g90}/{h90}"), &f, b"prefix")
+        .file(&format!("long/{i100}"), &f, b"exactly 100");
+    vec![l1.finish(), l2.finish(), l3.finish()]
+}
+
+/// Layers no image builder writes, applied as the OCI rules say: a layer writing through a
+/// lower layer's symlink (`lib/x`) and into directories it does not list (`etc/passwd`,
+/// `home/u/g`, an opaque marker without its directory). In an overlay of the layer
+/// directories `lib` would become a directory and `home/u` root's 0755, so envbox flattens
+/// such an image at start. The opaque marker comes after the layer's own entries in its
+/// directory when `opaque_after`.
+pub fn handmade(opaque_after: bool) -> Vec<Vec<u8>> {
+    let f = meta(FILE);
+    let d = meta(DIR);
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.dir("etc", &d)
+        .file("etc/passwd", &f, b"root:x:0:0")
+        .file("etc/shadow", &meta(0o640).owner(0, 42), b"secret")
+        .hardlink("etc/passwd-", "etc/passwd")
+        .dir("usr", &d)
+        .dir("usr/lib", &d)
+        .file("usr/lib/libc.so", &meta(0o755), b"libc")
+        .symlink("lib", "usr/lib", &f)
+        .dir("home", &d)
+        .dir("home/u", &meta(0o700).owner(1000, 1000))
+        .file("home/u/f", &f.clone().owner(1000, 1000), b"u")
+        .dir("opq", &d)
+        .file("opq/old", &f, b"old")
+        .dir("opq/keep", &d)
+        .file("opq/keep/lowerchild", &f, b"lower")
+        .symlink("sym", "/etc", &f);
+
+    let mut l2 = LayerTar::new(LongNames::Pax);
+    if !opaque_after {
+        l2.opaque("opq");
+    }
+    l2.file("opq/new", &f, b"new")
+        .dir("opq/keep", &meta(0o750))
+        .file("opq/keep/new2", &f, b"new2");
+    if opaque_after {
+        l2.opaque("opq");
+    }
+    l2.whiteout("sym").file("home/u/g", &f, b"g");
+
+    let mut l3 = LayerTar::new(LongNames::Pax);
+    l3.file("lib/x", &f, b"via lib")
+        .file("etc/passwd", &f, b"root:x:0:0:new");
+    vec![l1.finish(), l2.finish(), l3.finish()]
+}
+
+/// A layer hard-linking to a lower layer's file. The layer store refuses it (each layer
+/// directory is unpacked on its own, without the lower ones), so only the flattened tree is
+/// compared.
+pub fn lower_hardlink() -> Vec<Vec<u8>> {
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.dir("usr", &meta(DIR))
+        .file("usr/libc.so", &meta(0o755), b"libc");
+    let mut l2 = LayerTar::new(LongNames::Pax);
+    l2.hardlink("hl", "usr/libc.so")
+        .dir("usr", &meta(DIR))
+        .file("usr/other", &meta(FILE), b"o");
+    vec![l1.finish(), l2.finish()]
+}
+
+/// `len` bytes of a repeating, slightly varying text (compressible like real files).
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let mut n = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("line {n} of a generated file\n").as_bytes());
+        n += 1;
+    }
+    out.truncate(len);
+    out
+}

@@ -1,0 +1,54 @@
+//! Setting and clearing a layer entry's xattrs on an open descriptor.
+//!
+//! Owns: the `fsetxattr` that every xattr envbox writes goes through (a layer's own, filtered
+//! by `header::keep_xattr`, and overlayfs' opaque marker), and dropping, when a directory is
+//! listed again, the layer xattrs its new entry does not carry. It never touches an xattr
+//! outside `user.*` and `security.capability` except the one the caller names.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::unpack::header::{keep_xattr, Entry};
+
+pub(super) fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: name is NUL-terminated, value is a valid slice; fsetxattr reads both only.
+    let rc = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Removes from `fd` the xattrs a layer may set (see `header::keep_xattr`) that `entry` does
+/// not carry; anything else (overlayfs' own, security labels) stays.
+pub(super) fn drop_layer_xattrs(fd: BorrowedFd<'_>, entry: &Entry) -> io::Result<()> {
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: names is a writable buffer of the given length; flistxattr writes within it.
+    let n = unsafe { libc::flistxattr(fd.as_raw_fd(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(n as usize);
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let carried = entry.xattrs.iter().any(|(x, _)| x.as_bytes() == name);
+        if carried || !keep_xattr(name) {
+            continue;
+        }
+        let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+        // SAFETY: name is NUL-terminated; fremovexattr only reads it.
+        if unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
