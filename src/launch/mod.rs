@@ -69,6 +69,8 @@ pub enum LaunchError {
     DaemonDied(String),
     #[error("the workspace's init process ended ({0}); the workspace was stopped")]
     InitExited(ExitStatus),
+    #[error("containerd stopped answering about the workspace's init; the workspace was stopped")]
+    LostContainerd,
     #[error("stopped by {0} before the workspace was up")]
     Interrupted(&'static str),
 }
@@ -328,8 +330,18 @@ impl Workspace {
                     return Err(LaunchError::DaemonDied(death.to_string()));
                 }
                 status = &mut init_exit => {
-                    let status = status.ok().and_then(Result::ok).unwrap_or(ExitStatus(255));
-                    return Err(LaunchError::InitExited(status));
+                    match status {
+                        Ok(Ok(status)) => return Err(LaunchError::InitExited(status)),
+                        // No answer from containerd: most likely it died; say so if it did.
+                        _ => {
+                            let death = tokio::time::timeout(Duration::from_secs(2), daemons.died()).await;
+                            self.daemon_died = true;
+                            return Err(match death {
+                                Ok(death) => LaunchError::DaemonDied(death.to_string()),
+                                Err(_) => LaunchError::LostContainerd,
+                            });
+                        }
+                    }
                 }
                 Some(result) = bootstrap => {
                     self.bootstrap_done = None;
@@ -359,7 +371,15 @@ impl Workspace {
         }
         if let (Some(net), Some(attachment)) = (self.network.take(), self.attachment.take()) {
             let result = blocking(move || {
-                net.del(&attachment)?;
+                if let Err(first) = net.del(&attachment) {
+                    // The bridge plugin's own iptables teardown can fail transiently
+                    // (iptables-nft EBUSY on the chain just unreferenced): once more through the
+                    // cached attachment, whose sweep retries.
+                    std::thread::sleep(Duration::from_millis(100));
+                    if net.cleanup_stale().is_err() {
+                        return Err(first);
+                    }
+                }
                 net.remove_bridge()
             })
             .await;
