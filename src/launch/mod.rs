@@ -10,8 +10,10 @@
 //! period, everything killed, CNI DEL, task and container deleted, rootfs released, daemons
 //! stopped. Each stage's logic lives in its own module; this one only composes them.
 
+mod host;
 mod netns;
 pub mod stop;
+mod teardown;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -32,7 +34,7 @@ use crate::rootfs::PasswdEntry;
 use crate::runtime::{self, ContainerDef, Engine, ExecDef, ExecSignaller, ExitStatus, Task};
 use crate::setup::{self, RealSys};
 use crate::spec::STOP_SIGNAL_ANNOTATION;
-use crate::supervise::{self, cgroup, Daemons};
+use crate::supervise::{self, Daemons};
 use crate::unpack::Limits;
 
 pub use netns::NetnsHold;
@@ -182,7 +184,7 @@ impl Workspace {
         };
         warn_all(&rootfs.warnings);
         let rootfs_path = rootfs.path.clone();
-        check_searchable(&rootfs_path)?;
+        host::check_searchable(&rootfs_path)?;
         self.rootfs = Some(rootfs);
 
         let planned = pipeline::plan_with_facts(settings, &rootfs_path, &prepared.config)?;
@@ -258,7 +260,7 @@ impl Workspace {
             ),
         );
         if settings.cpus_milli.is_none() {
-            mirror_cpu_quota(task.pid);
+            host::mirror_cpu_quota(task.pid);
         }
 
         if let Some(script) = &settings.bootstrap_script {
@@ -356,194 +358,6 @@ impl Workspace {
             }
         }
     }
-
-    /// Undoes whatever was started, in reverse order; every step is tried, failures logged.
-    async fn stop(&mut self, grace: Duration) {
-        if let Some(task) = self.task.take() {
-            if self.daemon_died {
-                kill_without_containerd(&task);
-                self.bootstrap = None;
-                self.bootstrap_done = None;
-                self.engine = None;
-            } else {
-                self.stop_task(&task, grace).await;
-            }
-        }
-        if let (Some(net), Some(attachment)) = (self.network.take(), self.attachment.take()) {
-            let result = blocking(move || {
-                if let Err(first) = net.del(&attachment) {
-                    // The bridge plugin's own iptables teardown can fail transiently
-                    // (iptables-nft EBUSY on the chain just unreferenced): once more through the
-                    // cached attachment, whose sweep retries.
-                    std::thread::sleep(Duration::from_millis(100));
-                    if net.cleanup_stale().is_err() {
-                        return Err(first);
-                    }
-                }
-                net.remove_bridge()
-            })
-            .await;
-            if let Err(e) = result {
-                progress::emit(Kind::Error, &format!("workspace network: {e}"));
-            }
-        }
-        if let Some(engine) = &self.engine {
-            if let Err(e) = engine.remove_leftovers(CONTAINER_ID).await {
-                progress::emit(
-                    Kind::Error,
-                    &format!("removing the workspace container: {e}"),
-                );
-            }
-        }
-        self.netns = None;
-        if let Some(rootfs) = self.rootfs.take() {
-            if let Err(e) = overlay::release(&rootfs) {
-                progress::emit(Kind::Error, &format!("releasing the root filesystem: {e}"));
-            }
-        }
-        if let Some(daemons) = self.daemons.take() {
-            for problem in daemons.stop().await {
-                // A death was reported already, as the reason for this stop.
-                if !matches!(problem, supervise::StopProblem::AlreadyDead { .. }) {
-                    progress::emit(Kind::Error, &format!("stopping the daemons: {problem}"));
-                }
-            }
-        }
-    }
-
-    /// Signals, grace period, SIGKILL, per [`stop::plan`]. The network namespace stays held,
-    /// so CNI DEL still works after the processes are gone.
-    async fn stop_task(&mut self, task: &Task, grace: Duration) {
-        let deadline = tokio::time::Instant::now() + grace;
-        let waiter = task.clone();
-        let mut init_exit = tokio::spawn(async move { waiter.wait().await });
-        let plan = stop::plan(
-            stop::Running {
-                bootstrap: self.bootstrap.is_some(),
-                image_init: self.image_init,
-                init_signal: self.init_signal,
-            },
-            grace,
-        );
-        if let (Some(signal), Some(bootstrap)) = (plan.signal_bootstrap, &self.bootstrap) {
-            if let Err(e) = bootstrap.kill(signal as u32).await {
-                progress::emit(Kind::Info, &format!("signalling the bootstrap script: {e}"));
-            }
-        }
-        if let Err(e) = task.kill(plan.signal_init as u32, false).await {
-            if !e.is_not_found() {
-                progress::emit(Kind::Info, &format!("signalling the workspace's init: {e}"));
-            }
-        }
-        if plan.wait_bootstrap {
-            if let Some(done) = self.bootstrap_done.take() {
-                let _ = tokio::time::timeout_at(deadline, done).await;
-            }
-        }
-        if plan.wait_init {
-            let _ = tokio::time::timeout_at(deadline, &mut init_exit).await;
-        }
-        if !init_exit.is_finished() {
-            if let Err(e) = task.kill(libc::SIGKILL as u32, true).await {
-                if !e.is_not_found() {
-                    progress::emit(Kind::Error, &format!("killing the workspace: {e}"));
-                }
-            }
-            let _ = tokio::time::timeout(Duration::from_secs(10), &mut init_exit).await;
-        }
-        self.bootstrap = None;
-        if let Some(done) = self.bootstrap_done.take() {
-            done.abort();
-        }
-    }
-}
-
-/// Copies the pod's CPU limit into the workspace's cgroup (sysbox does not: its issue 582), so
-/// tools inside see the limit. Only without `CODER_CPUS` (which sets the container's own). Never
-/// fatal.
-fn mirror_cpu_quota(pid: u32) {
-    let Some(inner) = cpu_cgroup_of(pid) else {
-        progress::emit(
-            Kind::Info,
-            &format!("warning: the workspace's CPU cgroup was not found in /proc/{pid}/cgroup; the pod's CPU limit is not copied"),
-        );
-        return;
-    };
-    match cgroup::copy_cpu_quota(&cgroup::RealCgroupSys, &inner) {
-        Ok(Some(quota)) => progress::emit(
-            Kind::Info,
-            &format!(
-                "Copied the pod's CPU limit ({} us per {} us) into the workspace",
-                quota.quota_us, quota.period_us
-            ),
-        ),
-        Ok(None) => {}
-        Err(warning) => progress::emit(Kind::Info, &format!("warning: {warning}")),
-    }
-}
-
-/// The cgroup of `pid` holding the CPU controller: the unified one (`0::/path`) or the v1 line
-/// whose controllers include `cpu`.
-fn cpu_cgroup_of(pid: u32) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    cpu_cgroup_in(&text)
-}
-
-fn cpu_cgroup_in(proc_cgroup: &str) -> Option<PathBuf> {
-    let mut unified = None;
-    for line in proc_cgroup.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        if controllers.split(',').any(|c| c == "cpu") {
-            return Some(PathBuf::from(path));
-        }
-        if controllers.is_empty() {
-            unified = Some(PathBuf::from(path));
-        }
-    }
-    unified
-}
-
-/// Every directory above the rootfs must be searchable by the workspace's root (the shifted
-/// uid, which the runtime is once inside the user namespace), or creating the container fails
-/// with a bare "permission denied".
-fn check_searchable(rootfs: &std::path::Path) -> Result<(), LaunchError> {
-    use std::os::unix::fs::MetadataExt;
-    for dir in rootfs.ancestors().skip(1) {
-        let Ok(meta) = std::fs::metadata(dir) else {
-            continue;
-        };
-        let mode = meta.mode() & 0o7777;
-        let shifted = crate::spec::ID_SHIFT;
-        let searchable = mode & 0o001 != 0
-            || (meta.uid() == shifted && mode & 0o100 != 0)
-            || (meta.gid() == shifted && mode & 0o010 != 0);
-        if !searchable {
-            return Err(LaunchError::Unreachable {
-                path: dir.to_owned(),
-                mode,
-                uid: meta.uid(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// With containerd gone, the workspace is ended by killing its init: the kernel then kills every
-/// process of its pid namespace. The shim stays until the next start's containerd removes it
-/// (in a pod, envbox exiting as PID 1 ends it too).
-fn kill_without_containerd(task: &Task) {
-    if task.pid == 0 {
-        return;
-    }
-    let pid = nix::unistd::Pid::from_raw(task.pid as i32);
-    match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => progress::emit(
-            Kind::Error,
-            &format!("killing the workspace's init (pid {pid}) without containerd: {e}"),
-        ),
-    }
 }
 
 /// Runs blocking stage code off the async threads.
@@ -564,37 +378,4 @@ fn warn_all<W: std::fmt::Display>(warnings: impl IntoIterator<Item = W>) {
 /// Where the init's output is kept (for errors about it).
 pub fn init_log(settings: &Settings) -> PathBuf {
     settings.run_dir.join("init.log")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_private_directory_above_the_rootfs_is_named() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let private = dir.path().join("private");
-        let rootfs = private.join("state/container/merged");
-        std::fs::create_dir_all(&rootfs).unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let error = check_searchable(&rootfs).unwrap_err().to_string();
-        assert!(error.contains(&private.display().to_string()), "{error}");
-        assert!(error.contains("mode 700"), "{error}");
-        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
-        check_searchable(&rootfs).unwrap();
-    }
-
-    #[test]
-    fn the_cpu_cgroup_is_the_v1_cpu_line_or_the_unified_one() {
-        let v1 = "12:memory:/a\n4:cpu,cpuacct:/workspace_cvm\n0::/init\n";
-        assert_eq!(cpu_cgroup_in(v1), Some(PathBuf::from("/workspace_cvm")));
-        let v2 = "0::/envbox/workspace_cvm\n";
-        assert_eq!(
-            cpu_cgroup_in(v2),
-            Some(PathBuf::from("/envbox/workspace_cvm"))
-        );
-        assert_eq!(cpu_cgroup_in("garbage"), None);
-    }
 }
