@@ -77,15 +77,7 @@ pub fn network_requirements_met(what: &str) -> bool {
     if !Path::new(BUSYBOX).exists() {
         missing.push(format!("{BUSYBOX} (apt-get install busybox-static)"));
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let message = format!("{what} needs: {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    false
+    verdict(what, missing)
 }
 
 /// A runc container removed (killed) on drop.
@@ -183,15 +175,7 @@ pub fn launch_requirements_met(what: &str) -> bool {
             missing.push(format!("{tool} (apt-get install {package})"));
         }
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let message = format!("{what} needs: {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    false
+    verdict(what, missing)
 }
 
 /// Like [`requirements_met`], for tests that start the real containerd (and sysbox stand-ins
@@ -211,13 +195,5 @@ pub fn containerd_requirements_met(what: &str) -> bool {
     if !Path::new("/usr/bin/python3").exists() {
         missing.push("/usr/bin/python3 (apt-get install python3)");
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let message = format!("{what} needs: {}", missing.join(", "));
-    if std::env::var_os("CI").is_some() {
-        panic!("{message}");
-    }
-    eprintln!("SKIPPED: {message}");
-    false
+    verdict(what, missing.into_iter().map(str::to_owned).collect())
 }
