@@ -46,6 +46,7 @@ bench:
 	$(CARGO) bench --locked --bench pull
 	$(CARGO) bench --locked --bench image
 	$(CARGO) bench --locked --bench daemons
+	$(CARGO) bench --locked --bench warmstart
 
 clean:
 	$(CARGO) clean

@@ -4,6 +4,8 @@
 //! `@sha256:` digests, registries with ports) into a [`ImageRef`], and the normalised host that
 //! credentials are matched by. It never talks to a registry.
 
+mod plain;
+
 use oci_client::Reference;
 
 use super::RegistryError;
@@ -16,12 +18,16 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
-    /// Parses and normalises a reference.
+    /// Parses and normalises a reference: the common forms without a regular expression
+    /// ([`plain`]), the rest through oci-spec's grammar.
     pub fn parse(text: &str) -> Result<ImageRef, RegistryError> {
-        let reference: Reference = text.parse().map_err(|e| RegistryError::Reference {
-            reference: text.to_owned(),
-            reason: format!("{e}"),
-        })?;
+        let reference = match plain::parse(text) {
+            Some(reference) => reference,
+            None => text.parse().map_err(|e| RegistryError::Reference {
+                reference: text.to_owned(),
+                reason: format!("{e}"),
+            })?,
+        };
         if reference
             .repository()
             .chars()
