@@ -22,6 +22,24 @@ const LOCKED_FLAGS: [&str; 6] = [
     "strictatime",
 ];
 
+/// The `mount(2)` flags of locked flag names as [`MountEntry::locked_flags`] reports them (for
+/// a bind remount that must repeat them); other names add nothing.
+pub fn locked_ms_flags<S: AsRef<str>>(flags: &[S]) -> nix::mount::MsFlags {
+    use nix::mount::MsFlags;
+    flags
+        .iter()
+        .map(|flag| match flag.as_ref() {
+            "nosuid" => MsFlags::MS_NOSUID,
+            "nodev" => MsFlags::MS_NODEV,
+            "noexec" => MsFlags::MS_NOEXEC,
+            "noatime" => MsFlags::MS_NOATIME,
+            "nodiratime" => MsFlags::MS_NODIRATIME,
+            "strictatime" => MsFlags::MS_STRICTATIME,
+            _ => MsFlags::empty(),
+        })
+        .fold(MsFlags::empty(), |all, flag| all | flag)
+}
+
 /// Fields before the optional fields: id, parent id, major:minor, root, mount point, options.
 const FIXED_FIELDS: usize = 6;
 

@@ -72,6 +72,13 @@ pub fn emit(kind: Kind, output: &str) {
     let _ = writeln!(stderr, "{}", line(kind, output, SystemTime::now()));
 }
 
+/// Logs each warning as an info progress line (`warning: ...`).
+pub fn warn_all<W: std::fmt::Display>(warnings: impl IntoIterator<Item = W>) {
+    for warning in warnings {
+        emit(Kind::Info, &format!("warning: {warning}"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,16 +4,13 @@
 //! preparation step (registry wiring lives here, at the top). Errors end up in the progress
 //! log, `/dev/termination-log` and the exit status (see `main.rs`).
 
-use super::{outer_subsystem, runtime, warn_all};
-use crate::cache::BlobStore;
+use super::{outer_subsystem, runtime, ImageCache};
 use crate::cli::DockerArgs;
 use crate::config::{Purpose, Settings};
 use crate::launch;
 use crate::prepare::PreparedImage;
 use crate::progress::{self, Kind};
-use crate::registry::RegistryConfig;
 use crate::source::ImageSource;
-use crate::unpack::{LayerStore, Limits};
 
 pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(
@@ -23,12 +20,8 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     )?;
     let image = settings.image.clone().unwrap_or_default();
     let source = ImageSource::parse(&image)?;
-    let (config, warnings) = RegistryConfig::from_settings(&settings)?;
-    warn_all(warnings);
-    let blobs = BlobStore::open(&settings.state_dir)?;
-    let layers = LayerStore::open(&settings.state_dir)?;
-    let prepare: launch::PrepareFn =
-        Box::new(move || Box::pin(prepare(config, blobs, layers, source)));
+    let cache = ImageCache::open(&settings)?;
+    let prepare: launch::PrepareFn = Box::new(move || Box::pin(prepare(cache, source)));
     let runtime = runtime()?;
     let result = runtime.block_on(launch::run(&settings, prepare));
     // Threads still blocked on a workspace process's output (its containerd died) must not
@@ -39,19 +32,10 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pulls and unpacks the image, logging what it did.
-async fn prepare(
-    config: RegistryConfig,
-    blobs: BlobStore,
-    layers: LayerStore,
-    source: ImageSource,
-) -> anyhow::Result<PreparedImage> {
+/// Pulls and unpacks the image, saying so in the progress log.
+async fn prepare(cache: ImageCache, source: ImageSource) -> anyhow::Result<PreparedImage> {
     progress::emit(Kind::Info, &format!("Preparing image {source}..."));
-    let prepared =
-        crate::prepare::prepare(&config, &blobs, &layers, &source, &Limits::default()).await?;
-    for warning in &prepared.warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
+    let prepared = cache.prepare(&source).await?;
     let line = format!(
         "Image {source} ({}) ready: {} layer(s), {} unpacked now",
         prepared.pulled.manifest_digest,

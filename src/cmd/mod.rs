@@ -14,7 +14,6 @@ use crate::cli::{Cli, Command};
 use crate::config::{names, Settings};
 use crate::digest::Digest;
 use crate::prepare::PreparedImage;
-use crate::progress::{self, Kind};
 use crate::registry::{ImageRef, RegistryConfig};
 use crate::source::ImageSource;
 use crate::unpack::{LayerStore, Limits};
@@ -24,28 +23,46 @@ fn outer_subsystem() -> Option<String> {
     std::env::var(names::AGENT_SUBSYSTEM.env).ok()
 }
 
-/// Logs each warning as an info progress line.
-fn warn_all<W: std::fmt::Display>(warnings: impl IntoIterator<Item = W>) {
-    for warning in warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
+use crate::progress::warn_all;
+
+/// The image cache on the volume of some settings, with the registry configuration to fill it.
+struct ImageCache {
+    config: RegistryConfig,
+    blobs: BlobStore,
+    layers: LayerStore,
+}
+
+impl ImageCache {
+    /// Opens the cache under `settings.state_dir`; registry warnings logged.
+    fn open(settings: &Settings) -> anyhow::Result<ImageCache> {
+        let (config, warnings) = RegistryConfig::from_settings(settings)?;
+        warn_all(warnings);
+        Ok(ImageCache {
+            config,
+            blobs: BlobStore::open(&settings.state_dir)?,
+            layers: LayerStore::open(&settings.state_dir)?,
+        })
+    }
+
+    /// `source` fetched and unpacked into the cache, warnings logged.
+    async fn prepare(&self, source: &ImageSource) -> anyhow::Result<PreparedImage> {
+        let prepared = crate::prepare::prepare(
+            &self.config,
+            &self.blobs,
+            &self.layers,
+            source,
+            &Limits::default(),
+        )
+        .await?;
+        warn_all(&prepared.warnings);
+        Ok(prepared)
     }
 }
 
 /// `source` fetched and unpacked into the cache on the volume of `settings`, warnings logged.
 fn prepare_image(settings: &Settings, source: &ImageSource) -> anyhow::Result<PreparedImage> {
-    let (config, warnings) = RegistryConfig::from_settings(settings)?;
-    warn_all(warnings);
-    let blobs = BlobStore::open(&settings.state_dir)?;
-    let layers = LayerStore::open(&settings.state_dir)?;
-    let prepared = runtime()?.block_on(crate::prepare::prepare(
-        &config,
-        &blobs,
-        &layers,
-        source,
-        &Limits::default(),
-    ))?;
-    warn_all(&prepared.warnings);
-    Ok(prepared)
+    let cache = ImageCache::open(settings)?;
+    runtime()?.block_on(cache.prepare(source))
 }
 
 /// What `pull` and `prepare` print for scripts: `repository@digest` of the first reference

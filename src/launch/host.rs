@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::LaunchError;
-use crate::progress::{self, Kind};
+use crate::progress::{self, warn_all, Kind};
 use crate::supervise::cgroup;
 
 /// Copies the pod's CPU limit into the workspace's cgroup (sysbox does not: its issue 582), so
@@ -13,10 +13,7 @@ use crate::supervise::cgroup;
 /// fatal.
 pub(super) fn mirror_cpu_quota(pid: u32) {
     let Some(inner) = cpu_cgroup_of(pid) else {
-        progress::emit(
-            Kind::Info,
-            &format!("warning: the workspace's CPU cgroup was not found in /proc/{pid}/cgroup; the pod's CPU limit is not copied"),
-        );
+        warn_all([format!("the workspace's CPU cgroup was not found in /proc/{pid}/cgroup; the pod's CPU limit is not copied")]);
         return;
     };
     match cgroup::copy_cpu_quota(&cgroup::RealCgroupSys, &inner) {
@@ -28,7 +25,7 @@ pub(super) fn mirror_cpu_quota(pid: u32) {
             ),
         ),
         Ok(None) => {}
-        Err(warning) => progress::emit(Kind::Info, &format!("warning: {warning}")),
+        Err(warning) => warn_all([warning]),
     }
 }
 

@@ -29,7 +29,7 @@ use crate::network::{self, Attachment, Network, NetworkPlan};
 use crate::overlay::{self, Rootfs};
 use crate::pipeline;
 use crate::prepare::PreparedImage;
-use crate::progress::{self, Kind};
+use crate::progress::{self, warn_all, Kind};
 use crate::rootfs::PasswdEntry;
 use crate::runtime::{self, ContainerDef, Engine, ExecDef, ExecSignaller, ExitStatus, Task};
 use crate::setup::{self, RealSys};
@@ -81,6 +81,12 @@ pub enum LaunchError {
 pub type PrepareFn =
     Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<PreparedImage>>>>>;
 
+/// The bootstrap process while it runs: a handle to signal it, and its exit.
+struct RunningBootstrap {
+    signaller: ExecSignaller,
+    done: tokio::task::JoinHandle<Result<ExitStatus, runtime::RuntimeError>>,
+}
+
 /// Everything started so far; what [`Workspace::stop`] undoes.
 #[derive(Default)]
 struct Workspace {
@@ -91,8 +97,7 @@ struct Workspace {
     netns: Option<NetnsHold>,
     network: Option<Arc<Network>>,
     attachment: Option<Attachment>,
-    bootstrap: Option<ExecSignaller>,
-    bootstrap_done: Option<tokio::task::JoinHandle<Result<ExitStatus, runtime::RuntimeError>>>,
+    bootstrap: Option<RunningBootstrap>,
     init_signal: i32,
     image_init: bool,
     /// A supervised daemon died: containerd may be gone, so the stop works without it.
@@ -303,8 +308,10 @@ impl Workspace {
                 user.name, user.uid
             ),
         );
-        self.bootstrap = Some(exec.signaller());
-        self.bootstrap_done = Some(tokio::spawn(exec.wait()));
+        self.bootstrap = Some(RunningBootstrap {
+            signaller: exec.signaller(),
+            done: tokio::spawn(exec.wait()),
+        });
         Ok(())
     }
 
@@ -316,8 +323,8 @@ impl Workspace {
         let mut init_exit = tokio::spawn(async move { init.wait().await });
         loop {
             let bootstrap = async {
-                match self.bootstrap_done.as_mut() {
-                    Some(handle) => Some(handle.await),
+                match self.bootstrap.as_mut() {
+                    Some(running) => Some((&mut running.done).await),
                     None => std::future::pending().await,
                 }
             };
@@ -346,7 +353,6 @@ impl Workspace {
                     }
                 }
                 Some(result) = bootstrap => {
-                    self.bootstrap_done = None;
                     self.bootstrap = None;
                     match result {
                         Ok(Ok(status)) if status.0 == 0 => progress::emit(Kind::Info, "Bootstrap script finished"),
@@ -367,15 +373,4 @@ async fn blocking<T: Send + 'static, E: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .expect("a blocking stage panicked")
-}
-
-fn warn_all<W: std::fmt::Display>(warnings: impl IntoIterator<Item = W>) {
-    for warning in warnings {
-        progress::emit(Kind::Info, &format!("warning: {warning}"));
-    }
-}
-
-/// Where the init's output is kept (for errors about it).
-pub fn init_log(settings: &Settings) -> PathBuf {
-    settings.run_dir.join("init.log")
 }

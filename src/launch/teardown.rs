@@ -18,7 +18,6 @@ impl Workspace {
             if self.daemon_died {
                 kill_without_containerd(&task);
                 self.bootstrap = None;
-                self.bootstrap_done = None;
                 self.engine = None;
             } else {
                 self.stop_task(&task, grace).await;
@@ -26,15 +25,7 @@ impl Workspace {
         }
         if let (Some(net), Some(attachment)) = (self.network.take(), self.attachment.take()) {
             let result = blocking(move || {
-                if let Err(first) = net.del(&attachment) {
-                    // The bridge plugin's own iptables teardown can fail transiently
-                    // (iptables-nft EBUSY on the chain just unreferenced): once more through the
-                    // cached attachment, whose sweep retries.
-                    std::thread::sleep(Duration::from_millis(100));
-                    if net.cleanup_stale().is_err() {
-                        return Err(first);
-                    }
-                }
+                net.del(&attachment)?;
                 net.remove_bridge()
             })
             .await;
@@ -81,7 +72,7 @@ impl Workspace {
             grace,
         );
         if let (Some(signal), Some(bootstrap)) = (plan.signal_bootstrap, &self.bootstrap) {
-            if let Err(e) = bootstrap.kill(signal as u32).await {
+            if let Err(e) = bootstrap.signaller.kill(signal as u32).await {
                 progress::emit(Kind::Info, &format!("signalling the bootstrap script: {e}"));
             }
         }
@@ -91,8 +82,8 @@ impl Workspace {
             }
         }
         if plan.wait_bootstrap {
-            if let Some(done) = self.bootstrap_done.take() {
-                let _ = tokio::time::timeout_at(deadline, done).await;
+            if let Some(bootstrap) = self.bootstrap.as_mut() {
+                let _ = tokio::time::timeout_at(deadline, &mut bootstrap.done).await;
             }
         }
         if plan.wait_init {
@@ -106,9 +97,8 @@ impl Workspace {
             }
             let _ = tokio::time::timeout(Duration::from_secs(10), &mut init_exit).await;
         }
-        self.bootstrap = None;
-        if let Some(done) = self.bootstrap_done.take() {
-            done.abort();
+        if let Some(bootstrap) = self.bootstrap.take() {
+            bootstrap.done.abort();
         }
     }
 }

@@ -150,9 +150,17 @@ impl<S: NetSys> Network<S> {
 
     /// Detaches; run it while the namespace still exists (else the plugin cannot find the
     /// interface; the lease and the masquerade rules are still removed).
+    ///
+    /// A failed DEL is run once more, "already gone" errors ignored: the bridge plugin's own
+    /// iptables teardown can fail transiently (iptables-nft EBUSY on a chain just unreferenced)
+    /// after removing the interface, and the second pass's sweep retries. The first error is
+    /// returned only when that pass fails too.
     pub fn del(&self, attachment: &Attachment) -> Result<(), NetworkError> {
         let _lock = state::lock(&self.plan.lock_path())?;
-        invoke::del(&self.sys, &attachment.record, Missing::Report)?;
+        if let Err(first) = invoke::del(&self.sys, &attachment.record, Missing::Report) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            invoke::del(&self.sys, &attachment.record, Missing::Ignore).map_err(|_| first)?;
+        }
         state::remove(&self.plan.cache_path())
     }
 

@@ -26,11 +26,6 @@ pub const NAMESPACE: &str = "envbox";
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("connecting to containerd at {socket}: {source}")]
-    Connect {
-        socket: PathBuf,
-        source: tonic::transport::Error,
-    },
     #[error("containerd could not {action} {id}: {status}", status = .status.message())]
     Call {
         action: &'static str,
@@ -79,18 +74,6 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Connects to the containerd listening on `socket`.
-    pub async fn connect(socket: &Path) -> Result<Engine, RuntimeError> {
-        let channel =
-            containerd_client::connect(socket)
-                .await
-                .map_err(|source| RuntimeError::Connect {
-                    socket: socket.to_owned(),
-                    source,
-                })?;
-        Ok(Engine::with_channel(channel))
-    }
-
     /// An engine over an already connected channel.
     pub fn with_channel(channel: Channel) -> Engine {
         Engine {

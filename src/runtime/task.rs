@@ -151,15 +151,6 @@ impl Engine {
         }
         Ok(found)
     }
-
-    /// Deletes container `id` (its task must be deleted first).
-    pub async fn delete_container(&self, id: &str) -> Result<(), RuntimeError> {
-        self.containers()
-            .delete(self.request(DeleteContainerRequest { id: id.to_owned() }))
-            .await
-            .map_err(RuntimeError::call("delete the container", id))?;
-        Ok(())
-    }
 }
 
 fn is_not_running(error: &RuntimeError) -> bool {

@@ -16,7 +16,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
 use super::in_root;
-use crate::mountinfo::MountTable;
+use crate::mountinfo::{locked_ms_flags, MountTable};
 
 /// One method per host primitive. Paths are absolute in the outer container, except `path`
 /// of [`Sys::symlink_in_root`], which is inside `rootfs`.
@@ -96,18 +96,8 @@ impl Sys for RealSys {
             .rev()
             .find(|e| e.mount_point == path)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
-        for flag in entry.locked_flags() {
-            flags |= match flag {
-                "nosuid" => MsFlags::MS_NOSUID,
-                "nodev" => MsFlags::MS_NODEV,
-                "noexec" => MsFlags::MS_NOEXEC,
-                "noatime" => MsFlags::MS_NOATIME,
-                "nodiratime" => MsFlags::MS_NODIRATIME,
-                "strictatime" => MsFlags::MS_STRICTATIME,
-                _ => MsFlags::empty(),
-            };
-        }
+        let mut flags =
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | locked_ms_flags(&entry.locked_flags());
         if read_only {
             flags |= MsFlags::MS_RDONLY;
         }

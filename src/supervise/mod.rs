@@ -136,9 +136,7 @@ impl Daemons {
                 // On the spawner thread: the daemons must inherit its cgroup namespace.
                 let report = spawner::on_spawner_thread(|| cgroup::prepare(&cgroup::RealCgroupSys))
                     .await??;
-                for warning in &report.warnings {
-                    progress::emit(Kind::Info, &format!("Warning: {warning}"));
-                }
+                progress::warn_all(&report.warnings);
                 Some(report)
             }
         };

@@ -12,6 +12,8 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
+use crate::mountinfo::locked_ms_flags;
+
 /// One method per primitive.
 pub trait CgroupSys {
     /// Reads a whole (small) file.
@@ -87,18 +89,7 @@ impl CgroupSys for RealCgroupSys {
     }
 
     fn remount_read_write(&self, path: &Path, flags: &[String]) -> io::Result<()> {
-        let mut bits = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
-        for flag in flags {
-            bits |= match flag.as_str() {
-                "nosuid" => MsFlags::MS_NOSUID,
-                "nodev" => MsFlags::MS_NODEV,
-                "noexec" => MsFlags::MS_NOEXEC,
-                "noatime" => MsFlags::MS_NOATIME,
-                "nodiratime" => MsFlags::MS_NODIRATIME,
-                "strictatime" => MsFlags::MS_STRICTATIME,
-                _ => MsFlags::empty(),
-            };
-        }
+        let bits = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | locked_ms_flags(flags);
         Ok(mount(None::<&str>, path, None::<&str>, bits, None::<&str>)?)
     }
 
