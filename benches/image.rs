@@ -16,7 +16,10 @@
 //! device; tools run side by side in the same run, several runs, min and median. Needs root
 //! (mount), skopeo, umoci, containerd + ctr, curl, gzip, tar. `ENVBOX_BENCH_RUNS` (3),
 //! `ENVBOX_BENCH_MB` (400), `ENVBOX_BENCH_LAYERS` (6), `ENVBOX_BENCH_FILES` (40000) and
-//! `ENVBOX_BENCH_IMAGES` (`big,files`) change the runs and images.
+//! `ENVBOX_BENCH_IMAGES` (`big,files`) change the runs and images; `ENVBOX_BENCH_TOOLS`
+//! (`envbox,umoci,containerd,raw`) which tools run (envbox always does: ratios are to it);
+//! `ENVBOX_BENCH_BASELINE=/path/to/envbox` times another envbox build beside this one, each
+//! run on its own fresh filesystem (a before/after comparison in one run).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -58,10 +61,40 @@ struct Times {
     umoci: Vec<Duration>,
     containerd: Vec<Duration>,
     raw: Vec<Duration>,
+    baseline: Vec<Duration>,
 }
 
-fn prepare(reference: &str, registry_host: &str, state: &std::path::Path) {
-    let out = Command::new(ENVBOX)
+/// Which contenders run beside envbox.
+struct Tools {
+    umoci: bool,
+    containerd: bool,
+    raw: bool,
+    /// Another envbox build (`ENVBOX_BENCH_BASELINE`).
+    baseline: Option<String>,
+}
+
+impl Tools {
+    fn from_env() -> Tools {
+        let list = std::env::var("ENVBOX_BENCH_TOOLS")
+            .unwrap_or_else(|_| "envbox,umoci,containerd,raw".into());
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        for name in &names {
+            assert!(
+                ["envbox", "umoci", "containerd", "raw"].contains(name),
+                "ENVBOX_BENCH_TOOLS: unknown tool {name:?} (envbox, umoci, containerd, raw)"
+            );
+        }
+        Tools {
+            umoci: names.contains(&"umoci"),
+            containerd: names.contains(&"containerd"),
+            raw: names.contains(&"raw"),
+            baseline: std::env::var("ENVBOX_BENCH_BASELINE").ok(),
+        }
+    }
+}
+
+fn prepare(envbox: &str, reference: &str, registry_host: &str, state: &std::path::Path) {
+    let out = Command::new(envbox)
         .args([
             "prepare",
             "--image",
@@ -81,7 +114,7 @@ fn prepare(reference: &str, registry_host: &str, state: &std::path::Path) {
 }
 
 /// One image: built, pushed, then `runs` cold runs of every tool, each on a fresh filesystem.
-fn bench_image(name: &str, image: ImageSpec, runs: usize) {
+fn bench_image(name: &str, image: ImageSpec, runs: usize, tools: &Tools) {
     let work = tempfile::tempdir_in("/var/tmp").expect("work dir");
     let layout = work.path().join("layout");
     let info = write_layout(&layout, "bench", &[image]);
@@ -98,45 +131,61 @@ fn bench_image(name: &str, image: ImageSpec, runs: usize) {
     for _ in 0..runs {
         let fs = FreshFs::new(work.path());
         let state = fs.mnt.join("state");
-        t.envbox
-            .push(timed(|| prepare(&reference, &registry.host, &state)));
-        t.repeat
-            .push(timed(|| prepare(&reference, &registry.host, &state)));
+        t.envbox.push(timed(|| {
+            prepare(ENVBOX, &reference, &registry.host, &state)
+        }));
+        t.repeat.push(timed(|| {
+            prepare(ENVBOX, &reference, &registry.host, &state)
+        }));
         drop(fs);
 
-        let fs = FreshFs::new(work.path());
-        let m = fs.mnt.display();
-        t.umoci.push(timed(|| {
-            sh(&format!(
-                "skopeo copy -q --src-tls-verify=false docker://{reference} oci:{m}/oci:t
+        if let Some(other) = &tools.baseline {
+            let fs = FreshFs::new(work.path());
+            let state = fs.mnt.join("state");
+            t.baseline
+                .push(timed(|| prepare(other, &reference, &registry.host, &state)));
+            drop(fs);
+        }
+
+        if tools.umoci {
+            let fs = FreshFs::new(work.path());
+            let m = fs.mnt.display();
+            t.umoci.push(timed(|| {
+                sh(&format!(
+                    "skopeo copy -q --src-tls-verify=false docker://{reference} oci:{m}/oci:t
                  umoci raw unpack --image {m}/oci:t {m}/rootfs
                  chown -R --from=0:0 100000:100000 {m}/rootfs"
-            ))
-        }));
-        drop(fs);
+                ))
+            }));
+            drop(fs);
+        }
 
-        let fs = FreshFs::new(work.path());
-        let containerd = Containerd::start(&fs.mnt.join("containerd"));
-        t.containerd.push(timed(|| containerd.pull(&reference)));
-        drop(containerd);
-        drop(fs);
+        if tools.containerd {
+            let fs = FreshFs::new(work.path());
+            let containerd = Containerd::start(&fs.mnt.join("containerd"));
+            t.containerd.push(timed(|| containerd.pull(&reference)));
+            drop(containerd);
+            drop(fs);
+        }
 
-        let fs = FreshFs::new(work.path());
-        let m = fs.mnt.display().to_string();
-        t.raw.push(timed(|| {
-            let script: String = blobs
-                .iter()
-                .enumerate()
-                .map(|(i, url)| {
-                    format!(
+        if tools.raw {
+            let fs = FreshFs::new(work.path());
+            let m = fs.mnt.display().to_string();
+            t.raw.push(timed(|| {
+                let script: String = blobs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| {
+                        format!(
                         "mkdir -p {m}/l{i} && curl -sfL {url} | gzip -dc | tar -x -C {m}/l{i} &\n"
                     )
-                })
-                .collect::<String>()
-                + "wait";
-            sh(&script);
-        }));
-        drop(fs);
+                    })
+                    .collect::<String>()
+                    + "wait";
+                sh(&script);
+            }));
+            drop(fs);
+        }
     }
     report(name, &info, runs, &t);
 }
@@ -149,15 +198,19 @@ fn report(name: &str, info: &support::image::LayoutInfo, runs: usize, t: &Times)
     );
     let (e_min, e_med) = stats(&t.envbox);
     let row = |tool: &str, times: &[Duration]| {
+        if times.is_empty() {
+            return None;
+        }
         let (min, med) = stats(times);
         println!(
             "  {tool:<48} min {min:>7.2} s   median {med:>7.2} s   x envbox {:>5.2} / {:>5.2}",
             min / e_min,
             med / e_med
         );
-        med / e_med
+        Some(med / e_med)
     };
     row("envbox prepare, cold (pull + unpack, shifted)", &t.envbox);
+    row("baseline envbox build (ENVBOX_BENCH_BASELINE)", &t.baseline);
     let umoci = row("skopeo copy + umoci raw unpack + chown", &t.umoci);
     let ctr = row("containerd: ctr image pull (fetch + unpack)", &t.containerd);
     let raw = row("raw limit: curl | gzip -dc | tar -x, parallel", &t.raw);
@@ -168,13 +221,17 @@ fn report(name: &str, info: &support::image::LayoutInfo, runs: usize, t: &Times)
         r_min * 1e3,
         r_med * 1e3
     );
-    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let verdict = |ratio: Option<f64>, ok: fn(f64) -> bool| match ratio {
+        None => "not run",
+        Some(r) if ok(r) => "met",
+        Some(_) => "MISSED",
+    };
     println!(
         "  goals (medians): >=5x skopeo+umoci+chown {}; >=3x containerd {}; within 1.3x of the raw limit {}; repeat < 100 ms {}",
-        verdict(umoci >= 5.0),
-        verdict(ctr >= 3.0),
-        verdict(raw >= 1.0 / 1.3),
-        verdict(r_med < 0.1),
+        verdict(umoci, |r| r >= 5.0),
+        verdict(ctr, |r| r >= 3.0),
+        verdict(raw, |r| r >= 1.0 / 1.3),
+        verdict(Some(r_med), |r| r < 0.1),
     );
 }
 
@@ -184,17 +241,18 @@ fn main() {
         return;
     }
     let runs = env_usize("ENVBOX_BENCH_RUNS", 3).max(1);
+    let tools = Tools::from_env();
     let images = std::env::var("ENVBOX_BENCH_IMAGES").unwrap_or_else(|_| "big,files".into());
     for name in images.split(',') {
         match name {
             "big" => {
                 let mb = env_usize("ENVBOX_BENCH_MB", 400) as u64;
                 let layers = env_usize("ENVBOX_BENCH_LAYERS", 6);
-                bench_image("big", big_image(mb, layers), runs);
+                bench_image("big", big_image(mb, layers), runs, &tools);
             }
             "files" => {
                 let files = env_usize("ENVBOX_BENCH_FILES", 40_000);
-                bench_image("files", many_files_image(files), runs);
+                bench_image("files", many_files_image(files), runs, &tools);
             }
             other => panic!("ENVBOX_BENCH_IMAGES: unknown image {other:?} (big, files)"),
         }

@@ -28,6 +28,8 @@ fn render(error: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // While the process has one thread: it sets an environment variable.
+    envbox::registry::pin_system_bundle();
     let cli = Cli::parse();
     let is_entrypoint = matches!(cli.command, Command::Docker(_));
     match envbox::cmd::run(cli) {

@@ -398,7 +398,10 @@ while :; do sleep 1; done
         .output()
         .unwrap();
     let nat = String::from_utf8_lossy(&nat.stdout);
-    assert!(!nat.contains("172.29.0."), "NAT rules left:\n{nat}");
+    assert!(
+        !nat.contains("172.29.0.") && !nat.contains("ENVBOX-MASQ"),
+        "NAT rules left:\n{nat}"
+    );
     assert!(
         !Path::new("/sys/class/net/envbox0").exists(),
         "the workspace bridge is removed at stop"

@@ -131,23 +131,16 @@ impl TestNet {
         Network::new(self.plan.clone())
     }
 
-    /// The lines of `iptables -t nat -S` that belong to this network: rules carrying its
-    /// name in their comment, and the chains they jump to.
+    /// The lines of `iptables -t nat -S` that belong to this network: its masquerade chain,
+    /// the chain's rules and the jumps to it.
     fn nat_rules(&self) -> Vec<String> {
         let all = stdout(Command::new("iptables").args(["-w", "-t", "nat", "-S"]));
-        let marker = format!("\\\"{}\\\"", self.plan.name);
-        let ours: Vec<&str> = all.lines().filter(|l| l.contains(&marker)).collect();
-        let chains: Vec<&str> = ours
-            .iter()
-            .filter_map(|l| l.split(" -j ").nth(1))
-            .filter(|t| t.starts_with("CNI-"))
-            .collect();
+        let chain = self.plan.masquerade_chain();
         all.lines()
             .filter(|l| {
-                ours.contains(l)
-                    || chains
-                        .iter()
-                        .any(|c| *l == format!("-N {c}") || l.starts_with(&format!("-A {c} ")))
+                *l == format!("-N {chain}")
+                    || l.starts_with(&format!("-A {chain} "))
+                    || (l.starts_with("-A POSTROUTING ") && l.ends_with(&format!(" -j {chain}")))
             })
             .map(str::to_owned)
             .collect()
@@ -172,7 +165,7 @@ impl TestNet {
 }
 
 impl Drop for TestNet {
-    /// Also removes what a failed test may have left in iptables (`-S` output is shell-quoted).
+    /// Also removes what a failed test may have left in iptables.
     fn drop(&mut self) {
         let rules = self.nat_rules();
         for rule in &rules {
@@ -382,4 +375,135 @@ fn a_missing_namespace_is_refused_before_any_plugin_runs() {
         .to_string();
     assert!(err.contains("/proc/0/ns/net"), "{err}");
     assert!(!net.plan.cache_path().exists());
+}
+
+/// A veth pair from the host into another namespace: a network "elsewhere" that only the host
+/// can route to. The host end is deleted on drop (which takes the pair).
+struct Elsewhere {
+    ns: Netns,
+    host_end: String,
+    host_ip: Ipv4Addr,
+    far_ip: Ipv4Addr,
+}
+
+impl Elsewhere {
+    fn new() -> Elsewhere {
+        let pid = std::process::id();
+        let base = Ipv4Addr::new(10, 210, ((pid / 64) % 256) as u8, ((pid % 64) * 4) as u8);
+        let host_ip = Ipv4Addr::from(u32::from(base) + 1);
+        let far_ip = Ipv4Addr::from(u32::from(base) + 2);
+        let ns = Netns::new();
+        let (host_end, far_end) = (format!("eoh{pid}"), format!("eof{pid}"));
+        let ns_pid = ns.child.id().to_string();
+        stdout(Command::new("ip").args([
+            "link", "add", &host_end, "type", "veth", "peer", "name", &far_end,
+        ]));
+        let elsewhere = Elsewhere {
+            ns,
+            host_end,
+            host_ip,
+            far_ip,
+        };
+        stdout(Command::new("ip").args(["link", "set", &far_end, "netns", &ns_pid]));
+        stdout(Command::new("ip").args([
+            "addr",
+            "add",
+            &format!("{host_ip}/30"),
+            "dev",
+            &elsewhere.host_end,
+        ]));
+        stdout(Command::new("ip").args(["link", "set", &elsewhere.host_end, "up"]));
+        for args in [
+            vec![
+                "ip",
+                "addr",
+                "add",
+                &format!("{far_ip}/30"),
+                "dev",
+                &far_end,
+            ],
+            vec!["ip", "link", "set", &far_end, "up"],
+            vec!["ip", "link", "set", "lo", "up"],
+        ] {
+            stdout(&mut elsewhere.ns.inside(&args));
+        }
+        elsewhere
+    }
+
+    /// Listens on the far address inside; returns the port and the peer of the first
+    /// connection (with the line it sent).
+    fn listen(&self) -> (u16, mpsc::Receiver<(SocketAddr, String)>) {
+        let netns = std::fs::File::open(self.ns.path()).expect("open the namespace");
+        let far_ip = self.far_ip;
+        let (port_tx, port_rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // This thread only: the test's other threads stay in the host namespace.
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns only reads the descriptor, which stays open for the call.
+            let entered = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(entered, 0, "setns: {}", std::io::Error::last_os_error());
+            let listener = TcpListener::bind((far_ip, 0)).expect("listen elsewhere");
+            port_tx.send(listener.local_addr().unwrap().port()).unwrap();
+            let (stream, peer) = listener.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(stream)
+                .read_line(&mut line)
+                .unwrap();
+            tx.send((peer, line)).unwrap();
+        });
+        (port_rx.recv().expect("listening"), rx)
+    }
+}
+
+impl Drop for Elsewhere {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .output();
+    }
+}
+
+#[test]
+fn traffic_leaving_for_elsewhere_is_masqueraded_and_stops_being_so_after_del() {
+    if !network_requirements_met("traffic_leaving_for_elsewhere_is_masqueraded") {
+        return;
+    }
+    let net = TestNet::new(4, 1400);
+    let network = net.network();
+    let workspace = Netns::new();
+    let elsewhere = Elsewhere::new();
+    let attachment = network.add(&workspace.path()).unwrap();
+
+    let (port, seen) = elsewhere.listen();
+    let script = format!(
+        "echo hello-elsewhere | {BUSYBOX} nc {} {port}",
+        elsewhere.far_ip
+    );
+    let out = run(&mut workspace.inside(&["timeout", "20", BUSYBOX, "sh", "-c", &script]));
+    let (peer, line) = seen
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            panic!(
+                "nothing reached {}:{port} from the workspace: {}{}\n{:#?}",
+                elsewhere.far_ip,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                net.nat_rules()
+            )
+        });
+    assert_eq!(line.trim(), "hello-elsewhere");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(elsewhere.host_ip),
+        "the workspace's address ({}) is masqueraded behind the host's",
+        net.plan.address
+    );
+
+    network.del(&attachment).unwrap();
+    assert_eq!(
+        net.nat_rules(),
+        Vec::<String>::new(),
+        "DEL removes the masquerade"
+    );
 }

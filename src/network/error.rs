@@ -88,9 +88,10 @@ pub enum NetworkError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("cannot run iptables {args}: {source}")]
+    /// `args` is the whole command line (`iptables -w -t nat ...`, `iptables-restore ...`).
+    #[error("cannot run {args}: {source}")]
     IptablesSpawn { args: String, source: io::Error },
-    #[error("iptables {args} failed ({status}): {output}")]
+    #[error("{args} failed ({status}): {output}")]
     Iptables {
         args: String,
         status: String,

@@ -1,25 +1,26 @@
 //! A recording stand-in for the CNI plugins and iptables, for the unit tests of the chaining,
 //! caching and cleanup logic: it answers like the 1.1.1 plugins unless told otherwise.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
 use super::{Invocation, NetSys, NetnsId, Outcome};
 
-pub type Respond = Box<dyn Fn(&Invocation) -> Option<io::Result<Outcome>>>;
+pub type Respond = Box<dyn Fn(&Invocation) -> Option<io::Result<Outcome>> + Send + Sync>;
 
-/// Records every run; answers like the real plugins unless `respond` says otherwise.
+/// Records every run; answers like the real plugins (and a `nat` table) unless `respond` says
+/// otherwise. Loopback, the main network and the masquerade run on their own threads.
 pub struct FakeSys {
-    pub calls: RefCell<Vec<Invocation>>,
-    pub netns: RefCell<HashMap<PathBuf, NetnsId>>,
-    /// Chains `iptables -S` finds.
-    pub chains: RefCell<Vec<String>>,
-    /// `POSTROUTING` jumps `iptables -C` finds (by chain; one entry per copy); `-D` removes one.
-    pub jumps: RefCell<Vec<String>>,
+    pub calls: Mutex<Vec<Invocation>>,
+    pub netns: Mutex<HashMap<PathBuf, NetnsId>>,
+    /// User chains of the `nat` table.
+    pub chains: Mutex<Vec<String>>,
+    /// `POSTROUTING` rules, as `iptables -S` prints them after `-A POSTROUTING `.
+    pub postrouting: Mutex<Vec<String>>,
     respond: Respond,
 }
 
@@ -49,18 +50,21 @@ pub fn kind(inv: &Invocation) -> String {
     let name = inv.program.file_name().unwrap().to_string_lossy();
     match inv.env_var("CNI_COMMAND") {
         Some(command) => format!("{name} {command}"),
-        None => format!("{name} {}", inv.args[3..].join(" ")),
+        None if name == "iptables" => format!("{name} {}", inv.args[3..].join(" ")),
+        None => format!("{name} {}", inv.args.join(" ")),
     }
 }
 
 impl FakeSys {
-    pub fn new(respond: impl Fn(&Invocation) -> Option<io::Result<Outcome>> + 'static) -> Self {
+    pub fn new(
+        respond: impl Fn(&Invocation) -> Option<io::Result<Outcome>> + Send + Sync + 'static,
+    ) -> Self {
         let netns = HashMap::from([(PathBuf::from(NETNS), NetnsId { dev: 4, ino: 77 })]);
         FakeSys {
-            calls: RefCell::default(),
-            netns: RefCell::new(netns),
-            chains: RefCell::default(),
-            jumps: RefCell::default(),
+            calls: Mutex::default(),
+            netns: Mutex::new(netns),
+            chains: Mutex::default(),
+            postrouting: Mutex::default(),
             respond: Box::new(respond),
         }
     }
@@ -70,11 +74,11 @@ impl FakeSys {
     }
 
     pub fn kinds(&self) -> Vec<String> {
-        self.calls.borrow().iter().map(kind).collect()
+        self.calls.lock().unwrap().iter().map(kind).collect()
     }
 
     pub fn call(&self, kind_prefix: &str) -> Invocation {
-        let calls = self.calls.borrow();
+        let calls = self.calls.lock().unwrap();
         let found = calls.iter().find(|i| kind(i).starts_with(kind_prefix));
         found.unwrap_or_else(|| panic!("no {kind_prefix}")).clone()
     }
@@ -82,27 +86,19 @@ impl FakeSys {
     /// What the real plugins answer.
     pub fn behave(&self, inv: &Invocation) -> io::Result<Outcome> {
         let name = inv.program.file_name().unwrap().to_string_lossy();
-        if name == "iptables" && matches!(inv.args[3].as_str(), "-C" | "-D") {
-            let chain = &inv.args[8];
-            let mut jumps = self.jumps.borrow_mut();
-            let at = jumps.iter().position(|j| j == chain);
-            return match (inv.args[3].as_str(), at) {
-                ("-D", Some(at)) => {
-                    jumps.remove(at);
-                    ok(b"")
+        if name == "iptables-restore" {
+            let rules = String::from_utf8_lossy(&inv.stdin).into_owned();
+            let mut chains = self.chains.lock().unwrap();
+            for chain in rules.lines().filter_map(|l| l.strip_prefix(':')) {
+                let chain = chain.split(' ').next().unwrap().to_owned();
+                if !chains.contains(&chain) {
+                    chains.push(chain);
                 }
-                ("-C", Some(_)) => ok(b""),
-                _ => failed("", "Bad rule (does a matching rule exist in that chain?)."),
-            };
+            }
+            return ok(b"");
         }
         if name == "iptables" {
-            let chain = inv.args[4].clone();
-            let found = self.chains.borrow().contains(&chain);
-            return if found || inv.args[3] != "-S" {
-                ok(b"")
-            } else {
-                failed("", "No chain/target/match by that name.")
-            };
+            return self.iptables(&inv.args[3..]);
         }
         if inv.env_var("CNI_COMMAND") == Some("DEL") {
             return ok(b"");
@@ -134,14 +130,56 @@ impl FakeSys {
     }
 }
 
+impl FakeSys {
+    /// `iptables -w -t nat <args>` on the modelled table.
+    fn iptables(&self, args: &[String]) -> io::Result<Outcome> {
+        let mut chains = self.chains.lock().unwrap();
+        let mut postrouting = self.postrouting.lock().unwrap();
+        let no_chain = || failed("", "iptables: No chain/target/match by that name.");
+        let rest = || args[2..].join(" ");
+        match (args[0].as_str(), args[1].as_str()) {
+            ("-S", "POSTROUTING") => {
+                let mut listing = "-P POSTROUTING ACCEPT\n".to_owned();
+                for rule in postrouting.iter() {
+                    listing += &format!("-A POSTROUTING {rule}\n");
+                }
+                ok(listing.as_bytes())
+            }
+            ("-A", "POSTROUTING") => {
+                postrouting.push(rest());
+                ok(b"")
+            }
+            ("-D", "POSTROUTING") => match postrouting.iter().position(|r| *r == rest()) {
+                Some(at) => {
+                    postrouting.remove(at);
+                    ok(b"")
+                }
+                None => failed(
+                    "",
+                    "iptables: Bad rule (does a matching rule exist in that chain?).",
+                ),
+            },
+            ("-S" | "-F", chain) if chains.iter().any(|c| c == chain) => ok(b""),
+            ("-X", chain) => match chains.iter().position(|c| c == chain) {
+                Some(at) => {
+                    chains.remove(at);
+                    ok(b"")
+                }
+                None => no_chain(),
+            },
+            _ => no_chain(),
+        }
+    }
+}
+
 impl NetSys for FakeSys {
     fn run(&self, inv: &Invocation) -> io::Result<Outcome> {
-        self.calls.borrow_mut().push(inv.clone());
+        self.calls.lock().unwrap().push(inv.clone());
         (self.respond)(inv).unwrap_or_else(|| self.behave(inv))
     }
 
     fn netns_id(&self, path: &Path) -> Option<NetnsId> {
-        self.netns.borrow().get(path).copied()
+        self.netns.lock().unwrap().get(path).copied()
     }
 }
 

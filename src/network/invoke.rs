@@ -4,7 +4,8 @@
 //! Owns: each plugin's environment (`CNI_*`, `PATH`, nothing inherited) and stdin (the plugin
 //! object plus `cniVersion`, `name`, `runtimeConfig` for its declared capabilities, and
 //! `prevResult`), and turning a failed run into a [`NetworkError`] naming the plugin and the
-//! command. The loopback network is added before and deleted after the main one. It never
+//! command. The loopback network and the masquerade are added beside the main network, and
+//! deleted after it. It never
 //! holds the lock or touches the state file: the caller does, around it.
 
 use serde_json::{Map, Value};
@@ -176,8 +177,14 @@ fn failure(kind: &str, command: CniCommand, outcome: Outcome) -> NetworkError {
     }
 }
 
-/// Attaches: the loopback network, then the main one. Returns the final ADD result.
-pub fn add(sys: &dyn NetSys, record: &Record) -> Result<Value, NetworkError> {
+/// Attaches: the loopback network, the main one and the masquerade of `subnet`, the three at
+/// once (they touch different things: `lo`, the bridge and veth, the `nat` table). Returns the
+/// final ADD result; the first error (main, loopback, masquerade) otherwise.
+pub fn add(
+    sys: &(dyn NetSys + Sync),
+    record: &Record,
+    subnet: &str,
+) -> Result<Value, NetworkError> {
     let netns = record.netns.to_string_lossy();
     let target = |conflist, ifname| Target {
         record,
@@ -185,13 +192,26 @@ pub fn add(sys: &dyn NetSys, record: &Record) -> Result<Value, NetworkError> {
         netns: &netns,
         ifname,
     };
-    target(&record.loopback, "lo").add(sys)?;
-    target(&record.conflist, &record.ifname)
-        .add(sys)?
-        .ok_or_else(|| NetworkError::BadResult {
-            plugin: "(none)".into(),
-            problem: "the network has no plugins".into(),
-        })
+    let (main, lo, masq) = std::thread::scope(|scope| {
+        let lo = scope.spawn(|| target(&record.loopback, "lo").add(sys));
+        let masq = scope.spawn(|| masq::install(sys, record.network_name(), subnet));
+        let main = target(&record.conflist, &record.ifname).add(sys);
+        (main, joined(lo), joined(masq))
+    });
+    let result = main?;
+    lo?;
+    masq?;
+    result.ok_or_else(|| NetworkError::BadResult {
+        plugin: "(none)".into(),
+        problem: "the network has no plugins".into(),
+    })
+}
+
+/// A scoped thread's value; its panic goes on in the caller.
+fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Whether DEL treats "already gone" plugin errors as done (after a crash) or as errors.
@@ -202,7 +222,7 @@ pub enum Missing {
 }
 
 /// Detaches: every plugin of the main network in reverse order with the cached final ADD result
-/// as `prevResult`, then loopback, then the masquerade sweep. Every step runs even when one
+/// as `prevResult`, then loopback, then the masquerade. Every step runs even when one
 /// fails; the first error not ignored is returned, the ignored ones are listed.
 pub fn del(
     sys: &dyn NetSys,
@@ -249,15 +269,7 @@ pub fn del(
             }
         }
     }
-    keep(
-        masq::sweep(
-            sys,
-            record.network_name(),
-            &record.container_id,
-            record.address,
-        )
-        .map(drop),
-    );
+    keep(masq::remove(sys, record.network_name()).map(drop));
     match first_error {
         Some(e) => Err(e),
         None => Ok(ignored),

@@ -1,104 +1,166 @@
-//! The bridge plugin's masquerade rules, removed when the plugin itself cannot.
+//! envbox's own masquerade of the workspace subnet: what leaves the bridge for elsewhere goes
+//! out with the outer address.
 //!
-//! Owns: the name and comment the bridge plugin (1.1.1, `ipMasq`) gives its `nat` chain for one
-//! container (`CNI-` + the first 24 hex digits of sha512(network + container ID); comment
-//! `name: "<network>" id: "<id>"`), and the sweep that deletes the `POSTROUTING` jump and the
-//! chain when they are still there. The plugin's DEL only tears them down from the addresses it
-//! finds on the interface inside the namespace: after a crash the namespace is gone and they
-//! would leak (one set per restart). It never touches another container's rules.
+//! Owns: one `nat` chain per network ([`chain_name`]: `ENVBOX-MASQ` for the real one) holding
+//! what the bridge plugin's `ipMasq` would add (accept traffic within the subnet, masquerade
+//! the rest but multicast), and the one `POSTROUTING` jump to it (`-s <subnet>`). The bridge
+//! plugin runs with `ipMasq` off: its eight iptables runs sat on the start's critical path,
+//! while [`install`] runs beside the plugins' ADD. Install is idempotent and repairs what a
+//! killed run or another subnet left (the chain is rewritten atomically by `iptables-restore
+//! --noflush`, other jumps to it removed); [`remove`] takes jump and chain away. It never
+//! touches a rule that does not jump to its chain.
 
-use std::net::Ipv4Addr;
-
-use sha2::{Digest as _, Sha512};
+use sha2::{Digest as _, Sha256};
 
 use super::plan::PLUGIN_PATH;
 use super::sys::{Invocation, NetSys, Outcome};
 use super::NetworkError;
 
-/// The chain the bridge plugin creates for `container_id` on `network`.
-pub fn chain_name(network: &str, container_id: &str) -> String {
-    let digest = Sha512::digest(format!("{network}{container_id}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("CNI-{}", &hex[..24])
+/// iptables' longest chain name.
+const MAX_CHAIN: usize = 28;
+
+/// The chain of `network`: `<NETWORK>-MASQ` upper-cased (`ENVBOX-MASQ`), or a digest of the
+/// name when that would be too long for iptables.
+pub fn chain_name(network: &str) -> String {
+    let plain = format!("{}-MASQ", network.to_ascii_uppercase());
+    if plain.len() <= MAX_CHAIN {
+        return plain;
+    }
+    let digest = Sha256::digest(network.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02X}")).collect();
+    format!("ENVBOX-MASQ-{hex}")
 }
 
-/// The comment on each of those rules (Go's `%q`; names are plain CNI identifiers).
-pub fn comment(network: &str, container_id: &str) -> String {
-    format!("name: {network:?} id: {container_id:?}")
+/// The `iptables-restore --noflush` input that (re)writes the chain: declaring it creates it
+/// or flushes it, so a repeat never duplicates a rule.
+pub fn chain_rules(chain: &str, subnet: &str) -> String {
+    format!(
+        "*nat\n:{chain} - [0:0]\n-A {chain} -d {subnet} -j ACCEPT\n-A {chain} ! -d 224.0.0.0/4 -j MASQUERADE\nCOMMIT\n"
+    )
 }
 
-fn iptables(sys: &dyn NetSys, args: &[&str]) -> Result<Outcome, NetworkError> {
-    let mut all = vec!["-w", "-t", "nat"];
-    all.extend_from_slice(args);
+/// The jump, as `iptables -S` prints it after `-A`.
+fn jump(chain: &str, subnet: &str) -> Vec<String> {
+    ["POSTROUTING", "-s", subnet, "-j", chain]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+fn run(
+    sys: &dyn NetSys,
+    program: &str,
+    args: &[&str],
+    stdin: &str,
+) -> Result<Outcome, NetworkError> {
     let invocation = Invocation {
-        program: "iptables".into(),
-        args: all.iter().map(|a| (*a).to_owned()).collect(),
+        program: program.into(),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
         env: vec![("PATH".into(), PLUGIN_PATH.into())],
-        stdin: Vec::new(),
+        stdin: stdin.as_bytes().to_vec(),
     };
     sys.run(&invocation)
         .map_err(|source| NetworkError::IptablesSpawn {
-            args: all.join(" "),
+            args: format!("{program} {}", args.join(" ")),
             source,
         })
 }
 
-fn must(outcome: Outcome, args: &[&str]) -> Result<(), NetworkError> {
+fn iptables(sys: &dyn NetSys, args: &[&str]) -> Result<Outcome, NetworkError> {
+    let all: Vec<&str> = ["-w", "-t", "nat"].iter().chain(args).copied().collect();
+    run(sys, "iptables", &all, "")
+}
+
+fn must(outcome: Outcome, what: &str) -> Result<(), NetworkError> {
     if outcome.success {
         return Ok(());
     }
     Err(NetworkError::Iptables {
-        args: format!("-w -t nat {}", args.join(" ")),
+        args: what.to_owned(),
         status: outcome.status,
         output: String::from_utf8_lossy(&outcome.stderr).trim().to_owned(),
     })
 }
 
-/// Deletes the masquerade jump and chain of `container_id` if they exist. True when there was
-/// something to delete.
-pub fn sweep(
-    sys: &dyn NetSys,
-    network: &str,
-    container_id: &str,
-    address: Ipv4Addr,
-) -> Result<bool, NetworkError> {
-    let chain = chain_name(network, container_id);
-    if !iptables(sys, &["-S", &chain])?.success {
-        // No chain: no jump to it can exist either.
-        return Ok(false);
-    }
-    let comment = comment(network, container_id);
-    let source = address.to_string();
-    let jump = [
-        "POSTROUTING",
-        "-s",
-        &source,
-        "-j",
-        &chain,
-        "-m",
-        "comment",
-        "--comment",
-        &comment,
-    ];
-    // Every copy of the jump (a crash between the plugin's own steps can leave two).
-    let check: Vec<&str> = [&["-C"][..], &jump[..]].concat();
-    let delete: Vec<&str> = [&["-D"][..], &jump[..]].concat();
-    for _ in 0..8 {
-        if !iptables(sys, &check)?.success {
-            break;
+/// Every `POSTROUTING` rule that jumps to `chain`, as `iptables -S` prints it (without `-A`).
+fn jumps_to(sys: &dyn NetSys, chain: &str) -> Result<Vec<Vec<String>>, NetworkError> {
+    let outcome = iptables(sys, &["-S", "POSTROUTING"])?;
+    let listing = String::from_utf8_lossy(&outcome.stdout).into_owned();
+    must(outcome, "iptables -w -t nat -S POSTROUTING")?;
+    Ok(listing
+        .lines()
+        .filter_map(|line| line.strip_prefix("-A "))
+        .map(|rule| {
+            rule.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|words| words.ends_with(&["-j".to_owned(), chain.to_owned()]))
+        .collect())
+}
+
+fn delete_jump(sys: &dyn NetSys, rule: &[String]) -> Result<(), NetworkError> {
+    let args: Vec<&str> = std::iter::once("-D")
+        .chain(rule.iter().map(String::as_str))
+        .collect();
+    must(
+        iptables(sys, &args)?,
+        &format!("iptables -w -t nat {}", args.join(" ")),
+    )
+}
+
+/// Installs (or repairs) the masquerade of `subnet` (canonical `a.b.c.d/p`) for `network`.
+pub fn install(sys: &dyn NetSys, network: &str, subnet: &str) -> Result<(), NetworkError> {
+    let chain = chain_name(network);
+    let outcome = run(
+        sys,
+        "iptables-restore",
+        &["-w", "--noflush"],
+        &chain_rules(&chain, subnet),
+    )?;
+    must(
+        outcome,
+        &format!("iptables-restore -w --noflush (chain {chain})"),
+    )?;
+    let wanted = jump(&chain, subnet);
+    let mut present = false;
+    for rule in jumps_to(sys, &chain)? {
+        if rule == wanted && !present {
+            present = true;
+        } else {
+            delete_jump(sys, &rule)?;
         }
-        must(iptables(sys, &delete)?, &delete)?;
     }
-    let flush = ["-F", chain.as_str()];
-    must(iptables(sys, &flush)?, &flush)?;
+    if present {
+        return Ok(());
+    }
+    let args: Vec<&str> = std::iter::once("-A")
+        .chain(wanted.iter().map(String::as_str))
+        .collect();
+    must(
+        iptables(sys, &args)?,
+        &format!("iptables -w -t nat {}", args.join(" ")),
+    )
+}
+
+/// Removes the jumps to `network`'s chain and the chain. True when there was something.
+pub fn remove(sys: &dyn NetSys, network: &str) -> Result<bool, NetworkError> {
+    let chain = chain_name(network);
+    let jumps = jumps_to(sys, &chain)?;
+    for rule in &jumps {
+        delete_jump(sys, rule)?;
+    }
+    if !iptables(sys, &["-S", &chain])?.success {
+        return Ok(!jumps.is_empty());
+    }
+    let flush = format!("iptables -w -t nat -F {chain}");
+    must(iptables(sys, &["-F", &chain])?, &flush)?;
     // iptables-nft can still see the chain referenced for a moment after its jump went
     // (EBUSY, seen once in five runs here): retry briefly before giving up.
-    let remove = ["-X", chain.as_str()];
     let mut attempt = 0;
     loop {
-        let outcome = iptables(sys, &remove)?;
+        let outcome = iptables(sys, &["-X", &chain])?;
         if outcome.success || attempt == 4 {
-            return must(outcome, &remove).map(|()| true);
+            return must(outcome, &format!("iptables -w -t nat -X {chain}")).map(|()| true);
         }
         attempt += 1;
         std::thread::sleep(std::time::Duration::from_millis(50 << attempt));
@@ -110,12 +172,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chain_and_comment_match_the_bridge_plugin() {
-        // Seen on this machine: bridge 1.1.1, network "exptest", container "exp1".
-        assert_eq!(
-            chain_name("exptest", "exp1"),
-            "CNI-e720c96b0b88571c5d265c65"
+    fn chain_names_fit_iptables() {
+        assert_eq!(chain_name("envbox"), "ENVBOX-MASQ");
+        assert_eq!(chain_name("envbox-it42-a"), "ENVBOX-IT42-A-MASQ");
+        let long = chain_name("a-network-name-far-too-long-for-iptables");
+        assert!(
+            long.starts_with("ENVBOX-MASQ-") && long.len() <= MAX_CHAIN,
+            "{long}"
         );
-        assert_eq!(comment("exptest", "exp1"), r#"name: "exptest" id: "exp1""#);
+        assert_ne!(long, chain_name("a-network-name-far-too-long-for-iptablez"));
+    }
+
+    #[test]
+    fn the_chain_accepts_the_subnet_and_masquerades_the_rest_but_multicast() {
+        assert_eq!(
+            chain_rules("ENVBOX-MASQ", "172.19.0.0/30"),
+            "*nat\n:ENVBOX-MASQ - [0:0]\n\
+             -A ENVBOX-MASQ -d 172.19.0.0/30 -j ACCEPT\n\
+             -A ENVBOX-MASQ ! -d 224.0.0.0/4 -j MASQUERADE\nCOMMIT\n"
+        );
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! Owns: attaching a network namespace to the workspace bridge and detaching it again, and
 //! the state that makes detaching possible after a crash. [`NetworkPlan`] (pure) turns the
-//! settings into the CNI configs: bridge `envbox0` (gateway, masquerade, hairpin, the MTU of
+//! settings into the CNI configs: bridge `envbox0` (gateway, hairpin, the MTU of
 //! `ENVBOX_ETHLINK`) with host-local IPAM asked for exactly the address `/etc/hosts` names (the
-//! bridge's first lease), then portmap; plus loopback for `lo`. [`Network`] runs them through
-//! [`NetSys`]: ADD chains `prevResult`; DEL runs in reverse with the cached final ADD result;
+//! bridge's first lease), then portmap; plus loopback for `lo`, and envbox's own masquerade of
+//! the subnet (`masq`). [`Network`] runs them through [`NetSys`]: ADD chains `prevResult`, with
+//! loopback and the masquerade beside it; DEL runs in reverse with the cached final ADD result;
 //! calls are serialised by a lock under `<run dir>/cni`, where the attachment is cached
 //! atomically before the first ADD. It never creates namespaces (`ip netns add` breaks runc's
 //! sysfs mount under a user namespace) and never runs a plugin without holding that lock.
@@ -26,8 +27,7 @@
 //! `spawn_blocking`.
 //!
 //! A DEL enters the namespace only while its path still names the namespace of the ADD; when
-//! it is gone the plugins release the lease and a sweep (`masq`) removes the masquerade rules the
-//! bridge plugin could no longer find.
+//! it is gone the plugins still release the lease, and the masquerade goes in any case.
 
 mod bridge;
 mod error;
@@ -95,7 +95,7 @@ impl Network<RealNetSys> {
     }
 }
 
-impl<S: NetSys> Network<S> {
+impl<S: NetSys + Sync> Network<S> {
     pub fn with_sys(plan: NetworkPlan, sys: S) -> Self {
         Network { plan, sys }
     }
@@ -125,10 +125,11 @@ impl<S: NetSys> Network<S> {
             })?;
         let mut record = self.plan.pending_record(netns, netns_id);
         state::write(&cache, &record)?;
-        let attached = invoke::add(&self.sys, &record).and_then(|result| {
-            record.result = Some(result);
-            self.attachment(&record)
-        });
+        let attached =
+            invoke::add(&self.sys, &record, &self.plan.net.to_string()).and_then(|result| {
+                record.result = Some(result);
+                self.attachment(&record)
+            });
         match attached {
             Ok(attachment) => {
                 state::write(&cache, &record)?;
@@ -151,10 +152,9 @@ impl<S: NetSys> Network<S> {
     /// Detaches; run it while the namespace still exists (else the plugin cannot find the
     /// interface; the lease and the masquerade rules are still removed).
     ///
-    /// A failed DEL is run once more, "already gone" errors ignored: the bridge plugin's own
-    /// iptables teardown can fail transiently (iptables-nft EBUSY on a chain just unreferenced)
-    /// after removing the interface, and the second pass's sweep retries. The first error is
-    /// returned only when that pass fails too.
+    /// A failed DEL is run once more, "already gone" errors ignored: portmap's iptables
+    /// teardown can fail transiently (iptables-nft EBUSY on a chain just unreferenced) after
+    /// the interface went. The first error is returned only when that pass fails too.
     pub fn del(&self, attachment: &Attachment) -> Result<(), NetworkError> {
         let _lock = state::lock(&self.plan.lock_path())?;
         if let Err(first) = invoke::del(&self.sys, &attachment.record, Missing::Report) {

@@ -17,7 +17,7 @@ use crate::config::{names, BridgeNet, Settings};
 
 /// The CNI spec version envbox speaks (containernetworking-plugins 1.1.1 supports it).
 pub const CNI_VERSION: &str = "1.0.0";
-/// Network name: keys host-local's lease directory and the bridge plugin's iptables chain.
+/// Network name: keys host-local's lease directory and the masquerade chain.
 pub const NETWORK_NAME: &str = "envbox";
 /// The outer side of the workspace network.
 pub const BRIDGE_NAME: &str = "envbox0";
@@ -143,6 +143,11 @@ impl NetworkPlan {
         Ok(self)
     }
 
+    /// The `nat` chain of envbox's masquerade of this network's subnet.
+    pub fn masquerade_chain(&self) -> String {
+        super::masq::chain_name(&self.name)
+    }
+
     /// The gateway: the bridge's address, `host.docker.internal` inside.
     pub fn gateway(&self) -> Ipv4Addr {
         self.net.gateway
@@ -173,7 +178,8 @@ impl NetworkPlan {
                     "type": "bridge",
                     "bridge": self.bridge,
                     "isGateway": true,
-                    "ipMasq": true,
+                    // envbox's own rule instead (`masq`), installed beside the ADD.
+                    "ipMasq": false,
                     "hairpinMode": true,
                     "mtu": self.mtu,
                     "capabilities": {"ips": true},
@@ -285,9 +291,14 @@ mod tests {
         let bridge = &list["plugins"][0];
         assert_eq!(bridge["type"], json!("bridge"));
         assert_eq!(bridge["bridge"], json!("envbox0"));
-        for flag in ["isGateway", "ipMasq", "hairpinMode"] {
+        for flag in ["isGateway", "hairpinMode"] {
             assert_eq!(bridge[flag], json!(true), "{flag}");
         }
+        assert_eq!(
+            bridge["ipMasq"],
+            json!(false),
+            "envbox's own masquerade instead"
+        );
         assert_eq!(bridge["mtu"], json!(1450));
         assert_eq!(bridge["capabilities"], json!({"ips": true}));
         assert_eq!(bridge["ipam"]["type"], json!("host-local"));

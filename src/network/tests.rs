@@ -24,6 +24,20 @@ fn plan(run_dir: &Path) -> NetworkPlan {
     NetworkPlan::new(&settings, "ws1", &mtu).unwrap()
 }
 
+fn stdin_text(inv: &Invocation) -> String {
+    String::from_utf8_lossy(&inv.stdin).into_owned()
+}
+
+/// The calls of one CNI command (plugins only), in the order they ran.
+fn cni_calls(net: &Network<FakeSys>, command: &str) -> Vec<String> {
+    let suffix = format!(" {command}");
+    net.sys
+        .kinds()
+        .into_iter()
+        .filter(|k| k.ends_with(&suffix))
+        .collect()
+}
+
 fn network(dir: &tempfile::TempDir, sys: FakeSys) -> Network<FakeSys> {
     Network::with_sys(plan(dir.path()), sys)
 }
@@ -33,9 +47,32 @@ fn add_chains_prev_result_and_caches_the_final_result() {
     let dir = tempfile::tempdir().unwrap();
     let net = network(&dir, FakeSys::plain());
     let attachment = net.add(Path::new(NETNS)).unwrap();
+    let mut kinds = net.sys.kinds();
+    let main: Vec<&String> = kinds
+        .iter()
+        .filter(|k| !k.starts_with("lo") && !k.starts_with("iptables"))
+        .collect();
+    assert_eq!(main, ["bridge ADD", "portmap ADD"], "in order: {kinds:?}");
+    kinds.sort();
     assert_eq!(
-        net.sys.kinds(),
-        ["loopback ADD", "bridge ADD", "portmap ADD"]
+        kinds,
+        [
+            "bridge ADD",
+            "iptables -A POSTROUTING -s 172.19.0.0/30 -j ENVBOX-MASQ",
+            "iptables -S POSTROUTING",
+            "iptables-restore -w --noflush",
+            "loopback ADD",
+            "portmap ADD",
+        ]
+    );
+    assert_eq!(*net.sys.chains.lock().unwrap(), ["ENVBOX-MASQ"]);
+    assert_eq!(
+        stdin_text(&net.sys.call("iptables-restore")),
+        masq::chain_rules("ENVBOX-MASQ", "172.19.0.0/30")
+    );
+    assert_eq!(
+        *net.sys.postrouting.lock().unwrap(),
+        ["-s 172.19.0.0/30 -j ENVBOX-MASQ"]
     );
 
     let lo = net.sys.call("loopback ADD");
@@ -106,23 +143,28 @@ fn plugins_get_exactly_the_cni_environment() {
 }
 
 #[test]
-fn del_runs_in_reverse_with_the_cached_result_then_sweeps() {
+fn del_runs_in_reverse_with_the_cached_result_then_removes_the_masquerade() {
     let dir = tempfile::tempdir().unwrap();
     let net = network(&dir, FakeSys::plain());
     let attachment = net.add(Path::new(NETNS)).unwrap();
     let final_result = state::read(&net.plan.cache_path()).unwrap().unwrap().result;
-    net.sys.calls.borrow_mut().clear();
+    net.sys.calls.lock().unwrap().clear();
     net.del(&attachment).unwrap();
-    let chain = masq::chain_name("envbox", "ws1");
     assert_eq!(
         net.sys.kinds(),
         [
             "portmap DEL",
             "bridge DEL",
             "loopback DEL",
-            &format!("iptables -S {chain}")
+            "iptables -S POSTROUTING",
+            "iptables -D POSTROUTING -s 172.19.0.0/30 -j ENVBOX-MASQ",
+            "iptables -S ENVBOX-MASQ",
+            "iptables -F ENVBOX-MASQ",
+            "iptables -X ENVBOX-MASQ",
         ]
     );
+    assert!(net.sys.chains.lock().unwrap().is_empty());
+    assert!(net.sys.postrouting.lock().unwrap().is_empty());
     for plugin in ["portmap DEL", "bridge DEL"] {
         let inv = net.sys.call(plugin);
         assert_eq!(
@@ -161,11 +203,13 @@ fn a_plugin_error_is_typed_and_the_partial_add_is_undone() {
         err.to_string(),
         "CNI plugin portmap ADD failed (code 7): bad config (x)"
     );
-    let kinds = net.sys.kinds();
     assert_eq!(
-        kinds[3..6],
-        ["portmap DEL", "bridge DEL", "loopback DEL"],
-        "{kinds:?}"
+        cni_calls(&net, "DEL"),
+        ["portmap DEL", "bridge DEL", "loopback DEL"]
+    );
+    assert!(
+        net.sys.postrouting.lock().unwrap().is_empty() && net.sys.chains.lock().unwrap().is_empty(),
+        "the masquerade is undone too"
     );
     assert_eq!(
         state::read(&net.plan.cache_path()).unwrap(),
@@ -238,20 +282,21 @@ fn add_refuses_while_a_previous_attachment_is_cached() {
 }
 
 #[test]
-fn stale_cleanup_after_the_namespace_died_releases_the_lease_and_sweeps_iptables() {
+fn stale_cleanup_after_the_namespace_died_releases_the_lease_and_the_masquerade() {
     let dir = tempfile::tempdir().unwrap();
     let first = network(&dir, FakeSys::plain());
     first.add(Path::new(NETNS)).unwrap();
     drop(first); // killed: no DEL
 
     let sys = FakeSys::plain();
-    sys.netns.borrow_mut().clear(); // the namespace is gone
-    let chain = masq::chain_name("envbox", "ws1");
-    sys.chains.borrow_mut().push(chain.clone());
-    // Two copies of the jump: every one goes before the chain.
-    sys.jumps
-        .borrow_mut()
-        .extend([chain.clone(), chain.clone()]);
+    sys.netns.lock().unwrap().clear(); // the namespace is gone
+    sys.chains.lock().unwrap().push("ENVBOX-MASQ".into());
+    // Two copies of the jump (and another network's rule, left alone).
+    sys.postrouting.lock().unwrap().extend([
+        "-s 172.19.0.0/30 -j ENVBOX-MASQ".to_owned(),
+        "-s 10.1.0.0/16 -j OTHER".to_owned(),
+        "-s 172.19.0.0/30 -j ENVBOX-MASQ".to_owned(),
+    ]);
     let net = network(&dir, sys);
     let cleaned = net.cleanup_stale().unwrap().unwrap();
     assert_eq!((cleaned.netns_existed, cleaned.add_finished), (false, true));
@@ -261,21 +306,59 @@ fn stale_cleanup_after_the_namespace_died_releases_the_lease_and_sweeps_iptables
         Some(""),
         "never entered"
     );
-    let kinds = net.sys.kinds();
+    assert!(net.sys.chains.lock().unwrap().is_empty());
     assert_eq!(
-        kinds[3..],
-        [
-            format!("iptables -S {chain}"),
-            format!("iptables -C POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
-            format!("iptables -D POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
-            format!("iptables -C POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
-            format!("iptables -D POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
-            format!("iptables -C POSTROUTING -s 172.19.0.2 -j {chain} -m comment --comment name: \"envbox\" id: \"ws1\""),
-            format!("iptables -F {chain}"),
-            format!("iptables -X {chain}"),
-        ]
+        *net.sys.postrouting.lock().unwrap(),
+        ["-s 10.1.0.0/16 -j OTHER"]
     );
     assert_eq!(net.cleanup_stale().unwrap(), None, "nothing left");
+}
+
+#[test]
+fn add_repairs_a_masquerade_left_for_another_subnet_or_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = FakeSys::plain();
+    sys.chains.lock().unwrap().push("ENVBOX-MASQ".into());
+    sys.postrouting.lock().unwrap().extend([
+        "-s 10.9.0.0/16 -j ENVBOX-MASQ".to_owned(),
+        "-s 172.19.0.0/30 -j ENVBOX-MASQ".to_owned(),
+        "-s 172.19.0.0/30 -j ENVBOX-MASQ".to_owned(),
+        "-s 10.1.0.0/16 -j OTHER".to_owned(),
+    ]);
+    let net = network(&dir, sys);
+    net.add(Path::new(NETNS)).unwrap();
+    assert_eq!(
+        *net.sys.postrouting.lock().unwrap(),
+        ["-s 172.19.0.0/30 -j ENVBOX-MASQ", "-s 10.1.0.0/16 -j OTHER"]
+    );
+    assert!(
+        net.sys
+            .kinds()
+            .contains(&"iptables-restore -w --noflush".to_owned()),
+        "the chain is rewritten (declared, so flushed) on every ADD"
+    );
+}
+
+#[test]
+fn a_failed_masquerade_fails_the_add_and_undoes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = FakeSys::new(|inv| {
+        inv.program
+            .ends_with("iptables-restore")
+            .then(|| failed("", "iptables-restore: line 2 failed"))
+    });
+    let net = network(&dir, sys);
+    let err = net.add(Path::new(NETNS)).unwrap_err().to_string();
+    assert!(
+        err.contains("iptables-restore -w --noflush (chain ENVBOX-MASQ) failed")
+            && err.contains("line 2 failed"),
+        "{err}"
+    );
+    assert_eq!(
+        cni_calls(&net, "DEL"),
+        ["portmap DEL", "bridge DEL", "loopback DEL"]
+    );
+    assert_eq!(state::read(&net.plan.cache_path()).unwrap(), None);
 }
 
 #[test]
@@ -286,7 +369,8 @@ fn a_reused_namespace_path_is_not_entered() {
         .unwrap();
     let sys = FakeSys::plain();
     sys.netns
-        .borrow_mut()
+        .lock()
+        .unwrap()
         .insert(NETNS.into(), NetnsId { dev: 4, ino: 78 });
     let net = network(&dir, sys);
     assert!(!net.cleanup_stale().unwrap().unwrap().netns_existed);

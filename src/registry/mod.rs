@@ -29,7 +29,7 @@ pub use feed::LayerFeed;
 pub use platform::Platform;
 pub use pull::{cached_blobs, pull, pull_feeding, CachedImage};
 pub use reference::{normalize_host, ImageRef};
-pub use tls::load_extra_certs;
+pub use tls::{load_extra_certs, pin_system_bundle};
 
 use crate::cache::CacheError;
 use crate::config::Settings;

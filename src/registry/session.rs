@@ -17,7 +17,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 
 use super::credentials::Credential;
-use super::{manifest, ImageRef, RegistryConfig, RegistryError};
+use super::{manifest, tls, ImageRef, RegistryConfig, RegistryError};
 use crate::config::Secret;
 
 /// What went wrong with one attempt: give up, or try again (after `after` if the server said).
@@ -196,12 +196,22 @@ impl Session {
             registry: registry.clone(),
             detail,
         })?;
-        let client = Client::new(ClientConfig {
+        // `try_from`, not `Client::new`: that one falls back to a default client (another
+        // protocol, no extra CA, no timeouts) on any error, saying so only in a log line.
+        let client = Client::try_from(ClientConfig {
             protocol: if insecure {
                 ClientProtocol::HttpsExcept(vec![api_host.clone(), registry.clone()])
             } else {
                 ClientProtocol::Https
             },
+            tls_certs_only: tls::system_roots()
+                .into_iter()
+                .flatten()
+                .map(|der| Certificate {
+                    encoding: CertificateEncoding::Der,
+                    data: der.to_vec(),
+                })
+                .collect(),
             extra_root_certificates: config
                 .extra_roots
                 .iter()
@@ -215,7 +225,12 @@ impl Session {
             read_timeout: Some(config.read_timeout),
             user_agent: concat!("envbox/", env!("CARGO_PKG_VERSION")),
             ..Default::default()
-        });
+        })
+        .map_err(|e| RegistryError::Protocol {
+            reference: reference.to_string(),
+            registry: registry.clone(),
+            detail: format!("setting up the OCI client: {e}"),
+        })?;
         let mut session = Session {
             client,
             oci_auth: RegistryAuth::Anonymous,
@@ -570,7 +585,16 @@ fn http_client(config: &RegistryConfig) -> Result<reqwest::Client, String> {
         .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("extra CA certificate: {e}"))?;
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder();
+    if let Some(system) = tls::system_roots() {
+        let system = system
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("system CA certificate: {e}"))?;
+        builder = builder.tls_certs_only(system);
+    }
+    builder
         .connect_timeout(config.connect_timeout)
         .read_timeout(config.read_timeout)
         .user_agent(concat!("envbox/", env!("CARGO_PKG_VERSION")))

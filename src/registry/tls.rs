@@ -1,11 +1,75 @@
-//! Extra CA certificates from `CODER_EXTRA_CERTS_PATH`.
+//! CA certificates: the system's bundle, and extra ones from `CODER_EXTRA_CERTS_PATH`.
 //!
-//! Owns: reading a PEM file, or every file of a directory (sub-directories skipped: Kubernetes
+//! Owns: finding and reading the system's CA bundle once per process ([`system_roots`]), and
+//! reading a PEM file, or every file of a directory (sub-directories skipped: Kubernetes
 //! volumes hold `..data` directories of symlinks), into individual PEM certificates, each
-//! checked to parse. System roots are always trusted as well; this only adds. It never
-//! connects anywhere.
+//! checked to parse. System roots are always trusted as well; the extra ones only add. It
+//! never connects anywhere.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// Where distributions keep their CA bundle (the list Go's crypto/x509 searches), first
+/// found wins.
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/ca-bundle.pem",
+    "/etc/pki/tls/cacert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's CA certificates (DER), read once per process from `SSL_CERT_FILE` or the
+/// first bundle of [`SYSTEM_BUNDLES`]. `None` when `SSL_CERT_DIR` is set or no bundle holds a
+/// certificate: the HTTP clients then discover the roots themselves, which reads the bundle
+/// and every file of `/etc/ssl/certs` again for each client (tens of milliseconds of a warm
+/// start, on the CPU containerd needs while it starts).
+pub fn system_roots() -> Option<&'static [CertificateDer<'static>]> {
+    static ROOTS: OnceLock<Option<Vec<CertificateDer<'static>>>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            if std::env::var_os("SSL_CERT_DIR").is_some() {
+                return None;
+            }
+            let candidates: Vec<PathBuf> = match std::env::var_os("SSL_CERT_FILE") {
+                Some(file) => vec![file.into()],
+                None => SYSTEM_BUNDLES.iter().map(PathBuf::from).collect(),
+            };
+            candidates
+                .iter()
+                .find_map(|path| read_bundle(path).filter(|certs| !certs.is_empty()))
+        })
+        .as_deref()
+}
+
+/// Points `SSL_CERT_FILE` at the system's bundle, unless `SSL_CERT_FILE` or `SSL_CERT_DIR` is
+/// set already. rustls-native-certs then reads that one file instead of the bundle and every
+/// file of `/etc/ssl/certs`: oci-client builds a throwaway default HTTP client each time one
+/// of its clients is made (its `try_from` fills the rest of the struct from `Default`), and
+/// that scan cost a warm start about 20 ms. Call it from `main` before any thread starts.
+pub fn pin_system_bundle() {
+    if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
+        return;
+    }
+    if let Some(bundle) = SYSTEM_BUNDLES.iter().find(|path| Path::new(path).is_file()) {
+        std::env::set_var("SSL_CERT_FILE", bundle);
+    }
+}
+
+/// Every certificate of a PEM bundle that parses (the system's tools skip bad ones too);
+/// `None` when the file cannot be read.
+fn read_bundle(path: &Path) -> Option<Vec<CertificateDer<'static>>> {
+    let bytes = std::fs::read(path).ok()?;
+    Some(
+        CertificateDer::pem_slice_iter(&bytes)
+            .filter_map(Result::ok)
+            .collect(),
+    )
+}
 
 use super::RegistryError;
 
@@ -76,6 +140,27 @@ pub fn load_extra_certs(path: &Path) -> Result<Vec<String>, RegistryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bundle_yields_each_certificate_and_skips_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.example".into()]).unwrap();
+        let bundle = dir.path().join("bundle.crt");
+        let text = format!(
+            "# comment\n{}\n-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n{}",
+            a.cert.pem(),
+            b.cert.pem()
+        );
+        std::fs::write(&bundle, text).unwrap();
+        let certs = read_bundle(&bundle).unwrap();
+        assert_eq!(
+            certs,
+            [a.cert.der().clone(), b.cert.der().clone()],
+            "both good certificates, in order; the broken one skipped"
+        );
+        assert_eq!(read_bundle(&dir.path().join("absent")), None);
+    }
 
     #[test]
     fn splits_bundles() {
