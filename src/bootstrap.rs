@@ -36,7 +36,8 @@ pub fn binary_dir(user: &PasswdEntry) -> String {
 ///
 /// `<home>/.coder` is created first, as the user, by the same exec (`mkdir -p` then `exec
 /// /bin/sh -s`): one process start instead of two, and the shell then reads the script exactly
-/// as `/bin/sh -s` does.
+/// as `/bin/sh -s` does. When the directory is there already (every start after the first on
+/// a persistent home), `mkdir` is not run at all.
 pub fn process(init: &Process, user: &PasswdEntry) -> Result<Process, BootstrapError> {
     let home = user.home.display().to_string();
     let mut env: Vec<String> = init
@@ -79,7 +80,8 @@ pub fn process(init: &Process, user: &PasswdEntry) -> Result<Process, BootstrapE
         .args(vec![
             "/bin/sh".to_owned(),
             "-c".to_owned(),
-            r#"mkdir -p "$BINARY_DIR" && cd "$HOME" && exec /bin/sh -s"#.to_owned(),
+            r#"{ [ -d "$BINARY_DIR" ] || mkdir -p "$BINARY_DIR"; } && cd "$HOME" && exec /bin/sh -s"#
+                .to_owned(),
         ])
         .env(env)
         .cwd("/")
