@@ -70,9 +70,10 @@ fn iptables(sys: &dyn NetSys, args: &[&str]) -> Result<Outcome, NetworkError> {
     run(sys, "iptables", &all, "")
 }
 
-fn must(outcome: Outcome, what: &str) -> Result<(), NetworkError> {
+/// `outcome` as a result: a failure names `what` ran (the command line).
+fn must(outcome: Outcome, what: &str) -> Result<Outcome, NetworkError> {
     if outcome.success {
-        return Ok(());
+        return Ok(outcome);
     }
     Err(NetworkError::Iptables {
         args: what.to_owned(),
@@ -81,12 +82,26 @@ fn must(outcome: Outcome, what: &str) -> Result<(), NetworkError> {
     })
 }
 
+/// `iptables -w -t nat <args>` that must succeed.
+fn iptables_ok(sys: &dyn NetSys, args: &[&str]) -> Result<Outcome, NetworkError> {
+    must(
+        iptables(sys, args)?,
+        &format!("iptables -w -t nat {}", args.join(" ")),
+    )
+}
+
+/// `iptables -w -t nat <op> <rule>`, which must succeed.
+fn change_rule(sys: &dyn NetSys, op: &str, rule: &[String]) -> Result<(), NetworkError> {
+    let args: Vec<&str> = std::iter::once(op)
+        .chain(rule.iter().map(String::as_str))
+        .collect();
+    iptables_ok(sys, &args).map(drop)
+}
+
 /// Every `POSTROUTING` rule that jumps to `chain`, as `iptables -S` prints it (without `-A`).
 fn jumps_to(sys: &dyn NetSys, chain: &str) -> Result<Vec<Vec<String>>, NetworkError> {
-    let outcome = iptables(sys, &["-S", "POSTROUTING"])?;
-    let listing = String::from_utf8_lossy(&outcome.stdout).into_owned();
-    must(outcome, "iptables -w -t nat -S POSTROUTING")?;
-    Ok(listing
+    let listing = iptables_ok(sys, &["-S", "POSTROUTING"])?.stdout;
+    Ok(String::from_utf8_lossy(&listing)
         .lines()
         .filter_map(|line| line.strip_prefix("-A "))
         .map(|rule| {
@@ -96,16 +111,6 @@ fn jumps_to(sys: &dyn NetSys, chain: &str) -> Result<Vec<Vec<String>>, NetworkEr
         })
         .filter(|words| words.ends_with(&["-j".to_owned(), chain.to_owned()]))
         .collect())
-}
-
-fn delete_jump(sys: &dyn NetSys, rule: &[String]) -> Result<(), NetworkError> {
-    let args: Vec<&str> = std::iter::once("-D")
-        .chain(rule.iter().map(String::as_str))
-        .collect();
-    must(
-        iptables(sys, &args)?,
-        &format!("iptables -w -t nat {}", args.join(" ")),
-    )
 }
 
 /// Installs (or repairs) the masquerade of `subnet` (canonical `a.b.c.d/p`) for `network`.
@@ -127,19 +132,13 @@ pub fn install(sys: &dyn NetSys, network: &str, subnet: &str) -> Result<(), Netw
         if rule == wanted && !present {
             present = true;
         } else {
-            delete_jump(sys, &rule)?;
+            change_rule(sys, "-D", &rule)?;
         }
     }
     if present {
         return Ok(());
     }
-    let args: Vec<&str> = std::iter::once("-A")
-        .chain(wanted.iter().map(String::as_str))
-        .collect();
-    must(
-        iptables(sys, &args)?,
-        &format!("iptables -w -t nat {}", args.join(" ")),
-    )
+    change_rule(sys, "-A", &wanted)
 }
 
 /// Removes the jumps to `network`'s chain and the chain. True when there was something.
@@ -147,20 +146,19 @@ pub fn remove(sys: &dyn NetSys, network: &str) -> Result<bool, NetworkError> {
     let chain = chain_name(network);
     let jumps = jumps_to(sys, &chain)?;
     for rule in &jumps {
-        delete_jump(sys, rule)?;
+        change_rule(sys, "-D", rule)?;
     }
     if !iptables(sys, &["-S", &chain])?.success {
         return Ok(!jumps.is_empty());
     }
-    let flush = format!("iptables -w -t nat -F {chain}");
-    must(iptables(sys, &["-F", &chain])?, &flush)?;
+    iptables_ok(sys, &["-F", &chain])?;
     // iptables-nft can still see the chain referenced for a moment after its jump went
     // (EBUSY, seen once in five runs here): retry briefly before giving up.
     let mut attempt = 0;
     loop {
         let outcome = iptables(sys, &["-X", &chain])?;
         if outcome.success || attempt == 4 {
-            return must(outcome, &format!("iptables -w -t nat -X {chain}")).map(|()| true);
+            return must(outcome, &format!("iptables -w -t nat -X {chain}")).map(|_| true);
         }
         attempt += 1;
         std::thread::sleep(std::time::Duration::from_millis(50 << attempt));

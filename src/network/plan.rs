@@ -223,7 +223,6 @@ impl NetworkPlan {
             conflist: self.conflist(),
             loopback: self.loopback_conflist(),
             runtime_config: self.runtime_config(),
-            address: self.address,
             result: None,
         }
     }

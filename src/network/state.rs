@@ -8,7 +8,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -37,8 +36,6 @@ pub struct Record {
     pub conflist: Value,
     pub loopback: Value,
     pub runtime_config: Value,
-    /// The address asked for (the iptables masquerade rule is keyed on it).
-    pub address: Ipv4Addr,
     /// The final ADD result; `None` while the ADD is under way.
     pub result: Option<Value>,
 }
@@ -142,7 +139,6 @@ mod tests {
             conflist: json!({"name": "envbox", "plugins": []}),
             loopback: json!({"name": "envbox-loopback", "plugins": []}),
             runtime_config: json!({}),
-            address: Ipv4Addr::new(172, 19, 0, 2),
             result: None,
         }
     }

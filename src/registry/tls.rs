@@ -23,39 +23,43 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
-/// The system's CA certificates (DER), read once per process from `SSL_CERT_FILE` or the
-/// first bundle of [`SYSTEM_BUNDLES`]. `None` when `SSL_CERT_DIR` is set or no bundle holds a
-/// certificate: the HTTP clients then discover the roots themselves, which reads the bundle
-/// and every file of `/etc/ssl/certs` again for each client (tens of milliseconds of a warm
-/// start, on the CPU containerd needs while it starts).
+/// The system's CA bundle: `SSL_CERT_FILE`, else the first of [`SYSTEM_BUNDLES`] that
+/// exists. `None` when `SSL_CERT_DIR` is set (the HTTP clients then discover the roots
+/// themselves) or there is none.
+fn system_bundle() -> Option<PathBuf> {
+    if std::env::var_os("SSL_CERT_DIR").is_some() {
+        return None;
+    }
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
+        return Some(file.into());
+    }
+    SYSTEM_BUNDLES
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file())
+}
+
+/// The certificates (DER) of [`system_bundle`], read once per process. `None` when there is
+/// no bundle or it holds no certificate: the HTTP clients then discover the roots
+/// themselves, which reads the bundle and every file of `/etc/ssl/certs` again for each
+/// client (tens of milliseconds of a warm start, on the CPU containerd needs while it starts).
 pub fn system_roots() -> Option<&'static [CertificateDer<'static>]> {
     static ROOTS: OnceLock<Option<Vec<CertificateDer<'static>>>> = OnceLock::new();
     ROOTS
-        .get_or_init(|| {
-            if std::env::var_os("SSL_CERT_DIR").is_some() {
-                return None;
-            }
-            let candidates: Vec<PathBuf> = match std::env::var_os("SSL_CERT_FILE") {
-                Some(file) => vec![file.into()],
-                None => SYSTEM_BUNDLES.iter().map(PathBuf::from).collect(),
-            };
-            candidates
-                .iter()
-                .find_map(|path| read_bundle(path).filter(|certs| !certs.is_empty()))
-        })
+        .get_or_init(|| read_bundle(&system_bundle()?).filter(|certs| !certs.is_empty()))
         .as_deref()
 }
 
-/// Points `SSL_CERT_FILE` at the system's bundle, unless `SSL_CERT_FILE` or `SSL_CERT_DIR` is
-/// set already. rustls-native-certs then reads that one file instead of the bundle and every
-/// file of `/etc/ssl/certs`: oci-client builds a throwaway default HTTP client each time one
-/// of its clients is made (its `try_from` fills the rest of the struct from `Default`), and
-/// that scan cost a warm start about 20 ms. Call it from `main` before any thread starts.
+/// Points `SSL_CERT_FILE` at [`system_bundle`] when neither it nor `SSL_CERT_DIR` is set.
+/// rustls-native-certs then reads that one file instead of the bundle and every file of
+/// `/etc/ssl/certs`: oci-client builds a throwaway default HTTP client each time one of its
+/// clients is made (its `try_from` fills the rest of the struct from `Default`), and that scan
+/// cost a warm start about 20 ms. Call it from `main` before any thread starts.
 pub fn pin_system_bundle() {
-    if std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some() {
+    if std::env::var_os("SSL_CERT_FILE").is_some() {
         return;
     }
-    if let Some(bundle) = SYSTEM_BUNDLES.iter().find(|path| Path::new(path).is_file()) {
+    if let Some(bundle) = system_bundle() {
         std::env::set_var("SSL_CERT_FILE", bundle);
     }
 }
