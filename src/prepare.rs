@@ -36,6 +36,9 @@ pub struct PreparedImage {
     pub config: ImageConfig,
     /// Layers unpacked now (the rest were reused).
     pub layers_unpacked: usize,
+    /// The store the layers are in: layers unpacked now are not on disk yet, until
+    /// [`LayerStore::sync`] (crash-safe meanwhile, see `crate::unpack`).
+    pub store: LayerStore,
     pub warnings: Vec<String>,
 }
 
@@ -256,5 +259,6 @@ pub async fn prepare(
         sources,
         pulled,
         names,
+        store: layers.clone(),
     })
 }

@@ -72,6 +72,85 @@ fn prepare_fills_the_cache_and_a_later_run_needs_no_network() {
     assert!(err.contains("0 blob(s) downloaded"), "{err}");
 }
 
+/// The unsynced-layer markers `envbox prepare --no-sync` leaves (`layers/.unsynced/`).
+fn markers(state: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state.join("layers/.unsynced"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn layers_left_unsynced_are_redone_after_a_restart_and_prepare_leaves_none_unsynced() {
+    if !requirements_met("prepare --no-sync test", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let reference = push_busybox(&registry);
+    let host = registry.host.clone();
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let env = [
+        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", host.as_str()),
+        ("CODER_INNER_IMAGE", reference.as_str()),
+    ];
+    // --no-sync: every layer published with a marker naming this boot.
+    let quick = envbox(&["prepare", "--no-sync"], &env);
+    assert!(quick.status.success(), "{}", text(&quick.stderr));
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let marked = markers(state.path());
+    assert_eq!(marked.len(), 3, "{marked:?}");
+    assert!(
+        marked.iter().all(|m| m.ends_with(boot.trim())),
+        "{marked:?}"
+    );
+
+    // What a machine restart before the writeback looks like: the markers name another boot,
+    // and a layer's file lost its data. The next prepare unpacks those layers again (from the
+    // cached blobs: the registry is gone) and leaves everything synced, no marker.
+    drop(registry);
+    for name in &marked {
+        let (layer, _) = name.split_once('.').unwrap();
+        let dir = state.path().join("layers/.unsynced");
+        let earlier = format!("{layer}.00000000-0000-0000-0000-000000000000");
+        std::fs::rename(dir.join(name), dir.join(earlier)).unwrap();
+    }
+    let torn = state
+        .path()
+        .join("layers")
+        .join(marked[0].split_once('.').unwrap().0);
+    let file = walk_files(&torn)
+        .into_iter()
+        .next()
+        .expect("a file in the layer");
+    let before = std::fs::read(&file).unwrap();
+    std::fs::write(&file, b"").unwrap();
+    let after = envbox(&["prepare"], &env);
+    let err = text(&after.stderr);
+    assert!(after.status.success(), "{err}");
+    assert!(err.contains("3 of 3 layer(s) unpacked"), "{err}");
+    assert!(err.contains("0 blob(s) downloaded"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+    assert_eq!(markers(state.path()), Vec::<String>::new());
+}
+
+/// Regular files under `dir`, depth first.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            files.extend(walk_files(&entry.path()));
+        } else if kind.is_file() && entry.metadata().unwrap().len() > 0 {
+            files.push(entry.path());
+        }
+    }
+    files
+}
+
 #[test]
 fn prepare_output_is_a_bundle_runc_runs() {
     if !requirements_met("prepare --output test", true) {

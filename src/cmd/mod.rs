@@ -60,9 +60,19 @@ impl ImageCache {
 }
 
 /// `source` fetched and unpacked into the cache on the volume of `settings`, warnings logged.
-fn prepare_image(settings: &Settings, source: &ImageSource) -> anyhow::Result<PreparedImage> {
+/// With `sync`, the layers unpacked now are on disk when this returns: a prepared volume may
+/// be moved to another machine, where an unsynced layer would have to be unpacked again.
+fn prepare_image(
+    settings: &Settings,
+    source: &ImageSource,
+    sync: bool,
+) -> anyhow::Result<PreparedImage> {
     let cache = ImageCache::open(settings)?;
-    runtime()?.block_on(cache.prepare(source))
+    let prepared = runtime()?.block_on(cache.prepare(source))?;
+    if sync {
+        prepared.store.sync()?;
+    }
+    Ok(prepared)
 }
 
 /// What `pull` and `prepare` print for scripts: `repository@digest` of the first reference

@@ -27,7 +27,7 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
     let pin_as = args.pin_as.as_deref().map(ImageRef::parse).transpose()?;
     let source = ImageSource::parse(&image)?.pinned_as(pin_as)?;
     let started = std::time::Instant::now();
-    let prepared = prepare_image(&settings, &source)?;
+    let prepared = prepare_image(&settings, &source, !args.no_sync)?;
     let local = matches!(source, ImageSource::Local(_));
     let copied = if local { "imported" } else { "downloaded" };
     progress::emit(

@@ -5,7 +5,9 @@
 //! while the image is prepared; then rootfs assembly, the runtime spec and its host setup,
 //! leftovers of a previous run removed (task, container, network lease), container + task
 //! created, CNI ADD on the task's namespace, task started, CPU quota mirrored, bootstrap
-//! script exec'd with its output in the progress log, `done`. Then it waits for a signal, a
+//! script exec'd with its output in the progress log, `done`, and the layers unpacked for this
+//! start synced to disk in the background (they are crash-safe meanwhile, see
+//! `crate::unpack`: the workspace need not wait for the disk). Then it waits for a signal, a
 //! daemon's death or the init's exit, and stops ([`stop`]): agent and init signalled, grace
 //! period, everything killed, CNI DEL, task and container deleted, rootfs released, daemons
 //! stopped. Each stage's logic lives in its own module; this one only composes them.
@@ -273,6 +275,9 @@ impl Workspace {
                 .await?;
         }
         progress::emit(Kind::Done, "Workspace is up");
+        if prepared.layers_unpacked > 0 {
+            tokio::task::spawn_blocking(move || sync_layers(&prepared.store));
+        }
         Ok(())
     }
 
@@ -367,6 +372,20 @@ impl Workspace {
 }
 
 /// Runs blocking stage code off the async threads.
+/// Makes the layers this start unpacked durable; a failure only means a later start after a
+/// machine crash unpacks them again, so it is a warning.
+fn sync_layers(store: &crate::unpack::LayerStore) {
+    let started = Instant::now();
+    match store.sync() {
+        Ok(layers) => {
+            tracing::debug!(layers, elapsed = ?started.elapsed(), "unpacked layers synced to disk")
+        }
+        Err(e) => warn_all([format!(
+            "{e} (the layers are unpacked again if the machine restarts before they reach the disk)"
+        )]),
+    }
+}
+
 async fn blocking<T: Send + 'static, E: Send + 'static>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, E> {

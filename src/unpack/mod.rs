@@ -11,10 +11,13 @@
 //! hash to the layer's diff ID, and never fetch, verify compressed blobs or mount anything: the
 //! caller hands it a blob already verified against the manifest.
 //!
-//! Durability: no fsync per file (it would dominate the unpack time); one `syncfs` of the
-//! staging directory's filesystem before the rename, then an fsync of `layers/`, so a layer
-//! directory that survives a power loss has its contents on disk. A kill -9 needs no sync at
-//! all: it leaves only a staging directory, which the next [`LayerStore::open`] removes.
+//! Durability: no fsync per file (it would dominate the unpack time), and no sync before a
+//! layer is published either: the layer is marked unsynced first (module `unsynced`: a marker
+//! naming the boot, made durable before the rename), so a layer a power loss may have torn is
+//! recognised after the restart and unpacked again from its blob. [`LayerStore::sync`] makes
+//! the layers of this boot durable with one `syncfs` (`envbox prepare` before it exits,
+//! `envbox docker` once the workspace is up). A kill -9 needs no sync at all: it leaves only a
+//! staging directory, which the next [`LayerStore::open`] removes.
 //!
 //! [`flatten()`] applies an image's layers, in order, onto one merged directory with the same
 //! reader and writer (module `flatten`; whiteouts then act on the tree, see `tree::merge`).
@@ -23,6 +26,7 @@ mod flatten;
 mod header;
 mod stream;
 mod tree;
+mod unsynced;
 
 pub use flatten::{flatten, FlattenReport};
 
@@ -42,6 +46,7 @@ use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use crate::cache::staging;
 use crate::digest::Digest;
 use crate::registry::manifest::Compression;
+use unsynced::Unsynced;
 
 /// What every uid and gid of a layer is shifted by: the inner container's user namespace maps
 /// its 0..65536 onto 100000..165536 (the spec's mapping), so sysbox-runc finds nothing to shift.
@@ -242,20 +247,32 @@ fn mark_implicit(dir: &File, first: &Path) -> io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct LayerStore {
     root: PathBuf,
+    unsynced: Unsynced,
 }
 
 impl LayerStore {
-    /// Opens (creating if needed) `<state_dir>/layers`, removing stale staging directories.
+    /// Opens (creating if needed) `<state_dir>/layers`, removing stale staging directories and
+    /// the layers a machine restart may have torn (published unsynced in an earlier boot).
     pub fn open(state_dir: &Path) -> Result<Self, UnpackError> {
-        let store = LayerStore {
-            root: state_dir.join("layers"),
-        };
-        let staging_dir = store.staging_dir();
+        Self::open_in_boot(state_dir, unsynced::current_boot())
+    }
+
+    /// [`Self::open`] as if the kernel's boot ID were `boot` (tests play restarts with it).
+    pub(crate) fn open_in_boot(
+        state_dir: &Path,
+        boot: Option<String>,
+    ) -> Result<Self, UnpackError> {
+        let root = state_dir.join("layers");
+        let staging_dir = root.join(".staging");
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(&staging_dir)
             .map_err(store_err("creating layer store directory", &staging_dir))?;
+        let unsynced =
+            Unsynced::open(&root, boot).map_err(store_err("creating directory in", &root))?;
+        let store = LayerStore { root, unsynced };
+        store.drop_torn_layers()?;
         let stale = staging::stale_entries(&staging_dir)
             .map_err(store_err("listing staging directory", &staging_dir))?;
         for path in stale {
@@ -266,6 +283,40 @@ impl LayerStore {
             }
         }
         Ok(store)
+    }
+
+    /// Moves every layer published unsynced in an earlier boot into staging (gone at once,
+    /// atomically), then removes it and its marker: a later unpack redoes it from its blob.
+    fn drop_torn_layers(&self) -> Result<(), UnpackError> {
+        let dir = self.unsynced.dir();
+        let torn = self
+            .unsynced
+            .of_earlier_boots()
+            .map_err(store_err("listing", dir))?;
+        for (layer, marker) in torn {
+            let path = self.root.join(&layer);
+            if path.exists() {
+                tracing::warn!(layer = %path.display(), "this layer was unpacked before the machine restarted and may not have reached the disk: unpacking it again");
+                let aside = self.staging_dir().join(staging::fresh_name(&layer));
+                fs::rename(&path, &aside)
+                    .map_err(store_err("moving aside the possibly torn layer", &path))?;
+                if let Err(e) = remove_any(&aside) {
+                    tracing::warn!(path = %aside.display(), error = %e, "cannot remove a possibly torn layer moved aside");
+                }
+            }
+            self.unsynced
+                .forget(&marker)
+                .map_err(store_err("removing", &marker))?;
+        }
+        Ok(())
+    }
+
+    /// Makes every layer this boot published durable (one `syncfs` of the store's
+    /// filesystem) and forgets that they were not. Returns how many layers that covered.
+    pub fn sync(&self) -> Result<usize, UnpackError> {
+        self.unsynced
+            .sync(&self.root)
+            .map_err(store_err("syncing unpacked layers in", &self.root))
     }
 
     fn staging_dir(&self) -> PathBuf {
@@ -297,10 +348,13 @@ impl LayerStore {
         let path = self.path(diff_id);
         match remove_any(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(store_err("removing layer", &path)(e))
+                return Err(store_err("removing layer", &path)(e))
             }
-            _ => Ok(()),
+            _ => {}
         }
+        self.unsynced
+            .forget_layer(diff_id.hex())
+            .map_err(store_err("removing the unsynced marker of", &path))
     }
 
     pub fn is_complete(&self, diff_id: &Digest) -> bool {
@@ -343,16 +397,22 @@ impl LayerStore {
         tree::create_root(staging).map_err(store_err("creating staging directory", staging))?;
         let mut report = stream::unpack_stream(source, limits, staging)?;
 
-        // Durability: one syncfs of the filesystem before the rename, instead of an fsync per
-        // file: the rename must not reach the disk before the files it publishes.
         let dir = File::open(staging).map_err(store_err("opening staging directory", staging))?;
         if let Some(first) = report.implicit_dirs.first() {
             mark_implicit(&dir, first)
                 .map_err(store_err("marking implicit directories of", staging))?;
         }
-        nix::unistd::syncfs(&dir)
-            .map_err(io::Error::from)
-            .map_err(store_err("syncing filesystem of", staging))?;
+        // Durability (module doc): the marker is on disk before the rename can be; without a
+        // boot ID to mark with, the files are synced before the rename instead.
+        let marked = self
+            .unsynced
+            .mark(source.diff_id.hex())
+            .map_err(store_err("marking unsynced in", self.unsynced.dir()))?;
+        if !marked {
+            nix::unistd::syncfs(&dir)
+                .map_err(io::Error::from)
+                .map_err(store_err("syncing filesystem of", staging))?;
+        }
         drop(dir);
 
         let target = self.path(&source.diff_id);
@@ -375,9 +435,11 @@ impl LayerStore {
                 ))
             }
         }
-        File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(store_err("syncing directory", &self.root))?;
+        if !marked {
+            File::open(&self.root)
+                .and_then(|d| d.sync_all())
+                .map_err(store_err("syncing directory", &self.root))?;
+        }
         Ok(report)
     }
 }

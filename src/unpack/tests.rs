@@ -822,3 +822,59 @@ fn failure_midway_leaves_no_layer_and_stale_staging_is_swept() {
     fs::remove_dir_all(&live).expect("cleanup");
     w.check_contained();
 }
+
+#[test]
+fn a_layer_published_unsynced_before_a_restart_is_unpacked_again_and_a_synced_one_is_kept() {
+    let w = Work::new();
+    let boot = |id: &str| LayerStore::open_in_boot(&w.state, Some(id.to_owned())).expect("open");
+    let torn = Layer::new().file("torn", M, b"written").finish();
+    let kept = Layer::new().file("kept", M, b"written").finish();
+
+    // Boot 1: one layer published and synced, then another published and not synced.
+    let first = boot("b1");
+    let kept_source = w.source(&gzip(&kept), Compression::Gzip, &kept);
+    first
+        .unpack(&kept_source, &Limits::default())
+        .expect("unpack");
+    let kept_dir = first.path(&kept_source.diff_id);
+    assert_eq!(first.sync().expect("sync"), 1);
+    let torn_source = w.source(&gzip(&torn), Compression::Gzip, &torn);
+    first
+        .unpack(&torn_source, &Limits::default())
+        .expect("unpack");
+    let torn_dir = first.path(&torn_source.diff_id);
+    // What a power loss may leave: the rename on disk, a file's data not.
+    fs::write(torn_dir.join("torn"), b"").expect("tear");
+
+    // Same boot: the page cache holds everything, nothing is dropped.
+    let again = boot("b1");
+    assert!(again.is_complete(&torn_source.diff_id));
+
+    // Boot 2: the layer marked in boot 1 is gone (unpacked again by its next use); the synced
+    // one stays; no staging directory is left.
+    let second = boot("b2");
+    assert!(!second.is_complete(&torn_source.diff_id), "torn layer kept");
+    assert_eq!(fs::read(kept_dir.join("kept")).expect("kept"), b"written");
+    let report = second
+        .unpack(&torn_source, &Limits::default())
+        .expect("redo");
+    assert!(!report.reused);
+    assert_eq!(fs::read(torn_dir.join("torn")).expect("redone"), b"written");
+    // Its new marker names boot 2: boot 2 keeps it, boot 3 would not.
+    assert!(boot("b2").is_complete(&torn_source.diff_id));
+    assert_eq!(second.sync().expect("sync"), 1);
+    assert!(boot("b3").is_complete(&torn_source.diff_id));
+    w.check_contained();
+}
+
+#[test]
+fn removing_a_layer_removes_its_marker_so_a_restart_has_nothing_to_drop() {
+    let w = Work::new();
+    let tar = Layer::new().file("a", M, b"a").finish();
+    let (_, dir) = w.unpack_ok(&tar);
+    let unsynced = w.state.join("layers/.unsynced");
+    assert_eq!(fs::read_dir(&unsynced).expect("list").count(), 1);
+    w.store.remove(&Digest::of(&tar)).expect("remove");
+    assert!(!dir.exists());
+    assert_eq!(fs::read_dir(&unsynced).expect("list").count(), 0);
+}

@@ -1,0 +1,223 @@
+//! Layers published before their contents are on disk, and what a machine restart makes of them.
+//!
+//! Owns: `<layers>/.unsynced/`, one empty marker `<diff-id hex>.<boot id>` per layer directory
+//! published without waiting for its files to reach the disk. The marker is created and made
+//! durable (an fsync of `.unsynced/`) before the layer's staging directory is renamed into
+//! place, so a layer directory that a power loss may have left torn always has a marker that
+//! names an earlier boot. Within one boot the page cache holds every byte written, so the layer
+//! is sound whatever the disk holds; after a restart (or on another machine: the boot ID is the
+//! kernel's, `/proc/sys/kernel/random/boot_id`) a layer with an earlier boot's marker is moved
+//! out of the way and unpacked again from its blob (blobs are fsync'd one by one, see
+//! `crate::cache`). [`Unsynced::sync`] is the other way out: one `syncfs`, then the markers of
+//! the layers it covered are removed. This module never removes a layer whose marker names the
+//! current boot, and never syncs anything but the layer store's filesystem.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// The kernel's ID of this boot, or `None` when it cannot be read (no `/proc`): then every
+/// layer is synced before it is published, and every marker found is taken as a restart's.
+pub(super) fn current_boot() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let id = id.trim();
+    valid_boot(id).then(|| id.to_owned())
+}
+
+/// A boot ID as the kernel prints it: a UUID (hex digits and dashes), nothing else.
+fn valid_boot(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// A layer directory's name: its diff ID's 64 lowercase hex digits.
+fn valid_layer(name: &str) -> bool {
+    name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The markers of one layer store, for one boot.
+#[derive(Debug, Clone)]
+pub(super) struct Unsynced {
+    dir: PathBuf,
+    boot: Option<String>,
+}
+
+/// A marker found in `.unsynced/`.
+struct Marker {
+    path: PathBuf,
+    /// The layer's directory name (its diff ID's hex).
+    layer: String,
+    boot: String,
+}
+
+impl Unsynced {
+    /// The markers in `<layers_root>/.unsynced` (created if needed) for the boot `boot`.
+    pub(super) fn open(layers_root: &Path, boot: Option<String>) -> io::Result<Unsynced> {
+        let dir = layers_root.join(".unsynced");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir)?;
+        Ok(Unsynced { dir, boot })
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn markers(&self) -> io::Result<Vec<Marker>> {
+        let mut markers = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let parsed = name
+                .split_once('.')
+                .filter(|(layer, boot)| valid_layer(layer) && valid_boot(boot));
+            let Some((layer, boot)) = parsed else {
+                // Not a marker this module wrote: it names no layer, so it protects nothing.
+                tracing::warn!(path = %entry.path().display(), "removing a file that is not an unsynced-layer marker");
+                self.forget(&entry.path())?;
+                continue;
+            };
+            markers.push(Marker {
+                path: entry.path(),
+                layer: layer.to_owned(),
+                boot: boot.to_owned(),
+            });
+        }
+        Ok(markers)
+    }
+
+    /// The layer directory names (diff ID hex) whose markers name another boot than this one
+    /// (every marker when the boot is unknown), each with its marker's path: layers that may be
+    /// torn on disk. The caller moves each layer out of the way, then calls [`Self::forget`].
+    pub(super) fn of_earlier_boots(&self) -> io::Result<Vec<(String, PathBuf)>> {
+        Ok(self
+            .markers()?
+            .into_iter()
+            .filter(|m| self.boot.as_deref() != Some(m.boot.as_str()))
+            .map(|m| (m.layer, m.path))
+            .collect())
+    }
+
+    /// Removes a marker (absent is fine).
+    pub(super) fn forget(&self, marker: &Path) -> io::Result<()> {
+        match fs::remove_file(marker) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every marker of the layer `layer` (its directory was removed).
+    pub(super) fn forget_layer(&self, layer: &str) -> io::Result<()> {
+        for marker in self.markers()?.into_iter().filter(|m| m.layer == layer) {
+            self.forget(&marker.path)?;
+        }
+        Ok(())
+    }
+
+    /// Records, durably, that the layer `layer` is about to be published unsynced. `false` when
+    /// the boot is unknown: the caller must then sync before it publishes.
+    pub(super) fn mark(&self, layer: &str) -> io::Result<bool> {
+        let Some(boot) = &self.boot else {
+            return Ok(false);
+        };
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(self.dir.join(format!("{layer}.{boot}")))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(true)
+    }
+
+    /// Makes every layer published unsynced in this boot durable: one `syncfs` of the store's
+    /// filesystem (`any_dir` is a directory on it), then their markers removed. A marker whose
+    /// layer is not there (an unpack still running, or one that failed) is kept. Returns how
+    /// many layers it covered; 0 without a sync when there were none.
+    pub(super) fn sync(&self, layers_root: &Path) -> io::Result<usize> {
+        let Some(boot) = &self.boot else {
+            return Ok(0);
+        };
+        let covered: Vec<Marker> = self
+            .markers()?
+            .into_iter()
+            .filter(|m| &m.boot == boot && layers_root.join(&m.layer).is_dir())
+            .collect();
+        if covered.is_empty() {
+            return Ok(0);
+        }
+        nix::unistd::syncfs(File::open(layers_root)?).map_err(io::Error::from)?;
+        for marker in &covered {
+            self.forget(&marker.path)?;
+        }
+        File::open(&self.dir)?.sync_all()?;
+        Ok(covered.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_ids_are_uuids_and_nothing_that_could_name_a_path() {
+        assert!(valid_boot("6c8f1a0e-58f8-4c3a-9d0b-2f1e7a9c4b21"));
+        for bad in ["", "../x", "a/b", "a.b", "zz", &"a".repeat(65)] {
+            assert!(!valid_boot(bad), "{bad:?}");
+        }
+        // This machine has one, and it is stable within the boot.
+        let boot = current_boot().expect("boot id");
+        assert_eq!(current_boot(), Some(boot));
+    }
+
+    const AA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const BB: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn markers_of_this_boot_are_kept_until_a_sync_covers_their_layer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let this = Unsynced::open(root, Some("b1".into())).unwrap();
+        assert!(this.mark(AA).unwrap());
+        assert!(this.mark(BB).unwrap());
+        fs::create_dir(root.join(AA)).unwrap();
+        // Nothing from an earlier boot.
+        assert!(this.of_earlier_boots().unwrap().is_empty());
+        // The sync covers aa (published), not bb (its unpack is still running).
+        assert_eq!(this.sync(root).unwrap(), 1);
+        assert!(!this.dir().join(format!("{AA}.b1")).exists());
+        assert!(this.dir().join(format!("{BB}.b1")).exists());
+        assert_eq!(this.sync(root).unwrap(), 0);
+
+        // The next boot takes bb as possibly torn.
+        let next = Unsynced::open(root, Some("b2".into())).unwrap();
+        // Junk in the directory is removed, never taken for a layer (".staging" would name
+        // the store's staging directory, "" the store itself).
+        for junk in [".staging.b1", "aa.b1", "x", &format!("{AA}.")] {
+            fs::write(next.dir().join(junk), b"").unwrap();
+        }
+        let earlier = next.of_earlier_boots().unwrap();
+        assert_eq!(earlier.len(), 1);
+        assert_eq!(earlier[0].0, BB);
+        next.forget(&earlier[0].1).unwrap();
+        assert!(next.of_earlier_boots().unwrap().is_empty());
+        assert_eq!(fs::read_dir(next.dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn without_a_boot_id_nothing_is_marked_and_every_marker_is_an_earlier_boots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let with = Unsynced::open(tmp.path(), Some("b1".into())).unwrap();
+        with.mark(AA).unwrap();
+        let without = Unsynced::open(tmp.path(), None).unwrap();
+        assert!(!without.mark(BB).unwrap());
+        assert_eq!(without.sync(tmp.path()).unwrap(), 0);
+        let earlier = without.of_earlier_boots().unwrap();
+        assert_eq!(earlier.len(), 1);
+        assert_eq!(earlier[0].0, AA);
+        without.forget_layer(AA).unwrap();
+        assert!(without.of_earlier_boots().unwrap().is_empty());
+    }
+}
