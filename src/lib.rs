@@ -14,6 +14,7 @@
 //! Everything left of `spec::build` only reads; `spec::build` is pure; `setup::apply` is the one
 //! place that changes the host (mknod, chown, write files, unmount).
 
+pub mod agentlog;
 pub mod bootstrap;
 pub mod bundle;
 pub mod cache;
@@ -25,6 +26,7 @@ pub mod gpu;
 pub mod host;
 pub mod image;
 pub mod launch;
+pub mod logging;
 pub mod mountinfo;
 pub mod network;
 pub mod overlay;

@@ -1,10 +1,12 @@
 //! Progress lines on stderr, in the Go envbox's format.
 //!
 //! Owns: `{"output":"...","time":"RFC3339","type":"info"|"error"|"done"}` lines, which tools
-//! and the Coder dashboard watch (behaviour doc §3). It never sees secrets: callers pass
+//! and the Coder dashboard watch (behaviour doc §3); each line is also handed to a forwarder
+//! when one is set (`crate::agentlog` sends them to Coder). It never sees secrets: callers pass
 //! messages built from redacted values.
 
 use std::io::Write;
+use std::sync::RwLock;
 use std::time::SystemTime;
 
 /// Kind of a progress line.
@@ -65,11 +67,55 @@ pub fn line(kind: Kind, output: &str, time: SystemTime) -> String {
     .to_string()
 }
 
-/// Writes one progress line to stderr.
+/// Where lines go besides stderr (see `crate::agentlog`).
+type Forward = Box<dyn Fn(Kind, &str, SystemTime) + Send + Sync>;
+
+static FORWARD: RwLock<Option<Forward>> = RwLock::new(None);
+
+/// Writes one progress line to stderr, and hands it to the forwarder if one is set.
 pub fn emit(kind: Kind, output: &str) {
+    let time = SystemTime::now();
+    write_stderr(kind, output, time);
+    if let Some(forward) = FORWARD.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        forward(kind, output, time);
+    }
+}
+
+/// Writes one progress line to stderr only: for what the forwarder says about itself.
+pub fn emit_local(kind: Kind, output: &str) {
+    write_stderr(kind, output, SystemTime::now());
+}
+
+fn write_stderr(kind: Kind, output: &str, time: SystemTime) {
     let mut stderr = std::io::stderr().lock();
     // Nothing sensible is left to do when stderr is gone.
-    let _ = writeln!(stderr, "{}", line(kind, output, SystemTime::now()));
+    let _ = writeln!(stderr, "{}", line(kind, output, time));
+}
+
+/// Hands every later line to `forward` too (replacing an earlier forwarder).
+pub fn forward(forward: Forward) {
+    *FORWARD.write().unwrap_or_else(|p| p.into_inner()) = Some(forward);
+}
+
+/// Lines go to stderr only from now on.
+pub fn stop_forwarding() {
+    *FORWARD.write().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// The error and its causes, each said once: many of our errors already name their cause in
+/// their own message, so a cause whose text is already there is skipped.
+pub fn render_error(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 /// Logs each warning as an info progress line (`warning: ...`).

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 
+use support::coder::StandInCoder;
 use support::host::launch_requirements_met;
 use support::image::{busybox_image, write_layout};
 use support::registry::Registry;
@@ -286,9 +287,11 @@ trap 'echo trapped > "$HOME/trapped"; exit 0' TERM
 while :; do sleep 1; done
 "#
     );
+    let coder = StandInCoder::start();
     let mut env = dirs.base_env(&image, &registry, &script);
     env.extend(
         [
+            ("CODER_AGENT_URL", coder.url.clone()),
             ("CODER_INNER_HOSTNAME", "envbox-it".to_owned()),
             ("CODER_INNER_ENVS", "ENVBOX_T_*,SYSBOX_X".to_owned()),
             ("ENVBOX_T_MATCH", "yes=indeed".to_owned()),
@@ -396,6 +399,24 @@ while :; do sleep 1; done
         !log.contains("token-that-must-not-be-logged"),
         "token in log"
     );
+    // The progress log reached the (stand-in) Coder dashboard: every request with the agent's
+    // token, under the log source registered first, from the first line to the last.
+    let received = coder.received();
+    assert!(!received.is_empty(), "nothing sent to Coder");
+    assert_eq!(received[0].path, "/api/v2/workspaceagents/me/log-source");
+    assert!(received
+        .iter()
+        .all(|r| r.token.as_deref() == Some("token-that-must-not-be-logged")));
+    let lines = coder.lines();
+    let has = |level: &str, text: &str| lines.iter().any(|(l, o)| l == level && o.contains(text));
+    for text in [
+        "Preparing image",
+        "bootstrap output line",
+        "Workspace is up",
+        "Workspace stopped",
+    ] {
+        assert!(has("info", text), "{text:?} not sent to Coder: {lines:?}");
+    }
     let socket = dirs.root.join("run").display().to_string();
     assert!(
         processes_mentioning(&socket).is_empty(),

@@ -1,10 +1,12 @@
 //! `envbox docker`: the pod's entrypoint.
 //!
-//! Validates the settings, then hands over to [`crate::launch`], giving it the image
-//! preparation step (registry wiring lives here, at the top). Errors end up in the progress
+//! Validates the settings, starts sending the progress log to Coder when the agent's URL and
+//! token are set ([`crate::agentlog`]), then hands over to [`crate::launch`], giving it the
+//! image preparation step (registry wiring lives here, at the top). Errors end up in the progress
 //! log, `/dev/termination-log` and the exit status (see `main.rs`).
 
 use super::{outer_subsystem, runtime, ImageCache};
+use crate::agentlog::{self, AgentLog};
 use crate::cli::DockerArgs;
 use crate::config::{Purpose, Settings};
 use crate::launch;
@@ -22,15 +24,35 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let source = ImageSource::parse(&image)?;
     let cache = ImageCache::open(&settings)?;
     let prepare: launch::PrepareFn = Box::new(move || Box::pin(prepare(cache, source)));
+    let coder = agentlog::Target::from_settings(&settings)?;
     let runtime = runtime()?;
-    let result = runtime.block_on(launch::run(&settings, prepare));
+    let result = runtime.block_on(async {
+        let agent_log = coder.map(AgentLog::start).transpose()?;
+        let result = launch::run(&settings, prepare)
+            .await
+            .map_err(anyhow::Error::from);
+        match &result {
+            Ok(()) => progress::emit(Kind::Info, "Workspace stopped"),
+            // main.rs writes the error line to stderr; the dashboard gets it from here.
+            Err(e) => {
+                if let Some(log) = &agent_log {
+                    log.send(Kind::Error, &progress::render_error(e));
+                }
+            }
+        }
+        if let Some(log) = agent_log {
+            log.close(AGENT_LOG_DEADLINE).await;
+        }
+        result
+    });
     // Threads still blocked on a workspace process's output (its containerd died) must not
     // keep envbox from exiting.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-    result?;
-    progress::emit(Kind::Info, "Workspace stopped");
-    Ok(())
+    result
 }
+
+/// How long envbox waits, when it stops, for the last lines to reach the Coder dashboard.
+const AGENT_LOG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Pulls and unpacks the image, saying so in the progress log.
 async fn prepare(cache: ImageCache, source: ImageSource) -> anyhow::Result<PreparedImage> {

@@ -162,6 +162,7 @@ impl Workspace {
             async { prepare().await.map_err(LaunchError::Prepare) }
         )?;
         self.daemons = Some(daemons);
+        stage(begun, "daemons ready and image prepared");
 
         // A previous run's container still uses the rootfs about to be reassembled.
         let daemons = self.daemons.as_ref().expect("started above");
@@ -190,6 +191,7 @@ impl Workspace {
             .await?
         };
         warn_all(&rootfs.warnings);
+        stage(begun, "root filesystem assembled");
         let rootfs_path = rootfs.path.clone();
         host::check_searchable(&rootfs_path)?;
         self.rootfs = Some(rootfs);
@@ -198,6 +200,7 @@ impl Workspace {
         warn_all(&planned.plan.warnings);
         let setup_warnings = setup::apply(&planned.plan.actions, &RealSys)?;
         warn_all(&setup_warnings);
+        stage(begun, "runtime spec built and host set up");
         let spec = planned.plan.spec;
         self.image_init = planned.facts.has_init;
         self.init_signal = spec
@@ -229,6 +232,7 @@ impl Workspace {
             blocking(move || net.remove_bridge()).await?;
         }
         self.network = Some(Arc::clone(&net));
+        stage(begun, "previous network state released");
 
         let task = engine
             .create(&ContainerDef {
@@ -240,6 +244,7 @@ impl Workspace {
             })
             .await?;
         self.task = Some(task.clone());
+        stage(begun, "container and task created");
         let hold = NetnsHold::of_pid(task.pid).map_err(|source| LaunchError::Netns {
             pid: task.pid,
             source,
@@ -258,6 +263,7 @@ impl Workspace {
             ),
         );
         self.attachment = Some(attachment);
+        stage(begun, "network attached");
         task.start().await?;
         progress::emit(
             Kind::Info,
@@ -372,6 +378,11 @@ impl Workspace {
 }
 
 /// Runs blocking stage code off the async threads.
+/// A debug line: how long after `begun` a stage of the start finished (`ENVBOX_LOG=debug`).
+fn stage(begun: Instant, stage: &str) {
+    tracing::debug!(ms = begun.elapsed().as_millis() as u64, "start: {stage}");
+}
+
 /// Makes the layers this start unpacked durable; a failure only means a later start after a
 /// machine crash unpacks them again, so it is a warning.
 fn sync_layers(store: &crate::unpack::LayerStore) {

@@ -180,9 +180,7 @@ impl Session {
         config: &RegistryConfig,
         reference: &ImageRef,
     ) -> Result<Session, RegistryError> {
-        // reqwest is built without a default TLS provider: use ring (no C toolchain needed).
-        // Installing twice is harmless: the first one stays.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        tls::install_crypto_provider();
         let registry = reference.host();
         let api_host = reference.reference.resolve_registry().to_owned();
         let insecure = config

@@ -118,6 +118,12 @@ fn read_file(path: &Path) -> Result<Vec<String>, RegistryError> {
     Ok(certs)
 }
 
+/// reqwest is built without a default TLS provider: ring is installed (no C toolchain needed)
+/// before any client is built. Installing twice is harmless: the first one stays.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Reads the PEM certificates at `path` (a file, or a directory of files).
 pub fn load_extra_certs(path: &Path) -> Result<Vec<String>, RegistryError> {
     let meta = std::fs::metadata(path).map_err(|e| error(path, e.to_string()))?;

@@ -27,8 +27,10 @@
 //! - [`image`]: `write_layout`, `Layer`/`Entry`/`Compression`, `busybox_image`, `big_image`.
 //! - [`proxy`]: `FaultProxy` + `Fault`, `BlobStorage` (S3-like redirect target).
 //! - [`tls`]: `TestCa` and signing certificates; [`server`]: the shared hyper server thread.
+//! - [`coder`]: `StandInCoder`, the agent log endpoints of Coder (which cannot run here).
 #![allow(dead_code)]
 
+pub mod coder;
 pub mod host;
 pub mod image;
 pub mod proxy;
