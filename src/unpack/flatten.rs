@@ -9,8 +9,9 @@
 //! an existing target, never leave a partial tree at the target's name, and never create an
 //! overlayfs whiteout device or `trusted.overlay.*` xattr.
 //!
-//! Durability as for layers: no fsync per file, one `syncfs` before the rename, an fsync of
-//! the target's parent after it.
+//! Durability: no fsync per file, one `syncfs` before the rename, an fsync of the target's
+//! parent after it (a flattened tree has no unsynced marker, unlike a layer directory: it is
+//! the slow fallback, or a bundle handed to someone else).
 //!
 //! [`LayerStore::unpack`]: super::LayerStore::unpack
 
