@@ -32,7 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The icon shown beside the source in the dashboard (an icon Coder ships).
 const ICON: &str = "/icon/docker.svg";
 
-/// Errors of this module: only setting it up can fail (sending never does).
+/// Errors of this module: reading the settings' certificates, building the client (a warning
+/// then: sending never fails the start).
 #[derive(Debug, thiserror::Error)]
 pub enum AgentLogError {
     #[error("startup logs to Coder: {0}")]
@@ -108,8 +109,9 @@ pub struct AgentLog {
 
 impl AgentLog {
     /// Starts sending (needs a tokio runtime) and routes every later progress line to it.
-    pub fn start(target: Target) -> Result<AgentLog, AgentLogError> {
-        let client = target.client()?;
+    /// The HTTP client is built on the sender's task, off the start's path; a failure there
+    /// is a warning, like any other failure to reach Coder.
+    pub fn start(target: Target) -> AgentLog {
         let (lines, queue) = mpsc::unbounded_channel();
         let forward = lines.clone();
         progress::forward(Box::new(move |kind, output, time| {
@@ -120,7 +122,7 @@ impl AgentLog {
             });
         }));
         let sender = Sender {
-            client,
+            client: None,
             target,
             source: random_uuid(),
             registered: false,
@@ -129,10 +131,10 @@ impl AgentLog {
             failed_once: false,
             refused: false,
         };
-        Ok(AgentLog {
+        AgentLog {
             lines,
             task: tokio::spawn(sender.run(queue)),
-        })
+        }
     }
 
     /// Queues a line that must not go to stderr (the caller writes it there itself).
@@ -160,7 +162,8 @@ impl AgentLog {
 }
 
 struct Sender {
-    client: reqwest::Client,
+    /// Built by [`Sender::run`] first.
+    client: Option<reqwest::Client>,
     target: Target,
     source: String,
     registered: bool,
@@ -181,6 +184,18 @@ enum Failure {
 
 impl Sender {
     async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Line>) {
+        match self.target.client() {
+            Ok(client) => self.client = Some(client),
+            Err(e) => {
+                progress::emit_local(
+                    Kind::Info,
+                    &format!("warning: startup logs are not sent to Coder: {e}"),
+                );
+                // Lines still arrive until close: take them, send nothing.
+                while queue.recv().await.is_some() {}
+                return;
+            }
+        }
         let mut backoff = BACKOFF.0;
         let mut open = true;
         while open || !self.pending.is_empty() {
@@ -299,8 +314,10 @@ impl Sender {
         body: &serde_json::Value,
     ) -> Result<(), Failure> {
         let url = format!("{}/api/v2/workspaceagents/me/{path}", self.target.base);
-        let response = self
-            .client
+        let Some(client) = &self.client else {
+            return Err(Failure::Again("no HTTP client".into()));
+        };
+        let response = client
             .request(method, &url)
             .header("Coder-Session-Token", self.target.token.expose())
             .json(body)

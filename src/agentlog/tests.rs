@@ -119,7 +119,7 @@ async fn lines_are_sent_in_order_under_one_registered_source_with_the_token_head
     let _turn = ONE_AT_A_TIME.lock().await;
     let coder = StandInCoder::default();
     let url = coder.clone().serve().await;
-    let log = AgentLog::start(target(&url)).unwrap();
+    let log = AgentLog::start(target(&url));
     progress::emit(Kind::Info, "agentlog-test: pulling");
     progress::emit(Kind::Done, "agentlog-test: up");
     log.send(Kind::Error, "agentlog-test: failed");
@@ -174,7 +174,7 @@ async fn a_coder_that_fails_at_first_gets_every_line_later() {
         ..StandInCoder::default()
     };
     let url = coder.clone().serve().await;
-    let log = AgentLog::start(target(&url)).unwrap();
+    let log = AgentLog::start(target(&url));
     for i in 0..5 {
         log.send(Kind::Info, &format!("retry-test {i}"));
     }
@@ -199,7 +199,7 @@ async fn an_unreachable_coder_never_holds_up_the_close_beyond_its_deadline() {
         .local_addr()
         .unwrap()
         .port();
-    let log = AgentLog::start(target(&format!("http://127.0.0.1:{port}"))).unwrap();
+    let log = AgentLog::start(target(&format!("http://127.0.0.1:{port}")));
     log.send(Kind::Info, "nobody hears this");
     let started = std::time::Instant::now();
     log.close(Duration::from_millis(700)).await;
@@ -214,7 +214,7 @@ async fn a_full_agent_log_stops_the_sending_without_an_error() {
         ..StandInCoder::default()
     };
     let url = coder.clone().serve().await;
-    let log = AgentLog::start(target(&url)).unwrap();
+    let log = AgentLog::start(target(&url));
     log.send(Kind::Info, "first");
     tokio::time::sleep(Duration::from_millis(600)).await;
     log.send(Kind::Info, "second");

@@ -27,7 +27,7 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let coder = agentlog::Target::from_settings(&settings)?;
     let runtime = runtime()?;
     let result = runtime.block_on(async {
-        let agent_log = coder.map(AgentLog::start).transpose()?;
+        let agent_log = coder.map(AgentLog::start);
         let result = launch::run(&settings, prepare)
             .await
             .map_err(anyhow::Error::from);
