@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::progress::{self, Kind};
-use crate::registry::{install_crypto_provider, load_extra_certs, system_roots};
+use crate::registry::{client_builder, load_extra_certs};
 
 /// Lines gathered for one request at most.
 const BATCH: usize = 100;
@@ -78,26 +78,12 @@ impl Target {
     }
 
     fn client(&self) -> Result<reqwest::Client, AgentLogError> {
-        install_crypto_provider();
-        let client_err = |e: reqwest::Error| AgentLogError::Client(e.to_string());
-        let mut builder = reqwest::Client::builder()
+        client_builder(&self.extra_roots)
+            .map_err(AgentLogError::Client)?
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("envbox/", env!("CARGO_PKG_VERSION")));
-        if let Some(system) = system_roots() {
-            let system = system
-                .iter()
-                .map(|der| reqwest::Certificate::from_der(der))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(client_err)?;
-            builder = builder.tls_certs_only(system);
-        }
-        let extra = self
-            .extra_roots
-            .iter()
-            .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(client_err)?;
-        builder.tls_certs_merge(extra).build().map_err(client_err)
+            .user_agent(concat!("envbox/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AgentLogError::Client(e.to_string()))
     }
 }
 
@@ -121,20 +107,19 @@ impl AgentLog {
                 time,
             });
         }));
-        let sender = Sender {
-            client: None,
-            target,
-            source: random_uuid(),
-            registered: false,
-            pending: VecDeque::new(),
-            dropped: 0,
-            failed_once: false,
-            refused: false,
-        };
-        AgentLog {
-            lines,
-            task: tokio::spawn(sender.run(queue)),
-        }
+        let task = tokio::spawn(async move {
+            match target.client() {
+                Ok(client) => Sender::new(client, target).run(queue).await,
+                Err(e) => {
+                    progress::emit_local(
+                        Kind::Info,
+                        &format!("warning: startup logs are not sent to Coder: {e}"),
+                    );
+                    drain(queue).await;
+                }
+            }
+        });
+        AgentLog { lines, task }
     }
 
     /// Queues a line that must not go to stderr (the caller writes it there itself).
@@ -162,16 +147,13 @@ impl AgentLog {
 }
 
 struct Sender {
-    /// Built by [`Sender::run`] first.
-    client: Option<reqwest::Client>,
+    client: reqwest::Client,
     target: Target,
     source: String,
     registered: bool,
     pending: VecDeque<Line>,
     dropped: usize,
     failed_once: bool,
-    /// Coder refused the logs for good (the agent's log limit): nothing more is sent.
-    refused: bool,
 }
 
 /// Why a request did not succeed.
@@ -183,55 +165,37 @@ enum Failure {
 }
 
 impl Sender {
-    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Line>) {
-        match self.target.client() {
-            Ok(client) => self.client = Some(client),
-            Err(e) => {
-                progress::emit_local(
-                    Kind::Info,
-                    &format!("warning: startup logs are not sent to Coder: {e}"),
-                );
-                // Lines still arrive until close: take them, send nothing.
-                while queue.recv().await.is_some() {}
-                return;
-            }
+    fn new(client: reqwest::Client, target: Target) -> Sender {
+        Sender {
+            client,
+            target,
+            source: random_uuid(),
+            registered: false,
+            pending: VecDeque::new(),
+            dropped: 0,
+            failed_once: false,
         }
+    }
+
+    /// Sends batches until the queue is closed and empty (or Coder refuses for good).
+    async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Line>) {
         let mut backoff = BACKOFF.0;
         let mut open = true;
-        while open || !self.pending.is_empty() {
-            if self.pending.is_empty() {
-                match queue.recv().await {
-                    Some(line) => self.push(line),
-                    None => break,
-                }
-                // Let the lines that follow at once join the batch.
-                let linger = tokio::time::sleep(LINGER);
-                tokio::pin!(linger);
-                while self.pending.len() < BATCH {
-                    tokio::select! {
-                        line = queue.recv() => match line {
-                            Some(line) => self.push(line),
-                            None => { open = false; break; }
-                        },
-                        _ = &mut linger => break,
-                    }
-                }
+        loop {
+            if self.pending.is_empty() && !(open && self.gather(&mut queue).await) {
+                return;
             }
             while let Ok(line) = queue.try_recv() {
                 self.push(line);
             }
-            if self.refused {
-                self.pending.clear();
-                continue;
-            }
             match self.send_batch().await {
                 Ok(()) => backoff = BACKOFF.0,
                 Err(Failure::Refused(why)) => {
-                    self.refused = true;
                     progress::emit_local(
                         Kind::Info,
                         &format!("warning: Coder takes no more startup logs from envbox: {why}"),
                     );
+                    return drain(queue).await;
                 }
                 Err(Failure::Again(why)) => {
                     if !self.failed_once {
@@ -244,30 +208,56 @@ impl Sender {
                             ),
                         );
                     }
-                    if !open {
-                        // Closing: one more try after the backoff, within the caller's deadline.
-                        tokio::time::sleep(backoff).await;
-                    } else {
-                        // Keep queueing while waiting.
-                        let wait = tokio::time::sleep(backoff);
-                        tokio::pin!(wait);
-                        loop {
-                            tokio::select! {
-                                line = queue.recv() => match line {
-                                    Some(line) => self.push(line),
-                                    None => { open = false; }
-                                },
-                                _ = &mut wait => break,
-                            }
-                            if !open {
-                                break;
-                            }
-                        }
-                    }
+                    open = self.wait(&mut queue, backoff, open).await;
                     backoff = (backoff * 2).min(BACKOFF.1);
                 }
             }
         }
+    }
+
+    /// Waits for a line, then lets the lines that follow within [`LINGER`] join its batch.
+    /// `false` when the queue closed before any line came.
+    async fn gather(&mut self, queue: &mut mpsc::UnboundedReceiver<Line>) -> bool {
+        let Some(line) = queue.recv().await else {
+            return false;
+        };
+        self.push(line);
+        let linger = tokio::time::sleep(LINGER);
+        tokio::pin!(linger);
+        while self.pending.len() < BATCH {
+            tokio::select! {
+                line = queue.recv() => match line {
+                    Some(line) => self.push(line),
+                    None => break,
+                },
+                _ = &mut linger => break,
+            }
+        }
+        true
+    }
+
+    /// Sleeps for `backoff`, queueing what arrives meanwhile. Returns whether the queue is
+    /// still open.
+    async fn wait(
+        &mut self,
+        queue: &mut mpsc::UnboundedReceiver<Line>,
+        backoff: Duration,
+        mut open: bool,
+    ) -> bool {
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        while open {
+            tokio::select! {
+                line = queue.recv() => match line {
+                    Some(line) => self.push(line),
+                    None => open = false,
+                },
+                _ = &mut sleep => return true,
+            }
+        }
+        // Closing: one more try after the backoff, within the caller's deadline.
+        sleep.await;
+        false
     }
 
     fn push(&mut self, line: Line) {
@@ -314,10 +304,8 @@ impl Sender {
         body: &serde_json::Value,
     ) -> Result<(), Failure> {
         let url = format!("{}/api/v2/workspaceagents/me/{path}", self.target.base);
-        let Some(client) = &self.client else {
-            return Err(Failure::Again("no HTTP client".into()));
-        };
-        let response = client
+        let response = self
+            .client
             .request(method, &url)
             .header("Coder-Session-Token", self.target.token.expose())
             .json(body)
@@ -349,6 +337,11 @@ fn describe(error: reqwest::Error) -> String {
         cause = c.source();
     }
     text
+}
+
+/// Takes lines until the queue closes, sending none (Coder cannot or will not take them).
+async fn drain(mut queue: mpsc::UnboundedReceiver<Line>) {
+    while queue.recv().await.is_some() {}
 }
 
 /// A line as the logs endpoint takes it.

@@ -377,7 +377,6 @@ impl Workspace {
     }
 }
 
-/// Runs blocking stage code off the async threads.
 /// A debug line: how long after `begun` a stage of the start finished (`ENVBOX_LOG=debug`).
 fn stage(begun: Instant, stage: &str) {
     tracing::debug!(ms = begun.elapsed().as_millis() as u64, "start: {stage}");
@@ -397,6 +396,7 @@ fn sync_layers(store: &crate::unpack::LayerStore) {
     }
 }
 
+/// Runs blocking stage code off the async threads.
 async fn blocking<T: Send + 'static, E: Send + 'static>(
     f: impl FnOnce() -> Result<T, E> + Send + 'static,
 ) -> Result<T, E> {

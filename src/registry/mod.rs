@@ -29,7 +29,7 @@ pub use feed::LayerFeed;
 pub use platform::Platform;
 pub use pull::{cached_blobs, pull, pull_feeding, CachedImage};
 pub use reference::{normalize_host, ImageRef};
-pub(crate) use tls::{install_crypto_provider, system_roots};
+pub(crate) use tls::client_builder;
 pub use tls::{load_extra_certs, pin_system_bundle};
 
 use crate::cache::CacheError;

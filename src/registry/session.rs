@@ -577,27 +577,11 @@ fn urlencode(text: &str) -> String {
 }
 
 fn http_client(config: &RegistryConfig) -> Result<reqwest::Client, String> {
-    let roots = config
-        .extra_roots
-        .iter()
-        .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("extra CA certificate: {e}"))?;
-    let mut builder = reqwest::Client::builder();
-    if let Some(system) = tls::system_roots() {
-        let system = system
-            .iter()
-            .map(|der| reqwest::Certificate::from_der(der))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("system CA certificate: {e}"))?;
-        builder = builder.tls_certs_only(system);
-    }
-    builder
+    tls::client_builder(&config.extra_roots)?
         .connect_timeout(config.connect_timeout)
         .read_timeout(config.read_timeout)
         .user_agent(concat!("envbox/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::limited(10))
-        .tls_certs_merge(roots)
         .build()
         .map_err(|e| chain(&e))
 }

@@ -124,6 +124,28 @@ pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A reqwest client builder trusting the system's roots (read once, see [`system_roots`]) and
+/// the PEM certificates `extra_roots`, with the crypto provider installed: what every HTTP
+/// client of envbox starts from.
+pub(crate) fn client_builder(extra_roots: &[String]) -> Result<reqwest::ClientBuilder, String> {
+    install_crypto_provider();
+    let extra = extra_roots
+        .iter()
+        .map(|pem| reqwest::Certificate::from_pem(pem.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("extra CA certificate: {e}"))?;
+    let mut builder = reqwest::Client::builder();
+    if let Some(system) = system_roots() {
+        let system = system
+            .iter()
+            .map(|der| reqwest::Certificate::from_der(der))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("system CA certificate: {e}"))?;
+        builder = builder.tls_certs_only(system);
+    }
+    Ok(builder.tls_certs_merge(extra))
+}
+
 /// Reads the PEM certificates at `path` (a file, or a directory of files).
 pub fn load_extra_certs(path: &Path) -> Result<Vec<String>, RegistryError> {
     let meta = std::fs::metadata(path).map_err(|e| error(path, e.to_string()))?;

@@ -346,11 +346,10 @@ impl LayerStore {
     /// Removes a layer directory (absent is fine). It must not be in use by a mounted rootfs.
     pub fn remove(&self, diff_id: &Digest) -> Result<(), UnpackError> {
         let path = self.path(diff_id);
-        match remove_any(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(store_err("removing layer", &path)(e))
+        if let Err(e) = remove_any(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(store_err("removing layer", &path)(e));
             }
-            _ => {}
         }
         self.unsynced
             .forget_layer(diff_id.hex())

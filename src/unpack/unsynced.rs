@@ -132,8 +132,8 @@ impl Unsynced {
         Ok(true)
     }
 
-    /// Makes every layer published unsynced in this boot durable: one `syncfs` of the store's
-    /// filesystem (`any_dir` is a directory on it), then their markers removed. A marker whose
+    /// Makes every layer published unsynced in this boot durable: one `syncfs` of the
+    /// filesystem of `layers_root`, then their markers removed. A marker whose
     /// layer is not there (an unpack still running, or one that failed) is kept. Returns how
     /// many layers it covered; 0 without a sync when there were none.
     pub(super) fn sync(&self, layers_root: &Path) -> io::Result<usize> {
