@@ -281,9 +281,9 @@ impl Workspace {
                 .await?;
         }
         progress::emit(Kind::Done, "Workspace is up");
-        if prepared.layers_unpacked > 0 {
-            tokio::task::spawn_blocking(move || sync_layers(&prepared.store));
-        }
+        // Also when nothing was unpacked now: an earlier start of this boot that was killed
+        // before its sync left layers marked (a directory listing when there are none).
+        tokio::task::spawn_blocking(move || sync_layers(&prepared.store));
         Ok(())
     }
 
@@ -382,7 +382,7 @@ fn stage(begun: Instant, stage: &str) {
     tracing::debug!(ms = begun.elapsed().as_millis() as u64, "start: {stage}");
 }
 
-/// Makes the layers this start unpacked durable; a failure only means a later start after a
+/// Makes the layers unpacked in this boot durable; a failure only means a later start after a
 /// machine crash unpacks them again, so it is a warning.
 fn sync_layers(store: &crate::unpack::LayerStore) {
     let started = Instant::now();
