@@ -278,6 +278,7 @@ echo "cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1
 # address): read /etc/hosts here and talk HTTP with nc.
 gateway=$(awk '$2 == "host.docker.internal" {{ print $1 }}' /etc/hosts)
 echo "gateway=$gateway"
+echo "lo_flags=$(cat /sys/class/net/lo/flags)"
 echo "outer=$(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 "$gateway" {port} 2>&1 | tail -n 1)"
 echo END
 }} > "$r" 2>&1
@@ -356,6 +357,13 @@ while :; do sleep 1; done
         "host.docker.internal is the gateway"
     );
     assert_eq!(field("outer"), "hello from the outer side", "{report}");
+    // No CNI plugin touches `lo`: the runtime brings it up in the namespace it creates.
+    let lo_flags = u32::from_str_radix(field("lo_flags").trim_start_matches("0x"), 16);
+    assert_eq!(
+        lo_flags.map(|f| f & 1),
+        Ok(1),
+        "lo is up (IFF_UP): {report}"
+    );
     // Ownership of the home mount: the inner user, shifted.
     let meta = fs::metadata(&home).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (101_000, 101_000));

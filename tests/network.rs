@@ -1,5 +1,5 @@
 //! Integration test (root): the workspace network through the real CNI plugins
-//! (containernetworking-plugins: bridge, host-local, portmap, loopback) and real iptables, on a
+//! (containernetworking-plugins: bridge, host-local, portmap) and real iptables, on a
 //! process in a fresh network namespace (`unshare --net sleep`).
 //!
 //! Every test has its own network name, bridge, /30 and run dir (keyed on the test and this
@@ -258,8 +258,6 @@ fn add_gives_the_workspace_its_address_mtu_route_and_the_gateway_then_del_leaves
     let route = inside(&netns, &["ip", "-4", "route", "show", "default"]);
     let expected = format!("default via {} dev eth0", net.plan.gateway());
     assert!(route.contains(&expected), "{route}");
-    let lo = inside(&netns, &["ip", "-o", "link", "show", "dev", "lo"]);
-    assert!(lo.contains("UP"), "loopback is up: {lo}");
     let host_veth = attachment.host_veth.clone().expect("a host veth");
     assert!(
         net.bridge_ports().contains(&host_veth),

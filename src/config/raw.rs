@@ -128,7 +128,7 @@ pub struct RawSettings {
     #[arg(long = names::STOP_TIMEOUT.flag, env = names::STOP_TIMEOUT.env, value_name = "DURATION")]
     pub stop_timeout: Option<String>,
 
-    /// Directory of the CNI plugins (bridge, host-local, portmap, loopback) [default: /usr/lib/cni].
+    /// Directory of the CNI plugins (bridge, host-local, portmap) [default: /usr/lib/cni].
     #[arg(long = names::CNI_PATH.flag, env = names::CNI_PATH.env, value_name = "DIR")]
     pub cni_path: Option<String>,
 }

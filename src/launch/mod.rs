@@ -265,6 +265,7 @@ impl Workspace {
         self.attachment = Some(attachment);
         stage(begun, "network attached");
         task.start().await?;
+        stage(begun, "task started");
         progress::emit(
             Kind::Info,
             &format!(
@@ -279,6 +280,7 @@ impl Workspace {
         if let Some(script) = &settings.bootstrap_script {
             self.start_bootstrap(settings, &task, &spec, &planned.facts.user, script)
                 .await?;
+            stage(begun, "bootstrap script started");
         }
         progress::emit(Kind::Done, "Workspace is up");
         // Also when nothing was unpacked now: an earlier start of this boot that was killed

@@ -13,7 +13,7 @@ use super::{Invocation, NetSys, NetnsId, Outcome};
 pub type Respond = Box<dyn Fn(&Invocation) -> Option<io::Result<Outcome>> + Send + Sync>;
 
 /// Records every run; answers like the real plugins (and a `nat` table) unless `respond` says
-/// otherwise. Loopback, the main network and the masquerade run on their own threads.
+/// otherwise. The network and the masquerade run on their own threads.
 pub struct FakeSys {
     pub calls: Mutex<Vec<Invocation>>,
     pub netns: Mutex<HashMap<PathBuf, NetnsId>>,
@@ -105,9 +105,6 @@ impl FakeSys {
         }
         let input = stdin(inv);
         match name.as_ref() {
-            "loopback" => {
-                ok(br#"{"cniVersion":"1.0.0","interfaces":[{"name":"lo","sandbox":"x"}]}"#)
-            }
             "bridge" => {
                 let address = input["runtimeConfig"]["ips"][0]
                     .as_str()

@@ -4,9 +4,8 @@
 //! Owns: each plugin's environment (`CNI_*`, `PATH`, nothing inherited) and stdin (the plugin
 //! object plus `cniVersion`, `name`, `runtimeConfig` for its declared capabilities, and
 //! `prevResult`), and turning a failed run into a [`NetworkError`] naming the plugin and the
-//! command. The loopback network and the masquerade are added beside the main network, and
-//! deleted after it. It never
-//! holds the lock or touches the state file: the caller does, around it.
+//! command. The masquerade is added beside the network, and deleted after it. It never holds
+//! the lock or touches the state file: the caller does, around it.
 
 use serde_json::{Map, Value};
 
@@ -177,9 +176,9 @@ fn failure(kind: &str, command: CniCommand, outcome: Outcome) -> NetworkError {
     }
 }
 
-/// Attaches: the loopback network, the main one and the masquerade of `subnet`, the three at
-/// once (they touch different things: `lo`, the bridge and veth, the `nat` table). Returns the
-/// final ADD result; the first error (main, loopback, masquerade) otherwise.
+/// Attaches: the network and the masquerade of `subnet`, both at once (they touch different
+/// things: the bridge and veth, the `nat` table). Returns the final ADD result; the first error
+/// (network, masquerade) otherwise.
 pub fn add(
     sys: &(dyn NetSys + Sync),
     record: &Record,
@@ -192,14 +191,12 @@ pub fn add(
         netns: &netns,
         ifname,
     };
-    let (main, lo, masq) = std::thread::scope(|scope| {
-        let lo = scope.spawn(|| target(&record.loopback, "lo").add(sys));
+    let (main, masq) = std::thread::scope(|scope| {
         let masq = scope.spawn(|| masq::install(sys, record.network_name(), subnet));
         let main = target(&record.conflist, &record.ifname).add(sys);
-        (main, joined(lo), joined(masq))
+        (main, joined(masq))
     });
     let result = main?;
-    lo?;
     masq?;
     result.ok_or_else(|| NetworkError::BadResult {
         plugin: "(none)".into(),
@@ -221,9 +218,9 @@ pub enum Missing {
     Ignore,
 }
 
-/// Detaches: every plugin of the main network in reverse order with the cached final ADD result
-/// as `prevResult`, then loopback, then the masquerade. Every step runs even when one
-/// fails; the first error not ignored is returned, the ignored ones are listed.
+/// Detaches: every plugin of the network in reverse order with the cached final ADD result as
+/// `prevResult`, then the masquerade. Every step runs even when one fails; the first error not
+/// ignored is returned, the ignored ones are listed.
 pub fn del(
     sys: &dyn NetSys,
     record: &Record,
@@ -245,27 +242,21 @@ pub fn del(
         }
         Ok(()) => {}
     };
-    let lists = [
-        (
-            &record.conflist,
-            record.ifname.as_str(),
-            record.result.as_ref(),
-        ),
-        (&record.loopback, "lo", None),
-    ];
-    for (conflist, ifname, prev) in lists {
-        match plugins(conflist) {
-            Err(e) => keep(Err(e)),
-            Ok(plugins) => {
-                let target = Target {
-                    record,
-                    conflist,
-                    netns: &netns,
-                    ifname,
-                };
-                for plugin in plugins.iter().rev() {
-                    keep(target.call(sys, plugin, CniCommand::Del, prev).map(drop));
-                }
+    match plugins(&record.conflist) {
+        Err(e) => keep(Err(e)),
+        Ok(plugins) => {
+            let target = Target {
+                record,
+                conflist: &record.conflist,
+                netns: &netns,
+                ifname: &record.ifname,
+            };
+            for plugin in plugins.iter().rev() {
+                keep(
+                    target
+                        .call(sys, plugin, CniCommand::Del, record.result.as_ref())
+                        .map(drop),
+                );
             }
         }
     }

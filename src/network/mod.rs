@@ -4,9 +4,11 @@
 //! the state that makes detaching possible after a crash. [`NetworkPlan`] (pure) turns the
 //! settings into the CNI configs: bridge `envbox0` (gateway, hairpin, the MTU of
 //! `ENVBOX_ETHLINK`) with host-local IPAM asked for exactly the address `/etc/hosts` names (the
-//! bridge's first lease), then portmap; plus loopback for `lo`, and envbox's own masquerade of
-//! the subnet (`masq`). [`Network`] runs them through [`NetSys`]: ADD chains `prevResult`, with
-//! loopback and the masquerade beside it; DEL runs in reverse with the cached final ADD result;
+//! bridge's first lease), then portmap, and envbox's own masquerade of the subnet (`masq`). No
+//! loopback plugin: runc and sysbox-runc bring `lo` up in a network namespace they create
+//! (libcontainer adds a loopback network to every netns without a path), before `create`
+//! returns. [`Network`] runs them through [`NetSys`]: ADD chains `prevResult`, with the
+//! masquerade beside it; DEL runs in reverse with the cached final ADD result;
 //! calls are serialised by a lock under `<run dir>/cni`, where the attachment is cached
 //! atomically before the first ADD. It never creates namespaces (`ip netns add` breaks runc's
 //! sysfs mount under a user namespace) and never runs a plugin without holding that lock.

@@ -1,8 +1,8 @@
 //! [`NetworkPlan`]: everything the CNI calls need, computed from the settings. Pure.
 //!
-//! Owns: the conflist (bridge + host-local + portmap), the loopback config, the address asked of
-//! host-local (the bridge's first lease, the one `/etc/hosts` names), the MTU choice, and where
-//! the CNI state lives under the run dir. It never reads or runs anything: the MTU comes in as a
+//! Owns: the conflist (bridge + host-local + portmap), the address asked of host-local (the
+//! bridge's first lease, the one `/etc/hosts` names), the MTU choice, and where the CNI state
+//! lives under the run dir. It never reads or runs anything: the MTU comes in as a
 //! [`LinkMtu`] read at the edge ([`super::read_link_mtu`]).
 
 use std::net::Ipv4Addr;
@@ -202,15 +202,6 @@ impl NetworkPlan {
         })
     }
 
-    /// The loopback plugin's own network: brings `lo` up inside (nothing else does).
-    pub fn loopback_conflist(&self) -> Value {
-        json!({
-            "cniVersion": CNI_VERSION,
-            "name": format!("{}-loopback", self.name),
-            "plugins": [{"type": "loopback"}],
-        })
-    }
-
     /// The record cached before the first ADD into `netns` (which names `netns_id`).
     pub(crate) fn pending_record(&self, netns: &Path, netns_id: NetnsId) -> Record {
         Record {
@@ -221,7 +212,6 @@ impl NetworkPlan {
             ifname: self.ifname.clone(),
             cni_path: self.cni_path.clone(),
             conflist: self.conflist(),
-            loopback: self.loopback_conflist(),
             runtime_config: self.runtime_config(),
             result: None,
         }
@@ -303,7 +293,6 @@ mod tests {
         assert_eq!(bridge["ipam"]["type"], json!("host-local"));
         assert_eq!(list["plugins"][1]["type"], json!("portmap"));
         assert_eq!(list["plugins"].as_array().unwrap().len(), 2);
-        assert_eq!(plan.loopback_conflist()["plugins"][0]["type"], "loopback");
         assert_eq!(plan.ifname, "eth0");
         assert_eq!(plan.cni_path, PathBuf::from("/usr/lib/cni"));
         assert_eq!(

@@ -34,7 +34,6 @@ pub struct Record {
     pub ifname: String,
     pub cni_path: PathBuf,
     pub conflist: Value,
-    pub loopback: Value,
     pub runtime_config: Value,
     /// The final ADD result; `None` while the ADD is under way.
     pub result: Option<Value>,
@@ -137,7 +136,6 @@ mod tests {
             ifname: "eth0".into(),
             cni_path: "/usr/lib/cni".into(),
             conflist: json!({"name": "envbox", "plugins": []}),
-            loopback: json!({"name": "envbox-loopback", "plugins": []}),
             runtime_config: json!({}),
             result: None,
         }

@@ -50,7 +50,7 @@ fn add_chains_prev_result_and_caches_the_final_result() {
     let mut kinds = net.sys.kinds();
     let main: Vec<&String> = kinds
         .iter()
-        .filter(|k| !k.starts_with("lo") && !k.starts_with("iptables"))
+        .filter(|k| !k.starts_with("iptables"))
         .collect();
     assert_eq!(main, ["bridge ADD", "portmap ADD"], "in order: {kinds:?}");
     kinds.sort();
@@ -61,7 +61,6 @@ fn add_chains_prev_result_and_caches_the_final_result() {
             "iptables -A POSTROUTING -s 172.19.0.0/30 -j ENVBOX-MASQ",
             "iptables -S POSTROUTING",
             "iptables-restore -w --noflush",
-            "loopback ADD",
             "portmap ADD",
         ]
     );
@@ -75,9 +74,6 @@ fn add_chains_prev_result_and_caches_the_final_result() {
         ["-s 172.19.0.0/30 -j ENVBOX-MASQ"]
     );
 
-    let lo = net.sys.call("loopback ADD");
-    assert_eq!(lo.env_var("CNI_IFNAME"), Some("lo"));
-    assert_eq!(stdin(&lo)["name"], json!("envbox-loopback"));
     let bridge = net.sys.call("bridge ADD");
     let bridge_in = stdin(&bridge);
     assert_eq!(bridge.program, PathBuf::from("/usr/lib/cni/bridge"));
@@ -155,7 +151,6 @@ fn del_runs_in_reverse_with_the_cached_result_then_removes_the_masquerade() {
         [
             "portmap DEL",
             "bridge DEL",
-            "loopback DEL",
             "iptables -S POSTROUTING",
             "iptables -D POSTROUTING -s 172.19.0.0/30 -j ENVBOX-MASQ",
             "iptables -S ENVBOX-MASQ",
@@ -174,10 +169,6 @@ fn del_runs_in_reverse_with_the_cached_result_then_removes_the_masquerade() {
         );
         assert_eq!(inv.env_var("CNI_NETNS"), Some(NETNS));
     }
-    assert_eq!(
-        net.sys.call("loopback DEL").env_var("CNI_IFNAME"),
-        Some("lo")
-    );
     assert_eq!(state::read(&net.plan.cache_path()).unwrap(), None);
 }
 
@@ -203,10 +194,7 @@ fn a_plugin_error_is_typed_and_the_partial_add_is_undone() {
         err.to_string(),
         "CNI plugin portmap ADD failed (code 7): bad config (x)"
     );
-    assert_eq!(
-        cni_calls(&net, "DEL"),
-        ["portmap DEL", "bridge DEL", "loopback DEL"]
-    );
+    assert_eq!(cni_calls(&net, "DEL"), ["portmap DEL", "bridge DEL"]);
     assert!(
         net.sys.postrouting.lock().unwrap().is_empty() && net.sys.chains.lock().unwrap().is_empty(),
         "the masquerade is undone too"
@@ -236,14 +224,14 @@ fn output_that_is_not_a_cni_error_is_shown_as_is() {
 fn a_missing_plugin_names_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let sys = FakeSys::new(|inv| {
-        (kind(inv) == "loopback ADD").then(|| Err(io::Error::from(io::ErrorKind::NotFound)))
+        (kind(inv) == "portmap ADD").then(|| Err(io::Error::from(io::ErrorKind::NotFound)))
     });
     let err = network(&dir, sys)
         .add(Path::new(NETNS))
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("loopback ADD: cannot run /usr/lib/cni/loopback"),
+        err.contains("portmap ADD: cannot run /usr/lib/cni/portmap"),
         "{err}"
     );
     assert!(err.contains("ENVBOX_CNI_PATH"), "{err}");
@@ -354,10 +342,7 @@ fn a_failed_masquerade_fails_the_add_and_undoes_it() {
             && err.contains("line 2 failed"),
         "{err}"
     );
-    assert_eq!(
-        cni_calls(&net, "DEL"),
-        ["portmap DEL", "bridge DEL", "loopback DEL"]
-    );
+    assert_eq!(cni_calls(&net, "DEL"), ["portmap DEL", "bridge DEL"]);
     assert_eq!(state::read(&net.plan.cache_path()).unwrap(), None);
 }
 

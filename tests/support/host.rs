@@ -57,7 +57,7 @@ pub fn network_requirements_met(what: &str) -> bool {
     if !nix::unistd::geteuid().is_root() {
         missing.push("root".to_owned());
     }
-    for plugin in ["bridge", "host-local", "portmap", "loopback"] {
+    for plugin in ["bridge", "host-local", "portmap"] {
         if !Path::new(CNI_PATH).join(plugin).exists() {
             missing.push(format!(
                 "{CNI_PATH}/{plugin} (apt-get install containernetworking-plugins)"
