@@ -14,6 +14,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Condvar, Mutex};
+use std::time::Instant;
 
 use crate::cache::BlobStore;
 use crate::digest::Digest;
@@ -90,7 +91,13 @@ pub fn unpack_all(
         let _ = send.send((index, source.clone()));
     }
     drop(send);
-    let unpacked = unpack_as_fed(layers, arrivals, limits, &LayerFeed::default());
+    let unpacked = unpack_as_fed(
+        layers,
+        arrivals,
+        limits,
+        &LayerFeed::default(),
+        Instant::now(),
+    );
     let mut reports = vec![None; sources.len()];
     for (index, result) in unpacked.results {
         reports[index] = Some(result?);
@@ -129,6 +136,7 @@ fn unpack_as_fed(
     arrivals: Receiver<(usize, LayerSource)>,
     limits: &Limits,
     feed: &LayerFeed,
+    begun: Instant,
 ) -> Unpacked {
     let max = threads();
     let running = Mutex::new(0usize);
@@ -159,7 +167,18 @@ fn unpack_as_fed(
                 (&running, &finished, &results, &stopped_first);
             scope.spawn(move || {
                 let _slot = Slot { running, finished };
+                let ms = |at: Instant| at.duration_since(begun).as_millis() as u64;
+                let started = Instant::now();
                 let result = layers.unpack(&source, limits);
+                if let Ok(report) = &result {
+                    tracing::debug!(
+                        layer = index,
+                        from_ms = ms(started),
+                        to_ms = ms(Instant::now()),
+                        entries = report.entries,
+                        "prepare: layer unpacked"
+                    );
+                }
                 if result.is_err() && feed.stop() {
                     *lock(stopped_first) = true;
                 }
@@ -183,10 +202,16 @@ pub async fn prepare(
     source: &ImageSource,
     limits: &Limits,
 ) -> Result<PreparedImage, PrepareError> {
+    let begun = Instant::now();
     let (send, arrivals) = mpsc::channel();
     let feed = {
         let blobs = blobs.clone();
         LayerFeed::new(move |index, layer| {
+            tracing::debug!(
+                layer = index,
+                ms = begun.elapsed().as_millis() as u64,
+                "prepare: layer blob verified"
+            );
             // The unpacker takes arrivals until the last sender is gone; never an error here.
             let _ = send.send((index, layer_source(&blobs, layer)));
         })
@@ -194,7 +219,7 @@ pub async fn prepare(
     let unpacker = {
         // Only the stop flag: the sender lives in `feed`, which must go when the fetch ends.
         let (store, limits, stop) = (layers.clone(), *limits, feed.stop_handle());
-        tokio::task::spawn_blocking(move || unpack_as_fed(&store, arrivals, &limits, &stop))
+        tokio::task::spawn_blocking(move || unpack_as_fed(&store, arrivals, &limits, &stop, begun))
     };
     let fetched = source::fetch(source, config, blobs, &feed).await;
     // The last sender goes with the feed: the unpacker then finishes what arrived and returns.
