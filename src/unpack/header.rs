@@ -60,6 +60,13 @@ pub(super) struct Entry {
     pub dropped_xattrs: Vec<String>,
 }
 
+impl Entry {
+    /// Owned by `0:0` in the layer (`100000:100000` once shifted).
+    pub fn is_root_owned(&self) -> bool {
+        (self.uid, self.gid) == (0, 0)
+    }
+}
+
 /// Decodes `entry` of layer `layer`.
 pub(super) fn decode<R: Read>(
     layer: &Digest,

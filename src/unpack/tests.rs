@@ -482,6 +482,108 @@ fn whiteouts_become_overlay_whiteouts() {
     w.check_contained();
 }
 
+/// Inodes born with their owner (the writer creates as the shifted root) or mode (when the
+/// umask leaves it alone) must still end exactly as listed, in a setgid directory too.
+#[test]
+fn owners_and_modes_are_exact_whether_set_at_creation_or_after() {
+    let w = Work::new();
+    let mut l = Layer::new();
+    l.dir(
+        "sg/",
+        Meta {
+            gid: 50,
+            mode: 0o2775,
+            ..M
+        },
+    )
+    // 0:0 in a setgid directory: the group is 0, not the directory's.
+    .file("sg/f", M, b"f")
+    .symlink("sg/l", "f")
+    .file("sg/.wh.gone", M, b"")
+    .dir("sg/sub/", Meta { mode: 0o755, ..M })
+    // Modes a umask of 022 would cut, and owners other than root.
+    .file("open/rw", Meta { mode: 0o666, ..M }, b"")
+    .file("open/rwx", Meta { mode: 0o777, ..M }, b"")
+    .file("open/private", Meta { mode: 0o600, ..M }, b"")
+    .file(
+        "open/theirs",
+        Meta {
+            uid: 1000,
+            gid: 1000,
+            mode: 0o664,
+            ..M
+        },
+        b"",
+    )
+    .symlink("open/l", "rw")
+    .file("plain", M, b"p");
+    let (_, root) = w.unpack_ok(&l.finish());
+    for (path, uid, gid, mode) in [
+        ("sg", 0, 50, 0o2775),
+        ("sg/f", 0, 0, 0o644),
+        ("sg/sub", 0, 0, 0o755),
+        ("open/rw", 0, 0, 0o666),
+        ("open/rwx", 0, 0, 0o777),
+        ("open/private", 0, 0, 0o600),
+        ("open/theirs", 1000, 1000, 0o664),
+        ("plain", 0, 0, 0o644),
+    ] {
+        let path = root.join(path);
+        assert_owner(&path, uid, gid);
+        assert_eq!(lstat(&path).mode() & 0o7777, mode, "{}", path.display());
+    }
+    assert_owner(&root.join("sg/l"), 0, 0);
+    assert_owner(&root.join("open/l"), 0, 0);
+    assert!(
+        is_whiteout(&root.join("sg/gone")),
+        "whiteout owned 0:0 shifted"
+    );
+    w.check_contained();
+}
+
+/// A default ACL on the cache directory is not inherited by the layer: the modes are the
+/// layer's, and no file gets an ACL.
+#[test]
+fn a_default_acl_on_the_cache_does_not_reach_the_layer() {
+    let w = Work::new();
+    // system.posix_acl_default: version 2; user::rw-, group::---, other::---.
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(0x01u16, 6u16), (0x04, 0), (0x20, 0)] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        acl.extend_from_slice(&u32::MAX.to_le_bytes());
+    }
+    let staging = CString::new(w.state.join("layers/.staging").as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid C strings and a value slice of the given length.
+    let rc = unsafe {
+        libc::lsetxattr(
+            staging.as_ptr(),
+            c"system.posix_acl_default".as_ptr(),
+            acl.as_ptr().cast(),
+            acl.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setting a default ACL: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut l = Layer::new();
+    l.dir("d/", Meta { mode: 0o755, ..M })
+        .file("d/f", M, b"f")
+        .file("g", Meta { mode: 0o755, ..M }, b"g");
+    let (_, root) = w.unpack_ok(&l.finish());
+    for (path, mode) in [("", 0o755), ("d", 0o755), ("d/f", 0o644), ("g", 0o755)] {
+        let path = root.join(path);
+        assert_eq!(lstat(&path).mode() & 0o7777, mode, "{}", path.display());
+        for acl in ["system.posix_acl_access", "system.posix_acl_default"] {
+            assert_eq!(xattr(&path, acl), None, "{acl} on {}", path.display());
+        }
+    }
+}
+
 #[test]
 fn duplicates_replace_or_merge() {
     let w = Work::new();

@@ -11,7 +11,10 @@
 //!
 //! Rules: ownership is the header's + [`ID_SHIFT`]; the mode (setuid/setgid/sticky included) is
 //! applied after `fchown` (which clears them), file capabilities after both; mtimes last, and
-//! directories' mtimes only in [`Tree::finish`], after all their contents. A duplicate path
+//! directories' mtimes only in [`Tree::finish`], after all their contents. The writing thread
+//! creates as the shifted root ([`AsShiftedRoot`]), so an inode of `0:0` (most of them) is
+//! born with its owner and needs no `fchown` unless its directory is setgid; a file whose mode
+//! survives creation ([`exact_at_creation`]) is created with it and needs no `fchmod`. A duplicate path
 //! replaces a non-directory; a directory over a directory merges (the later metadata wins,
 //! its `user.*` and capability xattrs replacing the earlier ones); a non-directory over a
 //! directory removes that tree. Whiteouts follow the OCI rule that a
@@ -43,6 +46,7 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
+use super::creds::{exact_at_creation, AsShiftedRoot};
 use super::header::{join, Entry, Kind};
 use super::{UnpackError, ID_SHIFT};
 use crate::digest::Digest;
@@ -51,7 +55,7 @@ use crate::rootfs::inroot::InRoot;
 mod merge;
 mod xattrs;
 
-use xattrs::{drop_layer_xattrs, set_xattr};
+use xattrs::{drop_acls, drop_layer_xattrs, set_xattr};
 
 /// Size of the reused buffer that file data is copied through.
 const COPY_BUFFER: usize = 256 << 10;
@@ -83,10 +87,11 @@ impl From<UnpackError> for Failure {
     }
 }
 
-/// Creates the layer's top directory (owned 100000:100000, mode 0755).
+/// Creates the layer's top directory (owned 100000:100000, mode 0755, no ACL).
 pub(super) fn create_root(path: &Path) -> io::Result<()> {
     std::fs::create_dir(path)?;
     let dir = File::open(path)?;
+    drop_acls(dir.as_fd())?;
     fchown(
         &dir,
         Some(Uid::from_raw(ID_SHIFT)),
@@ -113,6 +118,8 @@ type EntryKey = (u64, OsString);
 pub(super) struct Tree<'a> {
     layer: &'a Digest,
     root: InRoot,
+    /// Held while the tree is written (the `Tree` stays on its thread).
+    creds: AsShiftedRoot,
     buf: Vec<u8>,
     whiteouts: Whiteouts,
     /// Flatten mode: the entries the current layer created or wrote (parents it created too).
@@ -123,14 +130,41 @@ pub(super) struct Tree<'a> {
     /// them by and their mtime before the change (restored in [`Tree::finish`] unless the
     /// layer lists them).
     touched_dirs: RefCell<HashMap<u64, (PathBuf, TimeSpec)>>,
-    /// The last entry's parent: its components, directory descriptor and (flatten mode only,
-    /// else 0) inode.
-    parent: Option<(Vec<OsString>, OwnedFd, u64)>,
+    /// The last entry's parent, reused by the next entry in the same directory.
+    parent: Option<Parent>,
     /// Set by every removal; a removal drops the cached parent.
     removed: Cell<bool>,
     /// Overlay mode: directories created because an entry needed them, that the layer has
     /// not listed (yet); see [`Tree::implicit_dirs`].
     implicit: RefCell<BTreeSet<PathBuf>>,
+}
+
+/// A directory entries are written in.
+struct Parent {
+    /// Its components from the root.
+    parts: Vec<OsString>,
+    fd: OwnedFd,
+    /// Its inode (flatten mode only, else 0).
+    ino: u64,
+    /// Whether what is created in it is born `100000:100000`: the thread creates as the
+    /// shifted root and the directory is not setgid (whose group new inodes would take).
+    born_root: bool,
+}
+
+/// What an inode got right when it was created.
+#[derive(Debug, Clone, Copy)]
+struct Born {
+    /// Owned by the entry's owner, shifted.
+    owner: bool,
+    /// Has the entry's mode.
+    mode: bool,
+}
+
+impl Born {
+    const NOTHING: Born = Born {
+        owner: false,
+        mode: false,
+    };
 }
 
 /// What is at a name before an entry is written there.
@@ -211,6 +245,7 @@ impl<'a> Tree<'a> {
         Ok(Tree {
             layer,
             root: InRoot::open(root)?,
+            creds: AsShiftedRoot::enter(),
             buf: vec![0; COPY_BUFFER],
             whiteouts,
             written: RefCell::new(HashSet::new()),
@@ -312,32 +347,28 @@ impl<'a> Tree<'a> {
                 let cached = self
                     .parent
                     .take()
-                    .filter(|(parts, _, _)| parts.as_slice() == parent_parts);
-                let (parts, fd, ino) = match cached {
+                    .filter(|cached| cached.parts.as_slice() == parent_parts);
+                let dir = match cached {
                     Some(cached) => cached,
-                    None => {
-                        let fd = self.ensure_dir(parent_parts, &entry.path)?;
-                        let ino = self.dir_ino(fd.as_fd(), parent_parts, &entry.path)?;
-                        (parent_parts.to_vec(), fd, ino)
-                    }
+                    None => self.open_parent(parent_parts, &entry.path)?,
                 };
-                let parent = fd.as_fd();
+                let (parent, born_root) = (dir.fd.as_fd(), dir.born_root);
                 let result = match kind {
-                    Kind::File => self.file(parent, name, entry, data),
-                    Kind::Dir => Ok(self.dir(parent, name, entry)?),
+                    Kind::File => self.file(parent, name, entry, data, born_root),
+                    Kind::Dir => Ok(self.dir(parent, name, entry, born_root)?),
                     Kind::Symlink(target) => {
-                        Ok(self.symlink(parent, name, target, entry, warnings)?)
+                        Ok(self.symlink(parent, name, target, entry, warnings, born_root)?)
                     }
                     Kind::Hardlink(target) => Ok(self.hardlink(parent, name, target, entry)?),
                     Kind::Fifo => Ok(self.fifo(parent, name, entry)?),
-                    Kind::Whiteout => Ok(self.whiteout(parent, name, entry)?),
+                    Kind::Whiteout => Ok(self.whiteout(parent, name, entry, born_root)?),
                     Kind::Skip | Kind::Device | Kind::Opaque => Ok(()),
                 };
                 if self.flatten() && result.is_ok() {
-                    self.record_written(ino, name);
+                    self.record_written(dir.ino, name);
                 }
                 if !self.removed.replace(false) {
-                    self.parent = Some((parts, fd, ino));
+                    self.parent = Some(dir);
                 }
                 result
             }
@@ -374,6 +405,24 @@ impl<'a> Tree<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The directory `parts` (created if missing, see [`Tree::ensure_dir`]) as a parent.
+    fn open_parent(&self, parts: &[OsString], path: &Path) -> Result<Parent, UnpackError> {
+        let fd = self.ensure_dir(parts, path)?;
+        let ino = self.dir_ino(fd.as_fd(), parts, path)?;
+        let born_root = self.creds.active() && {
+            let st = fstat(&fd)
+                .map_err(io::Error::from)
+                .map_err(self.err("inspecting parent of", path))?;
+            st.st_mode & libc::S_ISGID == 0
+        };
+        Ok(Parent {
+            parts: parts.to_vec(),
+            fd,
+            ino,
+            born_root,
+        })
     }
 
     /// Opens the directory `parts` (in-root), creating missing components (0755, 100000:100000;
@@ -504,15 +553,26 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// ownership, mode, xattrs, then (for non-directories) times, on an open descriptor.
-    fn finish_fd(&self, fd: BorrowedFd<'_>, entry: &Entry, times: bool) -> Result<(), UnpackError> {
-        let (uid, gid) = shifted(entry.uid, entry.gid);
-        fchown(fd, uid, gid)
-            .map_err(io::Error::from)
-            .map_err(self.err("changing owner of", &entry.path))?;
-        fchmod(fd, Mode::from_bits_truncate(entry.mode))
-            .map_err(io::Error::from)
-            .map_err(self.err("changing mode of", &entry.path))?;
+    /// ownership and mode (unless the inode was born with them), xattrs, then (for
+    /// non-directories) times, on an open descriptor.
+    fn finish_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        entry: &Entry,
+        born: Born,
+        times: bool,
+    ) -> Result<(), UnpackError> {
+        if !born.owner {
+            let (uid, gid) = shifted(entry.uid, entry.gid);
+            fchown(fd, uid, gid)
+                .map_err(io::Error::from)
+                .map_err(self.err("changing owner of", &entry.path))?;
+        }
+        if !born.mode {
+            fchmod(fd, Mode::from_bits_truncate(entry.mode))
+                .map_err(io::Error::from)
+                .map_err(self.err("changing mode of", &entry.path))?;
+        }
         for (name, value) in &entry.xattrs {
             set_xattr(fd, name, value).map_err(self.err("setting an xattr of", &entry.path))?;
         }
@@ -530,11 +590,17 @@ impl<'a> Tree<'a> {
         name: &OsStr,
         entry: &Entry,
         data: &mut impl Read,
+        born_root: bool,
     ) -> Result<(), Failure> {
         let flags =
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let born = Born {
+            owner: born_root && entry.is_root_owned(),
+            mode: exact_at_creation(entry.mode),
+        };
+        let mode = if born.mode { entry.mode } else { 0o600 };
         let fd = self.create_replacing(parent, name, &entry.path, "creating", || {
-            openat(parent, name, flags, Mode::from_bits_truncate(0o600))
+            openat(parent, name, flags, Mode::from_bits_truncate(mode))
         })?;
         let mut file = File::from(fd);
         loop {
@@ -547,7 +613,7 @@ impl<'a> Tree<'a> {
             file.write_all(&self.buf[..n])
                 .map_err(self.err("writing", &entry.path))?;
         }
-        self.finish_fd(file.as_fd(), entry, true)?;
+        self.finish_fd(file.as_fd(), entry, born, true)?;
         Ok(())
     }
 
@@ -556,6 +622,7 @@ impl<'a> Tree<'a> {
         parent: BorrowedFd<'_>,
         name: &OsStr,
         entry: &Entry,
+        born_root: bool,
     ) -> Result<(), UnpackError> {
         let mode = Mode::from_bits_truncate(0o700);
         // (opaque, merged): over a whiteout / over an existing directory.
@@ -581,7 +648,12 @@ impl<'a> Tree<'a> {
             drop_layer_xattrs(fd.as_fd(), entry)
                 .map_err(self.err("removing replaced xattrs of", &entry.path))?;
         }
-        self.finish_fd(fd.as_fd(), entry, false)?;
+        // Made 0700 (private until its metadata is set): the mode is always applied.
+        let born = Born {
+            owner: born_root && !merged && entry.is_root_owned(),
+            mode: false,
+        };
+        self.finish_fd(fd.as_fd(), entry, born, false)?;
         if opaque && !self.flatten() {
             set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
                 .map_err(self.err("marking opaque", &entry.path))?;
@@ -599,14 +671,17 @@ impl<'a> Tree<'a> {
         target: &OsStr,
         entry: &Entry,
         warnings: &mut Vec<String>,
+        born_root: bool,
     ) -> Result<(), UnpackError> {
         self.create_replacing(parent, name, &entry.path, "creating symlink", || {
             symlinkat(target, parent, name)
         })?;
-        let (uid, gid) = shifted(entry.uid, entry.gid);
-        fchownat(parent, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(io::Error::from)
-            .map_err(self.err("changing owner of", &entry.path))?;
+        if !(born_root && entry.is_root_owned()) {
+            let (uid, gid) = shifted(entry.uid, entry.gid);
+            fchownat(parent, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(io::Error::from)
+                .map_err(self.err("changing owner of", &entry.path))?;
+        }
         utimensat(
             parent,
             name,
@@ -698,7 +773,7 @@ impl<'a> Tree<'a> {
         let fd = openat(parent, name, flags, Mode::empty())
             .map_err(io::Error::from)
             .map_err(self.err("opening", &entry.path))?;
-        self.finish_fd(fd.as_fd(), entry, true)
+        self.finish_fd(fd.as_fd(), entry, Born::NOTHING, true)
     }
 
     fn whiteout(
@@ -706,6 +781,7 @@ impl<'a> Tree<'a> {
         parent: BorrowedFd<'_>,
         name: &OsStr,
         entry: &Entry,
+        born_root: bool,
     ) -> Result<(), UnpackError> {
         match classify(parent, name).map_err(self.err("inspecting", &entry.path))? {
             Existing::Nothing => {}
@@ -721,6 +797,9 @@ impl<'a> Tree<'a> {
         mknodat(parent, name, SFlag::S_IFCHR, Mode::empty(), 0)
             .map_err(io::Error::from)
             .map_err(self.err("creating whiteout", &entry.path))?;
+        if born_root {
+            return Ok(());
+        }
         let (uid, gid) = shifted(0, 0);
         fchownat(parent, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(io::Error::from)

@@ -2,8 +2,9 @@
 //!
 //! Owns: the `fsetxattr` that every xattr envbox writes goes through (a layer's own, filtered
 //! by `header::keep_xattr`, and overlayfs' opaque marker), and dropping, when a directory is
-//! listed again, the layer xattrs its new entry does not carry. It never touches an xattr
-//! outside `user.*` and `security.capability` except the one the caller names.
+//! listed again, the layer xattrs its new entry does not carry, and the POSIX ACLs a new layer
+//! root inherits from the cache directory. It never touches an xattr outside `user.*` and
+//! `security.capability` except the ones the caller names.
 
 use std::ffi::CStr;
 use std::io;
@@ -27,6 +28,23 @@ pub(super) fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Re
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Removes the POSIX ACLs of `fd` (a layer root just created, which inherits the cache
+/// directory's default ACL if it has one): the layer's tree gets only the modes it lists, and a
+/// new inode's mode is then what was asked minus the umask (see `creds::exact_at_creation`).
+pub(super) fn drop_acls(fd: BorrowedFd<'_>) -> io::Result<()> {
+    for name in [c"system.posix_acl_default", c"system.posix_acl_access"] {
+        // SAFETY: name is NUL-terminated; fremovexattr only reads it.
+        if unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) } != 0 {
+            let e = io::Error::last_os_error();
+            // None there, or a filesystem without ACLs.
+            if !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes from `fd` the xattrs a layer may set (see `header::keep_xattr`) that `entry` does
