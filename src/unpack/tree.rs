@@ -14,10 +14,11 @@
 //! directories' mtimes only in [`Tree::finish`], after all their contents. The writing thread
 //! creates as the shifted root ([`AsShiftedRoot`]), so an inode of `0:0` (most of them) is
 //! born with its owner and needs no `fchown` unless its directory is setgid; a file whose mode
-//! survives creation ([`exact_at_creation`]) is created with it and needs no `fchmod`. A duplicate path
-//! replaces a non-directory; a directory over a directory merges (the later metadata wins,
-//! its `user.*` and capability xattrs replacing the earlier ones); a non-directory over a
-//! directory removes that tree. Whiteouts follow the OCI rule that a
+//! survives creation ([`exact_at_creation`]) is created with it and needs no `fchmod`.
+//!
+//! A duplicate path replaces a non-directory; a directory over a directory merges (the later
+//! metadata wins, its `user.*` and capability xattrs replacing the earlier ones); a
+//! non-directory over a directory removes that tree. Whiteouts follow the OCI rule that a
 //! whiteout only hides lower layers: `.wh.<name>` becomes a 0:0 character device owned by
 //! 100000:100000 when `<name>` does not exist in this layer; when it does, the entry stays
 //! (and a directory there is made opaque, since the lower one is deleted); an entry arriving
