@@ -224,23 +224,9 @@ pub fn implicit_dir(layer_dir: &Path) -> Option<PathBuf> {
 
 /// Marks the staging directory `dir` with its first implicit directory.
 fn mark_implicit(dir: &File, first: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     use std::os::unix::ffi::OsStrExt;
-    let value = first.as_os_str().as_bytes();
-    // SAFETY: the name is NUL-terminated and value a valid slice; fsetxattr only reads them.
-    let rc = unsafe {
-        libc::fsetxattr(
-            dir.as_raw_fd(),
-            IMPLICIT_XATTR.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    match rc {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
+    tree::set_xattr(dir.as_fd(), IMPLICIT_XATTR, first.as_os_str().as_bytes())
 }
 
 /// The layer store. Cheap to clone; layers may be unpacked from several threads at once (each

@@ -42,7 +42,8 @@ use nix::errno::Errno;
 use nix::fcntl::AtFlags;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{
-    fchmod, fstat, fstatat, futimens, mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags,
+    fchmod, fstat, fstatat, futimens, mkdirat, mknodat, utimensat, FileStat, Mode, SFlag,
+    UtimensatFlags,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
@@ -56,7 +57,8 @@ use crate::rootfs::inroot::InRoot;
 mod merge;
 mod xattrs;
 
-use xattrs::{drop_acls, drop_layer_xattrs, set_xattr};
+pub(super) use xattrs::set_xattr;
+use xattrs::{drop_acls, drop_layer_xattrs};
 
 /// Size of the reused buffer that file data is copied through.
 const COPY_BUFFER: usize = 256 << 10;
@@ -282,14 +284,26 @@ impl<'a> Tree<'a> {
         if !self.flatten() {
             return Ok(0);
         }
-        let st = fstat(fd)
-            .map_err(io::Error::from)
-            .map_err(self.err("inspecting parent of", path))?;
+        let st = self.stat_dir(fd, path)?;
+        Ok(self.track_dir(&st, parts))
+    }
+
+    /// [`Tree::dir_ino`] of a directory already stat'ed.
+    fn track_dir(&self, st: &FileStat, parts: &[OsString]) -> u64 {
+        if !self.flatten() {
+            return 0;
+        }
         self.touched_dirs
             .borrow_mut()
             .entry(st.st_ino)
             .or_insert_with(|| (join(parts), TimeSpec::new(st.st_mtime, st.st_mtime_nsec)));
-        Ok(st.st_ino)
+        st.st_ino
+    }
+
+    fn stat_dir(&self, fd: BorrowedFd<'_>, path: &Path) -> Result<FileStat, UnpackError> {
+        fstat(fd)
+            .map_err(io::Error::from)
+            .map_err(self.err("inspecting parent of", path))
     }
 
     fn err(&self, action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
@@ -411,13 +425,13 @@ impl<'a> Tree<'a> {
     /// The directory `parts` (created if missing, see [`Tree::ensure_dir`]) as a parent.
     fn open_parent(&self, parts: &[OsString], path: &Path) -> Result<Parent, UnpackError> {
         let fd = self.ensure_dir(parts, path)?;
-        let ino = self.dir_ino(fd.as_fd(), parts, path)?;
-        let born_root = self.creds.active() && {
-            let st = fstat(&fd)
-                .map_err(io::Error::from)
-                .map_err(self.err("inspecting parent of", path))?;
-            st.st_mode & libc::S_ISGID == 0
+        // One fstat for both: the inode flatten mode tracks, the setgid bit.
+        let st = match self.flatten() || self.creds.active() {
+            true => Some(self.stat_dir(fd.as_fd(), path)?),
+            false => None,
         };
+        let ino = st.as_ref().map_or(0, |st| self.track_dir(st, parts));
+        let born_root = self.creds.active() && st.is_some_and(|st| st.st_mode & libc::S_ISGID == 0);
         Ok(Parent {
             parts: parts.to_vec(),
             fd,

@@ -12,7 +12,13 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::unpack::header::{keep_xattr, Entry};
 
-pub(super) fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+/// Sets xattr `name` of `fd` to `value` (also the layer store's own marker, see
+/// `unpack::mark_implicit`).
+pub(in crate::unpack) fn set_xattr(
+    fd: BorrowedFd<'_>,
+    name: &CStr,
+    value: &[u8],
+) -> io::Result<()> {
     // SAFETY: name is NUL-terminated, value is a valid slice; fsetxattr reads both only.
     let rc = unsafe {
         libc::fsetxattr(
