@@ -33,9 +33,11 @@ conformance:
 fmt:
 	$(CARGO) fmt --all
 
+# `--all-targets` leaves out test targets with `test = false`: the conformance suite is named.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --test conformance_unpack -- -D warnings
 
 # Regenerate specs/* from the scenarios in src/spec/golden.rs; review the diff before committing.
 specs:

@@ -13,7 +13,7 @@ use crate::pipeline::{self, PipelineError};
 use crate::prepare::PreparedImage;
 use crate::setup::{self, Action, RealSys, SetupError};
 use crate::spec::render::{self, Secrets};
-use crate::unpack::{self, Limits, UnpackError};
+use crate::unpack::{self, Durability, Limits, UnpackError};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +73,14 @@ pub fn write(
     ensure_empty_dir(dir)?;
     let dir = std::fs::canonicalize(dir).map_err(io("resolving", dir))?;
     let rootfs = dir.join("rootfs");
-    let flattened = unpack::flatten(&image.sources, &rootfs, limits).map_err(|source| {
-        BundleError::Flatten {
-            path: rootfs.clone(),
-            source,
-        }
-    })?;
+    // Handed to someone else's runtime: on disk before it is there.
+    let flattened =
+        unpack::flatten(&image.sources, &rootfs, limits, Durability::Synced).map_err(|source| {
+            BundleError::Flatten {
+                path: rootfs.clone(),
+                source,
+            }
+        })?;
     let plan = pipeline::plan_container(settings, &rootfs, &image.config)?;
     let config = dir.join("config.json");
     let write_config = Action::WriteFile {

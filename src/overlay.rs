@@ -5,15 +5,17 @@
 //! the Go envbox's fresh container per start), mounted at `merged/`; or, where overlayfs is
 //! not usable (the volume is itself overlayfs, the kernel refuses) or would not show the image
 //! as its layers say (a layer above the first holds directories it does not list, see
-//! [`unpack::implicit_dir`]), a flattened copy in `rootfs/`, which is slower and said so. Leftovers of a previous start (a mount still there
-//! after a kill -9, an old upper dir) are cleared first. It never changes a layer directory.
+//! [`unpack::implicit_dir`]), a flattened copy in `rootfs/`, which is slower and said so (made
+//! afresh each start, so no start waits for its write-back). Leftovers of a previous start (a
+//! mount still there after a kill -9, an old upper dir, an old copy) are cleared first. It
+//! never changes a layer directory.
 
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::unpack::{self, LayerSource, Limits, UnpackError};
+use crate::unpack::{self, Durability, LayerSource, Limits, UnpackError};
 
 /// How the rootfs was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,10 +206,13 @@ pub fn assemble(
             }
         }
     }
+    // Cleared by every start, so no start waits for its write-back.
     let report =
-        unpack::flatten(sources, &layout.flat, limits).map_err(|source| OverlayError::Flatten {
-            path: layout.flat.clone(),
-            source,
+        unpack::flatten(sources, &layout.flat, limits, Durability::Scratch).map_err(|source| {
+            OverlayError::Flatten {
+                path: layout.flat.clone(),
+                source,
+            }
         })?;
     warnings.extend(report.warnings);
     Ok(Rootfs {

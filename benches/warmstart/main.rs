@@ -17,12 +17,16 @@
 //! baseline has no CNI network (ctr's empty netns), no host setup and no exec as the user: the
 //! difference is what envbox's own work costs.
 //!
+//! Then [`fallback`]: the same start with the volume on overlayfs, where each start flattens a
+//! copy of the image (no overlay), for this build and `ENVBOX_BENCH_BASELINE`.
+//!
 //! Each contender goes first in turn, `ENVBOX_BENCH_RUNS` (7) runs each, min and median, one
 //! envbox at a time (they share the bridge `envbox0`). `ENVBOX_BENCH_MB` (64): data added to
 //! the busybox image; `ENVBOX_BENCH_BASELINE=/path/to/envbox`: another build timed beside this
 //! one. Needs root and the launch test's tools, and `ctr`.
 
 mod baseline;
+mod fallback;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod workspace;
@@ -201,6 +205,7 @@ fn main() {
         e_median.as_secs_f64() / b_median.as_secs_f64()
     );
     report_no_copy(&envbox[0], image_bytes);
+    fallback::bench(&builds, &env, work.path(), &marker, runs.min(5));
 }
 
 fn row(name: &str, times: &[Duration]) -> (Duration, Duration) {

@@ -30,7 +30,7 @@ use std::process::Command;
 use envbox::digest::Digest;
 use envbox::overlay::{self, Mode, RootfsKind};
 use envbox::registry::manifest::Compression;
-use envbox::unpack::{flatten, LayerSource, LayerStore, Limits, ID_SHIFT};
+use envbox::unpack::{flatten, Durability, LayerSource, LayerStore, Limits, ID_SHIFT};
 use snapshot::{differences, snapshot, Snapshot};
 use support::host::root_and_tools_met;
 use support::image::{write_layout, ImageSpec, Layer};
@@ -149,8 +149,13 @@ impl Image {
     /// `unpack::flatten` of all layers.
     fn envbox_flatten(&self) -> Snapshot {
         let target = self.path("flat");
-        let report = flatten(&self.sources, &target, &Limits::default())
-            .unwrap_or_else(|e| panic!("{}: envbox flatten: {e}", self.name));
+        let report = flatten(
+            &self.sources,
+            &target,
+            &Limits::default(),
+            Durability::Synced,
+        )
+        .unwrap_or_else(|e| panic!("{}: envbox flatten: {e}", self.name));
         assert!(
             report.warnings.is_empty(),
             "{}: {:?}",

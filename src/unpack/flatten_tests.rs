@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use super::tests::{gzip, needs_root, xattr, Layer, Meta, M};
 use super::*;
 
+/// As a bundle is flattened.
+fn flatten_synced(layers: &[LayerSource], target: &Path) -> Result<FlattenReport, UnpackError> {
+    flatten(layers, target, &Limits::default(), Durability::Synced)
+}
+
 fn meta(uid: u64, gid: u64, mode: u32) -> Meta {
     Meta {
         uid,
@@ -127,7 +132,7 @@ impl Image {
 
     fn flatten(&self) -> (FlattenReport, PathBuf) {
         let target = self.dir.join("rootfs");
-        let report = flatten(&self.sources, &target, &Limits::default()).expect("flatten");
+        let report = flatten_synced(&self.sources, &target).expect("flatten");
         (report, target)
     }
 }
@@ -300,7 +305,7 @@ fn whiteouts_never_act_through_symlinks() {
     l2.file("evil/.wh..wh..opq", M, b"");
     let image2 = Image::new(vec![l1.finish(), l2.finish()]);
     let target = image2.dir.join("rootfs");
-    if flatten(&image2.sources, &target, &Limits::default()).is_err() {
+    if flatten_synced(&image2.sources, &target).is_err() {
         assert!(!target.exists(), "a failed flatten left its target");
     }
     assert_eq!(list_all(&sentinel_dir), before, "sentinel changed");
@@ -311,7 +316,7 @@ fn failures_leave_no_target() {
     let mut bad = Image::new(vec![base_layer(), top_layer()]);
     bad.sources[1].diff_id = Digest::of(b"something else");
     let target = bad.dir.join("rootfs");
-    let err = flatten(&bad.sources, &target, &Limits::default()).expect_err("mismatch");
+    let err = flatten_synced(&bad.sources, &target).expect_err("mismatch");
     assert!(matches!(err, UnpackError::DiffIdMismatch { .. }), "{err}");
     assert!(!target.exists());
     let left: Vec<_> = fs::read_dir(&bad.dir)
@@ -323,7 +328,7 @@ fn failures_leave_no_target() {
 
     let image = Image::new(vec![base_layer()]);
     let (_, target) = image.flatten();
-    let err = flatten(&image.sources, &target, &Limits::default()).expect_err("exists");
+    let err = flatten_synced(&image.sources, &target).expect_err("exists");
     assert!(matches!(err, UnpackError::TargetExists { .. }), "{err}");
 }
 
@@ -398,4 +403,102 @@ fn unlisted_lower_directories_keep_their_mtime() {
     assert_eq!(mtime("listed"), 2_000_000);
     assert!(root.join("via/new").exists() && !root.join("delete/x").exists());
     assert!(!root.join("opaque/x").exists());
+}
+
+/// A small ext4 on a loop device, whose own counter says what reached the device.
+struct LoopExt4 {
+    _tmp: tempfile::TempDir,
+    mnt: PathBuf,
+}
+
+impl LoopExt4 {
+    fn new() -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("envbox-flatten-durability")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let (img, mnt) = (tmp.path().join("fs.img"), tmp.path().join("mnt"));
+        fs::create_dir(&mnt).expect("mnt");
+        let sh = |script: String| {
+            let out = std::process::Command::new("sh")
+                .args(["-ec", &script])
+                .output()
+                .expect("sh");
+            assert!(
+                out.status.success(),
+                "{script}: {} (needs mkfs.ext4 and loop devices)",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(format!(
+            "truncate -s 64M {img}; mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 {img}
+             mount -o loop {img} {mnt}",
+            img = img.display(),
+            mnt = mnt.display()
+        ));
+        LoopExt4 { _tmp: tmp, mnt }
+    }
+
+    /// KiB written to the device since the mount (`/sys/fs/ext4/<dev>/session_write_kbytes`).
+    fn written_kib(&self) -> u64 {
+        let dev = fs::metadata(&self.mnt).expect("stat mnt").dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let block = fs::read_link(format!("/sys/dev/block/{major}:{minor}")).expect("sysfs dev");
+        let name = block.file_name().expect("device name").to_string_lossy();
+        let path = format!("/sys/fs/ext4/{name}/session_write_kbytes");
+        let text = fs::read_to_string(&path).expect("session_write_kbytes");
+        text.trim().parse().expect("a number of KiB")
+    }
+}
+
+impl Drop for LoopExt4 {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A bundle's tree is on the device when `flatten` returns; a per-start scratch tree leaves
+/// its data to the kernel's write-back (nothing waits for the disk).
+#[test]
+fn a_synced_flatten_reaches_the_device_and_a_scratch_one_does_not_wait() {
+    const KIB: usize = 4096;
+    // Incompressible-ish data, so the device sees all of it.
+    let data: Vec<u8> = (0..KIB * 1024)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0])
+        .collect();
+    let mut l = Layer::new();
+    l.dir("d/", M).file("d/big", M, &data);
+    let image = Image::new(vec![l.finish()]);
+    let disk = LoopExt4::new();
+
+    let before = disk.written_kib();
+    let scratch = disk.mnt.join("scratch");
+    flatten(
+        &image.sources,
+        &scratch,
+        &Limits::default(),
+        Durability::Scratch,
+    )
+    .expect("flatten");
+    let scratch_kib = disk.written_kib() - before;
+    assert_eq!(fs::read(scratch.join("d/big")).expect("read"), data);
+    assert!(
+        scratch_kib < KIB as u64 / 2,
+        "a scratch flatten wrote {scratch_kib} KiB to the device before returning"
+    );
+
+    let before = disk.written_kib();
+    let synced = disk.mnt.join("synced");
+    flatten(
+        &image.sources,
+        &synced,
+        &Limits::default(),
+        Durability::Synced,
+    )
+    .expect("flatten");
+    let synced_kib = disk.written_kib() - before;
+    assert!(
+        synced_kib >= KIB as u64,
+        "a synced flatten returned with only {synced_kib} KiB on the device"
+    );
 }

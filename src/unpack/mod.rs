@@ -29,7 +29,7 @@ mod stream;
 mod tree;
 mod unsynced;
 
-pub use flatten::{flatten, FlattenReport};
+pub use flatten::{flatten, Durability, FlattenReport};
 
 #[cfg(test)]
 mod flatten_tests;
