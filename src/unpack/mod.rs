@@ -23,6 +23,7 @@
 //! reader and writer (module `flatten`; whiteouts then act on the tree, see `tree::merge`).
 
 mod creds;
+mod decode;
 mod flatten;
 mod header;
 mod stream;

@@ -1,19 +1,18 @@
 //! The layer stream: blob file -> decompressor -> hashing, budgeted reader -> tar entries.
 //!
 //! Owns: opening the blob with large buffered reads, choosing the decoder (multi-member gzip,
-//! zstd or none), hashing every uncompressed byte (the trailing padding after the tar's end
-//! included, by reading to EOF) and comparing the result with the diff ID, and enforcing the
-//! byte and entry budgets. It hands each decoded entry to [`super::tree`] and never writes to
-//! the filesystem itself.
+//! zstd or none), comparing the hash of every uncompressed byte (the trailing padding after
+//! the tar's end included, by reading to EOF) with the diff ID, and enforcing the byte and
+//! entry budgets. Decompressing and hashing run on a thread of their own (module `decode`), the
+//! tar parsing here on the caller's, which hands each decoded entry to [`super::tree`]. It
+//! never writes to the filesystem itself.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use sha2::{Digest as _, Sha256};
-
+use super::decode;
 use super::header::{self, Kind};
 use super::tree::{Tree, Whiteouts};
 use super::{LayerSource, Limits, UnpackError, UnpackReport};
@@ -22,35 +21,10 @@ use crate::registry::manifest::Compression;
 
 /// Read size of the compressed blob file.
 const BLOB_BUFFER: usize = 1 << 20;
-/// Buffer between the hashing reader and the tar parser: serves 512-byte headers; data reads
-/// larger than it go straight through.
-const TAR_BUFFER: usize = 64 << 10;
 /// Warnings kept in a report; the rest are counted.
 const MAX_WARNINGS: usize = 200;
 
-/// Counts and hashes the uncompressed stream; fails a read once the byte budget is exceeded.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    bytes: u64,
-    limit: u64,
-    exceeded: Rc<Cell<bool>>,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.bytes += n as u64;
-        if self.bytes > self.limit {
-            self.exceeded.set(true);
-            return Err(io::Error::other("uncompressed byte budget exceeded"));
-        }
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-}
-
-fn decoder(source: &LayerSource) -> Result<Box<dyn Read>, UnpackError> {
+fn decoder(source: &LayerSource) -> Result<Box<dyn Read + Send>, UnpackError> {
     let blob_err = |source_err| UnpackError::Blob {
         layer: source.digest.clone(),
         path: source.blob.clone(),
@@ -91,21 +65,44 @@ pub(super) fn apply_stream(
     limits: &Limits,
     tree: &mut Tree<'_>,
 ) -> Result<UnpackReport, UnpackError> {
+    let input = decoder(source)?;
+    let exceeded = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (reader, decoder) =
+            decode::spawn(scope, input, limits.max_uncompressed_bytes, &exceeded);
+        let mut report = read_entries(source, limits, tree, reader, &exceeded)?;
+        let decoded = decoder
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        report.bytes = decoded.bytes;
+        let actual = Digest::from_hasher(decoded.hasher);
+        if actual != source.diff_id {
+            return Err(UnpackError::DiffIdMismatch {
+                layer: source.digest.clone(),
+                expected: source.diff_id.clone(),
+                actual,
+            });
+        }
+        Ok(report)
+    })
+}
+
+/// Applies every entry of the decoded stream, then reads it to its end (so the decoder hashes
+/// all of it). The report's `bytes` is left to the caller.
+fn read_entries(
+    source: &LayerSource,
+    limits: &Limits,
+    tree: &mut Tree<'_>,
+    reader: decode::Reader,
+    exceeded: &AtomicBool,
+) -> Result<UnpackReport, UnpackError> {
     let layer = &source.digest;
-    let exceeded = Rc::new(Cell::new(false));
-    let hashing = Hashing {
-        inner: decoder(source)?,
-        hasher: Sha256::new(),
-        bytes: 0,
-        limit: limits.max_uncompressed_bytes,
-        exceeded: Rc::clone(&exceeded),
-    };
-    let mut archive = tar::Archive::new(BufReader::with_capacity(TAR_BUFFER, hashing));
+    let mut archive = tar::Archive::new(reader);
     let mut report = UnpackReport::default();
     let mut warnings = Vec::new();
     let mut last = PathBuf::new();
     let stream_err = |last: &Path, e: io::Error| {
-        if exceeded.get() {
+        if exceeded.load(Ordering::Relaxed) {
             UnpackError::TooLarge {
                 layer: layer.clone(),
                 path: last.to_owned(),
@@ -126,7 +123,9 @@ pub(super) fn apply_stream(
         report.entries += 1;
         let decoded = header::decode(layer, &mut entry).map_err(|e| match e {
             // A PAX record cut short by the budget is the budget's error.
-            UnpackError::Entry { source, .. } if exceeded.get() => stream_err(&last, source),
+            UnpackError::Entry { source, .. } if exceeded.load(Ordering::Relaxed) => {
+                stream_err(&last, source)
+            }
             other => other,
         })?;
         last.clone_from(&decoded.path);
@@ -158,16 +157,6 @@ pub(super) fn apply_stream(
     // Everything after the tar's end-of-archive blocks is part of the diff ID too.
     let mut rest = archive.into_inner();
     io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_err(&last, e))?;
-    let hashing = rest.into_inner();
-    report.bytes = hashing.bytes;
-    let actual = Digest::from_hasher(hashing.hasher);
-    if actual != source.diff_id {
-        return Err(UnpackError::DiffIdMismatch {
-            layer: layer.clone(),
-            expected: source.diff_id.clone(),
-            actual,
-        });
-    }
     if warnings.len() > MAX_WARNINGS {
         let more = warnings.len() - MAX_WARNINGS;
         warnings.truncate(MAX_WARNINGS);
