@@ -96,16 +96,29 @@ pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-/// Seconds or an HTTP date, as `Retry-After` allows; dates are rare and treated as unknown.
+/// How long `Retry-After` asks to wait (callers cap it at their longest backoff).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+/// [`retry_after`] as of `now`: delay-seconds, or an HTTP-date (RFC 9110) turned into the time
+/// left until it (none left: retry at once).
+fn retry_after_at(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let value = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    match value.parse::<u64>() {
+        Ok(seconds) => Some(Duration::from_secs(seconds)),
+        Err(_) => {
+            let date = httpdate::parse_http_date(value).ok()?;
+            Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+        }
+    }
 }
 
 fn basic_header(username: &str, password: &Secret) -> Secret {
@@ -611,14 +624,35 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_seconds() {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(reqwest::header::RETRY_AFTER, "3".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
-        h.insert(
-            reqwest::header::RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+    fn retry_after_seconds_or_an_http_date() {
+        let at = |value: &str, now| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            retry_after_at(&h, now)
+        };
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(at("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(at(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            at("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
         );
-        assert_eq!(retry_after(&h), None);
+        // Obsolete formats a server may still send (RFC 850, asctime).
+        assert_eq!(
+            at("Wednesday, 21-Oct-15 07:29:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            at("Wed Oct 21 07:28:10 2015", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            at("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(at("soon", now), None);
+        assert_eq!(at("-5", now), None);
+        let none = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after_at(&none, now), None);
     }
 }
