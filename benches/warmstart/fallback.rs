@@ -4,6 +4,7 @@
 //! build and `ENVBOX_BENCH_BASELINE`; checks that no run got an overlay rootfs.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -35,7 +36,7 @@ impl OverlayVolume {
                 .arg(&merged),
         );
         // The workspace's root (uid 100000 outside) must reach the rootfs under it.
-        run_ok(Command::new("chmod").arg("755").arg(&merged));
+        fs::set_permissions(&merged, fs::Permissions::from_mode(0o755)).expect("chmod volume");
         OverlayVolume { merged }
     }
 }
