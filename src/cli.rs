@@ -77,10 +77,11 @@ pub struct PrepareArgs {
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
 
-    /// Exit without waiting for the unpacked layers to reach the disk (as `envbox docker`
-    /// unpacks: the kernel writes them back soon after). Safe against crashes: a layer a
-    /// machine restart may have torn is unpacked again from its blob. For a volume used on
-    /// this machine only: on another machine every such layer is unpacked again.
+    /// Exit without waiting for the fetched blobs and unpacked layers to reach the disk (as
+    /// `envbox docker` prepares: the kernel writes them back soon after). Safe against
+    /// crashes: a blob a machine restart may have torn is fetched again, a layer unpacked
+    /// again. For a volume used on this machine only: on another machine every such blob and
+    /// layer is fetched or unpacked again.
     #[arg(long)]
     pub no_sync: bool,
 

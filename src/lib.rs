@@ -41,3 +41,6 @@ pub mod source;
 pub mod spec;
 pub mod supervise;
 pub mod unpack;
+
+#[cfg(test)]
+mod testing;

@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
-use crate::cache::BlobStore;
+use crate::cache::{BlobStore, CacheError};
 use crate::digest::Digest;
 use crate::image::ImageConfig;
 use crate::registry::{ImageRef, LayerFeed, PulledImage, PulledLayer, RegistryConfig};
@@ -37,10 +37,31 @@ pub struct PreparedImage {
     pub config: ImageConfig,
     /// Layers unpacked now (the rest were reused).
     pub layers_unpacked: usize,
-    /// The store the layers are in: layers unpacked now are not on disk yet, until
-    /// [`LayerStore::sync`] (crash-safe meanwhile, see `crate::unpack`).
+    /// The store the blobs are in: blobs downloaded now are not on disk yet, until
+    /// [`PreparedImage::sync`] (crash-safe meanwhile, see `crate::cache`).
+    pub blobs: BlobStore,
+    /// The store the layers are in: layers unpacked now are not on disk yet either, until
+    /// [`PreparedImage::sync`] (see `crate::unpack`).
     pub store: LayerStore,
     pub warnings: Vec<String>,
+}
+
+/// What [`PreparedImage::sync`] made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Synced {
+    pub blobs: usize,
+    pub layers: usize,
+}
+
+impl PreparedImage {
+    /// Makes the blobs and layers this boot wrote to the volume durable (both stores are on
+    /// the state directory's filesystem: the first `syncfs` does the writing).
+    pub fn sync(&self) -> Result<Synced, PrepareError> {
+        Ok(Synced {
+            blobs: self.blobs.sync()?,
+            layers: self.store.sync()?,
+        })
+    }
 }
 
 /// Errors of this module.
@@ -50,6 +71,8 @@ pub enum PrepareError {
     Fetch(#[from] SourceError),
     #[error(transparent)]
     Unpack(#[from] UnpackError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 /// A layer as an unpack source.
@@ -284,6 +307,7 @@ pub async fn prepare(
         sources,
         pulled,
         names,
+        blobs: blobs.clone(),
         store: layers.clone(),
     })
 }

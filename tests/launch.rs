@@ -370,21 +370,18 @@ while :; do sleep 1; done
     assert_eq!(fs::metadata(home.join("report")).unwrap().uid(), 101_000);
     // The script's output is in the progress log, whole.
     envbox.wait_for("bootstrap output line", Duration::from_secs(10));
-    // The layers unpacked for this start were synced once the workspace was up: no layer is
-    // left marked as not on disk (a marker is removed only after the syncfs).
+    // The blobs fetched and layers unpacked for this start were synced once the workspace was
+    // up: none is left marked as not on disk (a marker is removed only after the syncfs).
     // (`done` was seen above; the sync runs beside the workspace, so give it a moment.)
-    let unsynced = dirs.root.join("state/layers/.unsynced");
-    let marked = || fs::read_dir(&unsynced).map(|d| d.count()).unwrap_or(99);
-    let end = Instant::now() + Duration::from_secs(10);
-    while marked() != 0 && Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
+    for store in ["blobs", "layers"] {
+        let unsynced = dirs.root.join("state").join(store).join(".unsynced");
+        let marked = || fs::read_dir(&unsynced).map(|d| d.count()).unwrap_or(99);
+        let end = Instant::now() + Duration::from_secs(10);
+        while marked() != 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(marked(), 0, "left unsynced in {}", unsynced.display());
     }
-    assert_eq!(
-        marked(),
-        0,
-        "layers left unsynced in {}",
-        unsynced.display()
-    );
     assert!(
         !process_names().iter().any(|n| n == "dockerd"),
         "no dockerd anywhere"

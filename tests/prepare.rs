@@ -72,14 +72,30 @@ fn prepare_fills_the_cache_and_a_later_run_needs_no_network() {
     assert!(err.contains("0 blob(s) downloaded"), "{err}");
 }
 
-/// The unsynced-layer markers `envbox prepare --no-sync` leaves (`layers/.unsynced/`).
-fn markers(state: &std::path::Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(state.join("layers/.unsynced"))
+/// The unsynced markers `envbox prepare --no-sync` leaves in a store (`layers` or `blobs`).
+fn markers(state: &std::path::Path, store: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state.join(store).join(".unsynced"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     names
+}
+
+/// What a machine restart before the writeback looks like to a store: its markers name
+/// another boot.
+fn restart(state: &std::path::Path, store: &str) {
+    let dir = state.join(store).join(".unsynced");
+    for name in markers(state, store) {
+        let (entry, _) = name.split_once('.').unwrap();
+        let earlier = format!("{entry}.00000000-0000-0000-0000-000000000000");
+        std::fs::rename(dir.join(&name), dir.join(earlier)).unwrap();
+    }
+}
+
+fn this_boot() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    boot.trim().to_owned()
 }
 
 #[test]
@@ -96,27 +112,31 @@ fn layers_left_unsynced_are_redone_after_a_restart_and_prepare_leaves_none_unsyn
         ("ENVBOX_INSECURE_REGISTRIES", host.as_str()),
         ("CODER_INNER_IMAGE", reference.as_str()),
     ];
-    // --no-sync: every layer published with a marker naming this boot.
+    // --no-sync: every layer and every streamed blob (the config and the 3 layers) published
+    // with a marker naming this boot (the manifest is fsync'd as it is stored, never marked).
     let quick = envbox(&["prepare", "--no-sync"], &env);
     assert!(quick.status.success(), "{}", text(&quick.stderr));
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    let marked = markers(state.path());
+    let marked = markers(state.path(), "layers");
     assert_eq!(marked.len(), 3, "{marked:?}");
+    let blobs = markers(state.path(), "blobs");
+    assert_eq!(blobs.len(), 4, "{blobs:?}");
     assert!(
-        marked.iter().all(|m| m.ends_with(boot.trim())),
-        "{marked:?}"
+        marked
+            .iter()
+            .chain(&blobs)
+            .all(|m| m.ends_with(&this_boot())),
+        "{marked:?} {blobs:?}"
     );
+    // A pull syncs the blobs before it exits (cached ones too): no blob is left marked.
+    let pull = envbox(&["pull"], &env);
+    assert!(pull.status.success(), "{}", text(&pull.stderr));
+    assert_eq!(markers(state.path(), "blobs"), Vec::<String>::new());
 
-    // What a machine restart before the writeback looks like: the markers name another boot,
-    // and a layer's file lost its data. The next prepare unpacks those layers again (from the
-    // cached blobs: the registry is gone) and leaves everything synced, no marker.
+    // A machine restart before the layers' writeback, and a layer's file lost its data. The
+    // next prepare unpacks those layers again (from the cached blobs: the registry is gone)
+    // and leaves everything synced, no marker.
     drop(registry);
-    for name in &marked {
-        let (layer, _) = name.split_once('.').unwrap();
-        let dir = state.path().join("layers/.unsynced");
-        let earlier = format!("{layer}.00000000-0000-0000-0000-000000000000");
-        std::fs::rename(dir.join(name), dir.join(earlier)).unwrap();
-    }
+    restart(state.path(), "layers");
     let torn = state
         .path()
         .join("layers")
@@ -133,7 +153,44 @@ fn layers_left_unsynced_are_redone_after_a_restart_and_prepare_leaves_none_unsyn
     assert!(err.contains("3 of 3 layer(s) unpacked"), "{err}");
     assert!(err.contains("0 blob(s) downloaded"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), before);
-    assert_eq!(markers(state.path()), Vec::<String>::new());
+    assert_eq!(markers(state.path(), "layers"), Vec::<String>::new());
+}
+
+#[test]
+fn blobs_left_unsynced_are_fetched_again_after_a_restart() {
+    if !requirements_met("prepare --no-sync test", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let reference = push_busybox(&registry);
+    let host = registry.host.clone();
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let env = [
+        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", host.as_str()),
+        ("CODER_INNER_IMAGE", reference.as_str()),
+    ];
+    let quick = envbox(&["prepare", "--no-sync"], &env);
+    assert!(quick.status.success(), "{}", text(&quick.stderr));
+    let blobs = markers(state.path(), "blobs");
+    assert_eq!(blobs.len(), 4, "{blobs:?}");
+
+    // A machine restart before any writeback: the marked blobs and layers may be torn, so
+    // the next prepare fetches the config and layer blobs again (not the fsync'd manifest)
+    // and unpacks every layer again; then nothing is left marked.
+    restart(state.path(), "blobs");
+    restart(state.path(), "layers");
+    let after = envbox(&["prepare"], &env);
+    let err = text(&after.stderr);
+    assert!(after.status.success(), "{err}");
+    assert!(err.contains("3 of 3 layer(s) unpacked"), "{err}");
+    assert!(err.contains("4 blob(s) downloaded"), "{err}");
+    assert_eq!(markers(state.path(), "blobs"), Vec::<String>::new());
+    assert_eq!(markers(state.path(), "layers"), Vec::<String>::new());
+    for name in blobs {
+        let (hex, _) = name.split_once('.').unwrap();
+        assert!(state.path().join("blobs/sha256").join(hex).is_file());
+    }
 }
 
 /// Regular files under `dir`, depth first.

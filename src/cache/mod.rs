@@ -1,17 +1,30 @@
 //! The content-addressed blob store on the persistent volume.
 //!
 //! Owns: `<state_dir>/blobs/sha256/<hex>` files, written only through a staging file that is
-//! hashed and counted as it is written, checked against the expected digest and size, fsync'd
-//! and renamed into place (then the directory fsync'd): a blob in the store is always complete
-//! and verified. Stale staging files from a crash are removed when the store is opened. Also the
-//! small index of which reference resolved to which manifest digest. It never talks to the
-//! network and never decides what to fetch.
+//! hashed and counted as it is written, checked against the expected digest and size and
+//! renamed into place: a blob in the store is always complete and verified. Stale staging
+//! files from a crash are removed when the store is opened. Also the small index of which
+//! reference resolved to which manifest digest. It never talks to the network and never
+//! decides what to fetch.
+//!
+//! Durability: a streamed blob (a layer or an image config, [`BlobStore::writer`]) is not
+//! fsync'd before it is published: it is marked unsynced first ([`unsynced`]: a marker naming the boot, made
+//! durable before the rename), so a blob a power loss may have torn is removed when the store
+//! is next opened after the restart, and fetched again. Waiting for each layer's data to reach
+//! the disk before unpacking it would hold up the unpack (and stall the unpacks already
+//! running, whose files the fsync's journal commit takes along). [`BlobStore::sync`] makes
+//! the blobs of this boot durable with one `syncfs` (`envbox pull` and `envbox prepare`
+//! before they exit, `envbox docker` once the workspace is up). Blobs written whole
+//! ([`BlobStore::put`]: manifests, and what an archive import builds in memory) and pins are
+//! fsync'd before they are renamed, so a pin never outlives the manifest it names.
 //!
 //! Layout under the state directory: `blobs/sha256/<hex>` (complete blobs, mode 0644),
-//! `staging/` (in-progress writes, see [`staging`]) and `refs/` (pins, see [`pins`]).
+//! `blobs/.unsynced/` (markers, see [`unsynced`]), `staging/` (in-progress writes, see
+//! [`staging`]) and `refs/` (pins, see [`pins`]).
 
 mod pins;
 pub(crate) mod staging;
+pub(crate) mod unsynced;
 mod writer;
 
 #[cfg(test)]
@@ -23,6 +36,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
+use unsynced::Unsynced;
 
 pub use writer::BlobWriter;
 
@@ -74,23 +88,76 @@ pub struct BlobInfo {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    unsynced: Unsynced,
 }
 
 impl BlobStore {
-    /// Opens (creating if needed) the store under `state_dir`, removing stale staging files.
+    /// Opens (creating if needed) the store under `state_dir`, removing stale staging files and
+    /// the blobs a machine restart may have torn (published unsynced in an earlier boot).
     pub fn open(state_dir: &Path) -> Result<BlobStore, CacheError> {
-        let store = BlobStore {
-            root: state_dir.to_owned(),
-        };
-        for dir in [store.blob_dir(), store.staging_dir(), store.refs_dir()] {
+        Self::open_in_boot(state_dir, unsynced::current_boot())
+    }
+
+    /// [`Self::open`] as if the kernel's boot ID were `boot` (tests play restarts with it).
+    pub(crate) fn open_in_boot(
+        state_dir: &Path,
+        boot: Option<String>,
+    ) -> Result<BlobStore, CacheError> {
+        let blob_dir = state_dir.join("blobs").join("sha256");
+        for dir in [
+            &blob_dir,
+            &state_dir.join("staging"),
+            &state_dir.join("refs"),
+        ] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o755)
-                .create(&dir)
-                .map_err(io_err("creating store directory", &dir))?;
+                .create(dir)
+                .map_err(io_err("creating store directory", dir))?;
         }
+        let blobs = state_dir.join("blobs");
+        let unsynced =
+            Unsynced::open(&blobs, boot).map_err(io_err("creating directory in", &blobs))?;
+        let store = BlobStore {
+            root: state_dir.to_owned(),
+            unsynced,
+        };
+        store.drop_torn_blobs()?;
         staging::sweep(&store.staging_dir())?;
         Ok(store)
+    }
+
+    /// Removes every blob published unsynced in an earlier boot, and its marker: the next pull
+    /// that needs it fetches it again.
+    fn drop_torn_blobs(&self) -> Result<(), CacheError> {
+        let dir = self.unsynced.dir();
+        let torn = self
+            .unsynced
+            .of_earlier_boots()
+            .map_err(io_err("listing", dir))?;
+        for (hex, marker) in torn {
+            let path = self.blob_dir().join(&hex);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::warn!(blob = %path.display(), "this blob was downloaded before the machine restarted and may not have reached the disk: it is fetched again when needed")
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing the possibly torn blob", &path)(e)),
+            }
+            self.unsynced
+                .forget(&marker)
+                .map_err(io_err("removing", &marker))?;
+        }
+        Ok(())
+    }
+
+    /// Makes every blob this boot published unsynced durable (one `syncfs` of the store's
+    /// filesystem) and forgets that they were not. Returns how many blobs that covered.
+    pub fn sync(&self) -> Result<usize, CacheError> {
+        let dir = self.blob_dir();
+        self.unsynced
+            .sync(&dir)
+            .map_err(io_err("syncing the blobs in", &dir))
     }
 
     /// The state directory the store lives under.
@@ -123,12 +190,22 @@ impl BlobStore {
             .map(|m| m.len())
     }
 
-    /// Starts writing a blob expected to be `expected_size` bytes with `digest`.
+    /// Starts writing a blob expected to be `expected_size` bytes with `digest`; its commit
+    /// publishes it unsynced (module doc).
     ///
     /// Allowed when the blob is already present: the existing blob is never touched before a
     /// verified commit. A write that would go past `expected_size` fails at once with
     /// [`CacheError::SizeMismatch`] (nothing past the expected size reaches the disk).
     pub fn writer(&self, digest: &Digest, expected_size: u64) -> Result<BlobWriter, CacheError> {
+        self.writer_with(digest, expected_size, Some(self.unsynced.clone()))
+    }
+
+    fn writer_with(
+        &self,
+        digest: &Digest,
+        expected_size: u64,
+        unsynced: Option<Unsynced>,
+    ) -> Result<BlobWriter, CacheError> {
         let (file, staging) = staging::create(&self.staging_dir(), digest.hex())?;
         Ok(BlobWriter::new(
             file,
@@ -136,12 +213,14 @@ impl BlobStore {
             self.blob_dir(),
             digest.clone(),
             expected_size,
+            unsynced,
         ))
     }
 
-    /// Stores a small blob (manifest, config) held in memory, verifying it.
+    /// Stores a small blob (a manifest) held in memory, verifying it; it is on disk when this
+    /// returns.
     pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, CacheError> {
-        let mut writer = self.writer(digest, bytes.len() as u64)?;
+        let mut writer = self.writer_with(digest, bytes.len() as u64, None)?;
         writer.write(bytes)?;
         writer.commit()
     }
@@ -181,13 +260,18 @@ impl BlobStore {
         Ok(blobs)
     }
 
-    /// Removes a blob (absent is fine).
+    /// Removes a blob (absent is fine), and its unsynced marker.
     pub fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
         let path = self.path(digest);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing blob", &path)(e)),
-            _ => Ok(()),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("removing blob", &path)(e))
+            }
+            _ => {}
         }
+        self.unsynced
+            .forget_entry(digest.hex())
+            .map_err(io_err("removing the unsynced marker of", &path))
     }
 
     /// Records that `reference` (as normalised text) resolved to manifest `digest`.

@@ -338,3 +338,111 @@ fn large_blob_in_one_mib_chunks() {
     assert_eq!(store.size_of(&digest), Some(64 * 1024 * 1024));
     assert_eq!(store.list().unwrap().len(), 1);
 }
+
+/// The unsynced markers of the store (`blobs/.unsynced/`).
+fn marker_names(store: &BlobStore) -> Vec<String> {
+    names(&store.root().join("blobs/.unsynced"))
+}
+
+fn write_blob(store: &BlobStore, content: &[u8]) -> Digest {
+    let digest = Digest::of(content);
+    let mut writer = store.writer(&digest, content.len() as u64).unwrap();
+    writer.write(content).unwrap();
+    writer.commit().unwrap();
+    digest
+}
+
+#[test]
+fn a_blob_published_unsynced_before_a_restart_is_removed_and_a_synced_one_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot = |id: &str| BlobStore::open_in_boot(dir.path(), Some(id.to_owned())).unwrap();
+
+    // Boot 1: a streamed blob, synced; another streamed blob, not synced; a small blob put
+    // (fsync'd, never marked).
+    let first = boot("b1");
+    let kept = write_blob(&first, b"synced layer");
+    assert_eq!(marker_names(&first), vec![format!("{}.b1", kept.hex())]);
+    assert_eq!(first.sync().unwrap(), 1);
+    assert!(marker_names(&first).is_empty());
+    let torn = write_blob(&first, b"unsynced layer");
+    let config = Digest::of(b"{}");
+    first.put(&config, b"{}").unwrap();
+    assert_eq!(marker_names(&first), vec![format!("{}.b1", torn.hex())]);
+
+    // Same boot: the page cache holds everything, nothing is dropped.
+    let again = boot("b1");
+    assert_eq!(again.size_of(&torn), Some(14));
+
+    // Boot 2: the blob marked in boot 1 is gone, so the next pull fetches it again; the synced
+    // one and the put one stay.
+    let second = boot("b2");
+    assert_eq!(second.size_of(&torn), None);
+    assert_eq!(second.read(&kept).unwrap(), b"synced layer");
+    assert_eq!(second.read(&config).unwrap(), b"{}");
+    assert!(marker_names(&second).is_empty());
+    // Fetched again in boot 2, synced: boot 3 keeps it.
+    write_blob(&second, b"unsynced layer");
+    assert_eq!(second.sync().unwrap(), 1);
+    assert_eq!(boot("b3").size_of(&torn), Some(14));
+}
+
+#[test]
+fn without_a_boot_id_a_streamed_blob_is_fsynced_and_never_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open_in_boot(dir.path(), None).unwrap();
+    let digest = write_blob(&store, b"layer");
+    assert!(marker_names(&store).is_empty());
+    assert_eq!(store.sync().unwrap(), 0);
+    assert_eq!(
+        BlobStore::open_in_boot(dir.path(), Some("b2".into()))
+            .unwrap()
+            .size_of(&digest),
+        Some(5)
+    );
+}
+
+#[test]
+fn removing_a_blob_removes_its_marker_so_a_restart_has_nothing_to_drop() {
+    let (_dir, store) = store();
+    let digest = write_blob(&store, b"layer");
+    assert_eq!(marker_names(&store).len(), 1);
+    store.remove(&digest).unwrap();
+    assert!(marker_names(&store).is_empty());
+    assert!(blob_names(&store).is_empty());
+}
+
+/// A streamed blob is published without waiting for the disk, and reaches it with the store's
+/// sync; a put blob is on the device when `put` returns.
+#[test]
+fn a_streamed_blob_does_not_wait_for_the_disk_until_the_sync_and_a_put_one_does() {
+    const KIB: usize = 4096;
+    let disk = crate::testing::LoopExt4::new();
+    let store = BlobStore::open(&disk.mnt.join("state")).unwrap();
+    let data = crate::testing::incompressible(KIB);
+
+    let before = disk.written_kib();
+    let streamed = write_blob(&store, &data);
+    let streamed_kib = disk.written_kib() - before;
+    assert!(
+        streamed_kib < KIB as u64 / 2,
+        "committing a streamed blob wrote {streamed_kib} KiB to the device"
+    );
+    let before = disk.written_kib();
+    assert_eq!(store.sync().unwrap(), 1);
+    let synced_kib = disk.written_kib() - before;
+    assert!(
+        synced_kib >= KIB as u64,
+        "the sync returned with only {synced_kib} KiB on the device"
+    );
+
+    let mut small = data.clone();
+    small[0] ^= 1;
+    let before = disk.written_kib();
+    store.put(&Digest::of(&small), &small).unwrap();
+    let put_kib = disk.written_kib() - before;
+    assert!(
+        put_kib >= KIB as u64,
+        "put returned with only {put_kib} KiB on the device"
+    );
+    assert_eq!(store.read(&streamed).unwrap(), data);
+}

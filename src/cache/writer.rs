@@ -2,18 +2,20 @@
 //!
 //! Bytes go through a large buffer into the staging file and into a running sha256 and byte
 //! count, so the hot path costs one `write` syscall per buffer-full and no copies beyond the
-//! buffer. `commit` checks size then digest, fsyncs, renames into `blobs/sha256/` and fsyncs the
-//! directory; every other ending (a mismatch, an error, a drop) removes the staging file. A
+//! buffer. `commit` checks size then digest, then either marks the blob unsynced (see
+//! `super::unsynced`) or fsyncs it, renames it into `blobs/sha256/` and, when it was fsync'd,
+//! fsyncs the directory; every other ending (a mismatch, an error, a drop) removes the staging file. A
 //! writer whose write failed or overflowed is poisoned: it can only fail from then on, since
 //! its file and its hash may no longer agree.
 
 use std::fs::{self, File, Permissions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, IoSlice, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
+use super::unsynced::Unsynced;
 use super::{io_err, sync_dir, CacheError};
 use crate::digest::Digest;
 
@@ -40,6 +42,8 @@ pub struct BlobWriter {
     expected_size: u64,
     staging: PathBuf,
     blob_dir: PathBuf,
+    /// Where the commit marks the blob unsynced; `None`: it fsyncs instead.
+    unsynced: Option<Unsynced>,
     poison: Option<Poison>,
     /// The staging file no longer exists (renamed into place or removed by `commit`).
     settled: bool,
@@ -52,6 +56,7 @@ impl BlobWriter {
         blob_dir: PathBuf,
         digest: Digest,
         expected_size: u64,
+        unsynced: Option<Unsynced>,
     ) -> BlobWriter {
         BlobWriter {
             out: Some(BufWriter::with_capacity(BUFFER, file)),
@@ -61,6 +66,7 @@ impl BlobWriter {
             expected_size,
             staging,
             blob_dir,
+            unsynced,
             poison: None,
             settled: false,
         }
@@ -74,15 +80,7 @@ impl BlobWriter {
     /// Appends bytes, hashing and counting them. Fails with [`CacheError::SizeMismatch`] as soon
     /// as the total would exceed the expected size (those bytes are not written).
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), CacheError> {
-        if let Some(Poison::Overflow(total)) = self.poison {
-            self.poison = Some(Poison::Overflow(total.saturating_add(bytes.len() as u64)));
-        }
-        self.check_poison()?;
-        let total = self.written.saturating_add(bytes.len() as u64);
-        if total > self.expected_size {
-            self.poison = Some(Poison::Overflow(total));
-            return self.check_poison();
-        }
+        let total = self.admit(bytes.len() as u64)?;
         let Some(out) = self.out.as_mut() else {
             return Err(self.poisoned_error(io::ErrorKind::Other));
         };
@@ -95,7 +93,46 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Verifies digest and size, then fsyncs and renames into place.
+    /// [`Self::write`] of several buffers at once (chunks as they came off the network),
+    /// straight from them into the file with vectored writes: no copy into the write buffer.
+    pub fn write_chunks<B: AsRef<[u8]>>(&mut self, chunks: &[B]) -> Result<(), CacheError> {
+        let len = chunks.iter().map(|c| c.as_ref().len() as u64).sum();
+        let total = self.admit(len)?;
+        let Some(out) = self.out.as_mut() else {
+            return Err(self.poisoned_error(io::ErrorKind::Other));
+        };
+        let written = out.flush().and_then(|()| {
+            let mut slices: Vec<IoSlice<'_>> =
+                chunks.iter().map(|c| IoSlice::new(c.as_ref())).collect();
+            write_all_vectored(out.get_mut(), &mut slices)
+        });
+        if let Err(e) = written {
+            self.poison = Some(Poison::Io(e.kind()));
+            return Err(io_err("writing staging file", &self.staging)(e));
+        }
+        for chunk in chunks {
+            self.hasher.update(chunk.as_ref());
+        }
+        self.written = total;
+        Ok(())
+    }
+
+    /// The total after `len` more bytes, if the writer may take them: not poisoned, and not
+    /// past the expected size (which poisons it).
+    fn admit(&mut self, len: u64) -> Result<u64, CacheError> {
+        if let Some(Poison::Overflow(total)) = self.poison {
+            self.poison = Some(Poison::Overflow(total.saturating_add(len)));
+        }
+        self.check_poison()?;
+        let total = self.written.saturating_add(len);
+        if total > self.expected_size {
+            self.poison = Some(Poison::Overflow(total));
+            self.check_poison()?;
+        }
+        Ok(total)
+    }
+
+    /// Verifies digest and size, then marks unsynced or fsyncs, and renames into place.
     ///
     /// If the blob is already in the store (another writer won), the staging file is removed
     /// and the blob's path returned. On any error nothing is stored and the staging file is gone.
@@ -124,8 +161,6 @@ impl BlobWriter {
         let file = out.get_ref();
         file.set_permissions(Permissions::from_mode(0o644))
             .map_err(io_err("setting the mode of staging file", &self.staging))?;
-        file.sync_all()
-            .map_err(io_err("syncing staging file", &self.staging))?;
         let dest = self.blob_dir.join(self.digest.hex());
         if fs::symlink_metadata(&dest).is_ok() {
             // Another writer won; its blob is just as verified as ours.
@@ -134,9 +169,23 @@ impl BlobWriter {
                 .map_err(io_err("removing staging file", &self.staging))?;
             return Ok(dest);
         }
+        // The marker is on disk before the rename can be; unmarked (asked for, or no boot ID
+        // to mark with), the data is.
+        let marked = match &self.unsynced {
+            Some(unsynced) => unsynced
+                .mark(self.digest.hex())
+                .map_err(io_err("marking unsynced in", unsynced.dir()))?,
+            None => false,
+        };
+        if !marked {
+            file.sync_all()
+                .map_err(io_err("syncing staging file", &self.staging))?;
+        }
         fs::rename(&self.staging, &dest).map_err(io_err("renaming into the store", &dest))?;
         self.settled = true;
-        sync_dir(&self.blob_dir)?;
+        if !marked {
+            sync_dir(&self.blob_dir)?;
+        }
         Ok(dest)
     }
 
@@ -159,6 +208,20 @@ impl BlobWriter {
             source: io::Error::new(kind, "an earlier write to this staging file failed"),
         }
     }
+}
+
+/// Writes every byte of `slices` (`Write::write_all_vectored` is not stable yet).
+fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl Drop for BlobWriter {

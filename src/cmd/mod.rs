@@ -60,8 +60,9 @@ impl ImageCache {
 }
 
 /// `source` fetched and unpacked into the cache on the volume of `settings`, warnings logged.
-/// With `sync`, the layers unpacked now are on disk when this returns: a prepared volume may
-/// be moved to another machine, where an unsynced layer would have to be unpacked again.
+/// With `sync`, the blobs fetched and layers unpacked now are on disk when this returns: a
+/// prepared volume may be moved to another machine, where an unsynced blob would have to be
+/// fetched again and an unsynced layer unpacked again.
 fn prepare_image(
     settings: &Settings,
     source: &ImageSource,
@@ -70,7 +71,7 @@ fn prepare_image(
     let cache = ImageCache::open(settings)?;
     let prepared = runtime()?.block_on(cache.prepare(source))?;
     if sync {
-        prepared.store.sync()?;
+        prepared.sync()?;
     }
     Ok(prepared)
 }

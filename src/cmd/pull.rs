@@ -29,6 +29,8 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
         &store,
         &LayerFeed::default(),
     ))?;
+    // The cache a pull fills is meant to outlive the machine: on disk before the exit.
+    store.sync()?;
     let image = &fetched.image;
     warn_all(&image.warnings);
     progress::emit(

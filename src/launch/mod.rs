@@ -5,9 +5,9 @@
 //! while the image is prepared; then rootfs assembly, the runtime spec and its host setup,
 //! leftovers of a previous run removed (task, container, network lease), container + task
 //! created, CNI ADD on the task's namespace, task started, CPU quota mirrored, bootstrap
-//! script exec'd with its output in the progress log, `done`, and the layers unpacked for this
-//! start synced to disk in the background (they are crash-safe meanwhile, see
-//! `crate::unpack`: the workspace need not wait for the disk). Then it waits for a signal, a
+//! script exec'd with its output in the progress log, `done`, and the blobs fetched and layers
+//! unpacked for this start synced to disk in the background (they are crash-safe meanwhile, see
+//! `crate::cache` and `crate::unpack`: the workspace need not wait for the disk). Then it waits for a signal, a
 //! daemon's death or the init's exit, and stops ([`stop`]): agent and init signalled, grace
 //! period, everything killed, CNI DEL, task and container deleted, rootfs released, daemons
 //! stopped. Each stage's logic lives in its own module; this one only composes them.
@@ -283,9 +283,10 @@ impl Workspace {
             stage(begun, "bootstrap script started");
         }
         progress::emit(Kind::Done, "Workspace is up");
-        // Also when nothing was unpacked now: an earlier start of this boot that was killed
-        // before its sync left layers marked (a directory listing when there are none).
-        tokio::task::spawn_blocking(move || sync_layers(&prepared.store));
+        // Also when nothing was fetched or unpacked now: an earlier start of this boot that was
+        // killed before its sync left blobs or layers marked (a directory listing each when
+        // there are none).
+        tokio::task::spawn_blocking(move || sync_volume(&prepared));
         Ok(())
     }
 
@@ -384,16 +385,19 @@ fn stage(begun: Instant, stage: &str) {
     tracing::debug!(ms = begun.elapsed().as_millis() as u64, "start: {stage}");
 }
 
-/// Makes the layers unpacked in this boot durable; a failure only means a later start after a
-/// machine crash unpacks them again, so it is a warning.
-fn sync_layers(store: &crate::unpack::LayerStore) {
+/// Makes the blobs fetched and layers unpacked in this boot durable; a failure only means a
+/// later start after a machine crash fetches or unpacks them again, so it is a warning.
+fn sync_volume(prepared: &PreparedImage) {
     let started = Instant::now();
-    match store.sync() {
-        Ok(layers) => {
-            tracing::debug!(layers, elapsed = ?started.elapsed(), "unpacked layers synced to disk")
-        }
+    match prepared.sync() {
+        Ok(synced) => tracing::debug!(
+            blobs = synced.blobs,
+            layers = synced.layers,
+            elapsed = ?started.elapsed(),
+            "fetched blobs and unpacked layers synced to disk"
+        ),
         Err(e) => warn_all([format!(
-            "{e} (the layers are unpacked again if the machine restarts before they reach the disk)"
+            "{e} (what did not reach the disk is fetched or unpacked again if the machine restarts first)"
         )]),
     }
 }

@@ -4,14 +4,15 @@
 //! layer URLs get none, and reqwest drops it on redirects to another host), resuming with
 //! `Range` after a dropped connection, retrying 5xx, 429 (honouring `Retry-After`) and transport
 //! errors with backoff, re-authenticating once on 401, never retrying 403/404. Bytes are hashed
-//! and counted as they are written (off the async threads, 1 MiB at a time); the store commits
-//! only a blob whose digest and size match. It never decides which blobs to fetch.
+//! and counted as they are written (off the async threads, while the next are received: see
+//! `super::sink`); the store commits only a blob whose digest and size match. It never decides which blobs to fetch.
 
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
 
 use super::progress::Progress;
 use super::session::{chain, is_certificate_error, retry_after, Attempt, Session, Transport};
+use super::sink::Sink;
 use super::{RegistryConfig, RegistryError};
 use crate::cache::{BlobStore, BlobWriter, CacheError};
 use crate::digest::Digest;
@@ -27,22 +28,11 @@ pub(crate) struct BlobRequest {
     pub urls: Vec<String>,
 }
 
-const WRITE_CHUNK: usize = 1 << 20;
-
 /// Runs blocking store work off the async threads.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
-}
-
-/// Writes buffered bytes and hands the writer back.
-async fn flush(writer: BlobWriter, buffer: Vec<u8>) -> Result<BlobWriter, CacheError> {
-    blocking(move || {
-        let mut writer = writer;
-        writer.write(&buffer).map(|()| writer)
-    })
-    .await
 }
 
 fn store_error(t: &Transport, digest: &Digest, source: CacheError) -> RegistryError {
@@ -172,13 +162,15 @@ async fn get_once(
         }
     }
     let mut stream = response.bytes_stream();
-    let mut buffer = Vec::with_capacity(WRITE_CHUNK);
+    // From 0 when the server started over.
     let mut received = writer.written();
+    let mut sink = Sink::new(writer);
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                writer = flush(writer, buffer)
+                let writer = sink
+                    .finish()
                     .await
                     .map_err(|e| store_error(t, &request.digest, e))?;
                 return Ok(Got::Failed(
@@ -192,6 +184,8 @@ async fn get_once(
         };
         received += chunk.len() as u64;
         if received > request.size {
+            // The writer goes (and its staging file with it) before the error is told.
+            drop(sink.finish().await);
             let mismatch = CacheError::SizeMismatch {
                 digest: request.digest.clone(),
                 expected: request.size,
@@ -200,15 +194,12 @@ async fn get_once(
             return Err(store_error(t, &request.digest, mismatch));
         }
         progress.advance(&request.digest, chunk.len() as u64);
-        buffer.extend_from_slice(&chunk);
-        if buffer.len() >= WRITE_CHUNK {
-            let full = std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_CHUNK));
-            writer = flush(writer, full)
-                .await
-                .map_err(|e| store_error(t, &request.digest, e))?;
-        }
+        sink.push(chunk)
+            .await
+            .map_err(|e| store_error(t, &request.digest, e))?;
     }
-    writer = flush(writer, buffer)
+    let writer = sink
+        .finish()
         .await
         .map_err(|e| store_error(t, &request.digest, e))?;
     if writer.written() < request.size {

@@ -18,6 +18,7 @@ mod progress;
 mod pull;
 mod reference;
 mod session;
+mod sink;
 mod tls;
 
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::tests::{gzip, needs_root, xattr, Layer, Meta, M};
 use super::*;
+use crate::testing::{incompressible, LoopExt4};
 
 /// As a bundle is flattened.
 fn flatten_synced(layers: &[LayerSource], target: &Path) -> Result<FlattenReport, UnpackError> {
@@ -405,67 +406,12 @@ fn unlisted_lower_directories_keep_their_mtime() {
     assert!(!root.join("opaque/x").exists());
 }
 
-/// A small ext4 on a loop device, whose own counter says what reached the device.
-struct LoopExt4 {
-    _tmp: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl LoopExt4 {
-    fn new() -> Self {
-        let tmp = tempfile::Builder::new()
-            .prefix("envbox-flatten-durability")
-            .tempdir_in("/var/tmp")
-            .expect("tempdir");
-        let (img, mnt) = (tmp.path().join("fs.img"), tmp.path().join("mnt"));
-        fs::create_dir(&mnt).expect("mnt");
-        let sh = |script: String| {
-            let out = std::process::Command::new("sh")
-                .args(["-ec", &script])
-                .output()
-                .expect("sh");
-            assert!(
-                out.status.success(),
-                "{script}: {} (needs mkfs.ext4 and loop devices)",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        sh(format!(
-            "truncate -s 64M {img}; mkfs.ext4 -q -E lazy_itable_init=0,lazy_journal_init=0 {img}
-             mount -o loop {img} {mnt}",
-            img = img.display(),
-            mnt = mnt.display()
-        ));
-        LoopExt4 { _tmp: tmp, mnt }
-    }
-
-    /// KiB written to the device since the mount (`/sys/fs/ext4/<dev>/session_write_kbytes`).
-    fn written_kib(&self) -> u64 {
-        let dev = fs::metadata(&self.mnt).expect("stat mnt").dev();
-        let (major, minor) = (libc::major(dev), libc::minor(dev));
-        let block = fs::read_link(format!("/sys/dev/block/{major}:{minor}")).expect("sysfs dev");
-        let name = block.file_name().expect("device name").to_string_lossy();
-        let path = format!("/sys/fs/ext4/{name}/session_write_kbytes");
-        let text = fs::read_to_string(&path).expect("session_write_kbytes");
-        text.trim().parse().expect("a number of KiB")
-    }
-}
-
-impl Drop for LoopExt4 {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 /// A bundle's tree is on the device when `flatten` returns; a per-start scratch tree leaves
 /// its data to the kernel's write-back (nothing waits for the disk).
 #[test]
 fn a_synced_flatten_reaches_the_device_and_a_scratch_one_does_not_wait() {
     const KIB: usize = 4096;
-    // Incompressible-ish data, so the device sees all of it.
-    let data: Vec<u8> = (0..KIB * 1024)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0])
-        .collect();
+    let data = incompressible(KIB);
     let mut l = Layer::new();
     l.dir("d/", M).file("d/big", M, &data);
     let image = Image::new(vec![l.finish()]);

@@ -12,11 +12,12 @@
 //! caller hands it a blob already verified against the manifest.
 //!
 //! Durability: no fsync per file (it would dominate the unpack time), and no sync before a
-//! layer is published either: the layer is marked unsynced first (module `unsynced`: a marker
-//! naming the boot, made durable before the rename), so a layer a power loss may have torn is
-//! recognised after the restart and unpacked again from its blob. [`LayerStore::sync`] makes
-//! the layers of this boot durable with one `syncfs` (`envbox prepare` before it exits,
-//! `envbox docker` once the workspace is up). A kill -9 needs no sync at all: it leaves only a
+//! layer is published either: the layer is marked unsynced first (`crate::cache::unsynced`: a
+//! marker naming the boot, made durable before the rename), so a layer a power loss may have
+//! torn is recognised after the restart and unpacked again from its blob (itself fetched again
+//! if it had not reached the disk either, see `crate::cache`). [`LayerStore::sync`] makes the
+//! layers of this boot durable with one `syncfs` (`envbox prepare` before it exits, `envbox
+//! docker` once the workspace is up). A kill -9 needs no sync at all: it leaves only a
 //! staging directory, which the next [`LayerStore::open`] removes.
 //!
 //! [`flatten()`] applies an image's layers, in order, onto one merged directory with the same
@@ -28,7 +29,6 @@ mod flatten;
 mod header;
 mod stream;
 mod tree;
-mod unsynced;
 
 pub use flatten::{flatten, Durability, FlattenReport};
 
@@ -46,9 +46,9 @@ use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 use crate::cache::staging;
+use crate::cache::unsynced::{self, Unsynced};
 use crate::digest::Digest;
 use crate::registry::manifest::Compression;
-use unsynced::Unsynced;
 
 /// What every uid and gid of a layer is shifted by: the inner container's user namespace maps
 /// its 0..65536 onto 100000..165536 (the spec's mapping), so sysbox-runc finds nothing to shift.
@@ -340,7 +340,7 @@ impl LayerStore {
             }
         }
         self.unsynced
-            .forget_layer(diff_id.hex())
+            .forget_entry(diff_id.hex())
             .map_err(store_err("removing the unsynced marker of", &path))
     }
 

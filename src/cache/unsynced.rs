@@ -1,16 +1,19 @@
-//! Layers published before their contents are on disk, and what a machine restart makes of them.
+//! Entries published before their contents are on disk, and what a machine restart makes of
+//! them.
 //!
-//! Owns: `<layers>/.unsynced/`, one empty marker `<diff-id hex>.<boot id>` per layer directory
-//! published without waiting for its files to reach the disk. The marker is created and made
-//! durable (an fsync of `.unsynced/`) before the layer's staging directory is renamed into
-//! place, so a layer directory that a power loss may have left torn always has a marker that
-//! names an earlier boot. Within one boot the page cache holds every byte written, so the layer
-//! is sound whatever the disk holds; after a restart (or on another machine: the boot ID is the
-//! kernel's, `/proc/sys/kernel/random/boot_id`) a layer with an earlier boot's marker is moved
-//! out of the way and unpacked again from its blob (blobs are fsync'd one by one, see
-//! `crate::cache`). [`Unsynced::sync`] is the other way out: one `syncfs`, then the markers of
-//! the layers it covered are removed. This module never removes a layer whose marker names the
-//! current boot, and never syncs anything but the layer store's filesystem.
+//! Owns: a `.unsynced/` directory beside a store's entries (`blobs/.unsynced/` for the blob
+//! store, `layers/.unsynced/` for the layer store), one empty marker `<hex>.<boot id>` per
+//! entry (a blob file or a layer directory named by a digest's hex) published without waiting
+//! for its data to reach the disk. The marker is created and made durable (an fsync of
+//! `.unsynced/`) before the entry is renamed into place, so an entry that a power loss may
+//! have left torn always has a marker that names an earlier boot. Within one boot the page
+//! cache holds every byte written, so the entry is sound whatever the disk holds; after a
+//! restart (or on another machine: the boot ID is the kernel's,
+//! `/proc/sys/kernel/random/boot_id`) the store removes every entry with an earlier boot's
+//! marker (a layer is unpacked again from its blob, a blob fetched again).
+//! [`Unsynced::sync`] is the other way out: one `syncfs`, then the markers of the entries it
+//! covered are removed. This module never removes an entry itself, and never syncs anything
+//! but the filesystem of the store it was given.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -18,8 +21,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The kernel's ID of this boot, or `None` when it cannot be read (no `/proc`): then every
-/// layer is synced before it is published, and every marker found is taken as a restart's.
-pub(super) fn current_boot() -> Option<String> {
+/// entry is synced before it is published, and every marker found is taken as a restart's.
+pub(crate) fn current_boot() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
     let id = id.trim();
     valid_boot(id).then(|| id.to_owned())
@@ -30,14 +33,14 @@ fn valid_boot(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
-/// A layer directory's name: its diff ID's 64 lowercase hex digits.
-fn valid_layer(name: &str) -> bool {
+/// An entry's name: a digest's 64 lowercase hex digits.
+fn valid_entry(name: &str) -> bool {
     name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// The markers of one layer store, for one boot.
+/// The markers of one store, for one boot.
 #[derive(Debug, Clone)]
-pub(super) struct Unsynced {
+pub(crate) struct Unsynced {
     dir: PathBuf,
     boot: Option<String>,
 }
@@ -45,15 +48,15 @@ pub(super) struct Unsynced {
 /// A marker found in `.unsynced/`.
 struct Marker {
     path: PathBuf,
-    /// The layer's directory name (its diff ID's hex).
-    layer: String,
+    /// The entry's name (a digest's hex).
+    entry: String,
     boot: String,
 }
 
 impl Unsynced {
-    /// The markers in `<layers_root>/.unsynced` (created if needed) for the boot `boot`.
-    pub(super) fn open(layers_root: &Path, boot: Option<String>) -> io::Result<Unsynced> {
-        let dir = layers_root.join(".unsynced");
+    /// The markers in `<parent>/.unsynced` (created if needed) for the boot `boot`.
+    pub(crate) fn open(parent: &Path, boot: Option<String>) -> io::Result<Unsynced> {
+        let dir = parent.join(".unsynced");
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -61,7 +64,7 @@ impl Unsynced {
         Ok(Unsynced { dir, boot })
     }
 
-    pub(super) fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
@@ -72,53 +75,53 @@ impl Unsynced {
             let name = entry.file_name().to_string_lossy().into_owned();
             let parsed = name
                 .split_once('.')
-                .filter(|(layer, boot)| valid_layer(layer) && valid_boot(boot));
-            let Some((layer, boot)) = parsed else {
-                // Not a marker this module wrote: it names no layer, so it protects nothing.
-                tracing::warn!(path = %entry.path().display(), "removing a file that is not an unsynced-layer marker");
+                .filter(|(name, boot)| valid_entry(name) && valid_boot(boot));
+            let Some((name, boot)) = parsed else {
+                // Not a marker this module wrote: it names no entry, so it protects nothing.
+                tracing::warn!(path = %entry.path().display(), "removing a file that is not an unsynced-entry marker");
                 self.forget(&entry.path())?;
                 continue;
             };
             markers.push(Marker {
                 path: entry.path(),
-                layer: layer.to_owned(),
+                entry: name.to_owned(),
                 boot: boot.to_owned(),
             });
         }
         Ok(markers)
     }
 
-    /// The layer directory names (diff ID hex) whose markers name another boot than this one
-    /// (every marker when the boot is unknown), each with its marker's path: layers that may be
-    /// torn on disk. The caller moves each layer out of the way, then calls [`Self::forget`].
-    pub(super) fn of_earlier_boots(&self) -> io::Result<Vec<(String, PathBuf)>> {
+    /// The entry names whose markers name another boot than this one (every marker when the
+    /// boot is unknown), each with its marker's path: entries that may be torn on disk. The
+    /// caller removes each entry, then calls [`Self::forget`].
+    pub(crate) fn of_earlier_boots(&self) -> io::Result<Vec<(String, PathBuf)>> {
         Ok(self
             .markers()?
             .into_iter()
             .filter(|m| self.boot.as_deref() != Some(m.boot.as_str()))
-            .map(|m| (m.layer, m.path))
+            .map(|m| (m.entry, m.path))
             .collect())
     }
 
     /// Removes a marker (absent is fine).
-    pub(super) fn forget(&self, marker: &Path) -> io::Result<()> {
+    pub(crate) fn forget(&self, marker: &Path) -> io::Result<()> {
         match fs::remove_file(marker) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// Removes every marker of the layer `layer` (its directory was removed).
-    pub(super) fn forget_layer(&self, layer: &str) -> io::Result<()> {
-        for marker in self.markers()?.into_iter().filter(|m| m.layer == layer) {
+    /// Removes every marker of the entry `name` (the entry was removed).
+    pub(crate) fn forget_entry(&self, name: &str) -> io::Result<()> {
+        for marker in self.markers()?.into_iter().filter(|m| m.entry == name) {
             self.forget(&marker.path)?;
         }
         Ok(())
     }
 
-    /// Records, durably, that the layer `layer` is about to be published unsynced. `false` when
+    /// Records, durably, that the entry `name` is about to be published unsynced. `false` when
     /// the boot is unknown: the caller must then sync before it publishes.
-    pub(super) fn mark(&self, layer: &str) -> io::Result<bool> {
+    pub(crate) fn mark(&self, name: &str) -> io::Result<bool> {
         let Some(boot) = &self.boot else {
             return Ok(false);
         };
@@ -127,28 +130,28 @@ impl Unsynced {
             .create(true)
             .truncate(false)
             .mode(0o644)
-            .open(self.dir.join(format!("{layer}.{boot}")))?;
+            .open(self.dir.join(format!("{name}.{boot}")))?;
         File::open(&self.dir)?.sync_all()?;
         Ok(true)
     }
 
-    /// Makes every layer published unsynced in this boot durable: one `syncfs` of the
-    /// filesystem of `layers_root`, then their markers removed. A marker whose
-    /// layer is not there (an unpack still running, or one that failed) is kept. Returns how
-    /// many layers it covered; 0 without a sync when there were none.
-    pub(super) fn sync(&self, layers_root: &Path) -> io::Result<usize> {
+    /// Makes every entry of `entries` (the directory holding them) published unsynced in this
+    /// boot durable: one `syncfs` of its filesystem, then their markers removed. A marker whose
+    /// entry is not there (a write still running, or one that failed) is kept. Returns how
+    /// many entries it covered; 0 without a sync when there were none.
+    pub(crate) fn sync(&self, entries: &Path) -> io::Result<usize> {
         let Some(boot) = &self.boot else {
             return Ok(0);
         };
         let covered: Vec<Marker> = self
             .markers()?
             .into_iter()
-            .filter(|m| &m.boot == boot && layers_root.join(&m.layer).is_dir())
+            .filter(|m| &m.boot == boot && fs::symlink_metadata(entries.join(&m.entry)).is_ok())
             .collect();
         if covered.is_empty() {
             return Ok(0);
         }
-        nix::unistd::syncfs(File::open(layers_root)?).map_err(io::Error::from)?;
+        nix::unistd::syncfs(File::open(entries)?).map_err(io::Error::from)?;
         for marker in &covered {
             self.forget(&marker.path)?;
         }
@@ -176,7 +179,7 @@ mod tests {
     const BB: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 
     #[test]
-    fn markers_of_this_boot_are_kept_until_a_sync_covers_their_layer() {
+    fn markers_of_this_boot_are_kept_until_a_sync_covers_their_entry() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         let this = Unsynced::open(root, Some("b1".into())).unwrap();
@@ -185,7 +188,7 @@ mod tests {
         fs::create_dir(root.join(AA)).unwrap();
         // Nothing from an earlier boot.
         assert!(this.of_earlier_boots().unwrap().is_empty());
-        // The sync covers aa (published), not bb (its unpack is still running).
+        // The sync covers aa (published), not bb (its write is still running).
         assert_eq!(this.sync(root).unwrap(), 1);
         assert!(!this.dir().join(format!("{AA}.b1")).exists());
         assert!(this.dir().join(format!("{BB}.b1")).exists());
@@ -193,8 +196,8 @@ mod tests {
 
         // The next boot takes bb as possibly torn.
         let next = Unsynced::open(root, Some("b2".into())).unwrap();
-        // Junk in the directory is removed, never taken for a layer (".staging" would name
-        // the store's staging directory, "" the store itself).
+        // Junk in the directory is removed, never taken for an entry (".staging" would name
+        // the layer store's staging directory, "" the store itself).
         for junk in [".staging.b1", "aa.b1", "x", &format!("{AA}.")] {
             fs::write(next.dir().join(junk), b"").unwrap();
         }
@@ -217,7 +220,7 @@ mod tests {
         let earlier = without.of_earlier_boots().unwrap();
         assert_eq!(earlier.len(), 1);
         assert_eq!(earlier[0].0, AA);
-        without.forget_layer(AA).unwrap();
+        without.forget_entry(AA).unwrap();
         assert!(without.of_earlier_boots().unwrap().is_empty());
     }
 }
