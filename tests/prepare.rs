@@ -533,6 +533,115 @@ fn a_layer_is_unpacked_while_later_blobs_are_still_downloading() {
     assert!(first_layer_dir.join("layer0").is_file());
 }
 
+#[test]
+fn a_layer_is_unpacked_while_its_own_blob_downloads_and_published_only_once_verified() {
+    if !requirements_met("unpack-while-downloading test", false) {
+        return;
+    }
+    // One layer of 48 incompressible 64 KiB files (3 MiB compressed), whose body stalls after
+    // 1.5 MiB until the test has seen the unpack at work.
+    let files = (0..48)
+        .map(|i| {
+            let data = support::image::prng_bytes(i, 64 << 10);
+            support::image::Entry::file(&format!("/f{i:02}"), 0o644, data)
+        })
+        .collect();
+    let image = support::image::ImageSpec::new("amd64").layer(support::image::Layer::new(files));
+    let registry = Registry::http();
+    let layout = tempfile::tempdir().unwrap();
+    let info = write_layout(layout.path(), "t", &[image]);
+    registry.push(layout.path(), "t", "team/one:1");
+    let proxy = FaultProxy::start(&registry);
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let release = state.path().join("release");
+    proxy.inject(Fault::StallMidBody {
+        path_contains: info.layer_digests[0][0].clone(),
+        after_bytes: 3 << 19,
+        until: release.clone(),
+        at_most: std::time::Duration::from_secs(30),
+    });
+    let diff = hex(&info.diff_ids[0][0]).to_owned();
+    let layer_dir = state.path().join("layers").join(&diff);
+    let staging = state.path().join("layers/.staging");
+    let prepared = std::thread::scope(|scope| {
+        let preparing = scope.spawn(|| prepare_via(&proxy, "team/one:1", state.path(), 4));
+        // While the rest of the blob is held back, its first files appear in the layer's
+        // staging directory, and the layer is not published.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let first_file = || {
+            let entries = std::fs::read_dir(&staging).ok()?;
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&diff))
+                .map(|e| e.path().join("f00"))
+                .find(|f| f.is_file())
+        };
+        let seen = loop {
+            if let Some(file) = first_file() {
+                break Some(file);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let published_early = layer_dir.exists();
+        std::fs::write(&release, b"").unwrap();
+        let prepared = preparing.join().unwrap();
+        assert!(
+            seen.is_some(),
+            "no file of the layer was written while its blob was still downloading"
+        );
+        assert!(
+            !published_early,
+            "the layer was published before its blob was verified"
+        );
+        prepared
+    });
+    let prepared = prepared.unwrap();
+    assert_eq!(prepared.layers_unpacked, 1);
+    assert_eq!(
+        blob_get_fault(&proxy, &info.layer_digests[0][0]),
+        [Some("stalled")]
+    );
+    assert_eq!(
+        std::fs::read(layer_dir.join("f47")).unwrap(),
+        support::image::prng_bytes(47, 64 << 10)
+    );
+}
+
+#[test]
+fn a_blob_that_fails_its_digest_after_an_unpack_as_it_downloaded_publishes_nothing() {
+    if !requirements_met("unpack-while-downloading failure test", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let layout = tempfile::tempdir().unwrap();
+    let info = write_layout(layout.path(), "t", &[small_layers(2)]);
+    registry.push(layout.path(), "t", "team/two:1");
+    let proxy = FaultProxy::start(&registry);
+    // Every byte of the second layer inverted at chunk starts: the tar may still parse, but the
+    // blob never verifies.
+    proxy.inject(Fault::CorruptBody {
+        path_contains: info.layer_digests[0][1].clone(),
+    });
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let err = prepare_via(&proxy, "team/two:1", state.path(), 4).unwrap_err();
+    assert!(
+        err.to_string().contains(hex(&info.layer_digests[0][1])),
+        "{err}"
+    );
+    let second = state.path().join("layers").join(hex(&info.diff_ids[0][1]));
+    assert!(
+        !second.exists(),
+        "a layer of an unverified blob was published"
+    );
+    let staging: Vec<_> = std::fs::read_dir(state.path().join("layers/.staging"))
+        .unwrap()
+        .collect();
+    assert!(staging.is_empty(), "staging left: {staging:?}");
+}
+
 /// Rewrites the image of `layout` (tag `t`, one image) so that its config names a wrong diff ID
 /// for the first layer.
 fn break_first_diff_id(layout: &std::path::Path, info: &support::image::LayoutInfo) {

@@ -22,6 +22,7 @@
 //! `blobs/.unsynced/` (markers, see [`unsynced`]), `staging/` (in-progress writes, see
 //! [`staging`]) and `refs/` (pins, see [`pins`]).
 
+mod follow;
 mod pins;
 pub(crate) mod staging;
 pub(crate) mod unsynced;
@@ -36,8 +37,10 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
+use follow::Growing;
 use unsynced::Unsynced;
 
+pub use follow::Follower;
 pub use writer::BlobWriter;
 
 /// Errors of this module.
@@ -89,6 +92,7 @@ pub struct BlobInfo {
 pub struct BlobStore {
     root: PathBuf,
     unsynced: Unsynced,
+    growing: Growing,
 }
 
 impl BlobStore {
@@ -121,6 +125,7 @@ impl BlobStore {
         let store = BlobStore {
             root: state_dir.to_owned(),
             unsynced,
+            growing: Growing::default(),
         };
         store.drop_torn_blobs()?;
         staging::sweep(&store.staging_dir())?;
@@ -191,38 +196,46 @@ impl BlobStore {
     }
 
     /// Starts writing a blob expected to be `expected_size` bytes with `digest`; its commit
-    /// publishes it unsynced (module doc).
+    /// publishes it unsynced (module doc). Until it is committed or dropped, [`Self::follow`]
+    /// reads it as it grows.
     ///
     /// Allowed when the blob is already present: the existing blob is never touched before a
     /// verified commit. A write that would go past `expected_size` fails at once with
     /// [`CacheError::SizeMismatch`] (nothing past the expected size reaches the disk).
     pub fn writer(&self, digest: &Digest, expected_size: u64) -> Result<BlobWriter, CacheError> {
-        self.writer_with(digest, expected_size, Some(self.unsynced.clone()))
-    }
-
-    fn writer_with(
-        &self,
-        digest: &Digest,
-        expected_size: u64,
-        unsynced: Option<Unsynced>,
-    ) -> Result<BlobWriter, CacheError> {
         let (file, staging) = staging::create(&self.staging_dir(), digest.hex())?;
+        let growth = self.growing.register(digest, &staging);
         Ok(BlobWriter::new(
             file,
             staging,
             self.blob_dir(),
             digest.clone(),
             expected_size,
-            unsynced,
-        ))
+        )
+        .marking(self.unsynced.clone())
+        .followed(self.growing.clone(), growth))
     }
 
     /// Stores a small blob (a manifest) held in memory, verifying it; it is on disk when this
     /// returns.
     pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, CacheError> {
-        let mut writer = self.writer_with(digest, bytes.len() as u64, None)?;
+        let (file, staging) = staging::create(&self.staging_dir(), digest.hex())?;
+        let mut writer = BlobWriter::new(
+            file,
+            staging,
+            self.blob_dir(),
+            digest.clone(),
+            bytes.len() as u64,
+        );
         writer.write(bytes)?;
         writer.commit()
+    }
+
+    /// A reader of the blob `digest` while this process writes it (see [`Follower`]): it ends
+    /// only once the blob is verified, and fails if the write is abandoned. `None` when no
+    /// writer of it is running.
+    pub fn follow(&self, digest: &Digest) -> Option<Follower> {
+        self.growing.follow(digest)
     }
 
     /// Reads a small blob (manifest, config) whole.

@@ -446,3 +446,82 @@ fn a_streamed_blob_does_not_wait_for_the_disk_until_the_sync_and_a_put_one_does(
     );
     assert_eq!(store.read(&streamed).unwrap(), data);
 }
+
+/// Reads `follower` on a thread of its own, reporting each read's result.
+fn follow_on_thread(mut follower: Follower) -> std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    use std::io::Read;
+    let (send, got) = std::sync::mpsc::channel();
+    std::thread::spawn(move || loop {
+        let mut buf = [0u8; 64];
+        let read = follower.read(&mut buf).map(|n| buf[..n].to_vec());
+        let end = !matches!(&read, Ok(bytes) if !bytes.is_empty());
+        if send.send(read).is_err() || end {
+            break;
+        }
+    });
+    got
+}
+
+#[test]
+fn a_follower_reads_what_is_written_and_ends_only_once_the_blob_is_verified() {
+    use std::time::Duration;
+    let (_dir, store) = store();
+    let content = b"first part, second part";
+    let digest = Digest::of(content);
+    assert!(store.follow(&digest).is_none(), "nothing is being written");
+    let mut writer = store.writer(&digest, content.len() as u64).unwrap();
+    let got = follow_on_thread(store.follow(&digest).expect("a follower"));
+    writer.write_chunks(&[&content[..12]]).unwrap();
+    let first = got.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(first, &content[..12]);
+    // All that is written has been read: the follower waits, it does not end.
+    assert!(got.recv_timeout(Duration::from_millis(200)).is_err());
+    writer.write_chunks(&[&content[12..]]).unwrap();
+    let second = got.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!(second, &content[12..]);
+    // Every byte is there, but the digest is not checked yet: still no end.
+    assert!(got.recv_timeout(Duration::from_millis(200)).is_err());
+    writer.commit().unwrap();
+    let end = got.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert!(end.is_empty(), "the end, once committed");
+    assert!(
+        store.follow(&digest).is_none(),
+        "a committed blob is read, not followed"
+    );
+}
+
+#[test]
+fn a_follower_of_an_abandoned_or_mismatched_blob_fails() {
+    use std::time::Duration;
+    let (_dir, store) = store();
+    // Dropped mid-way (a failed transfer, or one that starts over with a new writer).
+    let digest = Digest::of(b"abandoned");
+    let mut writer = store.writer(&digest, 9).unwrap();
+    let got = follow_on_thread(store.follow(&digest).unwrap());
+    writer.write(b"aban").unwrap();
+    drop(writer);
+    let mut reads = Vec::new();
+    while let Ok(read) = got.recv_timeout(Duration::from_secs(5)) {
+        reads.push(read);
+    }
+    assert!(
+        matches!(reads.last(), Some(Err(_))),
+        "the last read fails: {reads:?}"
+    );
+
+    // Every byte written, then the digest does not match: never an end.
+    let digest = Digest::of(b"expected");
+    let mut writer = store.writer(&digest, 8).unwrap();
+    let got = follow_on_thread(store.follow(&digest).unwrap());
+    writer.write(b"tampered").unwrap();
+    assert!(writer.commit().is_err());
+    let mut reads = Vec::new();
+    while let Ok(read) = got.recv_timeout(Duration::from_secs(5)) {
+        reads.push(read);
+    }
+    assert!(
+        matches!(reads.last(), Some(Err(_))),
+        "the last read fails: {reads:?}"
+    );
+    assert!(store.follow(&digest).is_none());
+}

@@ -12,9 +12,11 @@ use std::fs::{self, File, Permissions};
 use std::io::{self, BufWriter, IoSlice, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
+use super::follow::{Growing, Growth};
 use super::unsynced::Unsynced;
 use super::{io_err, sync_dir, CacheError};
 use crate::digest::Digest;
@@ -44,6 +46,8 @@ pub struct BlobWriter {
     blob_dir: PathBuf,
     /// Where the commit marks the blob unsynced; `None`: it fsyncs instead.
     unsynced: Option<Unsynced>,
+    /// This writer's progress, for followers; taken when it commits or goes.
+    followed: Option<(Growing, Arc<Growth>)>,
     poison: Option<Poison>,
     /// The staging file no longer exists (renamed into place or removed by `commit`).
     settled: bool,
@@ -56,7 +60,6 @@ impl BlobWriter {
         blob_dir: PathBuf,
         digest: Digest,
         expected_size: u64,
-        unsynced: Option<Unsynced>,
     ) -> BlobWriter {
         BlobWriter {
             out: Some(BufWriter::with_capacity(BUFFER, file)),
@@ -66,9 +69,40 @@ impl BlobWriter {
             expected_size,
             staging,
             blob_dir,
-            unsynced,
+            unsynced: None,
+            followed: None,
             poison: None,
             settled: false,
+        }
+    }
+
+    /// The commit marks the blob unsynced in `unsynced` instead of fsyncing it.
+    pub(super) fn marking(mut self, unsynced: Unsynced) -> BlobWriter {
+        self.unsynced = Some(unsynced);
+        self
+    }
+
+    /// Followers of the blob see this writer's progress through `growth`.
+    pub(super) fn followed(mut self, growing: Growing, growth: Arc<Growth>) -> BlobWriter {
+        self.followed = Some((growing, growth));
+        self
+    }
+
+    /// Tells followers how far the staging file goes.
+    fn advanced(&self) {
+        if let (Some((_, growth)), Some(out)) = (&self.followed, &self.out) {
+            growth.advance(self.written - out.buffer().len() as u64);
+        }
+    }
+
+    /// Followers learn how the blob ended: committed (`true`) or abandoned.
+    fn settle_followers(&mut self, committed: bool) {
+        if let Some((growing, growth)) = self.followed.take() {
+            match committed {
+                true => growth.commit(self.written),
+                false => growth.abandon(),
+            }
+            growing.unregister(&self.digest, &growth);
         }
     }
 
@@ -90,6 +124,7 @@ impl BlobWriter {
         }
         self.hasher.update(bytes);
         self.written = total;
+        self.advanced();
         Ok(())
     }
 
@@ -114,6 +149,7 @@ impl BlobWriter {
             self.hasher.update(chunk.as_ref());
         }
         self.written = total;
+        self.advanced();
         Ok(())
     }
 
@@ -167,6 +203,7 @@ impl BlobWriter {
             self.settled = true;
             fs::remove_file(&self.staging)
                 .map_err(io_err("removing staging file", &self.staging))?;
+            self.settle_followers(true);
             return Ok(dest);
         }
         // The marker is on disk before the rename can be; unmarked (asked for, or no boot ID
@@ -186,6 +223,7 @@ impl BlobWriter {
         if !marked {
             sync_dir(&self.blob_dir)?;
         }
+        self.settle_followers(true);
         Ok(dest)
     }
 
@@ -226,6 +264,8 @@ fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> io::Re
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
+        // Nothing left to follow once committed; abandoned otherwise.
+        self.settle_followers(false);
         if let Some(out) = self.out.take() {
             // Discard what is still buffered rather than flushing it into a doomed file.
             let (file, _unflushed) = out.into_parts();

@@ -3,22 +3,26 @@
 //! Owns: the small contract between a fetch (registry pull or local import) and whoever consumes
 //! its layers while it is still running (`crate::prepare` unpacks them): `ready` is called once
 //! per layer index, only after that layer's blob is committed to the store (verified against
-//! the manifest's digest and size) and the image config (its diff IDs) is known; `stop` asks
-//! the fetch to start no new transfer (those in flight finish). It never fetches, stores or
-//! unpacks anything itself.
+//! the manifest's digest and size) and the image config (its diff IDs) is known;
+//! `downloading`, when a fetch reports it, before that, as soon as the layer's transfer has
+//! its writer in the store (the blob can be followed as it arrives, `BlobStore::follow`; a
+//! transfer that starts over says nothing more, and `ready` still follows its success); `stop`
+//! asks the fetch to start no new transfer (those in flight finish). It never fetches, stores
+//! or unpacks anything itself.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::PulledLayer;
 
-type Ready = dyn Fn(usize, &PulledLayer) + Send + Sync;
+type Report = dyn Fn(usize, &PulledLayer) + Send + Sync;
 
-/// Where a fetch reports each verified layer, and the shared stop flag. Cheap to clone; the
-/// default feed reports nowhere.
+/// Where a fetch reports each verified layer (and each layer it starts downloading), and the
+/// shared stop flag. Cheap to clone; the default feed reports nowhere.
 #[derive(Clone, Default)]
 pub struct LayerFeed {
-    ready: Option<Arc<Ready>>,
+    ready: Option<Arc<Report>>,
+    downloading: Option<Arc<Report>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -35,8 +39,18 @@ impl LayerFeed {
     pub fn new(ready: impl Fn(usize, &PulledLayer) + Send + Sync + 'static) -> LayerFeed {
         LayerFeed {
             ready: Some(Arc::new(ready)),
+            downloading: None,
             stop: Arc::default(),
         }
+    }
+
+    /// Also calls `downloading(index, layer)` when the transfer of a layer's blob starts.
+    pub fn with_downloading(
+        mut self,
+        downloading: impl Fn(usize, &PulledLayer) + Send + Sync + 'static,
+    ) -> LayerFeed {
+        self.downloading = Some(Arc::new(downloading));
+        self
     }
 
     /// The same stop flag without the reporting (a consumer holds this one, so that the
@@ -44,6 +58,7 @@ impl LayerFeed {
     pub fn stop_handle(&self) -> LayerFeed {
         LayerFeed {
             ready: None,
+            downloading: None,
             stop: self.stop.clone(),
         }
     }
@@ -52,6 +67,13 @@ impl LayerFeed {
     pub fn ready(&self, index: usize, layer: &PulledLayer) {
         if let Some(ready) = &self.ready {
             ready(index, layer);
+        }
+    }
+
+    /// Reports layer `index`, whose blob is now being downloaded into the store.
+    pub fn downloading(&self, index: usize, layer: &PulledLayer) {
+        if let Some(downloading) = &self.downloading {
+            downloading(index, layer);
         }
     }
 

@@ -219,13 +219,16 @@ async fn get_once(
     Ok(Got::Complete(writer))
 }
 
-/// Fetches one blob into the store, unless it is there already.
+/// Fetches one blob into the store, unless it is there already. `started` is called once
+/// its writer exists, before the first byte is asked for: from then on the blob can be
+/// followed as it arrives (`BlobStore::follow`).
 pub(crate) async fn fetch_blob(
     session: &Mutex<Session>,
     config: &RegistryConfig,
     store: &BlobStore,
     request: &BlobRequest,
     progress: &Progress,
+    started: &(dyn Fn(&BlobRequest) + Sync),
 ) -> Result<(), RegistryError> {
     if store.size_of(&request.digest) == Some(request.size) {
         progress.cached(&request.digest);
@@ -252,6 +255,7 @@ pub(crate) async fn fetch_blob(
     let mut writer = store
         .writer(&request.digest, request.size)
         .map_err(|e| store_error(&transport, &request.digest, e))?;
+    started(request);
     let mut delay = config.initial_backoff;
     let mut reauthenticated = false;
     let mut last = String::new();

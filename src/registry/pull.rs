@@ -196,6 +196,7 @@ async fn transfer_all(
     blobs: &[BlobRequest],
     progress: &Progress,
     feed: &LayerFeed,
+    started: &(dyn Fn(&BlobRequest) + Sync),
     stored: &(dyn Fn(&BlobRequest) + Sync),
     reference: &str,
 ) -> Result<(), RegistryError> {
@@ -208,7 +209,7 @@ async fn transfer_all(
                     skipped.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
-                fetch_blob(session, config, store, request, progress).await?;
+                fetch_blob(session, config, store, request, progress, started).await?;
                 stored(request);
                 Ok(())
             }
@@ -307,6 +308,7 @@ pub async fn pull_feeding(
             progress,
             feed,
             &none,
+            &none,
             &name,
         )
         .await?;
@@ -326,6 +328,13 @@ pub async fn pull_feeding(
     }
     if let Some((session, progress, _)) = &transfer {
         let layers = &pulled.layers;
+        let started = |request: &BlobRequest| {
+            for (i, layer) in layers.iter().enumerate() {
+                if layer.digest == request.digest {
+                    feed.downloading(i, layer);
+                }
+            }
+        };
         let stored = |request: &BlobRequest| {
             for (i, layer) in layers.iter().enumerate() {
                 if layer.digest == request.digest {
@@ -340,6 +349,7 @@ pub async fn pull_feeding(
             &layer_blobs,
             progress,
             feed,
+            &started,
             &stored,
             &name,
         )

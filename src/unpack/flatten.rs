@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
-use super::stream::apply_stream;
+use super::stream::{apply_stream, open_blob};
 use super::tree::{self, Tree, Whiteouts};
 use super::{remove_any, store_err, LayerSource, Limits, UnpackError};
 use crate::cache::staging;
@@ -116,7 +116,7 @@ fn flatten_staged(
             .map_err(store_err("opening staging directory", staging_path))?;
         for (index, layer) in layers.iter().enumerate() {
             tree.begin_layer(&layer.digest);
-            let one = apply_stream(layer, limits, &mut tree)?;
+            let one = apply_stream(layer, open_blob(layer)?, limits, &mut tree)?;
             report.layers += 1;
             report.entries += one.entries;
             report.bytes += one.bytes;

@@ -38,7 +38,7 @@ mod flatten_tests;
 mod tests;
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -355,6 +355,29 @@ impl LayerStore {
         source: &LayerSource,
         limits: &Limits,
     ) -> Result<UnpackReport, UnpackError> {
+        self.unpack_input(source, None, limits)
+    }
+
+    /// [`Self::unpack`] from `input`, the blob's bytes as they download, instead of the blob
+    /// file: a follower of the blob's writer (`crate::cache::Follower`), which ends only once
+    /// the blob is verified against the manifest and fails if its transfer is abandoned. The
+    /// layer is published only once the input has ended and the diff ID matched, so both
+    /// digests are checked before it is complete, as for [`Self::unpack`].
+    pub fn unpack_following(
+        &self,
+        source: &LayerSource,
+        input: impl Read + Send + 'static,
+        limits: &Limits,
+    ) -> Result<UnpackReport, UnpackError> {
+        self.unpack_input(source, Some(Box::new(input)), limits)
+    }
+
+    fn unpack_input(
+        &self,
+        source: &LayerSource,
+        input: Option<stream::Input>,
+        limits: &Limits,
+    ) -> Result<UnpackReport, UnpackError> {
         if self.is_complete(&source.diff_id) {
             return Ok(UnpackReport {
                 reused: true,
@@ -364,7 +387,7 @@ impl LayerStore {
         let staging = self
             .staging_dir()
             .join(staging::fresh_name(source.diff_id.hex()));
-        let result = self.unpack_staged(source, limits, &staging);
+        let result = self.unpack_staged(source, input, limits, &staging);
         if result.is_err() || staging.exists() {
             if let Err(e) = remove_any(&staging) {
                 if e.kind() != io::ErrorKind::NotFound {
@@ -378,11 +401,16 @@ impl LayerStore {
     fn unpack_staged(
         &self,
         source: &LayerSource,
+        input: Option<stream::Input>,
         limits: &Limits,
         staging: &Path,
     ) -> Result<UnpackReport, UnpackError> {
         tree::create_root(staging).map_err(store_err("creating staging directory", staging))?;
-        let mut report = stream::unpack_stream(source, limits, staging)?;
+        let input = match input {
+            Some(input) => input,
+            None => stream::open_blob(source)?,
+        };
+        let mut report = stream::unpack_stream(source, input, limits, staging)?;
 
         let dir = File::open(staging).map_err(store_err("opening staging directory", staging))?;
         if let Some(first) = report.implicit_dirs.first() {

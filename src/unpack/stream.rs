@@ -1,9 +1,9 @@
 //! The layer stream: blob file -> decompressor -> hashing, budgeted reader -> tar entries.
 //!
-//! Owns: opening the blob with large buffered reads, choosing the decoder (multi-member gzip,
-//! zstd or none), comparing the hash of every uncompressed byte (the trailing padding after
-//! the tar's end included, by reading to EOF) with the diff ID, and enforcing the byte and
-//! entry budgets. Decompressing and hashing run on a thread of their own (module `decode`), the
+//! Owns: opening the blob (or taking its bytes as they download) with large buffered reads,
+//! choosing the decoder (multi-member gzip, zstd or none), comparing the hash of every
+//! uncompressed byte (the trailing padding after the tar's end included, by reading to EOF)
+//! with the diff ID, and enforcing the byte and entry budgets. Decompressing and hashing run on a thread of their own (module `decode`), the
 //! tar parsing here on the caller's, which hands each decoded entry to [`super::tree`]. It
 //! never writes to the filesystem itself.
 
@@ -24,26 +24,39 @@ const BLOB_BUFFER: usize = 1 << 20;
 /// Warnings kept in a report; the rest are counted.
 const MAX_WARNINGS: usize = 200;
 
-fn decoder(source: &LayerSource) -> Result<Box<dyn Read + Send>, UnpackError> {
-    let blob_err = |source_err| UnpackError::Blob {
+/// A layer's compressed bytes: its blob file, or a follower of its download.
+pub(super) type Input = Box<dyn Read + Send>;
+
+/// The layer's blob file, opened.
+pub(super) fn open_blob(source: &LayerSource) -> Result<Input, UnpackError> {
+    let file = File::open(&source.blob).map_err(|e| UnpackError::Blob {
         layer: source.digest.clone(),
         path: source.blob.clone(),
-        source: source_err,
-    };
-    let file = File::open(&source.blob).map_err(blob_err)?;
-    let buffered = BufReader::with_capacity(BLOB_BUFFER, file);
+        source: e,
+    })?;
+    Ok(Box::new(file))
+}
+
+fn decoder(source: &LayerSource, input: Input) -> Result<Input, UnpackError> {
+    let buffered = BufReader::with_capacity(BLOB_BUFFER, input);
     Ok(match source.compression {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(blob_err)?)
-        }
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(
+            |e| UnpackError::Blob {
+                layer: source.digest.clone(),
+                path: source.blob.clone(),
+                source: e,
+            },
+        )?),
     })
 }
 
-/// Unpacks `source` into the (existing, empty) directory `root` and checks the diff ID.
+/// Unpacks `input` (the bytes of `source`'s blob) into the (existing, empty) directory `root`
+/// and checks the diff ID.
 pub(super) fn unpack_stream(
     source: &LayerSource,
+    input: Input,
     limits: &Limits,
     root: &Path,
 ) -> Result<UnpackReport, UnpackError> {
@@ -53,19 +66,20 @@ pub(super) fn unpack_stream(
             path: root.to_owned(),
             source: e,
         })?;
-    let mut report = apply_stream(source, limits, &mut tree)?;
+    let mut report = apply_stream(source, input, limits, &mut tree)?;
     report.implicit_dirs = tree.implicit_dirs();
     Ok(report)
 }
 
-/// Applies `source` to `tree` (whose current layer is `source`) and checks the diff ID. In
-/// flatten mode the caller applies the next layer to the same tree.
+/// Applies `input` (the bytes of `source`'s blob) to `tree` (whose current layer is `source`)
+/// and checks the diff ID. In flatten mode the caller applies the next layer to the same tree.
 pub(super) fn apply_stream(
     source: &LayerSource,
+    input: Input,
     limits: &Limits,
     tree: &mut Tree<'_>,
 ) -> Result<UnpackReport, UnpackError> {
-    let input = decoder(source)?;
+    let input = decoder(source, input)?;
     let exceeded = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let (reader, decoder) =

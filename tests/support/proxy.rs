@@ -55,6 +55,14 @@ pub enum Fault {
         until: std::path::PathBuf,
         at_most: std::time::Duration,
     },
+    /// Forward, send the headers and `after_bytes` of the body, then hold the rest until the
+    /// file `until` exists (at most `at_most`), then send it; recorded as `stalled`.
+    StallMidBody {
+        path_contains: String,
+        after_bytes: u64,
+        until: std::path::PathBuf,
+        at_most: std::time::Duration,
+    },
     /// Answer GET/HEAD of manifests whose path contains `path_contains` with this document.
     ReplaceManifest {
         path_contains: String,
@@ -240,12 +248,16 @@ fn is_blob_path(path: &str) -> bool {
 }
 
 /// What to do with one request, decided under the fault lock.
+/// A pause in a body: after this many bytes, until this file exists, at most this long.
+type Stall = (u64, std::path::PathBuf, std::time::Duration);
+
 enum Plan {
     Forward {
         strip_range: bool,
         drop_after: Option<u64>,
         corrupt: bool,
         hold: Option<(std::path::PathBuf, std::time::Duration)>,
+        stall: Option<Stall>,
     },
     Answer(Response<Body>, &'static str),
 }
@@ -256,6 +268,7 @@ fn plan(state: &State, method: &str, path: &str) -> (Plan, Option<&'static str>)
     let mut corrupt = false;
     let mut drop_after = None;
     let mut hold = None;
+    let mut stall = None;
     let mut label = None;
     for active in faults.iter_mut() {
         if active.remaining == 0 {
@@ -358,6 +371,15 @@ fn plan(state: &State, method: &str, path: &str) -> (Plan, Option<&'static str>)
                 hold = Some((until.clone(), *at_most));
                 label = label.or(Some("held"));
             }
+            Fault::StallMidBody {
+                path_contains,
+                after_bytes,
+                until,
+                at_most,
+            } if method == "GET" && path.contains(path_contains.as_str()) => {
+                stall = Some((*after_bytes, until.clone(), *at_most));
+                label = label.or(Some("stalled"));
+            }
             _ => {}
         }
         if used {
@@ -370,6 +392,7 @@ fn plan(state: &State, method: &str, path: &str) -> (Plan, Option<&'static str>)
             drop_after,
             corrupt,
             hold,
+            stall,
         },
         label,
     )
@@ -410,6 +433,7 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             drop_after,
             corrupt,
             hold,
+            stall,
         } => {
             if let Some((until, at_most)) = hold {
                 let deadline = tokio::time::Instant::now() + at_most;
@@ -424,7 +448,7 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             match forward(&state, req, &path, query.as_deref(), strip_range).await {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
-                    let body = shape_body(body, drop_after, corrupt);
+                    let body = shape_body(body, drop_after, corrupt, stall);
                     Response::from_parts(parts, body)
                 }
                 Err(e) => server::respond(502, &[], format!("proxy upstream error: {e}")),
@@ -468,37 +492,67 @@ async fn forward(
     Ok(state.client.request(request).await?)
 }
 
-/// The upstream body, possibly truncated (then errored, which aborts the connection) or with
-/// corrupted bytes.
-fn shape_body(body: Incoming, drop_after: Option<u64>, corrupt: bool) -> Body {
-    if drop_after.is_none() && !corrupt {
+/// The upstream body, possibly truncated (then errored, which aborts the connection), with
+/// corrupted bytes, or paused part-way.
+fn shape_body(
+    body: Incoming,
+    drop_after: Option<u64>,
+    corrupt: bool,
+    stall: Option<Stall>,
+) -> Body {
+    if drop_after.is_none() && !corrupt && stall.is_none() {
         return body.map_err(|e| Box::new(e) as BoxError).boxed();
     }
-    let limit = drop_after.unwrap_or(u64::MAX);
+    let stall_at = stall.as_ref().map_or(u64::MAX, |(at, _, _)| *at);
+    let limit = drop_after.unwrap_or(u64::MAX).min(stall_at);
     let stream = body.into_data_stream();
+    // (upstream, bytes sent, done, where to stop next, the stall still to come, the rest of a
+    // chunk cut at the stall)
     let shaped = futures_util::stream::unfold(
-        (stream, 0u64, false),
-        move |(mut stream, sent, done)| async move {
+        (stream, 0u64, false, limit, stall, None::<Bytes>),
+        move |(mut stream, sent, done, mut limit, mut stall, mut rest)| async move {
             if done {
                 return None;
             }
             if sent >= limit {
-                let err: BoxError = "injected: connection dropped mid-body".into();
-                return Some((Err(err), (stream, sent, true)));
-            }
-            match stream.next().await {
-                None => None,
-                Some(Err(e)) => Some((Err(Box::new(e) as BoxError), (stream, sent, true))),
-                Some(Ok(chunk)) => {
-                    let room = (limit - sent).min(chunk.len() as u64) as usize;
-                    let mut data = chunk.slice(..room).to_vec();
-                    if corrupt && !data.is_empty() {
-                        data[0] ^= 0xff;
+                match stall.take() {
+                    Some((_, until, at_most)) => {
+                        let deadline = tokio::time::Instant::now() + at_most;
+                        while !until.exists() && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                        }
+                        limit = drop_after.unwrap_or(u64::MAX);
                     }
-                    let sent = sent + room as u64;
-                    Some((Ok(Frame::data(Bytes::from(data))), (stream, sent, false)))
+                    None => {
+                        let err: BoxError = "injected: connection dropped mid-body".into();
+                        return Some((Err(err), (stream, sent, true, limit, stall, rest)));
+                    }
                 }
             }
+            let chunk = match rest.take() {
+                Some(chunk) => chunk,
+                None => match stream.next().await {
+                    None => return None,
+                    Some(Err(e)) => {
+                        let err = Box::new(e) as BoxError;
+                        return Some((Err(err), (stream, sent, true, limit, stall, rest)));
+                    }
+                    Some(Ok(chunk)) => chunk,
+                },
+            };
+            let room = (limit - sent).min(chunk.len() as u64) as usize;
+            if stall.is_some() && room < chunk.len() {
+                rest = Some(chunk.slice(room..));
+            }
+            let mut data = chunk.slice(..room).to_vec();
+            if corrupt && !data.is_empty() {
+                data[0] ^= 0xff;
+            }
+            let sent = sent + room as u64;
+            Some((
+                Ok(Frame::data(Bytes::from(data))),
+                (stream, sent, false, limit, stall, rest),
+            ))
         },
     );
     BodyExt::boxed(StreamBody::new(shaped))

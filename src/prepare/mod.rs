@@ -1,27 +1,28 @@
 //! Getting an image ready on the volume: verified blobs, then unpacked layer directories.
 //!
 //! Owns: running a fetch (registry pull or local import, `crate::source`) and the unpacking of
-//! its layers side by side: a layer starts unpacking as soon as its blob is verified in the
-//! store and the config has named its diff ID, while later blobs are still arriving; at most
-//! one unpack per core runs at once, each layer into its own directory keyed by diff ID
-//! (reused when already complete). The first failure wins: the other side starts nothing new,
+//! its layers side by side: a layer starts unpacking as soon as its download starts (once the
+//! config has named its diff ID), following the bytes as they arrive and published only once
+//! its blob is verified, or as soon as its blob is verified in the store when it was there
+//! already; each layer goes into its own directory keyed by diff ID (reused when already
+//! complete). Module `dispatch` decides which unpack runs when. The first failure wins: the other side starts nothing new,
 //! and what is in flight (transfers, unpacks) finishes, so no staging file or directory is left
 //! being written and no layer directory is ever half-complete (see `crate::unpack`). Both
 //! `envbox docker` and `envbox prepare` call [`prepare`]. It never mounts and never writes
 //! outside the state directory.
 
-use std::collections::HashSet;
+mod dispatch;
+
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver};
-use std::sync::{Condvar, Mutex};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::cache::{BlobStore, CacheError};
-use crate::digest::Digest;
 use crate::image::ImageConfig;
 use crate::registry::{ImageRef, LayerFeed, PulledImage, PulledLayer, RegistryConfig};
 use crate::source::{self, Fetched, ImageSource, SourceError};
 use crate::unpack::{LayerSource, LayerStore, Limits, UnpackError, UnpackReport};
+use dispatch::{unpack_as_fed, Arrival};
 
 /// An image whose layers are all unpacked.
 #[derive(Debug, Clone)]
@@ -94,14 +95,6 @@ pub fn layer_sources(blobs: &BlobStore, pulled: &PulledImage) -> Vec<LayerSource
         .collect()
 }
 
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Unpacks every source not yet complete, up to one thread per core. The first error wins;
 /// layers already finished stay (they are complete and verified).
 pub fn unpack_all(
@@ -111,7 +104,7 @@ pub fn unpack_all(
 ) -> Result<Vec<UnpackReport>, UnpackError> {
     let (send, arrivals) = mpsc::channel();
     for (index, source) in sources.iter().enumerate() {
-        let _ = send.send((index, source.clone()));
+        let _ = send.send(Arrival::Ready(index, source.clone()));
     }
     drop(send);
     let unpacked = unpack_as_fed(
@@ -128,94 +121,6 @@ pub fn unpack_all(
     Ok(reports.into_iter().flatten().collect())
 }
 
-/// One running unpack, counted while it lives (also when it panics, so the dispatcher never
-/// waits for a slot that is not coming back).
-struct Slot<'a> {
-    running: &'a Mutex<usize>,
-    finished: &'a Condvar,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        *lock(self.running) -= 1;
-        self.finished.notify_one();
-    }
-}
-
-/// What [`unpack_as_fed`] did.
-struct Unpacked {
-    /// `(layer index, result)` for each layer taken, in completion order.
-    results: Vec<(usize, Result<UnpackReport, UnpackError>)>,
-    /// An unpack failure here stopped the feed before anything else did.
-    failed_first: bool,
-}
-
-/// Unpacks layers as they arrive, at most one per core at once, until every sender is gone.
-/// After a failure here, or `feed.stop()` by the fetch, no new unpack starts (arrivals are
-/// drained and dropped); those running finish. A diff ID already started under another index
-/// is reported as reused, not unpacked twice.
-fn unpack_as_fed(
-    layers: &LayerStore,
-    arrivals: Receiver<(usize, LayerSource)>,
-    limits: &Limits,
-    feed: &LayerFeed,
-    begun: Instant,
-) -> Unpacked {
-    let max = threads();
-    let running = Mutex::new(0usize);
-    let finished = Condvar::new();
-    let results = Mutex::new(Vec::new());
-    let stopped_first = Mutex::new(false);
-    std::thread::scope(|scope| {
-        let mut started: HashSet<Digest> = HashSet::new();
-        for (index, source) in arrivals {
-            if feed.stopped() {
-                continue;
-            }
-            if !started.insert(source.diff_id.clone()) {
-                let reused = UnpackReport {
-                    reused: true,
-                    ..UnpackReport::default()
-                };
-                lock(&results).push((index, Ok(reused)));
-                continue;
-            }
-            let mut count = lock(&running);
-            while *count >= max {
-                count = finished.wait(count).unwrap_or_else(|p| p.into_inner());
-            }
-            *count += 1;
-            drop(count);
-            let (running, finished, results, stopped_first) =
-                (&running, &finished, &results, &stopped_first);
-            scope.spawn(move || {
-                let _slot = Slot { running, finished };
-                let ms = |at: Instant| at.duration_since(begun).as_millis() as u64;
-                let started = Instant::now();
-                let result = layers.unpack(&source, limits);
-                if let Ok(report) = &result {
-                    tracing::debug!(
-                        layer = index,
-                        from_ms = ms(started),
-                        to_ms = ms(Instant::now()),
-                        entries = report.entries,
-                        "prepare: layer unpacked"
-                    );
-                }
-                if result.is_err() && feed.stop() {
-                    *lock(stopped_first) = true;
-                }
-                lock(results).push((index, result));
-            });
-        }
-    });
-    let failed_first = *lock(&stopped_first);
-    Unpacked {
-        results: results.into_inner().unwrap_or_else(|p| p.into_inner()),
-        failed_first,
-    }
-}
-
 /// Fetches `source` (blobs already cached are not fetched again) and unpacks its layers, each
 /// as soon as its blob is in the store.
 pub async fn prepare(
@@ -227,18 +132,31 @@ pub async fn prepare(
 ) -> Result<PreparedImage, PrepareError> {
     let begun = Instant::now();
     let (send, arrivals) = mpsc::channel();
+    // The unpacker takes arrivals until the last sender is gone; never an error to send.
     let feed = {
-        let blobs = blobs.clone();
+        let (blobs, send) = (blobs.clone(), send.clone());
         LayerFeed::new(move |index, layer| {
             tracing::debug!(
                 layer = index,
                 ms = begun.elapsed().as_millis() as u64,
                 "prepare: layer blob verified"
             );
-            // The unpacker takes arrivals until the last sender is gone; never an error here.
-            let _ = send.send((index, layer_source(&blobs, layer)));
+            let _ = send.send(Arrival::Ready(index, layer_source(&blobs, layer)));
         })
-    };
+    }
+    .with_downloading({
+        let blobs = blobs.clone();
+        move |index, layer| {
+            if let Some(follower) = blobs.follow(&layer.digest) {
+                let _ = send.send(Arrival::Downloading {
+                    index,
+                    source: layer_source(&blobs, layer),
+                    follower,
+                    missed: send.clone(),
+                });
+            }
+        }
+    });
     let unpacker = {
         // Only the stop flag: the sender lives in `feed`, which must go when the fetch ends.
         let (store, limits, stop) = (layers.clone(), *limits, feed.stop_handle());
