@@ -26,6 +26,7 @@
 mod creds;
 mod decode;
 mod flatten;
+mod gzip;
 mod header;
 mod stream;
 mod tree;

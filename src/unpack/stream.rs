@@ -1,7 +1,7 @@
 //! The layer stream: blob file -> decompressor -> hashing, budgeted reader -> tar entries.
 //!
 //! Owns: opening the blob (or taking its bytes as they download) with large buffered reads,
-//! choosing the decoder (multi-member gzip, zstd or none), comparing the hash of every
+//! choosing the decoder (multi-member gzip, module `gzip`; zstd; or none), comparing the hash of every
 //! uncompressed byte (the trailing padding after the tar's end included, by reading to EOF)
 //! with the diff ID, and enforcing the byte and entry budgets. Decompressing and hashing run on a thread of their own (module `decode`), the
 //! tar parsing here on the caller's, which hands each decoded entry to [`super::tree`]. It
@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::decode;
+use super::gzip;
 use super::header::{self, Kind};
 use super::tree::{Tree, Whiteouts};
 use super::{LayerSource, Limits, UnpackError, UnpackReport};
@@ -41,7 +42,7 @@ fn decoder(source: &LayerSource, input: Input) -> Result<Input, UnpackError> {
     let buffered = BufReader::with_capacity(BLOB_BUFFER, input);
     Ok(match source.compression {
         Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Gzip => Box::new(gzip::MultiGz::new(buffered)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(
             |e| UnpackError::Blob {
                 layer: source.digest.clone(),
