@@ -24,6 +24,9 @@
 //! (`envbox,umoci,containerd,raw`) which tools run (envbox always does: ratios are to it);
 //! `ENVBOX_BENCH_BASELINE=/path/to/envbox` times another envbox build beside this one, each
 //! run on its own fresh filesystem (a before/after comparison in one run).
+//! `ENVBOX_BENCH_LINK=1gbit` (unset: none) puts a `tc tbf` rate limit on `lo` for the timed
+//! runs, for every tool alike: a registry across a network, where the downloads, not the CPU,
+//! are the limit (the unpack of a layer then overlaps its download: see `crate::prepare`).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -147,6 +150,10 @@ fn bench_image(name: &str, image: ImageSpec, runs: usize, tools: &Tools) {
         .map(|d| format!("http://{}/v2/bench/{name}/blobs/{d}", registry.host))
         .collect();
 
+    let _link = std::env::var("ENVBOX_BENCH_LINK").ok().map(|rate| {
+        println!("link: lo limited to {rate} (tc tbf)");
+        LinkLimit::new(&rate)
+    });
     let mut t = Times::default();
     for _ in 0..runs {
         let fs = FreshFs::new(work.path());
@@ -265,6 +272,30 @@ fn report(name: &str, info: &support::image::LayoutInfo, runs: usize, t: &Times)
         verdict(raw, |r| r >= 1.0 / 1.3),
         verdict(Some(r_med), |r| r < 0.1),
     );
+}
+
+/// A rate limit on the loopback link while it lives (`tc qdisc ... tbf`), removed on drop.
+struct LinkLimit;
+
+impl LinkLimit {
+    fn new(rate: &str) -> LinkLimit {
+        assert!(
+            rate.bytes().all(|b| b.is_ascii_alphanumeric()),
+            "ENVBOX_BENCH_LINK: a rate such as 1gbit or 500mbit, not {rate:?}"
+        );
+        sh(&format!(
+            "tc qdisc replace dev lo root tbf rate {rate} burst 256kb latency 50ms"
+        ));
+        LinkLimit
+    }
+}
+
+impl Drop for LinkLimit {
+    fn drop(&mut self) {
+        let _ = Command::new("tc")
+            .args(["qdisc", "del", "dev", "lo", "root"])
+            .status();
+    }
 }
 
 fn main() {
