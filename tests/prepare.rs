@@ -33,20 +33,52 @@ fn push_busybox(registry: &Registry) -> String {
     format!("{}/team/bb:1", registry.host)
 }
 
+/// A registry holding busybox (`team/bb:1`) and a fresh state directory, and the environment
+/// that points envbox at both.
+struct Volume {
+    registry: std::cell::RefCell<Option<Registry>>,
+    host: String,
+    reference: String,
+    state: tempfile::TempDir,
+}
+
+impl Volume {
+    fn with_busybox() -> Volume {
+        let registry = Registry::http();
+        let reference = push_busybox(&registry);
+        Volume {
+            host: registry.host.clone(),
+            registry: std::cell::RefCell::new(Some(registry)),
+            reference,
+            state: tempfile::tempdir_in("/var/tmp").unwrap(),
+        }
+    }
+
+    fn env(&self) -> [(&'static str, &str); 3] {
+        [
+            ("ENVBOX_STATE_DIR", self.state().to_str().unwrap()),
+            ("ENVBOX_INSECURE_REGISTRIES", &self.host),
+            ("CODER_INNER_IMAGE", &self.reference),
+        ]
+    }
+
+    fn state(&self) -> &std::path::Path {
+        self.state.path()
+    }
+
+    /// The registry goes away: from now on the network has nothing to offer.
+    fn offline(&self) {
+        self.registry.borrow_mut().take();
+    }
+}
+
 #[test]
 fn prepare_fills_the_cache_and_a_later_run_needs_no_network() {
     if !requirements_met("prepare test", false) {
         return;
     }
-    let registry = Registry::http();
-    let reference = push_busybox(&registry);
-    let host = registry.host.clone();
-    let state = tempfile::tempdir_in("/var/tmp").unwrap();
-    let env = [
-        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
-        ("ENVBOX_INSECURE_REGISTRIES", host.as_str()),
-        ("CODER_INNER_IMAGE", reference.as_str()),
-    ];
+    let volume = Volume::with_busybox();
+    let env = volume.env();
     let first = envbox(&["prepare"], &env);
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(
@@ -54,14 +86,14 @@ fn prepare_fills_the_cache_and_a_later_run_needs_no_network() {
         "{}",
         text(&first.stderr)
     );
-    let layers: Vec<_> = std::fs::read_dir(state.path().join("layers"))
+    let layers: Vec<_> = std::fs::read_dir(volume.state().join("layers"))
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert_eq!(layers.len(), 3);
 
-    drop(registry);
+    volume.offline();
     let offline = envbox(&["prepare"], &env);
     let err = text(&offline.stderr);
     assert!(offline.status.success(), "{err}");
@@ -103,22 +135,15 @@ fn layers_left_unsynced_are_redone_after_a_restart_and_prepare_leaves_none_unsyn
     if !requirements_met("prepare --no-sync test", false) {
         return;
     }
-    let registry = Registry::http();
-    let reference = push_busybox(&registry);
-    let host = registry.host.clone();
-    let state = tempfile::tempdir_in("/var/tmp").unwrap();
-    let env = [
-        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
-        ("ENVBOX_INSECURE_REGISTRIES", host.as_str()),
-        ("CODER_INNER_IMAGE", reference.as_str()),
-    ];
+    let volume = Volume::with_busybox();
+    let env = volume.env();
     // --no-sync: every layer and every streamed blob (the config and the 3 layers) published
     // with a marker naming this boot (the manifest is fsync'd as it is stored, never marked).
     let quick = envbox(&["prepare", "--no-sync"], &env);
     assert!(quick.status.success(), "{}", text(&quick.stderr));
-    let marked = markers(state.path(), "layers");
+    let marked = markers(volume.state(), "layers");
     assert_eq!(marked.len(), 3, "{marked:?}");
-    let blobs = markers(state.path(), "blobs");
+    let blobs = markers(volume.state(), "blobs");
     assert_eq!(blobs.len(), 4, "{blobs:?}");
     assert!(
         marked
@@ -130,15 +155,15 @@ fn layers_left_unsynced_are_redone_after_a_restart_and_prepare_leaves_none_unsyn
     // A pull syncs the blobs before it exits (cached ones too): no blob is left marked.
     let pull = envbox(&["pull"], &env);
     assert!(pull.status.success(), "{}", text(&pull.stderr));
-    assert_eq!(markers(state.path(), "blobs"), Vec::<String>::new());
+    assert_eq!(markers(volume.state(), "blobs"), Vec::<String>::new());
 
     // A machine restart before the layers' writeback, and a layer's file lost its data. The
     // next prepare unpacks those layers again (from the cached blobs: the registry is gone)
     // and leaves everything synced, no marker.
-    drop(registry);
-    restart(state.path(), "layers");
-    let torn = state
-        .path()
+    volume.offline();
+    restart(volume.state(), "layers");
+    let torn = volume
+        .state()
         .join("layers")
         .join(marked[0].split_once('.').unwrap().0);
     let file = walk_files(&torn)
@@ -153,7 +178,7 @@ fn layers_left_unsynced_are_redone_after_a_restart_and_prepare_leaves_none_unsyn
     assert!(err.contains("3 of 3 layer(s) unpacked"), "{err}");
     assert!(err.contains("0 blob(s) downloaded"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), before);
-    assert_eq!(markers(state.path(), "layers"), Vec::<String>::new());
+    assert_eq!(markers(volume.state(), "layers"), Vec::<String>::new());
 }
 
 #[test]
@@ -161,35 +186,28 @@ fn blobs_left_unsynced_are_fetched_again_after_a_restart() {
     if !requirements_met("prepare --no-sync test", false) {
         return;
     }
-    let registry = Registry::http();
-    let reference = push_busybox(&registry);
-    let host = registry.host.clone();
-    let state = tempfile::tempdir_in("/var/tmp").unwrap();
-    let env = [
-        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
-        ("ENVBOX_INSECURE_REGISTRIES", host.as_str()),
-        ("CODER_INNER_IMAGE", reference.as_str()),
-    ];
+    let volume = Volume::with_busybox();
+    let env = volume.env();
     let quick = envbox(&["prepare", "--no-sync"], &env);
     assert!(quick.status.success(), "{}", text(&quick.stderr));
-    let blobs = markers(state.path(), "blobs");
+    let blobs = markers(volume.state(), "blobs");
     assert_eq!(blobs.len(), 4, "{blobs:?}");
 
     // A machine restart before any writeback: the marked blobs and layers may be torn, so
     // the next prepare fetches the config and layer blobs again (not the fsync'd manifest)
     // and unpacks every layer again; then nothing is left marked.
-    restart(state.path(), "blobs");
-    restart(state.path(), "layers");
+    restart(volume.state(), "blobs");
+    restart(volume.state(), "layers");
     let after = envbox(&["prepare"], &env);
     let err = text(&after.stderr);
     assert!(after.status.success(), "{err}");
     assert!(err.contains("3 of 3 layer(s) unpacked"), "{err}");
     assert!(err.contains("4 blob(s) downloaded"), "{err}");
-    assert_eq!(markers(state.path(), "blobs"), Vec::<String>::new());
-    assert_eq!(markers(state.path(), "layers"), Vec::<String>::new());
+    assert_eq!(markers(volume.state(), "blobs"), Vec::<String>::new());
+    assert_eq!(markers(volume.state(), "layers"), Vec::<String>::new());
     for name in blobs {
         let (hex, _) = name.split_once('.').unwrap();
-        assert!(state.path().join("blobs/sha256").join(hex).is_file());
+        assert!(volume.state().join("blobs/sha256").join(hex).is_file());
     }
 }
 

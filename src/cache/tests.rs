@@ -490,9 +490,20 @@ fn a_follower_reads_what_is_written_and_ends_only_once_the_blob_is_verified() {
     );
 }
 
+/// Every read `follow_on_thread` reports until its thread ends: the last one failed.
+fn assert_last_read_fails(got: &std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>) {
+    let mut reads = Vec::new();
+    while let Ok(read) = got.recv_timeout(std::time::Duration::from_secs(5)) {
+        reads.push(read);
+    }
+    assert!(
+        matches!(reads.last(), Some(Err(_))),
+        "the last read fails: {reads:?}"
+    );
+}
+
 #[test]
 fn a_follower_of_an_abandoned_or_mismatched_blob_fails() {
-    use std::time::Duration;
     let (_dir, store) = store();
     // Dropped mid-way (a failed transfer, or one that starts over with a new writer).
     let digest = Digest::of(b"abandoned");
@@ -500,14 +511,7 @@ fn a_follower_of_an_abandoned_or_mismatched_blob_fails() {
     let got = follow_on_thread(store.follow(&digest).unwrap());
     writer.write(b"aban").unwrap();
     drop(writer);
-    let mut reads = Vec::new();
-    while let Ok(read) = got.recv_timeout(Duration::from_secs(5)) {
-        reads.push(read);
-    }
-    assert!(
-        matches!(reads.last(), Some(Err(_))),
-        "the last read fails: {reads:?}"
-    );
+    assert_last_read_fails(&got);
 
     // Every byte written, then the digest does not match: never an end.
     let digest = Digest::of(b"expected");
@@ -515,13 +519,6 @@ fn a_follower_of_an_abandoned_or_mismatched_blob_fails() {
     let got = follow_on_thread(store.follow(&digest).unwrap());
     writer.write(b"tampered").unwrap();
     assert!(writer.commit().is_err());
-    let mut reads = Vec::new();
-    while let Ok(read) = got.recv_timeout(Duration::from_secs(5)) {
-        reads.push(read);
-    }
-    assert!(
-        matches!(reads.last(), Some(Err(_))),
-        "the last read fails: {reads:?}"
-    );
+    assert_last_read_fails(&got);
     assert!(store.follow(&digest).is_none());
 }
