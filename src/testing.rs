@@ -59,6 +59,13 @@ impl LoopExt4 {
         let text = fs::read_to_string(&path).expect("session_write_kbytes");
         text.trim().parse().expect("a number of KiB")
     }
+
+    /// Runs `f` and returns it with the KiB it made reach the device meanwhile.
+    pub(crate) fn written_during<T>(&self, f: impl FnOnce() -> T) -> (T, u64) {
+        let before = self.written_kib();
+        let out = f();
+        (out, self.written_kib() - before)
+    }
 }
 
 impl Drop for LoopExt4 {

@@ -7,16 +7,16 @@
 //! reference resolved to which manifest digest. It never talks to the network and never
 //! decides what to fetch.
 //!
-//! Durability: a streamed blob (a layer or an image config, [`BlobStore::writer`]) is not
-//! fsync'd before it is published: it is marked unsynced first ([`unsynced`]: a marker naming the boot, made
-//! durable before the rename), so a blob a power loss may have torn is removed when the store
-//! is next opened after the restart, and fetched again. Waiting for each layer's data to reach
-//! the disk before unpacking it would hold up the unpack (and stall the unpacks already
-//! running, whose files the fsync's journal commit takes along). [`BlobStore::sync`] makes
-//! the blobs of this boot durable with one `syncfs` (`envbox pull` and `envbox prepare`
-//! before they exit, `envbox docker` once the workspace is up). Blobs written whole
-//! ([`BlobStore::put`]: manifests, and what an archive import builds in memory) and pins are
-//! fsync'd before they are renamed, so a pin never outlives the manifest it names.
+//! Durability: a streamed blob (a layer or an image config, [`BlobStore::writer`]) is not fsync'd
+//! before it is published: it is marked unsynced first ([`unsynced`]: a marker naming the boot,
+//! made durable before the rename), so a blob a power loss may have torn is removed when the store
+//! is next opened after the restart, and fetched again. Waiting for each layer's data to reach the
+//! disk before unpacking it would hold up the unpack (and stall the unpacks already running, whose
+//! files the fsync's journal commit takes along). [`BlobStore::sync`] makes the blobs of this boot
+//! durable with one `syncfs` (`envbox pull` and `envbox prepare` before they exit, `envbox docker`
+//! once the workspace is up). Blobs written whole ([`BlobStore::put`]: manifests, and what an
+//! archive import builds in memory) and pins are fsync'd before they are renamed, so a pin never
+//! outlives the manifest it names.
 //!
 //! Layout under the state directory: `blobs/sha256/<hex>` (complete blobs, mode 0644),
 //! `blobs/.unsynced/` (markers, see [`unsynced`]), `staging/` (in-progress writes, see
@@ -107,9 +107,9 @@ impl BlobStore {
         state_dir: &Path,
         boot: Option<String>,
     ) -> Result<BlobStore, CacheError> {
-        let blob_dir = state_dir.join("blobs").join("sha256");
+        let blobs = state_dir.join("blobs");
         for dir in [
-            &blob_dir,
+            &blobs.join("sha256"),
             &state_dir.join("staging"),
             &state_dir.join("refs"),
         ] {
@@ -119,7 +119,6 @@ impl BlobStore {
                 .create(dir)
                 .map_err(io_err("creating store directory", dir))?;
         }
-        let blobs = state_dir.join("blobs");
         let unsynced =
             Unsynced::open(&blobs, boot).map_err(io_err("creating directory in", &blobs))?;
         let store = BlobStore {
@@ -203,30 +202,29 @@ impl BlobStore {
     /// verified commit. A write that would go past `expected_size` fails at once with
     /// [`CacheError::SizeMismatch`] (nothing past the expected size reaches the disk).
     pub fn writer(&self, digest: &Digest, expected_size: u64) -> Result<BlobWriter, CacheError> {
+        let writer = self.fsyncing_writer(digest, expected_size)?;
+        let growth = self.growing.register(digest, writer.staging());
+        Ok(writer
+            .marking(self.unsynced.clone())
+            .followed(self.growing.clone(), growth))
+    }
+
+    /// A writer whose commit fsyncs the blob, which no one follows.
+    fn fsyncing_writer(&self, digest: &Digest, size: u64) -> Result<BlobWriter, CacheError> {
         let (file, staging) = staging::create(&self.staging_dir(), digest.hex())?;
-        let growth = self.growing.register(digest, &staging);
         Ok(BlobWriter::new(
             file,
             staging,
             self.blob_dir(),
             digest.clone(),
-            expected_size,
-        )
-        .marking(self.unsynced.clone())
-        .followed(self.growing.clone(), growth))
+            size,
+        ))
     }
 
     /// Stores a small blob (a manifest) held in memory, verifying it; it is on disk when this
     /// returns.
     pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, CacheError> {
-        let (file, staging) = staging::create(&self.staging_dir(), digest.hex())?;
-        let mut writer = BlobWriter::new(
-            file,
-            staging,
-            self.blob_dir(),
-            digest.clone(),
-            bytes.len() as u64,
-        );
+        let mut writer = self.fsyncing_writer(digest, bytes.len() as u64)?;
         writer.write(bytes)?;
         writer.commit()
     }

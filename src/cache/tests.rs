@@ -420,16 +420,13 @@ fn a_streamed_blob_does_not_wait_for_the_disk_until_the_sync_and_a_put_one_does(
     let store = BlobStore::open(&disk.mnt.join("state")).unwrap();
     let data = crate::testing::incompressible(KIB);
 
-    let before = disk.written_kib();
-    let streamed = write_blob(&store, &data);
-    let streamed_kib = disk.written_kib() - before;
+    let (streamed, streamed_kib) = disk.written_during(|| write_blob(&store, &data));
     assert!(
         streamed_kib < KIB as u64 / 2,
         "committing a streamed blob wrote {streamed_kib} KiB to the device"
     );
-    let before = disk.written_kib();
-    assert_eq!(store.sync().unwrap(), 1);
-    let synced_kib = disk.written_kib() - before;
+    let (synced, synced_kib) = disk.written_during(|| store.sync().unwrap());
+    assert_eq!(synced, 1);
     assert!(
         synced_kib >= KIB as u64,
         "the sync returned with only {synced_kib} KiB on the device"
@@ -437,9 +434,7 @@ fn a_streamed_blob_does_not_wait_for_the_disk_until_the_sync_and_a_put_one_does(
 
     let mut small = data.clone();
     small[0] ^= 1;
-    let before = disk.written_kib();
-    store.put(&Digest::of(&small), &small).unwrap();
-    let put_kib = disk.written_kib() - before;
+    let (_, put_kib) = disk.written_during(|| store.put(&Digest::of(&small), &small).unwrap());
     assert!(
         put_kib >= KIB as u64,
         "put returned with only {put_kib} KiB on the device"

@@ -4,9 +4,10 @@
 //! count, so the hot path costs one `write` syscall per buffer-full and no copies beyond the
 //! buffer. `commit` checks size then digest, then either marks the blob unsynced (see
 //! `super::unsynced`) or fsyncs it, renames it into `blobs/sha256/` and, when it was fsync'd,
-//! fsyncs the directory; every other ending (a mismatch, an error, a drop) removes the staging file. A
-//! writer whose write failed or overflowed is poisoned: it can only fail from then on, since
-//! its file and its hash may no longer agree.
+//! fsyncs the directory; every other ending (a mismatch, an error, a drop) removes the staging
+//! file. A writer whose write failed or overflowed is poisoned: it can only fail from then on,
+//! since its file and its hash may no longer agree. Followers (`super::follow`) learn how far
+//! the staging file goes after each write, and how the writer ended.
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, BufWriter, IoSlice, Write};
@@ -104,6 +105,11 @@ impl BlobWriter {
             }
             growing.unregister(&self.digest, &growth);
         }
+    }
+
+    /// The staging file being written.
+    pub(super) fn staging(&self) -> &std::path::Path {
+        &self.staging
     }
 
     /// Bytes written so far (where a resumed download continues from).

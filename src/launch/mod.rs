@@ -1,16 +1,16 @@
 //! `envbox docker` end to end: from settings to a running workspace, and back down.
 //!
-//! Owns: the order of the stages and what is undone when one fails or a stop is asked for.
-//! Start: supervised daemons (sysbox when the runtime is sysbox-runc, then containerd) start
-//! while the image is prepared; then rootfs assembly, the runtime spec and its host setup,
-//! leftovers of a previous run removed (task, container, network lease), container + task
-//! created, CNI ADD on the task's namespace, task started, CPU quota mirrored, bootstrap
-//! script exec'd with its output in the progress log, `done`, and the blobs fetched and layers
-//! unpacked for this start synced to disk in the background (they are crash-safe meanwhile, see
-//! `crate::cache` and `crate::unpack`: the workspace need not wait for the disk). Then it waits for a signal, a
-//! daemon's death or the init's exit, and stops ([`stop`]): agent and init signalled, grace
-//! period, everything killed, CNI DEL, task and container deleted, rootfs released, daemons
-//! stopped. Each stage's logic lives in its own module; this one only composes them.
+//! Owns: the order of the stages and what is undone when one fails or a stop is asked for. Start:
+//! supervised daemons (sysbox when the runtime is sysbox-runc, then containerd) start while the
+//! image is prepared; then rootfs assembly, the runtime spec and its host setup, leftovers of a
+//! previous run removed (task, container, network lease), container + task created, CNI ADD on the
+//! task's namespace, task started, CPU quota mirrored, bootstrap script exec'd with its output in
+//! the progress log, `done`, and the blobs fetched and layers unpacked for this start synced to
+//! disk in the background (they are crash-safe meanwhile, see `crate::cache` and `crate::unpack`:
+//! the workspace need not wait for the disk). Then it waits for a signal, a daemon's death or the
+//! init's exit, and stops ([`stop`]): agent and init signalled, grace period, everything killed,
+//! CNI DEL, task and container deleted, rootfs released, daemons stopped. Each stage's logic lives
+//! in its own module; this one only composes them.
 
 mod host;
 mod netns;

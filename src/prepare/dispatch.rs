@@ -186,7 +186,7 @@ pub(super) fn unpack_as_fed(
                         match shared.layers.unpack_following(&source, follower, shared.limits) {
                             Ok(report) => {
                                 shared.debug(index, at, &report, "as it downloaded");
-                                lock(&shared.results).push((index, Ok(report)));
+                                shared.record(index, Ok(report));
                             }
                             Err(error) => {
                                 tracing::debug!(layer = index, %error, "prepare: unpacking a layer as it downloaded failed; it is unpacked from its verified blob");

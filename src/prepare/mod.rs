@@ -1,15 +1,15 @@
 //! Getting an image ready on the volume: verified blobs, then unpacked layer directories.
 //!
-//! Owns: running a fetch (registry pull or local import, `crate::source`) and the unpacking of
-//! its layers side by side: a layer starts unpacking as soon as its download starts (once the
-//! config has named its diff ID), following the bytes as they arrive and published only once
-//! its blob is verified, or as soon as its blob is verified in the store when it was there
-//! already; each layer goes into its own directory keyed by diff ID (reused when already
-//! complete). Module `dispatch` decides which unpack runs when. The first failure wins: the other side starts nothing new,
-//! and what is in flight (transfers, unpacks) finishes, so no staging file or directory is left
-//! being written and no layer directory is ever half-complete (see `crate::unpack`). Both
-//! `envbox docker` and `envbox prepare` call [`prepare`]. It never mounts and never writes
-//! outside the state directory.
+//! Owns: running a fetch (registry pull or local import, `crate::source`) and the unpacking of its
+//! layers side by side: a layer starts unpacking as soon as its download starts (once the config
+//! has named its diff ID), following the bytes as they arrive and published only once its blob is
+//! verified, or as soon as its blob is verified in the store when it was there already; each layer
+//! goes into its own directory keyed by diff ID (reused when already complete). Module `dispatch`
+//! decides which unpack runs when. The first failure wins: the other side starts nothing new, and
+//! what is in flight (transfers, unpacks) finishes, so no staging file or directory is left being
+//! written and no layer directory is ever half-complete (see `crate::unpack`). Both `envbox docker`
+//! and `envbox prepare` call [`prepare`]. It never mounts and never writes outside the state
+//! directory.
 
 mod dispatch;
 

@@ -5,7 +5,8 @@
 //! `Range` after a dropped connection, retrying 5xx, 429 (honouring `Retry-After`) and transport
 //! errors with backoff, re-authenticating once on 401, never retrying 403/404. Bytes are hashed
 //! and counted as they are written (off the async threads, while the next are received: see
-//! `super::sink`); the store commits only a blob whose digest and size match. It never decides which blobs to fetch.
+//! `super::sink`); the store commits only a blob whose digest and size match. It never decides
+//! which blobs to fetch.
 
 use futures_util::StreamExt;
 use tokio::sync::Mutex;

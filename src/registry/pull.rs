@@ -14,7 +14,7 @@ use futures_util::{stream, StreamExt};
 use oci_client::manifest::OciImageManifest;
 use tokio::sync::Mutex;
 
-use super::describe::{self, PulledImage};
+use super::describe::{self, PulledImage, PulledLayer};
 use super::fetch::{fetch_blob, BlobRequest};
 use super::manifest::{self, Manifest};
 use super::progress::{Progress, Reporter};
@@ -328,20 +328,16 @@ pub async fn pull_feeding(
     }
     if let Some((session, progress, _)) = &transfer {
         let layers = &pulled.layers;
-        let started = |request: &BlobRequest| {
+        // Every layer index the blob is (an image may list a blob twice).
+        let report = |request: &BlobRequest, to: fn(&LayerFeed, usize, &PulledLayer)| {
             for (i, layer) in layers.iter().enumerate() {
                 if layer.digest == request.digest {
-                    feed.downloading(i, layer);
+                    to(feed, i, layer);
                 }
             }
         };
-        let stored = |request: &BlobRequest| {
-            for (i, layer) in layers.iter().enumerate() {
-                if layer.digest == request.digest {
-                    feed.ready(i, layer);
-                }
-            }
-        };
+        let started = |request: &BlobRequest| report(request, LayerFeed::downloading);
+        let stored = |request: &BlobRequest| report(request, LayerFeed::ready);
         transfer_all(
             session,
             config,

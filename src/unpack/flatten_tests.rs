@@ -417,32 +417,21 @@ fn a_synced_flatten_reaches_the_device_and_a_scratch_one_does_not_wait() {
     let image = Image::new(vec![l.finish()]);
     let disk = LoopExt4::new();
 
-    let before = disk.written_kib();
-    let scratch = disk.mnt.join("scratch");
-    flatten(
-        &image.sources,
-        &scratch,
-        &Limits::default(),
-        Durability::Scratch,
-    )
-    .expect("flatten");
-    let scratch_kib = disk.written_kib() - before;
+    let flattened = |dir: &str, durability| {
+        let target = disk.mnt.join(dir);
+        let ((), kib) = disk.written_during(|| {
+            flatten(&image.sources, &target, &Limits::default(), durability).expect("flatten");
+        });
+        (target, kib)
+    };
+    let (scratch, scratch_kib) = flattened("scratch", Durability::Scratch);
     assert_eq!(fs::read(scratch.join("d/big")).expect("read"), data);
     assert!(
         scratch_kib < KIB as u64 / 2,
         "a scratch flatten wrote {scratch_kib} KiB to the device before returning"
     );
 
-    let before = disk.written_kib();
-    let synced = disk.mnt.join("synced");
-    flatten(
-        &image.sources,
-        &synced,
-        &Limits::default(),
-        Durability::Synced,
-    )
-    .expect("flatten");
-    let synced_kib = disk.written_kib() - before;
+    let (_, synced_kib) = flattened("synced", Durability::Synced);
     assert!(
         synced_kib >= KIB as u64,
         "a synced flatten returned with only {synced_kib} KiB on the device"

@@ -1,11 +1,11 @@
 //! The layer stream: blob file -> decompressor -> hashing, budgeted reader -> tar entries.
 //!
 //! Owns: opening the blob (or taking its bytes as they download) with large buffered reads,
-//! choosing the decoder (multi-member gzip, module `gzip`; zstd; or none), comparing the hash of every
-//! uncompressed byte (the trailing padding after the tar's end included, by reading to EOF)
-//! with the diff ID, and enforcing the byte and entry budgets. Decompressing and hashing run on a thread of their own (module `decode`), the
-//! tar parsing here on the caller's, which hands each decoded entry to [`super::tree`]. It
-//! never writes to the filesystem itself.
+//! choosing the decoder (multi-member gzip, module `gzip`; zstd; or none), comparing the hash of
+//! every uncompressed byte (the trailing padding after the tar's end included, by reading to EOF)
+//! with the diff ID, and enforcing the byte and entry budgets. Decompressing and hashing run on a
+//! thread of their own (module `decode`), the tar parsing here on the caller's, which hands each
+//! decoded entry to [`super::tree`]. It never writes to the filesystem itself.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -28,13 +28,18 @@ const MAX_WARNINGS: usize = 200;
 /// A layer's compressed bytes: its blob file, or a follower of its download.
 pub(super) type Input = Box<dyn Read + Send>;
 
-/// The layer's blob file, opened.
-pub(super) fn open_blob(source: &LayerSource) -> Result<Input, UnpackError> {
-    let file = File::open(&source.blob).map_err(|e| UnpackError::Blob {
+/// An error reading `source`'s blob.
+fn blob_err(source: &LayerSource) -> impl FnOnce(io::Error) -> UnpackError + '_ {
+    move |e| UnpackError::Blob {
         layer: source.digest.clone(),
         path: source.blob.clone(),
         source: e,
-    })?;
+    }
+}
+
+/// The layer's blob file, opened.
+pub(super) fn open_blob(source: &LayerSource) -> Result<Input, UnpackError> {
+    let file = File::open(&source.blob).map_err(blob_err(source))?;
     Ok(Box::new(file))
 }
 
@@ -43,13 +48,9 @@ fn decoder(source: &LayerSource, input: Input) -> Result<Input, UnpackError> {
     Ok(match source.compression {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(gzip::MultiGz::new(buffered)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(
-            |e| UnpackError::Blob {
-                layer: source.digest.clone(),
-                path: source.blob.clone(),
-                source: e,
-            },
-        )?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(blob_err(source))?)
+        }
     })
 }
 
