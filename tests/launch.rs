@@ -3,7 +3,8 @@
 //! CNI plugins. The equivalents of the Go envbox's integration tests: environment filters,
 //! mounts rw and ro, ownership of a home mount, TUN and FUSE, cgroup limits, hostname, the
 //! bootstrap script as the user, a SIGTERM reaching the agent's trap, the gateway reachable as
-//! `host.docker.internal`, a clean second start after a kill -9, and no dockerd anywhere.
+//! `host.docker.internal`, a clean second start after a kill -9, and no dockerd anywhere. Also:
+//! a failed CNI ADD stops cleanly (the bootstrap exec registered meanwhile freed).
 //!
 //! The tests share the bridge and the containerd shim directory, so they run one at a time.
 
@@ -529,6 +530,15 @@ fn a_second_start_after_kill_9_of_the_first_starts_cleanly() {
     first.signal(nix::sys::signal::Signal::SIGKILL);
     first.wait_exit(Duration::from_secs(10));
     let run = dirs.root.join("run").display().to_string();
+    // What tells the next start that this container may still use the rootfs (so the rootfs
+    // is reassembled only after the container is removed), where runc keeps it.
+    let runtime_state =
+        envbox::runtime::state_dir(&dirs.root.join("run/runtime"), envbox::launch::CONTAINER_ID);
+    assert!(
+        runtime_state.join("state.json").is_file(),
+        "{} after the kill -9",
+        runtime_state.display()
+    );
 
     let mut second = Envbox::start(&env);
     second.wait_for("started as 1000", Duration::from_secs(120));
@@ -547,6 +557,53 @@ fn a_second_start_after_kill_9_of_the_first_starts_cleanly() {
     assert!(
         processes_mentioning(&run).is_empty(),
         "processes of either run left: {:?}",
+        processes_mentioning(&run)
+    );
+    assert!(
+        !runtime_state.exists(),
+        "{} after a clean stop",
+        runtime_state.display()
+    );
+}
+
+#[test]
+fn a_failed_network_attach_stops_cleanly_and_names_the_plugin() {
+    if !launch_requirements_met("envbox docker failed network test") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (registry, image) = registry_with_busybox();
+    let dirs = Dirs::new("cni-fails");
+    let mut env = dirs.base_env(&image, &registry, "echo agent-up");
+    let missing = dirs.path("no-plugins");
+    env.push(("ENVBOX_CNI_PATH".to_owned(), missing.display().to_string()));
+    let mut envbox = Envbox::start(&env);
+    // The bootstrap's exec was registered while the network was being attached: its FIFOs
+    // and the threads waiting on them are freed, so the exit comes at once.
+    let status = envbox.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "a failed CNI ADD is a failure");
+    let log = envbox.log();
+    assert!(
+        log.contains("\"type\":\"error\"")
+            && log.contains(&format!("cannot run {}/bridge", missing.display())),
+        "{log}"
+    );
+    assert!(!log.contains("agent-up"), "the script never ran:\n{log}");
+    let io = dirs.root.join("run/io");
+    let left: Vec<_> = fs::read_dir(&io)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "FIFOs left in {}: {left:?}", io.display());
+    let merged = dirs.root.join("state/container/merged");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(&format!(" {} ", merged.display())),
+        "the rootfs is still mounted"
+    );
+    let run = dirs.root.join("run").display().to_string();
+    assert!(
+        processes_mentioning(&run).is_empty(),
+        "{:?}",
         processes_mentioning(&run)
     );
 }

@@ -2,16 +2,20 @@
 //!
 //! Owns: the order of the stages and what is undone when one fails or a stop is asked for. Start:
 //! supervised daemons (sysbox when the runtime is sysbox-runc, then containerd) start while the
-//! image is prepared; then rootfs assembly, the runtime spec and its host setup, leftovers of a
-//! previous run removed (task, container, network lease), container + task created, CNI ADD on the
-//! task's namespace, task started, CPU quota mirrored, bootstrap script exec'd with its output in
-//! the progress log, `done`, and the blobs fetched and layers unpacked for this start synced to
-//! disk in the background (they are crash-safe meanwhile, see `crate::cache` and `crate::unpack`:
-//! the workspace need not wait for the disk). Then it waits for a signal, a daemon's death or the
-//! init's exit, and stops ([`stop`]): agent and init signalled, grace period, everything killed,
-//! CNI DEL, task and container deleted, rootfs released, daemons stopped. Each stage's logic lives
-//! in its own module; this one only composes them.
+//! image is prepared and the rest of the host side is laid on it (`groundwork`: rootfs assembly,
+//! the runtime spec and its host setup, a previous run's network lease and bridge released; only
+//! after containerd has removed an earlier container when one may still use the rootfs); then
+//! leftovers of a previous run removed (task, container), container + task created, CNI ADD on
+//! the task's namespace while the bootstrap script's exec is registered, task started, CPU quota
+//! mirrored, the bootstrap exec started with its output in the progress log, `done`, and the
+//! blobs fetched and layers unpacked for this start synced to disk in the background (they are
+//! crash-safe meanwhile, see `crate::cache` and `crate::unpack`: the workspace need not wait for
+//! the disk). Then it waits for a signal, a daemon's death or the init's exit, and stops
+//! ([`stop`]): agent and init signalled, grace period, everything killed, CNI DEL, task and
+//! container deleted, rootfs released, daemons stopped. Each stage's logic lives in its own
+//! module; this one only composes them.
 
+mod groundwork;
 mod host;
 mod netns;
 pub mod stop;
@@ -27,18 +31,17 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::bootstrap;
 use crate::config::Settings;
-use crate::network::{self, Attachment, Network, NetworkPlan};
+use crate::network::{self, Attachment, Network};
 use crate::overlay::{self, Rootfs};
 use crate::pipeline;
 use crate::prepare::PreparedImage;
 use crate::progress::{self, warn_all, Kind};
 use crate::rootfs::PasswdEntry;
 use crate::runtime::{self, ContainerDef, Engine, ExecDef, ExecSignaller, ExitStatus, Task};
-use crate::setup::{self, RealSys};
-use crate::spec::STOP_SIGNAL_ANNOTATION;
+use crate::setup;
 use crate::supervise::{self, Daemons};
-use crate::unpack::Limits;
 
+use groundwork::{Groundwork, WorkspacePlan};
 pub use netns::NetnsHold;
 
 /// The inner container's ID (and name), as in the Go envbox.
@@ -149,22 +152,36 @@ impl Signals {
 impl Workspace {
     async fn start(&mut self, settings: &Settings, prepare: PrepareFn) -> Result<(), LaunchError> {
         let begun = Instant::now();
-        // The daemons start while the image is pulled and unpacked.
+        // The daemons start while the image is prepared and, unless a container of an earlier
+        // run may still use the rootfs, while the rootfs and spec are laid on top of it.
         // The first failure of either ends the other (a missing sysbox is said at once, not
         // after the pull's retries).
         let daemon_config = supervise::DaemonConfig::from_settings(settings);
-        let (daemons, prepared) = tokio::try_join!(
+        let early = !groundwork::earlier_container_may_run(settings);
+        let mut laid_early = None;
+        let joined = tokio::try_join!(
             async {
                 supervise::Daemons::start(&daemon_config)
                     .await
                     .map_err(LaunchError::from)
             },
-            async { prepare().await.map_err(LaunchError::Prepare) }
-        )?;
+            async {
+                let prepared = prepare().await.map_err(LaunchError::Prepare)?;
+                stage(begun, "image prepared");
+                if early {
+                    laid_early = Some(lay(settings, &prepared, begun).await?);
+                }
+                Ok(prepared)
+            }
+        );
+        // Kept before the daemons' outcome is looked at, so a stop after their failure undoes
+        // it. (A failure while it is being laid leaves the rootfs to the next start, which
+        // clears it first.)
+        let plan_early = laid_early.map(|laid| self.keep(laid));
+        let (daemons, prepared) = joined?;
         self.daemons = Some(daemons);
-        stage(begun, "daemons ready and image prepared");
+        stage(begun, "daemons ready");
 
-        // A previous run's container still uses the rootfs about to be reassembled.
         let daemons = self.daemons.as_ref().expect("started above");
         let engine = Engine::with_channel(daemons.channel());
         self.engine = Some(engine.clone());
@@ -174,72 +191,23 @@ impl Workspace {
                 "Removed the workspace container a previous run left",
             );
         }
-
-        let rootfs = {
-            let state_dir = settings.state_dir.clone();
-            let sources = prepared.sources.clone();
-            let dirs = prepared.layer_dirs.clone();
-            blocking(move || {
-                overlay::assemble(
-                    &state_dir,
-                    &sources,
-                    &dirs,
-                    overlay::Mode::Auto,
-                    &Limits::default(),
-                )
-            })
-            .await?
-        };
-        warn_all(&rootfs.warnings);
-        stage(begun, "root filesystem assembled");
-        let rootfs_path = rootfs.path.clone();
-        host::check_searchable(&rootfs_path)?;
-        self.rootfs = Some(rootfs);
-
-        let planned = pipeline::plan_with_facts(settings, &rootfs_path, &prepared.config)?;
-        warn_all(&planned.plan.warnings);
-        let setup_warnings = setup::apply(&planned.plan.actions, &RealSys)?;
-        warn_all(&setup_warnings);
-        stage(begun, "runtime spec built and host set up");
-        let spec = planned.plan.spec;
-        self.image_init = planned.facts.has_init;
-        self.init_signal = spec
-            .annotations()
-            .as_ref()
-            .and_then(|a| a.get(STOP_SIGNAL_ANNOTATION))
-            .map_or(Ok(libc::SIGTERM), |s| bootstrap::parse_signal(s))?;
-
-        let link_mtu = network::read_link_mtu(&settings.ethlink);
-        let plan = NetworkPlan::new(settings, CONTAINER_ID, &link_mtu)?;
-        warn_all(&plan.warnings);
-        let net = Arc::new(Network::new(plan));
-        {
-            let net = Arc::clone(&net);
-            if let Some(stale) = blocking(move || net.cleanup_stale()).await? {
-                progress::emit(
-                    Kind::Info,
-                    &format!(
-                        "Released the network lease a previous run of {} left",
-                        stale.container_id
-                    ),
-                );
+        // Only now when that container may have been using the rootfs.
+        let plan = match plan_early {
+            Some(plan) => plan,
+            None => {
+                let laid = lay(settings, &prepared, begun).await?;
+                self.keep(laid)
             }
-        }
-        // envbox is the bridge's only user: one left by a killed run (perhaps with another
-        // subnet) is removed, and the bridge plugin makes it afresh.
-        {
-            let net = Arc::clone(&net);
-            blocking(move || net.remove_bridge()).await?;
-        }
-        self.network = Some(Arc::clone(&net));
-        stage(begun, "previous network state released");
+        };
+        let spec = plan.spec;
+        let net = plan.network;
 
         let task = engine
             .create(&ContainerDef {
                 id: CONTAINER_ID,
                 spec: &spec,
                 runtime_binary: settings.runtime.binary(),
-                runtime_root: settings.run_dir.join("runtime"),
+                runtime_root: runtime_root(settings),
                 output: format!("file://{}", settings.run_dir.join("init.log").display()),
             })
             .await?;
@@ -251,20 +219,53 @@ impl Workspace {
         })?;
         let netns_path = hold.path();
         self.netns = Some(hold);
-        let attachment = {
+        // The bootstrap's exec is registered (nothing runs yet) while the network is attached.
+        let attach = {
             let net = Arc::clone(&net);
-            blocking(move || net.add(&netns_path)).await?
+            blocking(move || net.add(&netns_path))
         };
-        progress::emit(
-            Kind::Info,
-            &format!(
-                "Workspace network: {}/{} via {} (MTU {})",
-                attachment.address, attachment.prefix, attachment.gateway, attachment.mtu
-            ),
-        );
-        self.attachment = Some(attachment);
+        let register = async {
+            match &settings.bootstrap_script {
+                Some(script) => {
+                    let process = bootstrap_process(&spec, &plan.user)?;
+                    let def = ExecDef {
+                        exec_id: bootstrap::EXEC_ID,
+                        process: &process,
+                        stdin: Some(script.as_bytes().to_vec()),
+                        io_dir: settings.run_dir.join("io"),
+                    };
+                    Ok(Some(task.register_exec(&def, &bootstrap_sink()).await?))
+                }
+                None => Ok(None),
+            }
+        };
+        let (attached, registered): (_, Result<_, LaunchError>) = tokio::join!(attach, register);
+        let pending = match (attached, registered) {
+            (Ok(attachment), registered) => {
+                progress::emit(
+                    Kind::Info,
+                    &format!(
+                        "Workspace network: {}/{} via {} (MTU {})",
+                        attachment.address, attachment.prefix, attachment.gateway, attachment.mtu
+                    ),
+                );
+                self.attachment = Some(attachment);
+                registered?
+            }
+            (Err(error), registered) => {
+                if let Ok(Some(pending)) = registered {
+                    pending.discard().await;
+                }
+                return Err(error.into());
+            }
+        };
         stage(begun, "network attached");
-        task.start().await?;
+        if let Err(error) = task.start().await {
+            if let Some(pending) = pending {
+                pending.discard().await;
+            }
+            return Err(error.into());
+        }
         stage(begun, "task started");
         progress::emit(
             Kind::Info,
@@ -277,9 +278,19 @@ impl Workspace {
             host::mirror_cpu_quota(task.pid);
         }
 
-        if let Some(script) = &settings.bootstrap_script {
-            self.start_bootstrap(settings, &task, &spec, &planned.facts.user, script)
-                .await?;
+        if let Some(pending) = pending {
+            let exec = pending.start().await?;
+            progress::emit(
+                Kind::Info,
+                &format!(
+                    "Bootstrap script running as {} (uid {})",
+                    plan.user.name, plan.user.uid
+                ),
+            );
+            self.bootstrap = Some(RunningBootstrap {
+                signaller: exec.signaller(),
+                done: tokio::spawn(exec.wait()),
+            });
             stage(begun, "bootstrap script started");
         }
         progress::emit(Kind::Done, "Workspace is up");
@@ -290,43 +301,13 @@ impl Workspace {
         Ok(())
     }
 
-    async fn start_bootstrap(
-        &mut self,
-        settings: &Settings,
-        task: &Task,
-        spec: &oci_spec::runtime::Spec,
-        user: &PasswdEntry,
-        script: &str,
-    ) -> Result<(), LaunchError> {
-        let init = spec
-            .process()
-            .as_ref()
-            .ok_or(bootstrap::BootstrapError::NoInitProcess)?;
-        let process = bootstrap::process(init, user)?;
-        let sink: runtime::OutputSink = Arc::new(|_, line: &str| progress::emit(Kind::Info, line));
-        let exec = task
-            .exec(
-                &ExecDef {
-                    exec_id: bootstrap::EXEC_ID,
-                    process: &process,
-                    stdin: Some(script.as_bytes().to_vec()),
-                    io_dir: settings.run_dir.join("io"),
-                },
-                &sink,
-            )
-            .await?;
-        progress::emit(
-            Kind::Info,
-            &format!(
-                "Bootstrap script running as {} (uid {})",
-                user.name, user.uid
-            ),
-        );
-        self.bootstrap = Some(RunningBootstrap {
-            signaller: exec.signaller(),
-            done: tokio::spawn(exec.wait()),
-        });
-        Ok(())
+    /// Takes over what [`groundwork::lay`] made: from here on the stop undoes it.
+    fn keep(&mut self, laid: Groundwork) -> WorkspacePlan {
+        self.rootfs = Some(laid.rootfs);
+        self.network = Some(Arc::clone(&laid.plan.network));
+        self.image_init = laid.plan.image_init;
+        self.init_signal = laid.plan.init_signal;
+        laid.plan
     }
 
     /// Waits for what ends the workspace: a signal (`Ok`), a daemon's death or the init's exit
@@ -378,6 +359,39 @@ impl Workspace {
             }
         }
     }
+}
+
+/// The bootstrap script's process: `/bin/sh -s` as the user, beside the init (see
+/// [`bootstrap::process`]).
+fn bootstrap_process(
+    spec: &oci_spec::runtime::Spec,
+    user: &PasswdEntry,
+) -> Result<oci_spec::runtime::Process, LaunchError> {
+    let init = spec
+        .process()
+        .as_ref()
+        .ok_or(bootstrap::BootstrapError::NoInitProcess)?;
+    Ok(bootstrap::process(init, user)?)
+}
+
+/// Every line the bootstrap script writes goes to the progress log.
+fn bootstrap_sink() -> runtime::OutputSink {
+    Arc::new(|_, line: &str| progress::emit(Kind::Info, line))
+}
+
+/// [`groundwork::lay`] on a blocking thread.
+async fn lay(
+    settings: &Settings,
+    prepared: &PreparedImage,
+    begun: Instant,
+) -> Result<Groundwork, LaunchError> {
+    let (settings, prepared) = (settings.clone(), prepared.clone());
+    blocking(move || groundwork::lay(&settings, &prepared, begun)).await
+}
+
+/// Where the OCI runtime keeps its state (on the run dir, per boot).
+fn runtime_root(settings: &Settings) -> PathBuf {
+    settings.run_dir.join("runtime")
 }
 
 /// A debug line: how long after `begun` a stage of the start finished (`ENVBOX_LOG=debug`).

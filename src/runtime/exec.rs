@@ -28,6 +28,50 @@ pub struct ExecDef<'a> {
     pub io_dir: PathBuf,
 }
 
+/// An exec'd process containerd knows, with its stdio ready, that has not started: registering
+/// one runs nothing in the container (the shim only records it), so it can be done while the
+/// task is still created and not started; [`PendingExec::start`] runs it. Dropped unstarted
+/// (e.g. the start was interrupted), it frees the threads waiting on its FIFOs.
+#[derive(Debug)]
+pub struct PendingExec {
+    task: Task,
+    exec_id: String,
+    /// `None` once handed on or released.
+    stdio: Option<Stdio>,
+}
+
+/// The FIFOs and the threads waiting to feed and drain them.
+#[derive(Debug)]
+struct Stdio {
+    io: ExecIo,
+    drains: Vec<JoinHandle<std::io::Result<()>>>,
+    feeder: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Stdio {
+    /// Unblocks the threads waiting on the FIFOs, waits for them, and removes the FIFOs.
+    async fn release(self) {
+        self.io.release();
+        if let Some(feeder) = self.feeder {
+            let _ = feeder.await;
+        }
+        for drain in self.drains {
+            let _ = drain.await;
+        }
+        self.io.remove();
+    }
+}
+
+impl Drop for PendingExec {
+    fn drop(&mut self) {
+        if let Some(stdio) = self.stdio.take() {
+            // The threads end on their own once unblocked.
+            stdio.io.release();
+            stdio.io.remove();
+        }
+    }
+}
+
 /// A started exec'd process.
 #[derive(Debug)]
 pub struct Exec {
@@ -40,96 +84,133 @@ pub struct Exec {
 }
 
 impl Task {
-    /// Execs `def` in the container and starts it; every output line goes to `sink`.
-    pub async fn exec(&self, def: &ExecDef<'_>, sink: &OutputSink) -> Result<Exec, RuntimeError> {
+    /// Registers `def` with containerd, its stdio FIFOs made and waited on; every output line
+    /// will go to `sink`. Nothing runs until [`PendingExec::start`].
+    pub async fn register_exec(
+        &self,
+        def: &ExecDef<'_>,
+        sink: &OutputSink,
+    ) -> Result<PendingExec, RuntimeError> {
         let io = ExecIo::create(&def.io_dir, def.exec_id, def.stdin.is_some())?;
-        let drains = io.drain(sink);
-        let feeder = def.stdin.clone().and_then(|data| io.feed_stdin(data));
-        match self.start_exec(def, &io).await {
-            Ok(pid) => {
-                if let Some(feeder) = feeder {
-                    let fed = feeder
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                    if let Err(e) = fed {
-                        let path = io.stdin.clone().unwrap_or_default();
-                        return Err(RuntimeError::io("writing the process's stdin", &path)(e));
-                    }
-                    self.engine
-                        .tasks()
-                        .close_io(self.engine.request(CloseIoRequest {
-                            container_id: self.id.clone(),
-                            exec_id: def.exec_id.to_owned(),
-                            stdin: true,
-                        }))
-                        .await
-                        .map_err(RuntimeError::call("close stdin of exec", def.exec_id))?;
-                }
-                Ok(Exec {
-                    task: self.clone(),
+        let (stdin, stdout, stderr) = io.uris();
+        let mut pending = PendingExec {
+            task: self.clone(),
+            exec_id: def.exec_id.to_owned(),
+            stdio: Some(Stdio {
+                drains: io.drain(sink),
+                feeder: def.stdin.clone().and_then(|data| io.feed_stdin(data)),
+                io,
+            }),
+        };
+        let registered = match process_any(def.process) {
+            Ok(spec) => self
+                .engine
+                .tasks()
+                .exec(self.engine.request(ExecProcessRequest {
+                    container_id: self.id.clone(),
+                    stdin,
+                    stdout,
+                    stderr,
+                    terminal: false,
+                    spec: Some(spec),
                     exec_id: def.exec_id.to_owned(),
-                    pid,
-                    io,
-                    drains,
-                })
-            }
+                }))
+                .await
+                .map_err(RuntimeError::call("exec", def.exec_id)),
+            Err(source) => Err(RuntimeError::Encode {
+                what: "exec process",
+                source,
+            }),
+        };
+        match registered {
+            Ok(_) => Ok(pending),
             Err(error) => {
-                io.release();
-                if let Some(feeder) = feeder {
-                    let _ = feeder.await;
-                }
-                for drain in drains {
-                    let _ = drain.await;
-                }
-                io.remove();
+                pending.release_stdio().await;
                 Err(error)
             }
         }
     }
 
-    async fn start_exec(&self, def: &ExecDef<'_>, io: &ExecIo) -> Result<u32, RuntimeError> {
-        let (stdin, stdout, stderr) = io.uris();
-        let spec = process_any(def.process).map_err(|source| RuntimeError::Encode {
-            what: "exec process",
-            source,
-        })?;
-        let tasks = self.engine.tasks();
-        tasks
-            .clone()
-            .exec(self.engine.request(ExecProcessRequest {
-                container_id: self.id.clone(),
-                stdin,
-                stdout,
-                stderr,
-                terminal: false,
-                spec: Some(spec),
-                exec_id: def.exec_id.to_owned(),
-            }))
-            .await
-            .map_err(RuntimeError::call("exec", def.exec_id))?;
+    /// [`Task::register_exec`] then [`PendingExec::start`].
+    pub async fn exec(&self, def: &ExecDef<'_>, sink: &OutputSink) -> Result<Exec, RuntimeError> {
+        self.register_exec(def, sink).await?.start().await
+    }
+}
+
+impl PendingExec {
+    /// Starts the process (the task must be running), feeds its stdin and closes it.
+    pub async fn start(mut self) -> Result<Exec, RuntimeError> {
+        let tasks = self.task.engine.tasks();
         let started = tasks
             .clone()
-            .start(self.engine.request(StartRequest {
-                container_id: self.id.clone(),
-                exec_id: def.exec_id.to_owned(),
+            .start(self.task.engine.request(StartRequest {
+                container_id: self.task.id.clone(),
+                exec_id: self.exec_id.clone(),
             }))
             .await;
-        match started {
-            Ok(response) => Ok(response.into_inner().pid),
+        let pid = match started {
+            Ok(response) => response.into_inner().pid,
             Err(status) => {
-                let _ = tasks
-                    .clone()
-                    .delete_process(self.engine.request(DeleteProcessRequest {
-                        container_id: self.id.clone(),
-                        exec_id: def.exec_id.to_owned(),
-                    }))
-                    .await;
-                Err(RuntimeError::Call {
+                self.forget().await;
+                self.release_stdio().await;
+                return Err(RuntimeError::Call {
                     action: "start exec",
-                    id: def.exec_id.to_owned(),
+                    id: self.exec_id.clone(),
                     status,
-                })
+                });
             }
+        };
+        let Stdio { io, drains, feeder } = self.stdio.take().expect("released only here");
+        if let Some(feeder) = feeder {
+            let fed = feeder
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = fed {
+                let path = io.stdin.clone().unwrap_or_default();
+                return Err(RuntimeError::io("writing the process's stdin", &path)(e));
+            }
+            tasks
+                .clone()
+                .close_io(self.task.engine.request(CloseIoRequest {
+                    container_id: self.task.id.clone(),
+                    exec_id: self.exec_id.clone(),
+                    stdin: true,
+                }))
+                .await
+                .map_err(RuntimeError::call("close stdin of exec", &self.exec_id))?;
+        }
+        Ok(Exec {
+            task: self.task.clone(),
+            exec_id: self.exec_id.clone(),
+            pid,
+            io,
+            drains,
+        })
+    }
+
+    /// Forgets the process without running it (its task is not going to run), and frees its
+    /// stdio.
+    pub async fn discard(mut self) {
+        self.forget().await;
+        self.release_stdio().await;
+    }
+
+    /// Removes the unstarted process from containerd (gone already is fine).
+    async fn forget(&self) {
+        let _ = self
+            .task
+            .engine
+            .tasks()
+            .delete_process(self.task.engine.request(DeleteProcessRequest {
+                container_id: self.task.id.clone(),
+                exec_id: self.exec_id.clone(),
+            }))
+            .await;
+    }
+
+    async fn release_stdio(&mut self) {
+        if let Some(stdio) = self.stdio.take() {
+            stdio.release().await;
         }
     }
 }

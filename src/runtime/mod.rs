@@ -16,12 +16,19 @@ use std::path::{Path, PathBuf};
 
 use containerd_client::tonic::{self, transport::Channel, Request};
 
-pub use exec::{Exec, ExecDef, ExecSignaller};
+pub use exec::{Exec, ExecDef, ExecSignaller, PendingExec};
 pub use io::{OutputSink, Stream};
 pub use task::{ContainerDef, ExitStatus, Task};
 
 /// The containerd namespace envbox's container lives in.
 pub const NAMESPACE: &str = "envbox";
+
+/// Where the OCI runtime keeps the state of container `id` while it exists: the shim runs
+/// it with `--root <runtime root>/<namespace>`, and runc and sysbox-runc keep `<root>/<id>/`
+/// from `create` until `delete`.
+pub fn state_dir(runtime_root: &Path, id: &str) -> PathBuf {
+    runtime_root.join(NAMESPACE).join(id)
+}
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
