@@ -20,8 +20,10 @@
 //! Then [`fallback`]: the same start with the volume on overlayfs, where each start flattens a
 //! copy of the image (no overlay), for this build and `ENVBOX_BENCH_BASELINE`.
 //!
-//! Each contender goes first in turn, `ENVBOX_BENCH_RUNS` (7) runs each, min and median, one
-//! envbox at a time (they share the bridge `envbox0`). `ENVBOX_BENCH_MB` (64): data added to
+//! Each contender goes first in turn, `ENVBOX_BENCH_RUNS` (15) runs each, min and median, one
+//! envbox at a time (they share the bridge `envbox0`). A start varies by a tenth from run to run
+//! (the baseline's most: containerd and ctr), so a median of 7 moved the ratio by 0.15 between
+//! benches; of 15 it holds. `ENVBOX_BENCH_MB` (64): data added to
 //! the busybox image; `ENVBOX_BENCH_BASELINE=/path/to/envbox`: another build timed beside this
 //! one. Needs root and the launch test's tools, and `ctr`.
 
@@ -124,7 +126,7 @@ fn main() {
         eprintln!("the warm start benchmark needs root, containerd, ctr, runc, the CNI plugins, skopeo and docker-registry (see above)");
         std::process::exit(1);
     }
-    let runs = env_usize("ENVBOX_BENCH_RUNS", 7);
+    let runs = env_usize("ENVBOX_BENCH_RUNS", 15);
     let mb = env_usize("ENVBOX_BENCH_MB", 64) as u64;
     // Another build of envbox to time beside this one, e.g. before a change.
     let other = std::env::var("ENVBOX_BENCH_BASELINE").ok();
