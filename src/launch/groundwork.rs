@@ -38,7 +38,7 @@ pub(super) struct WorkspacePlan {
     pub spec: Spec,
     /// The workspace user, from the image's passwd.
     pub user: PasswdEntry,
-    /// Whether the image has an init of its own (systemd): signalled instead of the agent alone.
+    /// The inner init is the image's `/sbin/init` (the stop waits for it), not `sleep infinity`.
     pub image_init: bool,
     /// The signal that asks the init to stop.
     pub init_signal: i32,

@@ -1,5 +1,6 @@
-//! Processes exec'd into the running container (the bootstrap script): start with stdin fed
-//! and output forwarded line by line, signal, wait, clean up.
+//! Processes exec'd into the container (the bootstrap script): registered with their stdio (which
+//! needs no started task), started once the task runs with stdin fed and output forwarded line
+//! by line, signalled, waited for, cleaned up.
 
 use std::path::PathBuf;
 
@@ -129,11 +130,6 @@ impl Task {
                 Err(error)
             }
         }
-    }
-
-    /// [`Task::register_exec`] then [`PendingExec::start`].
-    pub async fn exec(&self, def: &ExecDef<'_>, sink: &OutputSink) -> Result<Exec, RuntimeError> {
-        self.register_exec(def, sink).await?.start().await
     }
 }
 
