@@ -131,6 +131,18 @@ impl Task {
             }
         }
     }
+
+    /// Deletes exec'd process `exec_id` from containerd.
+    async fn delete_exec(&self, exec_id: &str) -> Result<(), containerd_client::tonic::Status> {
+        self.engine
+            .tasks()
+            .delete_process(self.engine.request(DeleteProcessRequest {
+                container_id: self.id.clone(),
+                exec_id: exec_id.to_owned(),
+            }))
+            .await
+            .map(|_| ())
+    }
 }
 
 impl PendingExec {
@@ -193,15 +205,7 @@ impl PendingExec {
 
     /// Removes the unstarted process from containerd (gone already is fine).
     async fn forget(&self) {
-        let _ = self
-            .task
-            .engine
-            .tasks()
-            .delete_process(self.task.engine.request(DeleteProcessRequest {
-                container_id: self.task.id.clone(),
-                exec_id: self.exec_id.clone(),
-            }))
-            .await;
+        let _ = self.task.delete_exec(&self.exec_id).await;
     }
 
     async fn release_stdio(&mut self) {
@@ -241,15 +245,7 @@ impl Exec {
         for drain in self.drains {
             let _ = drain.await;
         }
-        let deleted = self
-            .task
-            .engine
-            .tasks()
-            .delete_process(self.task.engine.request(DeleteProcessRequest {
-                container_id: self.task.id.clone(),
-                exec_id: self.exec_id.clone(),
-            }))
-            .await;
+        let deleted = self.task.delete_exec(&self.exec_id).await;
         self.io.remove();
         let status = status?;
         match deleted {
