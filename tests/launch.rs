@@ -184,6 +184,16 @@ fn process_names() -> Vec<String> {
         .collect()
 }
 
+/// Fails, naming them, when processes of run dir `run` are left (daemons, shims, workspace).
+fn assert_no_process_left(run: &Path) {
+    let left = processes_mentioning(&run.display().to_string());
+    assert!(
+        left.is_empty(),
+        "processes of {} left: {left:?}",
+        run.display()
+    );
+}
+
 /// Command lines of every process mentioning `needle`.
 fn processes_mentioning(needle: &str) -> Vec<String> {
     fs::read_dir("/proc")
@@ -423,12 +433,7 @@ while :; do sleep 1; done
     ] {
         assert!(has("info", text), "{text:?} not sent to Coder: {lines:?}");
     }
-    let socket = dirs.root.join("run").display().to_string();
-    assert!(
-        processes_mentioning(&socket).is_empty(),
-        "daemons or shims left: {:?}",
-        processes_mentioning(&socket)
-    );
+    assert_no_process_left(&dirs.root.join("run"));
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&dirs.root.display().to_string()),
@@ -502,11 +507,7 @@ fn containerd_dying_stops_envbox_with_a_message_naming_it() {
     second.wait_for("agent-up", Duration::from_secs(120));
     second.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(second.wait_exit(Duration::from_secs(60)).success());
-    assert!(
-        processes_mentioning(&run.display().to_string()).is_empty(),
-        "{:?}",
-        processes_mentioning(&run.display().to_string())
-    );
+    assert_no_process_left(&run);
 }
 
 #[test]
@@ -529,11 +530,11 @@ fn a_second_start_after_kill_9_of_the_first_starts_cleanly() {
     first.wait_for("started as 1000", Duration::from_secs(120));
     first.signal(nix::sys::signal::Signal::SIGKILL);
     first.wait_exit(Duration::from_secs(10));
-    let run = dirs.root.join("run").display().to_string();
+    let run = dirs.root.join("run");
     // What tells the next start that this container may still use the rootfs (so the rootfs
     // is reassembled only after the container is removed), where runc keeps it.
     let runtime_state =
-        envbox::runtime::state_dir(&dirs.root.join("run/runtime"), envbox::launch::CONTAINER_ID);
+        envbox::runtime::state_dir(&run.join("runtime"), envbox::launch::CONTAINER_ID);
     assert!(
         runtime_state.join("state.json").is_file(),
         "{} after the kill -9",
@@ -554,11 +555,7 @@ fn a_second_start_after_kill_9_of_the_first_starts_cleanly() {
     second.signal(nix::sys::signal::Signal::SIGTERM);
     let status = second.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status}\n{}", second.log());
-    assert!(
-        processes_mentioning(&run).is_empty(),
-        "processes of either run left: {:?}",
-        processes_mentioning(&run)
-    );
+    assert_no_process_left(&run);
     assert!(
         !runtime_state.exists(),
         "{} after a clean stop",
@@ -600,10 +597,5 @@ fn a_failed_network_attach_stops_cleanly_and_names_the_plugin() {
         !mountinfo.contains(&format!(" {} ", merged.display())),
         "the rootfs is still mounted"
     );
-    let run = dirs.root.join("run").display().to_string();
-    assert!(
-        processes_mentioning(&run).is_empty(),
-        "{:?}",
-        processes_mentioning(&run)
-    );
+    assert_no_process_left(&dirs.root.join("run"));
 }
