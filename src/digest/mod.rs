@@ -1,9 +1,16 @@
 //! Content digests (`sha256:<64 hex>`), the keys of everything envbox caches.
 //!
-//! Owns: parsing and printing digests, and hashing. Only sha256 is accepted: it is what every
+//! Owns: parsing and printing digests, and hashing ([`Hasher`]: a running sha256 that hashes two
+//! streams at once where the CPU has the SHA extensions). Only sha256 is accepted: it is what every
 //! registry serves, and refusing the rest by name beats half-supporting them. It never does I/O.
 
 use sha2::{Digest as _, Sha256};
+
+mod hasher;
+#[cfg(target_arch = "x86_64")]
+mod shani;
+
+pub use hasher::Hasher;
 
 /// A sha256 content digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,9 +52,12 @@ impl Digest {
 
     /// The digest a finished hasher computed.
     pub fn from_hasher(hasher: Sha256) -> Digest {
-        Digest {
-            hex: hex(&hasher.finalize()),
-        }
+        Digest::from_bytes(&hasher.finalize().into())
+    }
+
+    /// The digest whose 32 bytes are `bytes`.
+    fn from_bytes(bytes: &[u8; 32]) -> Digest {
+        Digest { hex: hex(bytes) }
     }
 
     /// The 64 hex digits.
