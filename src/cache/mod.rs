@@ -1,8 +1,9 @@
 //! The content-addressed blob store on the persistent volume.
 //!
 //! Owns: `<state_dir>/blobs/sha256/<hex>` files, written only through a staging file that is
-//! hashed and counted as it is written, checked against the expected digest and size and
-//! renamed into place: a blob in the store is always complete and verified. Stale staging
+//! hashed (by its writer, or by the follower that reads it as it arrives, see [`Follower`]) and
+//! counted as it is written, checked against the expected digest and size and renamed into
+//! place: a blob in the store is always complete and verified. Stale staging
 //! files from a crash are removed when the store is opened. Also the small index of which
 //! reference resolved to which manifest digest. It never talks to the network and never
 //! decides what to fetch.

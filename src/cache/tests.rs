@@ -517,3 +517,101 @@ fn a_follower_of_an_abandoned_or_mismatched_blob_fails() {
     assert_last_read_fails(&got);
     assert!(store.follow(&digest).is_none());
 }
+
+/// The first follower, there before the first byte, checks the digest for the writer: the
+/// commit waits for it to read the last byte (a writer hashing on its own would not wait).
+#[test]
+fn the_first_follower_checks_the_digest_and_the_commit_waits_for_it() {
+    use std::io::{BufRead, Read};
+    use std::time::Duration;
+    let (_dir, store) = store();
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&content);
+    let mut writer = store.writer(&digest, content.len() as u64).unwrap();
+    let mut follower = store.follow(&digest).unwrap();
+    assert!(follower.checks(), "the first follower takes the check");
+    assert!(
+        !store.follow(&digest).unwrap().checks(),
+        "one check per blob"
+    );
+    writer.write_chunks(&[&content[..]]).unwrap();
+    let (send, committed) = std::sync::mpsc::channel();
+    let committing = std::thread::spawn(move || send.send(writer.commit()).unwrap());
+    // All but the last byte read, hashed beside another stream as an unpack does.
+    let mut read = Vec::new();
+    let mut beside = crate::digest::Hasher::new();
+    while read.len() < content.len() - 1 {
+        let n = {
+            let buf = follower.fill_buf().unwrap();
+            let n = buf.len().min(content.len() - 1 - read.len());
+            read.extend_from_slice(&buf[..n]);
+            n
+        };
+        follower.consume(n);
+        follower.hash_beside(&mut beside, b"uncompressed bytes of the same layer");
+    }
+    assert!(
+        committed.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the commit waits for the follower's digest"
+    );
+    follower.read_to_end(&mut read).unwrap();
+    committed
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    committing.join().unwrap();
+    assert!(read == content, "the follower read the blob");
+    assert_eq!(store.read(&digest).unwrap(), content);
+}
+
+/// A checking follower that goes before the end leaves its hash so far: the writer hashes
+/// the rest from the staging file, and still tells a good blob from a bad one.
+#[test]
+fn a_checking_follower_that_goes_early_leaves_the_rest_to_the_writer() {
+    use std::io::Read;
+    for (content, expected) in [
+        (b"all of the blob, good".to_vec(), None),
+        (
+            b"all of the blob, BAD!".to_vec(),
+            Some(b"all of the blob, good"),
+        ),
+    ] {
+        let (_dir, store) = store();
+        let digest = Digest::of(expected.map_or(&content[..], |e| &e[..]));
+        let mut writer = store.writer(&digest, content.len() as u64).unwrap();
+        let mut follower = store.follow(&digest).unwrap();
+        assert!(follower.checks());
+        writer.write_chunks(&[&content[..]]).unwrap();
+        let mut first = [0u8; 7];
+        follower.read_exact(&mut first).unwrap();
+        drop(follower);
+        match expected {
+            None => {
+                writer.commit().unwrap();
+                assert_eq!(store.read(&digest).unwrap(), content);
+            }
+            Some(_) => {
+                let err = writer.commit().unwrap_err();
+                assert!(matches!(err, CacheError::DigestMismatch { .. }), "{err}");
+                assert_eq!(store.size_of(&digest), None);
+            }
+        }
+    }
+}
+
+/// A follower that comes after the first byte does not check: the writer hashed from the
+/// start, and commits without waiting for anyone.
+#[test]
+fn a_follower_after_the_first_byte_leaves_the_check_to_the_writer() {
+    let (_dir, store) = store();
+    let content = b"written before anyone followed";
+    let digest = Digest::of(content);
+    let mut writer = store.writer(&digest, content.len() as u64).unwrap();
+    writer.write_chunks(&[&content[..5]]).unwrap();
+    let follower = store.follow(&digest).unwrap();
+    assert!(!follower.checks());
+    writer.write_chunks(&[&content[5..]]).unwrap();
+    writer.commit().unwrap();
+    assert_eq!(store.read(&digest).unwrap(), content);
+    drop(follower);
+}

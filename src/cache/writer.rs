@@ -2,7 +2,11 @@
 //!
 //! Bytes go through a large buffer into the staging file and into a running sha256 and byte
 //! count, so the hot path costs one `write` syscall per buffer-full and no copies beyond the
-//! buffer. `commit` checks size then digest, then either marks the blob unsynced (see
+//! buffer. When a follower took the digest check before the first byte (`super::follow`: an
+//! unpack hashes the compressed bytes it reads beside the uncompressed ones, nearly for free),
+//! the writer does not hash: its commit waits for the follower's digest, or hashes the rest of
+//! the staging file itself should the follower have gone. `commit` checks size then digest,
+//! then either marks the blob unsynced (see
 //! `super::unsynced`) or fsyncs it, renames it into `blobs/sha256/` and, when it was fsync'd,
 //! fsyncs the directory; every other ending (a mismatch, an error, a drop) removes the staging
 //! file. A writer whose write failed or overflowed is poisoned: it can only fail from then on,
@@ -10,17 +14,15 @@
 //! the staging file goes after each write, and how the writer ended.
 
 use std::fs::{self, File, Permissions};
-use std::io::{self, BufWriter, IoSlice, Write};
+use std::io::{self, BufWriter, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
-
-use super::follow::{Growing, Growth};
+use super::follow::{Check, Growing, Growth};
 use super::unsynced::Unsynced;
 use super::{io_err, sync_dir, CacheError};
-use crate::digest::Digest;
+use crate::digest::{Digest, Hasher};
 
 /// Size of the write buffer: large writes bypass it, small ones are batched.
 const BUFFER: usize = 512 * 1024;
@@ -34,12 +36,23 @@ enum Poison {
     Io(io::ErrorKind),
 }
 
+/// Who hashes a writer's bytes.
+#[derive(Debug)]
+enum Hashing {
+    /// Decided at the first byte (a follower may take the check until then).
+    Undecided,
+    /// The writer, into this.
+    Writer(Hasher),
+    /// The follower that took the check.
+    Follower,
+}
+
 /// A blob being written. Dropping it without `commit` removes the staging file.
 #[derive(Debug)]
 pub struct BlobWriter {
     /// `None` only while dropping.
     out: Option<BufWriter<File>>,
-    hasher: Sha256,
+    hashing: Hashing,
     written: u64,
     digest: Digest,
     expected_size: u64,
@@ -64,7 +77,7 @@ impl BlobWriter {
     ) -> BlobWriter {
         BlobWriter {
             out: Some(BufWriter::with_capacity(BUFFER, file)),
-            hasher: Sha256::new(),
+            hashing: Hashing::Writer(Hasher::new()),
             written: 0,
             digest,
             expected_size,
@@ -86,7 +99,63 @@ impl BlobWriter {
     /// Followers of the blob see this writer's progress through `growth`.
     pub(super) fn followed(mut self, growing: Growing, growth: Arc<Growth>) -> BlobWriter {
         self.followed = Some((growing, growth));
+        self.hashing = Hashing::Undecided;
         self
+    }
+
+    /// The hasher of the writer's bytes; `None` when a follower hashes them.
+    fn hasher(&mut self) -> Option<&mut Hasher> {
+        if let Hashing::Undecided = self.hashing {
+            let writer_hashes = match &self.followed {
+                Some((_, growth)) => growth.writer_hashes(),
+                None => true,
+            };
+            self.hashing = match writer_hashes {
+                true => Hashing::Writer(Hasher::new()),
+                false => Hashing::Follower,
+            };
+        }
+        match &mut self.hashing {
+            Hashing::Writer(hasher) => Some(hasher),
+            _ => None,
+        }
+    }
+
+    /// The digest of every byte written: the writer's own, or the checking follower's (once
+    /// it has read them all), or the follower's hash so far completed from the staging file.
+    fn digest(&mut self) -> Result<Digest, CacheError> {
+        self.hasher();
+        let growth = match std::mem::replace(&mut self.hashing, Hashing::Follower) {
+            Hashing::Writer(hasher) => return Ok(hasher.finish()),
+            _ => match &self.followed {
+                Some((_, growth)) => growth.clone(),
+                None => return self.hash_staging(Hasher::new()),
+            },
+        };
+        growth.written(self.written);
+        match growth.await_check() {
+            Check::Done(digest) => Ok(digest),
+            Check::Left(hasher) => self.hash_staging(hasher),
+            // Nothing handed over (cannot happen): all of it from the file.
+            _ => self.hash_staging(Hasher::new()),
+        }
+    }
+
+    /// Completes `hasher` (which hashed the staging file's first `hasher.bytes()` bytes) from
+    /// the staging file.
+    fn hash_staging(&self, mut hasher: Hasher) -> Result<Digest, CacheError> {
+        let mut file = File::open(&self.staging)
+            .and_then(|mut file| file.seek(SeekFrom::Start(hasher.bytes())).map(|_| file))
+            .map_err(io_err("reading staging file", &self.staging))?;
+        let mut buf = vec![0; BUFFER];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return Ok(hasher.finish()),
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err("reading staging file", &self.staging)(e)),
+            }
+        }
     }
 
     /// Tells followers how far the staging file goes.
@@ -128,7 +197,9 @@ impl BlobWriter {
             self.poison = Some(Poison::Io(e.kind()));
             return Err(io_err("writing staging file", &self.staging)(e));
         }
-        self.hasher.update(bytes);
+        if let Some(hasher) = self.hasher() {
+            hasher.update(bytes);
+        }
         self.written = total;
         self.advanced();
         Ok(())
@@ -151,8 +222,10 @@ impl BlobWriter {
             self.poison = Some(Poison::Io(e.kind()));
             return Err(io_err("writing staging file", &self.staging)(e));
         }
-        for chunk in chunks {
-            self.hasher.update(chunk.as_ref());
+        if let Some(hasher) = self.hasher() {
+            for chunk in chunks {
+                hasher.update(chunk.as_ref());
+            }
         }
         self.written = total;
         self.advanced();
@@ -193,13 +266,16 @@ impl BlobWriter {
                 actual: self.written,
             });
         }
-        let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
+        let actual = self.digest()?;
         if actual != self.digest {
             return Err(CacheError::DigestMismatch {
                 expected: self.digest.clone(),
                 actual,
             });
         }
+        let Some(out) = self.out.as_ref() else {
+            return Err(self.poisoned_error(io::ErrorKind::Other));
+        };
         let file = out.get_ref();
         file.set_permissions(Permissions::from_mode(0o644))
             .map_err(io_err("setting the mode of staging file", &self.staging))?;

@@ -3,9 +3,9 @@
 //! Owns: turning the fetch's reports into unpacks. A layer whose transfer starts is unpacked
 //! at once from its download as it arrives ([`Arrival::Downloading`]: the bytes are followed
 //! in the store, and the layer is published only once the blob is verified, see
-//! `crate::cache::Follower`); such unpacks wait on the network, not the CPU, so they take no
-//! slot. A layer whose blob is already verified ([`Arrival::Ready`]: cached blobs, local
-//! imports, or a download-time unpack that failed) takes one of at most one slot per core. A
+//! `crate::cache::Follower`, which also checks the blob's digest for its writer). Every unpack,
+//! from a download or from a blob already verified ([`Arrival::Ready`]: cached blobs, local
+//! imports, or a download-time unpack that failed), takes one of at most one slot per core. A
 //! download-time unpack that fails for any reason (the transfer started over or failed, or the
 //! content is bad) is not an error: the layer is unpacked again from the verified blob, which
 //! then reports the real error if there is one. A diff ID already started under another index

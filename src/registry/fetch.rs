@@ -9,7 +9,7 @@
 //! which blobs to fetch.
 
 use futures_util::StreamExt;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, SemaphorePermit};
 
 use super::progress::Progress;
 use super::session::{chain, is_certificate_error, retry_after, Attempt, Session, Transport};
@@ -222,7 +222,8 @@ async fn get_once(
 
 /// Fetches one blob into the store, unless it is there already. `started` is called once
 /// its writer exists, before the first byte is asked for: from then on the blob can be
-/// followed as it arrives (`BlobStore::follow`).
+/// followed as it arrives (`BlobStore::follow`). `slot` (a transfer slot) is let go once every
+/// byte is in, before the commit, which may wait for a follower's digest check.
 pub(crate) async fn fetch_blob(
     session: &Mutex<Session>,
     config: &RegistryConfig,
@@ -230,6 +231,7 @@ pub(crate) async fn fetch_blob(
     request: &BlobRequest,
     progress: &Progress,
     started: &(dyn Fn(&BlobRequest) + Sync),
+    slot: SemaphorePermit<'_>,
 ) -> Result<(), RegistryError> {
     if store.size_of(&request.digest) == Some(request.size) {
         progress.cached(&request.digest);
@@ -266,6 +268,7 @@ pub(crate) async fn fetch_blob(
         attempts += 1;
         match get_once(&transport, location, request, store, writer, progress).await? {
             Got::Complete(done) => {
+                drop(slot);
                 return blocking(move || done.commit())
                     .await
                     .map(|_| ())

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures_util::{stream, StreamExt};
 use oci_client::manifest::OciImageManifest;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore};
 
 use super::describe::{self, PulledImage, PulledLayer};
 use super::fetch::{fetch_blob, BlobRequest};
@@ -201,20 +201,27 @@ async fn transfer_all(
     reference: &str,
 ) -> Result<(), RegistryError> {
     let skipped = AtomicBool::new(false);
+    // A transfer slot is held while bytes come in, not while a verified blob waits for the
+    // follower that checks its digest (see `crate::cache`) to read its last bytes.
+    let slots = Semaphore::new(config.max_concurrent_downloads.max(1));
     let mut transfers = stream::iter(blobs)
         .map(|request| {
-            let skipped = &skipped;
+            let (skipped, slots) = (&skipped, &slots);
             async move {
+                let slot = slots
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
                 if feed.stopped() {
                     skipped.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
-                fetch_blob(session, config, store, request, progress, started).await?;
+                fetch_blob(session, config, store, request, progress, started, slot).await?;
                 stored(request);
                 Ok(())
             }
         })
-        .buffer_unordered(config.max_concurrent_downloads.max(1));
+        .buffer_unordered(blobs.len().max(1));
     let mut first_error = None;
     while let Some(result) = transfers.next().await {
         if let Err(error) = result {

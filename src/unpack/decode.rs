@@ -1,5 +1,6 @@
 //! A layer's decoding thread: blob file -> decompressor -> byte budget and diff-ID hash, in
-//! chunks handed to the thread that writes the tree.
+//! chunks handed to the thread that writes the tree. The diff-ID hash runs beside the
+//! compressed input's own digest check when the input does one (`super::stream::Compressed`).
 //!
 //! Owns: the split of one layer's unpack over two threads, so that a layer alone (a one-layer
 //! image, or the last layer of a big image) keeps two cores busy: decompressing and hashing
@@ -14,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 
-use sha2::{Digest as _, Sha256};
+use super::stream::Decoder;
+use crate::digest::Hasher;
 
 /// Bytes per chunk: large enough that the channel costs nothing next to inflating it.
 const CHUNK: usize = 256 << 10;
@@ -25,7 +27,7 @@ type Chunk = (Vec<u8>, usize);
 
 /// What the decoding thread saw once the stream ended.
 pub(super) struct Decoded {
-    pub hasher: Sha256,
+    pub hasher: Hasher,
     /// Uncompressed bytes, all of them hashed.
     pub bytes: u64,
 }
@@ -68,7 +70,7 @@ impl Read for Reader {
 /// thread's result is the hash of every byte when the stream ended or the reader was dropped.
 pub(super) fn spawn<'scope>(
     scope: &'scope Scope<'scope, '_>,
-    input: Box<dyn Read + Send>,
+    input: Decoder,
     limit: u64,
     exceeded: &'scope AtomicBool,
 ) -> (Reader, ScopedJoinHandle<'scope, Decoded>) {
@@ -86,14 +88,14 @@ pub(super) fn spawn<'scope>(
 }
 
 fn decode(
-    mut input: Box<dyn Read + Send>,
+    mut input: Decoder,
     limit: u64,
     exceeded: &AtomicBool,
     send: SyncSender<io::Result<Chunk>>,
     refill: Receiver<Vec<u8>>,
 ) -> Decoded {
     let mut decoded = Decoded {
-        hasher: Sha256::new(),
+        hasher: Hasher::new(),
         bytes: 0,
     };
     loop {
@@ -112,7 +114,10 @@ fn decode(
             let _ = send.send(Err(io::Error::other("uncompressed byte budget exceeded")));
             break;
         }
-        decoded.hasher.update(&buf[..len]);
+        match input.input() {
+            Some(compressed) => compressed.hash_beside(&mut decoded.hasher, &buf[..len]),
+            None => decoded.hasher.update(&buf[..len]),
+        }
         if send.send(Ok((buf, len))).is_err() {
             // The writer stopped (an error of its own): nothing more is wanted.
             break;
@@ -139,11 +144,16 @@ fn fill(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
 
+    /// `input` as an uncompressed layer stream.
+    fn plain(input: impl Read + Send + 'static) -> Decoder {
+        Decoder::Plain(Box::new(io::BufReader::new(input)))
+    }
+
     fn read_all(input: Vec<u8>, limit: u64) -> (io::Result<Vec<u8>>, Decoded, bool) {
         let exceeded = AtomicBool::new(false);
         let (out, decoded) = std::thread::scope(|scope| {
             let (mut reader, decoder) =
-                spawn(scope, Box::new(io::Cursor::new(input)), limit, &exceeded);
+                spawn(scope, plain(io::Cursor::new(input)), limit, &exceeded);
             let mut out = Vec::new();
             let result = reader.read_to_end(&mut out).map(|_| out);
             drop(reader);
@@ -158,7 +168,7 @@ mod tests {
         let (out, decoded, exceeded) = read_all(data.clone(), u64::MAX);
         assert!(out.expect("read") == data, "bytes changed on the way");
         assert_eq!(decoded.bytes, data.len() as u64);
-        assert_eq!(decoded.hasher.finalize()[..], Sha256::digest(&data)[..]);
+        assert_eq!(decoded.hasher.finish(), crate::digest::Digest::of(&data));
         assert!(!exceeded);
     }
 
@@ -189,7 +199,7 @@ mod tests {
         }
         let exceeded = AtomicBool::new(false);
         let err = std::thread::scope(|scope| {
-            let (mut reader, _) = spawn(scope, Box::new(Broken(CHUNK + 10)), u64::MAX, &exceeded);
+            let (mut reader, _) = spawn(scope, plain(Broken(CHUNK + 10)), u64::MAX, &exceeded);
             let mut out = Vec::new();
             reader.read_to_end(&mut out).expect_err("broken stream")
         });
@@ -204,7 +214,7 @@ mod tests {
         let endless = io::repeat(1);
         let exceeded = AtomicBool::new(false);
         let decoded = std::thread::scope(|scope| {
-            let (mut reader, decoder) = spawn(scope, Box::new(endless), u64::MAX, &exceeded);
+            let (mut reader, decoder) = spawn(scope, plain(endless), u64::MAX, &exceeded);
             let mut first = [0u8; 10];
             reader.read_exact(&mut first).expect("first bytes");
             drop(reader);

@@ -49,6 +49,15 @@ impl<R: BufRead> MultiGz<R> {
             state: State::Header { input, first: true },
         }
     }
+
+    /// The compressed input, until the stream ended or failed.
+    pub(super) fn get_mut(&mut self) -> Option<&mut R> {
+        match &mut self.state {
+            State::Header { input, .. } => Some(input),
+            State::Body { inflate, .. } => Some(inflate.get_mut()),
+            State::Done | State::Failed => None,
+        }
+    }
 }
 
 impl<R: BufRead> Read for MultiGz<R> {

@@ -39,15 +39,15 @@ mod flatten_tests;
 mod tests;
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
-use crate::cache::staging;
 use crate::cache::unsynced::{self, Unsynced};
+use crate::cache::{staging, Follower};
 use crate::digest::Digest;
 use crate::registry::manifest::Compression;
 
@@ -363,11 +363,12 @@ impl LayerStore {
     /// file: a follower of the blob's writer (`crate::cache::Follower`), which ends only once
     /// the blob is verified against the manifest and fails if its transfer is abandoned. The
     /// layer is published only once the input has ended and the diff ID matched, so both
-    /// digests are checked before it is complete, as for [`Self::unpack`].
+    /// digests are checked before it is complete, as for [`Self::unpack`]. A follower that
+    /// checks its blob's digest hashes it beside the diff ID, in one pass.
     pub fn unpack_following(
         &self,
         source: &LayerSource,
-        input: impl Read + Send + 'static,
+        input: Follower,
         limits: &Limits,
     ) -> Result<UnpackReport, UnpackError> {
         self.unpack_input(source, Some(Box::new(input)), limits)

@@ -1,6 +1,7 @@
 //! The layer stream: blob file -> decompressor -> hashing, budgeted reader -> tar entries.
 //!
-//! Owns: opening the blob (or taking its bytes as they download) with large buffered reads,
+//! Owns: opening the blob (or taking its bytes as they download, from a follower that may hash
+//! them beside the uncompressed ones, see [`Compressed`]) with large buffered reads,
 //! choosing the decoder (multi-member gzip, module `gzip`; zstd; or none), comparing the hash of
 //! every uncompressed byte (the trailing padding after the tar's end included, by reading to EOF)
 //! with the diff ID, and enforcing the byte and entry budgets. Decompressing and hashing run on a
@@ -8,7 +9,7 @@
 //! decoded entry to [`super::tree`]. It never writes to the filesystem itself.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -17,7 +18,8 @@ use super::gzip;
 use super::header::{self, Kind};
 use super::tree::{Tree, Whiteouts};
 use super::{LayerSource, Limits, UnpackError, UnpackReport};
-use crate::digest::Digest;
+use crate::cache::Follower;
+use crate::digest::Hasher;
 use crate::registry::manifest::Compression;
 
 /// Read size of the compressed blob file.
@@ -25,8 +27,54 @@ const BLOB_BUFFER: usize = 1 << 20;
 /// Warnings kept in a report; the rest are counted.
 const MAX_WARNINGS: usize = 200;
 
-/// A layer's compressed bytes: its blob file, or a follower of its download.
-pub(super) type Input = Box<dyn Read + Send>;
+/// A layer's compressed bytes, buffered: its blob file, or a follower of its download.
+pub(super) trait Compressed: BufRead + Send {
+    /// Hashes `data`, uncompressed bytes of this stream, into `hasher`. A source that checks
+    /// its own bytes' digest (a [`Follower`] that took its writer's check) hashes them beside,
+    /// in the same pass ([`Hasher::update_beside`]).
+    fn hash_beside(&mut self, hasher: &mut Hasher, data: &[u8]) {
+        hasher.update(data);
+    }
+}
+
+impl<R: Read + Send> Compressed for BufReader<R> {}
+
+impl Compressed for Follower {
+    fn hash_beside(&mut self, hasher: &mut Hasher, data: &[u8]) {
+        Follower::hash_beside(self, hasher, data);
+    }
+}
+
+/// A layer's compressed bytes, as [`Compressed`].
+pub(super) type Input = Box<dyn Compressed>;
+
+/// A layer's decompressor over its [`Input`].
+pub(super) enum Decoder {
+    Plain(Input),
+    Gzip(gzip::MultiGz<Input>),
+    Zstd(zstd::stream::read::Decoder<'static, Input>),
+}
+
+impl Decoder {
+    /// The compressed input, until a gzip stream ended.
+    pub(super) fn input(&mut self) -> Option<&mut Input> {
+        match self {
+            Decoder::Plain(input) => Some(input),
+            Decoder::Gzip(gz) => gz.get_mut(),
+            Decoder::Zstd(zstd) => Some(zstd.get_mut()),
+        }
+    }
+}
+
+impl Read for Decoder {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Decoder::Plain(input) => input.read(out),
+            Decoder::Gzip(gz) => gz.read(out),
+            Decoder::Zstd(zstd) => zstd.read(out),
+        }
+    }
+}
 
 /// An error reading `source`'s blob.
 fn blob_err(source: &LayerSource) -> impl FnOnce(io::Error) -> UnpackError + '_ {
@@ -40,17 +88,16 @@ fn blob_err(source: &LayerSource) -> impl FnOnce(io::Error) -> UnpackError + '_ 
 /// The layer's blob file, opened.
 pub(super) fn open_blob(source: &LayerSource) -> Result<Input, UnpackError> {
     let file = File::open(&source.blob).map_err(blob_err(source))?;
-    Ok(Box::new(file))
+    Ok(Box::new(BufReader::with_capacity(BLOB_BUFFER, file)))
 }
 
-fn decoder(source: &LayerSource, input: Input) -> Result<Input, UnpackError> {
-    let buffered = BufReader::with_capacity(BLOB_BUFFER, input);
+fn decoder(source: &LayerSource, input: Input) -> Result<Decoder, UnpackError> {
     Ok(match source.compression {
-        Compression::None => Box::new(buffered),
-        Compression::Gzip => Box::new(gzip::MultiGz::new(buffered)),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(buffered).map_err(blob_err(source))?)
-        }
+        Compression::None => Decoder::Plain(input),
+        Compression::Gzip => Decoder::Gzip(gzip::MultiGz::new(input)),
+        Compression::Zstd => Decoder::Zstd(
+            zstd::stream::read::Decoder::with_buffer(input).map_err(blob_err(source))?,
+        ),
     })
 }
 
@@ -91,7 +138,7 @@ pub(super) fn apply_stream(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         report.bytes = decoded.bytes;
-        let actual = Digest::from_hasher(decoded.hasher);
+        let actual = decoded.hasher.finish();
         if actual != source.diff_id {
             return Err(UnpackError::DiffIdMismatch {
                 layer: source.digest.clone(),
