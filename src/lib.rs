@@ -27,6 +27,7 @@ pub mod host;
 pub mod image;
 pub mod launch;
 pub mod logging;
+pub mod memory;
 pub mod mountinfo;
 pub mod network;
 pub mod overlay;

@@ -57,7 +57,10 @@ const AGENT_LOG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3
 /// Pulls and unpacks the image, saying so in the progress log.
 async fn prepare(cache: ImageCache, source: ImageSource) -> anyhow::Result<PreparedImage> {
     progress::emit(Kind::Info, &format!("Preparing image {source}..."));
-    let prepared = cache.prepare(&source).await?;
+    let prepared = cache.prepare(&source).await;
+    // The workspace runs for hours: what the transfers freed goes back now.
+    crate::memory::give_back();
+    let prepared = prepared?;
     let line = format!(
         "Image {source} ({}) ready: {} layer(s), {} unpacked now",
         prepared.pulled.manifest_digest,

@@ -46,6 +46,7 @@ impl ImageCache {
 
     /// `source` fetched and unpacked into the cache, warnings logged.
     async fn prepare(&self, source: &ImageSource) -> anyhow::Result<PreparedImage> {
+        crate::memory::keep_freed_memory();
         let prepared = crate::prepare::prepare(
             &self.config,
             &self.blobs,
