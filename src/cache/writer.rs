@@ -1,16 +1,15 @@
 //! [`BlobWriter`]: one blob being streamed into a staging file.
 //!
-//! Bytes go through a large buffer into the staging file and into a running sha256 and byte
-//! count, so the hot path costs one `write` syscall per buffer-full and no copies beyond the
-//! buffer. When a follower took the digest check before the first byte (`super::follow`: an
-//! unpack hashes the compressed bytes it reads beside the uncompressed ones, nearly for free),
-//! the writer does not hash: its commit waits for the follower's digest, or hashes the rest of
-//! the staging file itself should the follower have gone. `commit` checks size then digest,
-//! then either marks the blob unsynced (see
-//! `super::unsynced`) or fsyncs it, renames it into `blobs/sha256/` and, when it was fsync'd,
-//! fsyncs the directory; every other ending (a mismatch, an error, a drop) removes the staging
-//! file. A writer whose write failed or overflowed is poisoned: it can only fail from then on,
-//! since its file and its hash may no longer agree. Followers (`super::follow`) learn how far
+//! Bytes go through a large buffer into the staging file and into a running sha256 and byte count,
+//! so the hot path costs one `write` syscall per buffer-full and no copies beyond the buffer. When
+//! a follower took the digest check before the first byte (`super::follow`: an unpack hashes the
+//! compressed bytes it reads beside the uncompressed ones, nearly for free), the writer does not
+//! hash: its commit waits for the follower's digest, or hashes the rest of the staging file itself
+//! should the follower have gone. `commit` checks size then digest, then either marks the blob
+//! unsynced (see `super::unsynced`) or fsyncs it, renames it into `blobs/sha256/` and, when it was
+//! fsync'd, fsyncs the directory; every other ending (a mismatch, an error, a drop) removes the
+//! staging file. A writer whose write failed or overflowed is poisoned: it can only fail from then
+//! on, since its file and its hash may no longer agree. Followers (`super::follow`) learn how far
 //! the staging file goes after each write, and how the writer ended.
 
 use std::fs::{self, File, Permissions};

@@ -1,12 +1,12 @@
 //! The layer stream: blob file -> decompressor -> hashing, budgeted reader -> tar entries.
 //!
-//! Owns: opening the blob (or taking its bytes as they download, from a follower that may hash
-//! them beside the uncompressed ones, see [`Compressed`]) with large buffered reads,
-//! choosing the decoder (multi-member gzip, module `gzip`; zstd; or none), comparing the hash of
-//! every uncompressed byte (the trailing padding after the tar's end included, by reading to EOF)
-//! with the diff ID, and enforcing the byte and entry budgets. Decompressing and hashing run on a
-//! thread of their own (module `decode`), the tar parsing here on the caller's, which hands each
-//! decoded entry to [`super::tree`]. It never writes to the filesystem itself.
+//! Owns: opening the blob (or taking its bytes as they download, from a follower that may hash them
+//! beside the uncompressed ones, see [`Compressed`]) with large buffered reads, choosing the
+//! decoder (multi-member gzip, module `gzip`; zstd; or none), comparing the hash of every
+//! uncompressed byte (the trailing padding after the tar's end included, by reading to EOF) with
+//! the diff ID, and enforcing the byte and entry budgets. Decompressing and hashing run on a thread
+//! of their own (module `decode`), the tar parsing here on the caller's, which hands each decoded
+//! entry to [`super::tree`]. It never writes to the filesystem itself.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
