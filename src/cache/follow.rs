@@ -39,7 +39,7 @@ enum State {
 
 /// Who hashes the blob for its digest check.
 #[derive(Debug)]
-pub(super) enum Check {
+enum Check {
     /// Not decided: no byte is written yet.
     Open,
     /// The writer, as it writes.
@@ -155,13 +155,19 @@ impl Growth {
     }
 
     /// Called by a writer whose follower checks, once every byte is written ([`Self::written`]):
-    /// waits for the follower to hand over, and takes what it handed.
-    pub(super) fn await_check(&self) -> Check {
+    /// waits for the follower to hand over. `Ok`: its digest of every byte; `Err`: it went
+    /// early, with its hash of the bytes up to where it got.
+    pub(super) fn await_check(&self) -> Result<Digest, Hasher> {
         let mut shared = self.lock();
         while matches!(shared.check, Check::Follower) {
             shared = self.wait(shared);
         }
-        std::mem::replace(&mut shared.check, Check::Writer)
+        match std::mem::replace(&mut shared.check, Check::Writer) {
+            Check::Done(digest) => Ok(digest),
+            Check::Left(hasher) => Err(hasher),
+            // No follower had the check: nothing of it was hashed.
+            Check::Open | Check::Writer | Check::Follower => Err(Hasher::new()),
+        }
     }
 }
 
@@ -235,7 +241,8 @@ impl Follower {
     }
 
     /// Waits until bytes past `pos` are in the staging file, and says how many; `0` at the
-    /// end, once the blob is committed. Hands the digest over when every byte is written.
+    /// end, once the blob is committed. Hands the digest over when every byte is written
+    /// (called once the buffer is hashed: every byte read is in the check's hash).
     fn available(&mut self) -> io::Result<u64> {
         let mut shared = self.growth.lock();
         loop {
@@ -253,7 +260,6 @@ impl Follower {
                 }
                 State::Written(_) if self.checking.is_some() => {
                     drop(shared);
-                    self.hash_buffer();
                     if let Some(check) = self.checking.take() {
                         self.growth.hand_over(Check::Done(check.hasher.finish()));
                     }

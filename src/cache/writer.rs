@@ -18,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::follow::{Check, Growing, Growth};
+use super::follow::{Growing, Growth};
 use super::unsynced::Unsynced;
 use super::{io_err, sync_dir, CacheError};
 use crate::digest::{Digest, Hasher};
@@ -123,20 +123,17 @@ impl BlobWriter {
     /// The digest of every byte written: the writer's own, or the checking follower's (once
     /// it has read them all), or the follower's hash so far completed from the staging file.
     fn digest(&mut self) -> Result<Digest, CacheError> {
-        self.hasher();
-        let growth = match std::mem::replace(&mut self.hashing, Hashing::Follower) {
-            Hashing::Writer(hasher) => return Ok(hasher.finish()),
-            _ => match &self.followed {
-                Some((_, growth)) => growth.clone(),
-                None => return self.hash_staging(Hasher::new()),
-            },
-        };
+        if let Some(hasher) = self.hasher() {
+            return Ok(std::mem::take(hasher).finish());
+        }
+        let (_, growth) = self
+            .followed
+            .as_ref()
+            .expect("only a followed writer leaves the hashing to a follower");
         growth.written(self.written);
         match growth.await_check() {
-            Check::Done(digest) => Ok(digest),
-            Check::Left(hasher) => self.hash_staging(hasher),
-            // Nothing handed over (cannot happen): all of it from the file.
-            _ => self.hash_staging(Hasher::new()),
+            Ok(digest) => Ok(digest),
+            Err(so_far) => self.hash_staging(so_far),
         }
     }
 
