@@ -10,7 +10,7 @@
 //! trailing padding after the tar's end is part of the diff ID), stops as soon as the reader
 //! is dropped, and never touches the filesystem beyond reading the blob.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
@@ -41,8 +41,10 @@ pub(super) struct Reader {
     pos: usize,
 }
 
-impl Read for Reader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+/// The chunks themselves are the buffer: the tar reader parses them and hands file contents
+/// out of them in place.
+impl BufRead for Reader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.len {
             if let Some(buf) = self.current.take() {
                 let _ = self.spent.send(buf);
@@ -54,13 +56,24 @@ impl Read for Reader {
                 }
                 Ok(Err(e)) => return Err(e),
                 // The decoder finished: the end of the stream.
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(&[]),
             }
         }
         let buf = self.current.as_deref().unwrap_or_default();
-        let n = out.len().min(self.len - self.pos);
-        out[..n].copy_from_slice(&buf[self.pos..self.pos + n]);
-        self.pos += n;
+        Ok(&buf[self.pos..self.len])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.len);
+    }
+}
+
+impl Read for Reader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let buf = self.fill_buf()?;
+        let n = out.len().min(buf.len());
+        out[..n].copy_from_slice(&buf[..n]);
+        self.consume(n);
         Ok(n)
     }
 }

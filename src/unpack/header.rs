@@ -1,6 +1,6 @@
 //! What one tar entry asks for, decoded from its header and PAX records into plain values.
 //!
-//! Owns: turning a `tar::Entry` into an [`Entry`]: its name lexically normalised into
+//! Owns: turning an [`archive::Header`] into an [`Entry`]: its name lexically normalised into
 //! components under the layer root (absolute names and `..` contained, as containerd does),
 //! its kind (OCI whiteouts recognised by name), ownership (PAX `uid`/`gid` win over the ustar
 //! fields; values at or above [`ID_RANGE`] refused), mode, mtime (PAX fractional `mtime` kept)
@@ -8,13 +8,12 @@
 //! kind is written.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
 use nix::sys::time::TimeSpec;
-use tar::EntryType;
 
+use super::archive;
 use super::{UnpackError, ID_RANGE};
 use crate::digest::Digest;
 
@@ -49,6 +48,8 @@ pub(super) struct Entry {
     /// The normalised components under the root; empty for the root itself.
     pub parts: Vec<OsString>,
     pub kind: Kind,
+    /// Bytes of contents (a file's; other kinds have none).
+    pub size: u64,
     pub uid: u32,
     pub gid: u32,
     /// Permission bits including setuid, setgid and sticky.
@@ -67,59 +68,36 @@ impl Entry {
     }
 }
 
-/// Decodes `entry` of layer `layer`.
-pub(super) fn decode<R: Read>(
-    layer: &Digest,
-    entry: &mut tar::Entry<'_, R>,
-) -> Result<Entry, UnpackError> {
-    let path = PathBuf::from(OsStr::from_bytes(&entry.path_bytes()));
+/// Decodes `header`, an entry of layer `layer`.
+pub(super) fn decode(layer: &Digest, header: archive::Header) -> Result<Entry, UnpackError> {
+    let path = PathBuf::from(OsString::from_vec(header.path));
     let bad = |reason| UnpackError::BadEntry {
         layer: layer.clone(),
         path: path.clone(),
         reason,
     };
-    let header = entry.header();
-    let entry_type = header.entry_type();
-    let mut uid = header.uid().map_err(|_| bad("unreadable uid field"))?;
-    let mut gid = header.gid().map_err(|_| bad("unreadable gid field"))?;
+    let (mut uid, mut gid) = (header.uid, header.gid);
     let mut mtime = TimeSpec::new(
-        i64::try_from(header.mtime().map_err(|_| bad("unreadable mtime field"))?)
-            .map_err(|_| bad("mtime out of range"))?,
+        i64::try_from(header.mtime).map_err(|_| bad("mtime out of range"))?,
         0,
     );
-    let mode = header.mode().map_err(|_| bad("unreadable mode field"))? & 0o7777;
-    let link = entry.link_name_bytes().map(|l| l.into_owned());
+    let mode = (header.mode & 0o7777) as u32;
+    let link = header.link;
 
     let mut xattrs = Vec::new();
     let mut dropped_xattrs = Vec::new();
-    let pax = entry
-        .pax_extensions()
-        .map_err(|source| UnpackError::Entry {
-            layer: layer.clone(),
-            path: path.clone(),
-            action: "reading PAX records of",
-            source,
-        })?;
-    if let Some(pax) = pax {
-        for ext in pax {
-            let ext = ext.map_err(|_| bad("malformed PAX record"))?;
-            let key = ext.key_bytes();
-            let value = ext.value_bytes();
-            match key {
-                b"uid" => uid = parse_decimal(value).ok_or_else(|| bad("malformed PAX uid"))?,
-                b"gid" => gid = parse_decimal(value).ok_or_else(|| bad("malformed PAX gid"))?,
-                b"mtime" => {
-                    mtime = parse_pax_time(value).ok_or_else(|| bad("malformed PAX mtime"))?
-                }
-                _ => {
-                    if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                        if keep_xattr(name) {
-                            let name =
-                                CString::new(name).map_err(|_| bad("NUL in an xattr name"))?;
-                            xattrs.push((name, value.to_vec()));
-                        } else {
-                            dropped_xattrs.push(String::from_utf8_lossy(name).into_owned());
-                        }
+    for (key, value) in header.pax {
+        match key.as_slice() {
+            b"uid" => uid = parse_decimal(&value).ok_or_else(|| bad("malformed PAX uid"))?,
+            b"gid" => gid = parse_decimal(&value).ok_or_else(|| bad("malformed PAX gid"))?,
+            b"mtime" => mtime = parse_pax_time(&value).ok_or_else(|| bad("malformed PAX mtime"))?,
+            _ => {
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    if keep_xattr(name) {
+                        let name = CString::new(name).map_err(|_| bad("NUL in an xattr name"))?;
+                        xattrs.push((name, value));
+                    } else {
+                        dropped_xattrs.push(String::from_utf8_lossy(name).into_owned());
                     }
                 }
             }
@@ -147,27 +125,34 @@ pub(super) fn decode<R: Read>(
             }
             Kind::Whiteout
         }
-        _ => match entry_type {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Kind::File,
-            EntryType::Directory => Kind::Dir,
-            EntryType::Symlink => {
-                let target = link
-                    .filter(|l| !l.is_empty())
-                    .ok_or_else(|| bad("symlink without a target"))?;
-                Kind::Symlink(OsStr::from_bytes(&target).to_owned())
+        _ => match header.typeflag {
+            // The pre-POSIX regular type with a trailing slash is a directory (as Go's
+            // archive/tar reads it).
+            b'\0' if path.as_os_str().as_bytes().ends_with(b"/") => Kind::Dir,
+            // Regular (and its pre-POSIX spelling), contiguous, GNU sparse.
+            b'0' | b'\0' | b'7' | b'S' => Kind::File,
+            b'5' => Kind::Dir,
+            b'2' => {
+                if link.is_empty() {
+                    return Err(bad("symlink without a target"));
+                }
+                Kind::Symlink(OsString::from_vec(link))
             }
-            EntryType::Link => {
-                let target = link.ok_or_else(|| bad("hard link without a target"))?;
-                Kind::Hardlink(normalise(&target))
+            b'1' => {
+                if link.is_empty() {
+                    return Err(bad("hard link without a target"));
+                }
+                Kind::Hardlink(normalise(&link))
             }
-            EntryType::Fifo => Kind::Fifo,
-            EntryType::Char | EntryType::Block => Kind::Device,
-            EntryType::XGlobalHeader => Kind::Skip,
+            b'6' => Kind::Fifo,
+            b'3' | b'4' => Kind::Device,
+            // A PAX global header: nothing of it applies to the layer's tree.
+            b'g' => Kind::Skip,
             other => {
                 return Err(UnpackError::UnsupportedType {
                     layer: layer.clone(),
                     path,
-                    kind: char::from(other.as_byte()),
+                    kind: char::from(other),
                 })
             }
         },
@@ -179,6 +164,7 @@ pub(super) fn decode<R: Read>(
         path,
         parts,
         kind,
+        size: header.size,
         uid,
         gid,
         mode,
@@ -284,6 +270,44 @@ mod unit {
         assert!(!keep_xattr(b"trusted.overlay.opaque"));
         assert!(!keep_xattr(b"trusted.foo"));
         assert!(!keep_xattr(b"security.selinux"));
+    }
+
+    fn decoded(typeflag: u8, path: &str, link: &str) -> Result<Entry, UnpackError> {
+        let header = archive::Header {
+            path: path.into(),
+            link: link.into(),
+            typeflag,
+            mode: 0o100755,
+            ..Default::default()
+        };
+        decode(&Digest::of(b"layer"), header)
+    }
+
+    #[test]
+    fn kinds_by_type_flag() {
+        let kind = |typeflag, path| decoded(typeflag, path, "t").expect("decoded").kind;
+        assert_eq!(kind(b'0', "a"), Kind::File);
+        assert_eq!(kind(b'7', "a"), Kind::File);
+        assert_eq!(kind(b'S', "a"), Kind::File);
+        // The pre-POSIX regular type with a trailing slash is a directory, as Go reads it.
+        assert_eq!(kind(b'\0', "a"), Kind::File);
+        assert_eq!(kind(b'\0', "a/"), Kind::Dir);
+        assert_eq!(kind(b'0', "a/"), Kind::File);
+        assert_eq!(kind(b'5', "a"), Kind::Dir);
+        assert_eq!(kind(b'2', "a"), Kind::Symlink("t".into()));
+        assert_eq!(kind(b'1', "a"), Kind::Hardlink(vec!["t".into()]));
+        assert_eq!(kind(b'3', "a"), Kind::Device);
+        assert_eq!(kind(b'g', "a"), Kind::Skip);
+        assert_eq!(decoded(b'0', "a", "").expect("file").mode, 0o755);
+        for typeflag in [b'1', b'2'] {
+            let err = decoded(typeflag, "a", "").expect_err("a link needs a target");
+            assert!(err.to_string().contains("without a target"), "{err}");
+        }
+        let err = decoded(b'V', "a", "").expect_err("volume label");
+        assert!(
+            matches!(err, UnpackError::UnsupportedType { kind: 'V', .. }),
+            "{err}"
+        );
     }
 
     #[test]

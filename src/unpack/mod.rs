@@ -23,6 +23,7 @@
 //! [`flatten()`] applies an image's layers, in order, onto one merged directory with the same
 //! reader and writer (module `flatten`; whiteouts then act on the tree, see `tree::merge`).
 
+mod archive;
 mod creds;
 mod decode;
 mod flatten;

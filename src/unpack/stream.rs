@@ -13,6 +13,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::archive::Archive;
 use super::decode;
 use super::gzip;
 use super::header::{self, Kind};
@@ -160,7 +161,7 @@ fn read_entries(
     exceeded: &AtomicBool,
 ) -> Result<UnpackReport, UnpackError> {
     let layer = &source.digest;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = Archive::new(reader);
     let mut report = UnpackReport::default();
     let mut warnings = Vec::new();
     let mut last = PathBuf::new();
@@ -180,17 +181,9 @@ fn read_entries(
         }
     };
 
-    let entries = archive.entries().map_err(|e| stream_err(&last, e))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| stream_err(&last, e))?;
+    while let Some(raw) = archive.next().map_err(|e| stream_err(&last, e))? {
         report.entries += 1;
-        let decoded = header::decode(layer, &mut entry).map_err(|e| match e {
-            // A PAX record cut short by the budget is the budget's error.
-            UnpackError::Entry { source, .. } if exceeded.load(Ordering::Relaxed) => {
-                stream_err(&last, source)
-            }
-            other => other,
-        })?;
+        let decoded = header::decode(layer, raw)?;
         last.clone_from(&decoded.path);
         if report.entries > limits.max_entries {
             return Err(UnpackError::TooManyEntries {
@@ -199,7 +192,7 @@ fn read_entries(
                 limit: limits.max_entries,
             });
         }
-        if entry.size() > limits.max_uncompressed_bytes {
+        if decoded.size > limits.max_uncompressed_bytes {
             return Err(UnpackError::TooLarge {
                 layer: layer.clone(),
                 path: last,
@@ -212,14 +205,20 @@ fn read_entries(
         if decoded.kind == Kind::Device {
             warnings.push(format!("{:?}: device node not created", decoded.path));
         }
-        tree.apply(&decoded, &mut entry, &mut warnings)
+        tree.apply(&decoded, &mut archive.contents(), &mut warnings)
             .map_err(|e| e.into_unpack_error(|io| stream_err(&decoded.path, io)))?;
     }
     tree.finish()?;
 
-    // Everything after the tar's end-of-archive blocks is part of the diff ID too.
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| stream_err(&last, e))?;
+    // Everything after the tar's end-of-archive block is part of the diff ID too.
+    let mut rest = archive.into_rest();
+    loop {
+        let n = rest.fill_buf().map_err(|e| stream_err(&last, e))?.len();
+        if n == 0 {
+            break;
+        }
+        rest.consume(n);
+    }
     if warnings.len() > MAX_WARNINGS {
         let more = warnings.len() - MAX_WARNINGS;
         warnings.truncate(MAX_WARNINGS);

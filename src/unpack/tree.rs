@@ -33,7 +33,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -59,9 +59,6 @@ mod xattrs;
 
 pub(super) use xattrs::set_xattr;
 use xattrs::{drop_acls, drop_layer_xattrs};
-
-/// Size of the reused buffer that file data is copied through.
-const COPY_BUFFER: usize = 256 << 10;
 
 const OPAQUE_XATTR: &CStr = c"trusted.overlay.opaque";
 
@@ -123,7 +120,6 @@ pub(super) struct Tree<'a> {
     root: InRoot,
     /// Held while the tree is written (the `Tree` stays on its thread).
     creds: AsShiftedRoot,
-    buf: Vec<u8>,
     whiteouts: Whiteouts,
     /// Flatten mode: the entries the current layer created or wrote (parents it created too).
     written: RefCell<HashSet<EntryKey>>,
@@ -249,7 +245,6 @@ impl<'a> Tree<'a> {
             layer,
             root: InRoot::open(root)?,
             creds: AsShiftedRoot::enter(),
-            buf: vec![0; COPY_BUFFER],
             whiteouts,
             written: RefCell::new(HashSet::new()),
             dir_times: Vec::new(),
@@ -316,11 +311,11 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// Writes one entry; `data` is the entry's reader (file contents).
+    /// Writes one entry; `data` is the entry's contents (a file's).
     pub(super) fn apply(
         &mut self,
         entry: &Entry,
-        data: &mut impl Read,
+        data: &mut impl BufRead,
         warnings: &mut Vec<String>,
     ) -> Result<(), Failure> {
         let Some((name, parent_parts)) = entry.parts.split_last() else {
@@ -604,7 +599,7 @@ impl<'a> Tree<'a> {
         parent: BorrowedFd<'_>,
         name: &OsStr,
         entry: &Entry,
-        data: &mut impl Read,
+        data: &mut impl BufRead,
         born_root: bool,
     ) -> Result<(), Failure> {
         let flags =
@@ -618,15 +613,18 @@ impl<'a> Tree<'a> {
             openat(parent, name, flags, Mode::from_bits_truncate(mode))
         })?;
         let mut file = File::from(fd);
+        // Straight from the decoded stream's buffer into the file.
         loop {
-            let n = match data.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
+            let buf = match data.fill_buf() {
+                Ok([]) => break,
+                Ok(buf) => buf,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Failure::Read(e)),
             };
-            file.write_all(&self.buf[..n])
+            let n = buf.len();
+            file.write_all(buf)
                 .map_err(self.err("writing", &entry.path))?;
+            data.consume(n);
         }
         self.finish_fd(file.as_fd(), entry, born, true)?;
         Ok(())
