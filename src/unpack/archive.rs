@@ -431,14 +431,18 @@ impl Raw<'_> {
     /// Checks the header's checksum: the sum of its bytes with the checksum field as spaces,
     /// as unsigned bytes or (old writers) signed ones.
     fn check_sum(&self) -> io::Result<()> {
-        let (mut unsigned, mut signed) = (0u64, 0i64);
-        for (i, b) in self.0.iter().enumerate() {
-            let b = if (148..156).contains(&i) { b' ' } else { *b };
-            unsigned += u64::from(b);
-            signed += i64::from(b as i8);
+        // The checksum field counts as eight spaces.
+        let spaces = 8 * u64::from(b' ');
+        let field = 148..156;
+        let stored = parse_number(&self.0[field.clone()]);
+        let unsigned = |bytes: &[u8]| bytes.iter().map(|b| u64::from(*b)).sum::<u64>();
+        let sum = unsigned(self.0) - unsigned(&self.0[field.clone()]) + spaces;
+        if stored == Some(sum) {
+            return Ok(());
         }
-        let stored = parse_number(&self.0[148..156]);
-        if stored.is_some_and(|s| s == unsigned || Ok(s) == u64::try_from(signed)) {
+        let signed = |bytes: &[u8]| bytes.iter().map(|b| i64::from(*b as i8)).sum::<i64>();
+        let sum = signed(self.0) - signed(&self.0[field]) + spaces as i64;
+        if stored.map(i64::try_from) == Some(Ok(sum)) {
             return Ok(());
         }
         Err(TarError::Checksum {
