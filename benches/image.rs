@@ -18,9 +18,10 @@
 //!
 //! benchmarking.md: every timed unpack writes into a freshly made journaled ext4 on a loop
 //! device; tools run side by side in the same run, several runs, min and median. Needs root
-//! (mount), skopeo, umoci, containerd + ctr, curl, gzip, tar. `ENVBOX_BENCH_RUNS` (3),
-//! `ENVBOX_BENCH_MB` (400), `ENVBOX_BENCH_LAYERS` (6), `ENVBOX_BENCH_FILES` (40000) and
-//! `ENVBOX_BENCH_IMAGES` (`big,files`) change the runs and images; `ENVBOX_BENCH_TOOLS`
+//! (mount), skopeo, umoci, containerd + ctr, curl, gzip, tar. `ENVBOX_BENCH_RUNS` (5; medians
+//! of 3 moved the umoci ratio by ~10% from bench to bench), `ENVBOX_BENCH_MB` (400),
+//! `ENVBOX_BENCH_LAYERS` (6), `ENVBOX_BENCH_FILES` (40000) and `ENVBOX_BENCH_IMAGES`
+//! (`big,files`) change the runs and images; `ENVBOX_BENCH_TOOLS`
 //! (`envbox,umoci,containerd,raw`) which tools run (envbox always does: ratios are to it);
 //! `ENVBOX_BENCH_BASELINE=/path/to/envbox` times another envbox build beside this one, each
 //! run on its own fresh filesystem (a before/after comparison in one run).
@@ -303,7 +304,7 @@ fn main() {
         eprintln!("the image benchmark needs root (it mounts fresh ext4 filesystems)");
         return;
     }
-    let runs = env_usize("ENVBOX_BENCH_RUNS", 3).max(1);
+    let runs = env_usize("ENVBOX_BENCH_RUNS", 5).max(1);
     let tools = Tools::from_env();
     let images = std::env::var("ENVBOX_BENCH_IMAGES").unwrap_or_else(|_| "big,files".into());
     for name in images.split(',') {
