@@ -5,8 +5,9 @@
 //! decoder (multi-member gzip, module `gzip`; zstd; or none), comparing the hash of every
 //! uncompressed byte (the trailing padding after the tar's end included, by reading to EOF) with
 //! the diff ID, and enforcing the byte and entry budgets. Decompressing and hashing run on a thread
-//! of their own (module `decode`), the tar parsing here on the caller's, which hands each decoded
-//! entry to [`super::tree`]. It never writes to the filesystem itself.
+//! of their own (module `decode`), the tar parsing (module `archive`, in place in the decoded
+//! chunks) on the caller's, which hands each decoded entry and its contents to [`super::tree`].
+//! It never writes to the filesystem itself.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
