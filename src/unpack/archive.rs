@@ -118,21 +118,17 @@ impl<R: BufRead> Archive<R> {
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
         let mut pax: Option<Vec<(Vec<u8>, Vec<u8>)>> = None;
-        let dangling = |long_name: &Option<_>, long_link: &Option<_>, pax: &Option<_>| {
-            [
-                (long_name.is_some(), "GNU long name"),
-                (long_link.is_some(), "GNU long link name"),
-                (pax.is_some(), "PAX"),
-            ]
-            .into_iter()
-            .find_map(|(present, what)| present.then_some(TarError::Dangling { what }))
-        };
         loop {
             let mut block = [0u8; BLOCK];
             if !self.read_block(&mut block)? || block.iter().all(|b| *b == 0) {
                 self.ended = true;
-                return match dangling(&long_name, &long_link, &pax) {
-                    Some(e) => Err(e.into()),
+                let pending = [
+                    (long_name.is_some(), "GNU long name"),
+                    (long_link.is_some(), "GNU long link name"),
+                    (pax.is_some(), "PAX"),
+                ];
+                return match pending.into_iter().find(|(present, _)| *present) {
+                    Some((_, what)) => Err(TarError::Dangling { what }.into()),
                     None => Ok(None),
                 };
             }

@@ -212,14 +212,7 @@ fn read_entries(
     tree.finish()?;
 
     // Everything after the tar's end-of-archive block is part of the diff ID too.
-    let mut rest = archive.into_rest();
-    loop {
-        let n = rest.fill_buf().map_err(|e| stream_err(&last, e))?.len();
-        if n == 0 {
-            break;
-        }
-        rest.consume(n);
-    }
+    io::copy(&mut archive.into_rest(), &mut io::sink()).map_err(|e| stream_err(&last, e))?;
     if warnings.len() > MAX_WARNINGS {
         let more = warnings.len() - MAX_WARNINGS;
         warnings.truncate(MAX_WARNINGS);
