@@ -247,7 +247,7 @@ mod tests {
 
     const FIXTURE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/gpu-h100/mountinfo.txt"
+        "/tests/fixtures/gpu-h100/mountinfo.txt"
     );
 
     fn fixture() -> MountTable {

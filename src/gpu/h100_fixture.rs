@@ -1,4 +1,4 @@
-//! Readers for the H100 host capture in `../shared/fixtures/gpu-h100` (test builds only).
+//! Readers for the H100 host capture in `tests/fixtures/gpu-h100` (test builds only).
 //!
 //! Owns: turning the capture's text files into the inventory types, for the GPU tests and the
 //! golden specs. The capture's host `/usr/lib` is moved to where the outer container has it.
@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use super::{DeviceNode, GpuInventory, LibEntry, LibEntryKind};
 use crate::mountinfo::MountTable;
 
-pub(crate) const FIXTURES: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/gpu-h100");
+pub(crate) const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpu-h100");
 /// Where the host's `/usr/lib` is mounted in the outer container in the fixture test.
 pub(crate) const OUTER_USR_LIB: &str = "/var/coder/usr/lib";
 pub(crate) fn fixture(name: &str) -> String {
