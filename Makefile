@@ -1,8 +1,11 @@
 # envbox: build, test, lint. `make test` is what CI runs (through .ci/run).
 CARGO ?= cargo
 SCHEMA_DIR ?= /usr/share/gocode/src/github.com/opencontainers/runtime-spec/schema
+# Debian's Python, which sees the python3-jsonschema package (a python3 earlier on PATH, from
+# pyenv say, may not).
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 
-.PHONY: demo build release test unit conformance fmt lint specs bench clean
+.PHONY: demo deps build release test unit conformance fmt lint specs bench clean
 
 # envbox's main job on this machine (root): installs the Debian packages it needs, builds
 # envbox, starts a loopback registry with a small image, runs `envbox docker` with runc and a
@@ -16,8 +19,13 @@ build:
 release:
 	$(CARGO) build --locked --release
 
+# The Debian packages and Rust components `make test` and `make lint` need (scripts/deps.sh:
+# installed as root, named otherwise). `make demo` runs `scripts/deps.sh demo` itself.
+deps:
+	bash scripts/deps.sh test
+
 # Unit and integration tests (the runc ones need root, and say so), then the conformance suite.
-test: build
+test: deps build
 	$(CARGO) test --locked --lib --bins --tests
 	$(MAKE) conformance
 
@@ -26,8 +34,8 @@ unit:
 
 # Conformance: the golden specs against the official OCI runtime-spec JSON schema, and unpacked
 # images against umoci raw unpack (root, umoci, debootstrap; see conformance/unpack/main.rs).
-conformance:
-	python3 conformance/validate_specs.py --schema-dir $(SCHEMA_DIR) specs/*.json
+conformance: deps
+	$(PYTHON) conformance/validate_specs.py --schema-dir $(SCHEMA_DIR) specs/*.json
 	$(CARGO) test --locked --test conformance_unpack
 
 fmt:

@@ -12,7 +12,13 @@ import pathlib
 import sys
 import warnings
 
-import jsonschema
+try:
+    import jsonschema
+except ImportError:
+    sys.exit(
+        f"validate_specs.py: {sys.executable} has no jsonschema module: install Debian's "
+        "python3-jsonschema (scripts/deps.sh test does) and run it with /usr/bin/python3"
+    )
 
 # Debian 12's jsonschema has RefResolver; newer ones deprecate it but keep it working.
 warnings.filterwarnings("ignore", category=DeprecationWarning)

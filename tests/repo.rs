@@ -2,6 +2,7 @@
 //! beside it), the one install step, and the build script `make demo` uses. Needs git, bash,
 //! cargo; the install-step test runs the script as an unprivileged user where `setpriv` exists.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -45,5 +46,49 @@ fn nothing_reads_a_directory_beside_the_clone() {
             .join("tests/fixtures/gpu-h100/mountinfo.txt")
             .is_file(),
         "the H100 capture lives in the repository"
+    );
+}
+
+/// A user without root gets the list of missing packages and the command to install them.
+#[test]
+fn the_install_step_names_missing_packages_when_it_cannot_install_them() {
+    if !nix::unistd::geteuid().is_root() || Command::new("setpriv").arg("--help").output().is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root with setpriv (util-linux)"
+        );
+        eprintln!("skipped: needs root and setpriv to run the script as another user");
+        return;
+    }
+    // A dpkg-query that knows no package, first on PATH.
+    let bin = tempfile::tempdir().unwrap();
+    let stub = bin.path().join("dpkg-query");
+    std::fs::write(&stub, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(bin.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"])
+        .arg(Path::new(REPO).join("scripts/deps.sh"))
+        .arg("test")
+        .env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", bin.path().to_str().unwrap()),
+        )
+        .output()
+        .expect("run deps.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    for package in [
+        "containerd",
+        "python3-jsonschema",
+        "debootstrap",
+        "docker-registry",
+    ] {
+        assert!(stderr.contains(package), "{package} not named: {stderr}");
+    }
+    assert!(
+        stderr.contains("apt-get install"),
+        "no install command: {stderr}"
     );
 }

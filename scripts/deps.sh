@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The one install step: the Debian packages that `make demo` (`deps.sh demo`) or `make test` and
+# CI (`deps.sh test`) need, installed when missing. As root it installs them with apt-get; as
+# another user it names what is missing and exits 1. It also checks the Rust toolchain, which
+# it does not install. Quiet when nothing is missing.
+set -euo pipefail
+
+demo=(containerd runc busybox-static docker-registry skopeo umoci containernetworking-plugins
+      iptables iproute2 protobuf-compiler ca-certificates curl)
+# The tests also build a Debian minbase (debootstrap), check specs against the OCI schema
+# (golang-github-opencontainers-specs-dev, python3-jsonschema) and make loop ext4 filesystems.
+test=("${demo[@]}" debootstrap golang-github-opencontainers-specs-dev python3 python3-jsonschema
+      util-linux e2fsprogs make)
+
+case "${1:-}" in
+    demo) wanted=("${demo[@]}") ;;
+    test) wanted=("${test[@]}") ;;
+    *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+esac
+
+if ! command -v dpkg-query >/dev/null; then
+    echo "deps.sh: no dpkg-query: envbox's demo and tests are set up for Debian 12; install the" \
+         "equivalents of these Debian packages by hand: ${wanted[*]}" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "deps.sh: missing Debian packages: ${missing[*]}" >&2
+        echo "deps.sh: install them as root: apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "deps.sh: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "deps.sh: no cargo on PATH: install Rust 1.85 or later (https://rustup.rs), then run" \
+         "this again" >&2
+    exit 1
+fi
+if [ "$1" = test ]; then
+    # `make lint` (run by CI beside `make test`) needs both components.
+    for pair in fmt:rustfmt clippy:clippy; do
+        if ! cargo "${pair%%:*}" --version >/dev/null 2>&1; then
+            echo "deps.sh: cargo ${pair%%:*} is missing: rustup component add ${pair##*:}" >&2
+            exit 1
+        fi
+    done
+fi
