@@ -92,3 +92,29 @@ fn the_install_step_names_missing_packages_when_it_cannot_install_them() {
         "no install command: {stderr}"
     );
 }
+
+/// `make demo` runs the binary where cargo put it, also under CARGO_TARGET_DIR (a link to this
+/// build's target directory here, so nothing is built twice).
+#[test]
+fn the_demo_build_finds_the_binary_under_cargo_target_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("elsewhere");
+    let built = Path::new(env!("CARGO_BIN_EXE_envbox"))
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir of this build");
+    std::os::unix::fs::symlink(built, &target).unwrap();
+    let out = Command::new("bash")
+        .arg(Path::new(REPO).join("scripts/build.sh"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .expect("run build.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "build.sh failed: {stderr}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        Path::new(printed.trim()),
+        target.join("debug/envbox"),
+        "build.sh must print the binary cargo built"
+    );
+}

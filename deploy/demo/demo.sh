@@ -19,21 +19,10 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-packages=(containerd runc busybox-static docker-registry skopeo umoci containernetworking-plugins
-          iptables iproute2 protobuf-compiler ca-certificates)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "Installing ${missing[*]}"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-fi
+bash "$repo/scripts/deps.sh" demo
 
 say "Building envbox"
-cargo build --locked --manifest-path "$repo/Cargo.toml" --bin envbox
-envbox="$repo/target/debug/envbox"
+envbox=$(bash "$repo/scripts/build.sh")
 
 work=$(mktemp -d /var/tmp/envbox-demo.XXXXXX)
 # The workspace's root (uid 100000 outside) must be able to reach the rootfs under it.
