@@ -36,6 +36,7 @@ pub mod prepare;
 pub mod progress;
 pub mod registry;
 pub mod rootfs;
+pub mod run_dir;
 pub mod runtime;
 pub mod setup;
 pub mod source;

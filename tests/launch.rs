@@ -171,6 +171,18 @@ impl Dirs {
     }
 }
 
+/// The names in a directory, sorted (none when it is gone).
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Names of every process on this machine.
 fn process_names() -> Vec<String> {
     fs::read_dir("/proc")
@@ -434,6 +446,11 @@ while :; do sleep 1; done
         assert!(has("info", text), "{text:?} not sent to Coder: {lines:?}");
     }
     assert_no_process_left(&dirs.root.join("run"));
+    assert_eq!(
+        entries(&dirs.root.join("run")),
+        Vec::<String>::new(),
+        "a clean stop removes everything the start made under the run dir"
+    );
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&dirs.root.display().to_string()),
@@ -598,4 +615,14 @@ fn a_failed_network_attach_stops_cleanly_and_names_the_plugin() {
         "the rootfs is still mounted"
     );
     assert_no_process_left(&dirs.root.join("run"));
+    assert_eq!(
+        entries(&dirs.root.join("run")),
+        ["cni", "init.log", "log"],
+        "after a failed start only the logs stay (no socket or config), and the CNI state \
+         whose DEL failed (no plugins) for the next start"
+    );
+    assert!(
+        log.contains("logs kept for a look into the failure"),
+        "{log}"
+    );
 }

@@ -37,6 +37,7 @@ use crate::pipeline;
 use crate::prepare::PreparedImage;
 use crate::progress::{self, warn_all, Kind};
 use crate::rootfs::PasswdEntry;
+use crate::run_dir::{Keep, RunLayout};
 use crate::runtime::{self, ContainerDef, Engine, ExecDef, ExecSignaller, ExitStatus, Task};
 use crate::setup;
 use crate::supervise::{self, Daemons};
@@ -112,19 +113,53 @@ struct Workspace {
 /// Runs the workspace until a signal stops it. `Ok` after a clean stop on SIGTERM/SIGINT.
 pub async fn run(settings: &Settings, prepare: PrepareFn) -> Result<(), LaunchError> {
     let mut signals = Signals::new()?;
+    let run_dir = RunLayout::new(&settings.run_dir);
+    let made_run_dir = !run_dir.root().exists();
     let mut ws = Workspace::default();
     let started = tokio::select! {
         result = ws.start(settings, prepare) => result,
         name = signals.next() => Err(LaunchError::Interrupted(name)),
     };
-    if let Err(error) = started {
-        // The caller reports the error (progress line, termination log) once stopped.
-        ws.stop(settings.stop_timeout).await;
-        return Err(error);
-    }
-    let outcome = ws.wait(&mut signals).await;
-    ws.stop(settings.stop_timeout).await;
+    let outcome = match started {
+        Ok(()) => ws.wait(&mut signals).await,
+        Err(error) => Err(error),
+    };
+    // The caller reports an error (progress line, termination log) once stopped.
+    let complete = ws.stop(settings.stop_timeout).await;
+    clear_run_dir(&run_dir, complete, outcome.is_err(), made_run_dir);
     outcome
+}
+
+/// After a complete stop, removes what the start created under the run dir, and the run dir
+/// if this start made it. After a failure the logs (the init's and the daemons') stay, for
+/// whoever looks into it; CNI state whose DEL failed stays for the next start to release.
+/// After an incomplete stop everything stays: the next start cleans up with it.
+fn clear_run_dir(run_dir: &RunLayout, complete: bool, failed: bool, made_run_dir: bool) {
+    let root = run_dir.root().display();
+    if !complete {
+        progress::emit(
+            Kind::Info,
+            &format!("{root} left as it is: the next start with this run dir cleans up with it"),
+        );
+        return;
+    }
+    let keep = Keep {
+        logs: failed,
+        cni: network::attachment_cached(&run_dir.cni()),
+    };
+    for problem in run_dir.clear(keep, made_run_dir) {
+        progress::emit(Kind::Error, &format!("clearing the run dir: {problem}"));
+    }
+    if failed && run_dir.logs().exists() {
+        progress::emit(
+            Kind::Info,
+            &format!(
+                "logs kept for a look into the failure: {} (the workspace's init) and {} (the daemons)",
+                run_dir.init_log().display(),
+                run_dir.logs().display()
+            ),
+        );
+    }
 }
 
 /// SIGTERM and SIGINT.
@@ -208,7 +243,10 @@ impl Workspace {
                 spec: &spec,
                 runtime_binary: settings.runtime.binary(),
                 runtime_root: runtime_root(settings),
-                output: format!("file://{}", settings.run_dir.join("init.log").display()),
+                output: format!(
+                    "file://{}",
+                    RunLayout::new(&settings.run_dir).init_log().display()
+                ),
             })
             .await?;
         self.task = Some(task.clone());
@@ -232,7 +270,7 @@ impl Workspace {
                         exec_id: bootstrap::EXEC_ID,
                         process: &process,
                         stdin: Some(script.as_bytes().to_vec()),
-                        io_dir: settings.run_dir.join("io"),
+                        io_dir: RunLayout::new(&settings.run_dir).exec_io(),
                     };
                     Ok(Some(task.register_exec(&def, &bootstrap_sink()).await?))
                 }
@@ -391,7 +429,7 @@ async fn lay(
 
 /// Where the OCI runtime keeps its state (on the run dir, per boot).
 fn runtime_root(settings: &Settings) -> PathBuf {
-    settings.run_dir.join("runtime")
+    RunLayout::new(&settings.run_dir).runtime_root()
 }
 
 /// A debug line: how long after `begun` a stage of the start finished (`ENVBOX_LOG=debug`).

@@ -54,6 +54,15 @@ pub use sys::{read_link_mtu, read_link_mtu_in, Invocation, NetSys, NetnsId, Outc
 use invoke::Missing;
 use state::Record;
 
+/// Whether a CNI state dir (a plan's `state_dir`) still caches an attachment: its DEL is owed,
+/// and the next start's [`Network::cleanup_stale`] reads it from there.
+pub fn attachment_cached(state_dir: &std::path::Path) -> bool {
+    std::fs::read_dir(state_dir).is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+    })
+}
+
 /// A namespace attached to the workspace network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attachment {

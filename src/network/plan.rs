@@ -129,7 +129,7 @@ impl NetworkPlan {
             address: settings.bridge.first_lease(),
             mtu,
             cni_path: settings.cni_path.clone(),
-            state_dir: settings.run_dir.join("cni"),
+            state_dir: crate::run_dir::RunLayout::new(&settings.run_dir).cni(),
             warnings,
         })
     }

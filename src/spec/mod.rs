@@ -101,7 +101,7 @@ pub(crate) struct RunDirLayout {
 impl RunDirLayout {
     fn new(run_dir: &Path) -> Self {
         RunDirLayout {
-            etc: run_dir.join("etc"),
+            etc: crate::run_dir::RunLayout::new(run_dir).etc(),
             dev: PathBuf::from(DEVICE_DIR),
         }
     }

@@ -70,14 +70,15 @@ pub struct ContainerdPaths {
 
 impl ContainerdPaths {
     pub fn new(state_dir: &Path, run_dir: &Path) -> Self {
-        let run = run_dir.join("containerd");
+        let layout = crate::run_dir::RunLayout::new(run_dir);
+        let run = layout.containerd();
         ContainerdPaths {
             root: state_dir.join("containerd"),
             state: run.join("state"),
             config: run.join("config.toml"),
             grpc_socket: run.join("containerd.sock"),
             ttrpc_socket: run.join("containerd.sock.ttrpc"),
-            log: run_dir.join("log").join("containerd.log"),
+            log: layout.logs().join("containerd.log"),
         }
     }
 }

@@ -110,7 +110,7 @@ impl DaemonConfig {
 
     /// `<run_dir>/log`.
     pub fn log_dir(&self) -> PathBuf {
-        self.run_dir.join("log")
+        crate::run_dir::RunLayout::new(&self.run_dir).logs()
     }
 }
 
