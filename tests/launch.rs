@@ -4,7 +4,8 @@
 //! mounts rw and ro, ownership of a home mount, TUN and FUSE, cgroup limits, hostname, the
 //! bootstrap script as the user, a SIGTERM reaching the agent's trap, the gateway reachable as
 //! `host.docker.internal`, a clean second start after a kill -9, and no dockerd anywhere. Also:
-//! a failed CNI ADD stops cleanly (the bootstrap exec registered meanwhile freed).
+//! a failed CNI ADD stops cleanly (the bootstrap exec registered meanwhile freed), and an init
+//! that exits at once is named in the error with its status and last output.
 //!
 //! The tests share the bridge and the containerd shim directory, so they run one at a time.
 
@@ -21,7 +22,7 @@ mod support;
 
 use support::coder::StandInCoder;
 use support::host::launch_requirements_met;
-use support::image::{busybox_image, write_layout};
+use support::image::{busybox_image, write_layout, Entry, Layer};
 use support::registry::Registry;
 
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
@@ -124,6 +125,22 @@ fn registry_with_busybox() -> (Registry, String) {
     write_layout(layout.path(), "v1", &[busybox_image("amd64")]);
     registry.push(layout.path(), "v1", "envbox/busybox:v1");
     let image = format!("{}/envbox/busybox:v1", registry.host);
+    (registry, image)
+}
+
+/// A registry holding, as `envbox/dying-init:v1`, the busybox test image with a `/sbin/init`
+/// that writes a line to stdout and one to stderr, then exits with status 3.
+fn registry_with_dying_init() -> (Registry, String) {
+    let registry = Registry::http();
+    let layout = tempfile::tempdir().unwrap();
+    let init = "#!/bin/sh\necho init-says-bye\necho init-says-bye-on-stderr >&2\nexit 3\n";
+    let image = busybox_image("amd64").layer(Layer::new(vec![
+        Entry::dir("/sbin", 0o755),
+        Entry::file("/sbin/init", 0o755, init),
+    ]));
+    write_layout(layout.path(), "v1", &[image]);
+    registry.push(layout.path(), "v1", "envbox/dying-init:v1");
+    let image = format!("{}/envbox/dying-init:v1", registry.host);
     (registry, image)
 }
 
@@ -624,5 +641,68 @@ fn a_failed_network_attach_stops_cleanly_and_names_the_plugin() {
     assert!(
         log.contains("logs kept for a look into the failure"),
         "{log}"
+    );
+}
+
+#[test]
+fn an_init_that_exits_at_once_is_named_with_its_status_and_last_output() {
+    if !launch_requirements_met("envbox docker dying init test") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (registry, image) = registry_with_dying_init();
+    let dirs = Dirs::new("dying-init");
+    let with_script = dirs.base_env(&image, &registry, "echo agent-up");
+    let without_script: Vec<_> = with_script
+        .iter()
+        .filter(|(k, _)| k != "CODER_BOOTSTRAP_SCRIPT")
+        .cloned()
+        .collect();
+    // With a bootstrap script, its exec meets a stopped container (or, when it was quicker than
+    // the init, is ended with it); without one, envbox sees the init's exit once up. The second
+    // run shares the run dir, and so the init's output file, with the first.
+    for env in [with_script, without_script] {
+        let mut envbox = Envbox::start(&env);
+        let status = envbox.wait_exit(Duration::from_secs(120));
+        assert!(!status.success(), "an init's exit is a failure");
+        let log = envbox.log();
+        let error = log
+            .lines()
+            .find(|l| l.contains("\"type\":\"error\""))
+            .unwrap_or_else(|| panic!("no error line:\n{log}"));
+        assert!(
+            error.contains(
+                "the workspace's init (/sbin/init) exited with status 3 right after start"
+            ),
+            "{error}"
+        );
+        assert!(
+            !error.contains("cannot exec in a stopped container"),
+            "the riddle is explained, not passed on: {error}"
+        );
+        // Both streams, and only this run's lines (the first run's are in the file too).
+        assert!(error.contains("init-says-bye-on-stderr"), "{error}");
+        assert_eq!(error.matches("init-says-bye").count(), 2, "{error}");
+        assert!(
+            !error.contains("sysbox-runc"),
+            "not a systemd image: {error}"
+        );
+        let run = dirs.root.join("run");
+        assert_no_process_left(&run);
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mountinfo.contains(&dirs.root.display().to_string()),
+            "mounts left under {}",
+            dirs.root.display()
+        );
+        let io = run.join("io");
+        let left: Vec<_> = fs::read_dir(&io)
+            .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "FIFOs left in {}: {left:?}", io.display());
+    }
+    assert!(
+        !Path::new("/sys/class/net/envbox0").exists(),
+        "the workspace bridge is removed at stop"
     );
 }

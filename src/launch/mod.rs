@@ -10,13 +10,16 @@
 //! mirrored, the bootstrap exec started with its output in the progress log, `done`, and the
 //! blobs fetched and layers unpacked for this start synced to disk in the background (they are
 //! crash-safe meanwhile, see `crate::cache` and `crate::unpack`: the workspace need not wait for
-//! the disk). Then it waits for a signal, a daemon's death or the init's exit, and stops
+//! the disk). An init that exits (at once, so the bootstrap exec meets a stopped container, or
+//! later) is reported as such: which init, its status, its last output, a hint for systemd under
+//! runc ([`init_exit`]). Then it waits for a signal, a daemon's death or the init's exit, and stops
 //! ([`stop`]): agent and init signalled, grace period, everything killed, CNI DEL, task and
 //! container deleted, rootfs released, daemons stopped. Each stage's logic lives in its own
 //! module; this one only composes them.
 
 mod groundwork;
 mod host;
+mod init_exit;
 mod netns;
 pub mod stop;
 mod teardown;
@@ -43,10 +46,16 @@ use crate::setup;
 use crate::supervise::{self, Daemons};
 
 use groundwork::{Groundwork, WorkspacePlan};
+pub use init_exit::InitEnded;
+use init_exit::{InitLog, InitWatch};
 pub use netns::NetnsHold;
 
 /// The inner container's ID (and name), as in the Go envbox.
 pub const CONTAINER_ID: &str = "workspace_cvm";
+
+/// How long a failed bootstrap exec waits to learn whether the init has exited (a stopped
+/// init answers at once).
+const INIT_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Errors of this module: which stage failed, with its cause.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +84,10 @@ pub enum LaunchError {
     Signals(std::io::Error),
     #[error("the workspace was stopped because {0}")]
     DaemonDied(String),
-    #[error("the workspace's init process ended ({0}); the workspace was stopped")]
-    InitExited(ExitStatus),
+    /// The init ended: right after start (the bootstrap exec then fails in a stopped
+    /// container), or later.
+    #[error("{0}")]
+    InitExited(InitEnded),
     #[error("containerd stopped answering about the workspace's init; the workspace was stopped")]
     LostContainerd,
     #[error("stopped by {0} before the workspace was up")]
@@ -106,6 +117,8 @@ struct Workspace {
     bootstrap: Option<RunningBootstrap>,
     init_signal: i32,
     image_init: bool,
+    /// What explains the init's end, from its start on.
+    init: Option<InitWatch>,
     /// A supervised daemon died: containerd may be gone, so the stop works without it.
     daemon_died: bool,
 }
@@ -237,18 +250,31 @@ impl Workspace {
         let spec = plan.spec;
         let net = plan.network;
 
+        let init_log = InitLog::mark(&RunLayout::new(&settings.run_dir).init_log());
         let task = engine
             .create(&ContainerDef {
                 id: CONTAINER_ID,
                 spec: &spec,
                 runtime_binary: settings.runtime.binary(),
                 runtime_root: runtime_root(settings),
-                output: format!(
-                    "file://{}",
-                    RunLayout::new(&settings.run_dir).init_log().display()
-                ),
+                output: format!("file://{}", init_log.path.display()),
             })
             .await?;
+        self.init = Some(InitWatch {
+            args: spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.args().clone())
+                .unwrap_or_default(),
+            rootfs: self
+                .rootfs
+                .as_ref()
+                .map(|r| r.path.clone())
+                .unwrap_or_default(),
+            runtime: settings.runtime,
+            log: init_log,
+            started: None,
+        });
         self.task = Some(task.clone());
         stage(begun, "container and task created");
         let hold = NetnsHold::of_pid(task.pid).map_err(|source| LaunchError::Netns {
@@ -304,6 +330,9 @@ impl Workspace {
             }
             return Err(error.into());
         }
+        if let Some(init) = self.init.as_mut() {
+            init.started = Some(Instant::now());
+        }
         stage(begun, "task started");
         progress::emit(
             Kind::Info,
@@ -317,7 +346,11 @@ impl Workspace {
         }
 
         if let Some(pending) = pending {
-            let exec = pending.start().await?;
+            let exec = match pending.start().await {
+                Ok(exec) => exec,
+                // The init exiting at once leaves a stopped container to exec in: say that.
+                Err(error) => return Err(self.init_ended_or(&task, error).await),
+            };
             progress::emit(
                 Kind::Info,
                 &format!(
@@ -348,6 +381,21 @@ impl Workspace {
         laid.plan
     }
 
+    /// What a failure to start the bootstrap exec means: when the init has exited (at once,
+    /// or within [`INIT_EXIT_WAIT`]), that; else `error` itself.
+    async fn init_ended_or(&self, task: &Task, error: runtime::RuntimeError) -> LaunchError {
+        match tokio::time::timeout(INIT_EXIT_WAIT, task.wait()).await {
+            Ok(Ok(status)) => self.init_ended(status, true).await,
+            _ => error.into(),
+        }
+    }
+
+    /// The init exited with `status`: which init, its last output, and a hint when known.
+    async fn init_ended(&self, status: ExitStatus, before_bootstrap: bool) -> LaunchError {
+        let init = self.init.as_ref().expect("the task was created");
+        LaunchError::InitExited(init.ended(status, before_bootstrap).await)
+    }
+
     /// Waits for what ends the workspace: a signal (`Ok`), a daemon's death or the init's exit
     /// (`Err`). The bootstrap script ending is logged, not an end.
     async fn wait(&mut self, signals: &mut Signals) -> Result<(), LaunchError> {
@@ -373,7 +421,7 @@ impl Workspace {
                 }
                 status = &mut init_exit => {
                     match status {
-                        Ok(Ok(status)) => return Err(LaunchError::InitExited(status)),
+                        Ok(Ok(status)) => return Err(self.init_ended(status, false).await),
                         // No answer from containerd: most likely it died; say so if it did.
                         _ => {
                             let death = tokio::time::timeout(Duration::from_secs(2), daemons.died()).await;

@@ -9,8 +9,8 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{open, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
@@ -50,6 +50,22 @@ impl InRoot {
     pub(crate) fn stat(&self, rel: &Path) -> io::Result<FileStat> {
         let fd = self.open_at(rel, OFlag::O_PATH)?;
         Ok(fstat(fd)?)
+    }
+
+    /// The path inside the root that `rel` names once every symlink is followed in-root
+    /// (`/sbin/init` -> `/usr/lib/systemd/systemd` on a merged-/usr image).
+    pub(crate) fn resolve(&self, rel: &Path) -> io::Result<PathBuf> {
+        let fd = self.open_at(rel, OFlag::O_PATH)?;
+        // The kernel's name of each descriptor, in envbox's mount namespace.
+        let name = |fd: &OwnedFd| std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let (root, target) = (name(&self.dir)?, name(&fd)?);
+        let inside = target.strip_prefix(&root).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not under {}", target.display(), root.display()),
+            )
+        })?;
+        Ok(Path::new("/").join(inside))
     }
 
     /// Reads the regular file `rel` as text (invalid UTF-8 is replaced, not an error).

@@ -1,5 +1,5 @@
 //! Facts read from an unpacked image root filesystem: the workspace user's passwd entry,
-//! whether the image boots with `/sbin/init`, and its os-release.
+//! whether the image boots with `/sbin/init` (and whether that is systemd), and its os-release.
 //!
 //! Owns: reading files *inside* a rootfs safely. Every path is resolved within the rootfs
 //! (`openat2` with `RESOLVE_IN_ROOT`), so an absolute symlink such as `/etc/passwd ->
@@ -75,6 +75,17 @@ pub fn read_facts(rootfs: &Path, username: &str) -> Result<RootfsFacts, RootfsEr
         has_init: has_init(&root, rootfs)?,
         os_release: read_os_release(&root, rootfs)?,
     })
+}
+
+/// Whether the init `init` (a path inside the image, e.g. `/sbin/init`) is systemd: the path,
+/// or what it resolves to in-root (`/sbin/init` -> `/lib/systemd/systemd`), names it. A path
+/// that cannot be resolved is judged by its name alone.
+pub fn init_is_systemd(rootfs: &Path, init: &str) -> bool {
+    let names_systemd = |path: &Path| path.to_string_lossy().contains("systemd");
+    names_systemd(Path::new(init))
+        || InRoot::open(rootfs)
+            .and_then(|root| root.resolve(Path::new(init)))
+            .is_ok_and(|resolved| names_systemd(&resolved))
 }
 
 const PASSWD: &str = "/etc/passwd";

@@ -219,3 +219,30 @@ fn fifo_passwd_is_refused_not_hung_on() {
     let err = read_facts(dir.path(), "coder").unwrap_err();
     assert!(matches!(err, RootfsError::Read { .. }), "{err:?}");
 }
+
+#[test]
+fn an_init_linked_to_systemd_is_systemd() {
+    let dir = debian_like();
+    assert!(init_is_systemd(dir.path(), "/sbin/init"));
+}
+
+#[test]
+fn an_init_that_is_not_systemd_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bin/busybox", "#!elf", 0o755);
+    link(dir.path(), "sbin/init", "/bin/busybox");
+    assert!(!init_is_systemd(dir.path(), "/sbin/init"));
+    // envbox's own init, and an image without /sbin/init.
+    assert!(!init_is_systemd(dir.path(), "sleep"));
+    assert!(!init_is_systemd(dir.path(), "/missing"));
+}
+
+#[test]
+fn a_systemd_link_out_of_the_root_is_resolved_inside_it() {
+    // An absolute link resolves in-root; a dangling one is judged by its name.
+    let dir = tempfile::tempdir().unwrap();
+    link(dir.path(), "sbin/init", "/../../usr/lib/systemd/systemd");
+    write(dir.path(), "usr/lib/systemd/systemd", "#!elf", 0o755);
+    assert!(init_is_systemd(dir.path(), "/sbin/init"));
+    assert!(init_is_systemd(dir.path(), "/lib/systemd/systemd"));
+}
