@@ -1,13 +1,40 @@
-//! The command line: `envbox docker` (alias `run`), `envbox spec`.
+//! The command line: `envbox docker` (alias `run`), `spec`, `pull`, `prepare`, `cache ls|prune`.
 //!
-//! Owns: the shape of the commands and their flags. Settings shared by all commands come from
-//! [`RawSettings`]; this module adds only per-command flags. It parses nothing beyond text.
+//! Owns: the shape of the commands and their flags. The settings come in groups defined once in
+//! [`crate::config`]; each command flattens the groups it reads (so its `--help` lists those
+//! only, and their variables only are read) and says here which of them it requires. This module
+//! adds the per-command flags. It parses nothing beyond text.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Arg, Args, Parser, Subcommand};
 
-use crate::config::RawSettings;
+use crate::config::{
+    EntrypointSettings, ImageSettings, RawSettings, StateSettings, WorkspaceSettings,
+};
+
+/// `arg` with `note` (what this command requires of it) as the last sentence of its help. Like
+/// clap's own last sentences, the note has no final period.
+fn note(arg: Arg, note: &str) -> Arg {
+    let help = match arg.get_help().map(ToString::to_string) {
+        Some(help) if help.ends_with('.') => format!("{help} {note}"),
+        Some(help) => format!("{help}. {note}"),
+        None => note.to_owned(),
+    };
+    arg.help(help)
+}
+
+/// Marks, in the help, the arguments `ids` as required by this command (checked by
+/// `Settings::from_raw`: an empty variable counts as unset, so clap's own `required` cannot).
+fn required(ids: &'static [&'static str]) -> impl FnMut(Arg) -> Arg {
+    move |arg| {
+        if ids.contains(&arg.get_id().as_str()) {
+            note(arg, "Required")
+        } else {
+            arg
+        }
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,16 +68,6 @@ pub enum Command {
     Cache(CacheCommand),
 }
 
-#[derive(Debug, Args)]
-pub struct PullArgs {
-    /// The image [default: --image / CODER_INNER_IMAGE].
-    #[arg(value_name = "IMAGE")]
-    pub reference: Option<String>,
-
-    #[command(flatten)]
-    pub settings: RawSettings,
-}
-
 const PREPARE_HELP: &str = "\
 Image sources (--image / CODER_INNER_IMAGE):
   REF                               a registry reference (docker://REF also works)
@@ -65,6 +82,84 @@ ref name like registry.example.com/team/dev:1.0), so a later `envbox docker --im
 same volume starts without network.";
 
 #[derive(Debug, Args)]
+#[command(mut_args(required(&["image", "username"])))]
+pub struct DockerArgs {
+    #[command(flatten)]
+    pub image: ImageSettings,
+
+    #[command(flatten)]
+    pub workspace: WorkspaceSettings,
+
+    #[command(flatten)]
+    pub state: StateSettings,
+
+    #[command(flatten)]
+    pub entrypoint: EntrypointSettings,
+}
+
+impl DockerArgs {
+    /// The settings this command reads; the others are unset.
+    pub fn settings(&self) -> RawSettings {
+        RawSettings::of(&[&self.image, &self.workspace, &self.state, &self.entrypoint])
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(mut_args(required(&["username"])))]
+pub struct SpecArgs {
+    /// The unpacked root filesystem of the image.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: PathBuf,
+
+    /// The image configuration JSON (the blob the manifest's `config` points to).
+    #[arg(long, value_name = "FILE")]
+    pub image_config: Option<PathBuf>,
+
+    /// Print secret values (the agent token) instead of `<redacted>`.
+    #[arg(long)]
+    pub show_secrets: bool,
+
+    /// Also print, on stderr, the host setup actions the spec relies on.
+    #[arg(long)]
+    pub show_actions: bool,
+
+    #[command(flatten)]
+    pub workspace: WorkspaceSettings,
+}
+
+impl SpecArgs {
+    /// The settings this command reads; the others are unset.
+    pub fn settings(&self) -> RawSettings {
+        RawSettings::of(&[&self.workspace])
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(mut_arg("image", |a| note(a, "Used when IMAGE is not given")))]
+pub struct PullArgs {
+    /// The image [default: --image / CODER_INNER_IMAGE].
+    #[arg(value_name = "IMAGE")]
+    pub reference: Option<String>,
+
+    #[command(flatten)]
+    pub image: ImageSettings,
+
+    #[command(flatten)]
+    pub state: StateSettings,
+}
+
+impl PullArgs {
+    /// The settings this command reads; the others are unset.
+    pub fn settings(&self) -> RawSettings {
+        RawSettings::of(&[&self.image, &self.state])
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    mut_args(required(&["image"])),
+    mut_arg("username", |a| note(a, "Required with --output"))
+)]
 pub struct PrepareArgs {
     /// Record an image from oci:, oci-archive: or docker-archive: in the cache under this
     /// reference (a tag), so that `envbox docker --image REF` finds it offline
@@ -86,47 +181,57 @@ pub struct PrepareArgs {
     pub no_sync: bool,
 
     #[command(flatten)]
-    pub settings: RawSettings,
+    pub image: ImageSettings,
+
+    #[command(flatten)]
+    pub state: StateSettings,
+
+    /// The spec of the bundle: read with --output only.
+    #[command(flatten, next_help_heading = "Bundle options (with --output)")]
+    pub workspace: WorkspaceSettings,
+}
+
+impl PrepareArgs {
+    /// The settings this command reads; the others are unset.
+    pub fn settings(&self) -> RawSettings {
+        RawSettings::of(&[&self.image, &self.state, &self.workspace])
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
     /// List cached blobs and which references they were pulled for.
-    Ls(CacheArgs),
+    Ls(LsArgs),
     /// Remove blobs not used by the current image (--image / CODER_INNER_IMAGE).
-    Prune(CacheArgs),
+    Prune(PruneArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct CacheArgs {
+pub struct LsArgs {
     #[command(flatten)]
-    pub settings: RawSettings,
+    pub state: StateSettings,
+}
+
+impl LsArgs {
+    /// The settings this command reads; the others are unset.
+    pub fn settings(&self) -> RawSettings {
+        RawSettings::of(&[&self.state])
+    }
 }
 
 #[derive(Debug, Args)]
-pub struct DockerArgs {
+#[command(mut_args(required(&["image"])))]
+pub struct PruneArgs {
     #[command(flatten)]
-    pub settings: RawSettings,
+    pub image: ImageSettings,
+
+    #[command(flatten)]
+    pub state: StateSettings,
 }
 
-#[derive(Debug, Args)]
-pub struct SpecArgs {
-    /// The unpacked root filesystem of the image.
-    #[arg(long, value_name = "DIR")]
-    pub rootfs: PathBuf,
-
-    /// The image configuration JSON (the blob the manifest's `config` points to).
-    #[arg(long, value_name = "FILE")]
-    pub image_config: Option<PathBuf>,
-
-    /// Print secret values (the agent token) instead of `<redacted>`.
-    #[arg(long)]
-    pub show_secrets: bool,
-
-    /// Also print, on stderr, the host setup actions the spec relies on.
-    #[arg(long)]
-    pub show_actions: bool,
-
-    #[command(flatten)]
-    pub settings: RawSettings,
+impl PruneArgs {
+    /// The settings this command reads; the others are unset.
+    pub fn settings(&self) -> RawSettings {
+        RawSettings::of(&[&self.image, &self.state])
+    }
 }

@@ -260,3 +260,267 @@ fn image_config_drives_env_and_working_dir() {
         "{env}"
     );
 }
+
+/// The settings' flags, by the group of settings that reads them.
+const IMAGE_FLAGS: [&str; 5] = [
+    "image",
+    "image-secret",
+    "docker-config",
+    "extra-certs-path",
+    "insecure-registries",
+];
+const WORKSPACE_FLAGS: [&str; 15] = [
+    "username",
+    "agent-token",
+    "envs",
+    "hostname",
+    "work-dir",
+    "bridge-cidr",
+    "mounts",
+    "add-tun",
+    "add-fuse",
+    "add-gpu",
+    "usr-lib-dir",
+    "inner-usr-lib-dir",
+    "cpus",
+    "memory",
+    "run-dir",
+];
+const STATE_FLAGS: [&str; 1] = ["state-dir"];
+const ENTRYPOINT_FLAGS: [&str; 7] = [
+    "coder-url",
+    "bootstrap-script",
+    "disable-idmapped-mount",
+    "ethlink",
+    "runtime",
+    "stop-timeout",
+    "cni-path",
+];
+
+/// What each command's `--help` must list: the command, its own flags, the settings' flags it
+/// reads, and the note of each setting it requires.
+struct HelpCase {
+    command: &'static [&'static str],
+    own: &'static [&'static str],
+    settings: Vec<&'static str>,
+    required: &'static [(&'static str, &'static str)],
+}
+
+fn help_cases() -> Vec<HelpCase> {
+    let groups = |groups: &[&[&'static str]]| groups.concat();
+    vec![
+        HelpCase {
+            command: &["docker"],
+            own: &[],
+            settings: groups(&[
+                &IMAGE_FLAGS,
+                &WORKSPACE_FLAGS,
+                &STATE_FLAGS,
+                &ENTRYPOINT_FLAGS,
+            ]),
+            required: &[("image", "Required"), ("username", "Required")],
+        },
+        HelpCase {
+            command: &["run"],
+            own: &[],
+            settings: groups(&[
+                &IMAGE_FLAGS,
+                &WORKSPACE_FLAGS,
+                &STATE_FLAGS,
+                &ENTRYPOINT_FLAGS,
+            ]),
+            required: &[("image", "Required"), ("username", "Required")],
+        },
+        HelpCase {
+            command: &["spec"],
+            own: &["rootfs", "image-config", "show-secrets", "show-actions"],
+            settings: groups(&[&WORKSPACE_FLAGS]),
+            required: &[("username", "Required")],
+        },
+        HelpCase {
+            command: &["pull"],
+            own: &[],
+            settings: groups(&[&IMAGE_FLAGS, &STATE_FLAGS]),
+            required: &[],
+        },
+        HelpCase {
+            command: &["prepare"],
+            own: &["as", "output", "no-sync"],
+            settings: groups(&[&IMAGE_FLAGS, &STATE_FLAGS, &WORKSPACE_FLAGS]),
+            required: &[
+                ("image", "Required"),
+                ("username", "Required with --output"),
+            ],
+        },
+        HelpCase {
+            command: &["cache", "ls"],
+            own: &[],
+            settings: groups(&[&STATE_FLAGS]),
+            required: &[],
+        },
+        HelpCase {
+            command: &["cache", "prune"],
+            own: &[],
+            settings: groups(&[&IMAGE_FLAGS, &STATE_FLAGS]),
+            required: &[("image", "Required")],
+        },
+    ]
+}
+
+/// The options `--help` lists: each long flag with its whole entry, whitespace collapsed. An
+/// entry starts on a line indented by 2 (`-h, --help`) or 6 (`--flag`) spaces; help text, and
+/// a flag named in it, is indented further.
+fn options(help: &str) -> std::collections::BTreeMap<String, String> {
+    let mut options = std::collections::BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in help.lines() {
+        let start = if line.starts_with("  -") && !line.starts_with("  --") {
+            line.find(", --").map(|at| at + 2)
+        } else if line.starts_with("      --") {
+            Some(6)
+        } else {
+            None
+        };
+        match start {
+            Some(at) => {
+                options.extend(current.take());
+                let flag = line[at + 2..]
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                current = Some((flag, line.split_whitespace().collect::<Vec<_>>().join(" ")));
+            }
+            None if line.starts_with("   ") => {
+                if let Some((_, entry)) = &mut current {
+                    for word in line.split_whitespace() {
+                        entry.push(' ');
+                        entry.push_str(word);
+                    }
+                }
+            }
+            None => options.extend(current.take()),
+        }
+    }
+    options.extend(current);
+    options
+}
+
+#[test]
+fn each_command_lists_the_settings_it_reads_and_says_which_it_requires() {
+    // Every variable set, as in a pod: --help lists options whatever the environment holds.
+    let all: Vec<(String, String)> = [
+        "CODER_INNER_IMAGE",
+        "CODER_INNER_USERNAME",
+        "ENVBOX_STOP_TIMEOUT",
+        "ENVBOX_CNI_PATH",
+        "CODER_BOOTSTRAP_SCRIPT",
+    ]
+    .iter()
+    .map(|v| (v.to_string(), "x".to_owned()))
+    .collect();
+    let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    for case in help_cases() {
+        let mut args = case.command.to_vec();
+        args.push("--help");
+        let out = envbox(&args, &env);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let help = String::from_utf8_lossy(&out.stdout);
+        let listed = options(&help);
+        let mut settings: Vec<&str> = listed
+            .keys()
+            .map(String::as_str)
+            .filter(|flag| !["help", "version"].contains(flag) && !case.own.contains(flag))
+            .collect();
+        settings.sort_unstable();
+        let mut expected = case.settings.clone();
+        expected.sort_unstable();
+        assert_eq!(settings, expected, "{args:?} lists other settings:\n{help}");
+        for own in case.own {
+            assert!(listed.contains_key(*own), "{args:?} lacks --{own}:\n{help}");
+        }
+        for (flag, entry) in &listed {
+            match case.required.iter().find(|(f, _)| f == flag) {
+                Some((_, note)) => assert!(
+                    entry.contains(&format!(". {note} [env:")),
+                    "{args:?}: --{flag} does not say {note:?}: {entry}"
+                ),
+                None => assert!(
+                    !entry.contains("Required"),
+                    "{args:?}: --{flag} is not required: {entry}"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_flag_a_command_does_not_read_is_refused_but_its_variable_is_ignored() {
+    let refused: [(&[&str], &str); 8] = [
+        (&["spec", "--rootfs", "/"], "--stop-timeout=1s"),
+        (&["spec", "--rootfs", "/"], "--image=ubuntu"),
+        (&["spec", "--rootfs", "/"], "--boostrap-script=true"),
+        (&["pull"], "--cni-path=/usr/lib/cni"),
+        (&["pull"], "--username=coder"),
+        (&["prepare"], "--runtime=runc"),
+        (&["cache", "ls"], "--image=ubuntu"),
+        (&["cache", "prune"], "--bootstrap-script=true"),
+    ];
+    for (command, flag) in refused {
+        let mut args = command.to_vec();
+        args.push(flag);
+        let out = envbox(&args, &[]);
+        let err = stderr(&out);
+        let name = flag.split('=').next().unwrap();
+        assert!(
+            out.status.code() == Some(2) && err.contains(&format!("unexpected argument '{name}'")),
+            "{args:?}: {err}"
+        );
+    }
+
+    // Invalid values of settings these commands do not read, as a pod sets them for all.
+    let unread = [
+        ("CODER_INNER_IMAGE", "not an image"),
+        ("CODER_AGENT_URL", "coder.example.com"),
+        ("ENVBOX_RUNTIME", "crun"),
+        ("ENVBOX_STOP_TIMEOUT", "soon"),
+        ("ENVBOX_CNI_PATH", "relative/cni"),
+        ("CODER_DOCKER_CONFIG", "relative/config.json"),
+        ("CODER_BOOTSTRAP_SCRIPT", "echo hi"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = vec![("CODER_INNER_USERNAME", "coder")];
+    env.extend(unread);
+    let s = spec(dir.path(), &["--hostname", "h"], &env);
+    assert_eq!(s["hostname"], "h");
+
+    let state = dir.path().join("state");
+    let mut env = vec![
+        ("ENVBOX_STATE_DIR", state.to_str().unwrap()),
+        ("CODER_CPUS", "lots"),
+        ("CODER_INNER_USERNAME", "coder"),
+    ];
+    env.extend(unread);
+    let out = envbox(&["cache", "ls"], &env);
+    assert!(out.status.success(), "cache ls: {}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 blob(s)"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // The entrypoint still reads every setting.
+    let out = envbox(
+        &["docker"],
+        &[
+            ("CODER_INNER_IMAGE", "ubuntu"),
+            ("CODER_INNER_USERNAME", "coder"),
+            ("ENVBOX_STOP_TIMEOUT", "soon"),
+        ],
+    );
+    assert!(
+        !out.status.success() && stderr(&out).contains("ENVBOX_STOP_TIMEOUT"),
+        "{}",
+        stderr(&out)
+    );
+}

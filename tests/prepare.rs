@@ -246,8 +246,6 @@ fn prepare_output_is_a_bundle_runc_runs() {
             "coder",
             "--hostname",
             "bundle-test",
-            "--runtime",
-            "runc",
         ],
         &[
             ("ENVBOX_STATE_DIR", state.to_str().unwrap()),

@@ -110,8 +110,6 @@ fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
         &mounts,
         "--run-dir",
         run_dir.to_str().unwrap(),
-        "--runtime",
-        "runc",
         "--show-secrets",
     ];
     let spec_out = run(Command::new(ENVBOX)

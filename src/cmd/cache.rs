@@ -4,15 +4,15 @@ use std::collections::BTreeSet;
 
 use super::{outer_subsystem, runtime};
 use crate::cache::BlobStore;
-use crate::cli::{CacheArgs, CacheCommand};
-use crate::config::{names, Purpose, Settings};
+use crate::cli::{CacheCommand, LsArgs, PruneArgs};
+use crate::config::{names, Purpose, RawSettings, Settings};
 use crate::digest::Digest;
 use crate::registry::{self, RegistryConfig};
 use crate::source::ImageSource;
 use crate::unpack::LayerStore;
 
-fn open(args: &CacheArgs) -> anyhow::Result<(Settings, BlobStore)> {
-    let settings = Settings::from_raw(&args.settings, outer_subsystem().as_deref(), Purpose::Pull)?;
+fn open(raw: &RawSettings) -> anyhow::Result<(Settings, BlobStore)> {
+    let settings = Settings::from_raw(raw, outer_subsystem().as_deref(), Purpose::Pull)?;
     let store = BlobStore::open(&settings.state_dir)?;
     Ok((settings, store))
 }
@@ -28,8 +28,8 @@ pub fn run(command: &CacheCommand) -> anyhow::Result<()> {
     }
 }
 
-fn ls(args: &CacheArgs) -> anyhow::Result<()> {
-    let (settings, store) = open(args)?;
+fn ls(args: &LsArgs) -> anyhow::Result<()> {
+    let (settings, store) = open(&args.settings())?;
     let blobs = store.list()?;
     for (reference, digest) in store.pins()? {
         println!("pin  {reference} -> {digest}");
@@ -47,8 +47,8 @@ fn ls(args: &CacheArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn prune(args: &CacheArgs) -> anyhow::Result<()> {
-    let (settings, store) = open(args)?;
+fn prune(args: &PruneArgs) -> anyhow::Result<()> {
+    let (settings, store) = open(&args.settings())?;
     let text = settings.image.clone().ok_or_else(|| {
         anyhow::anyhow!(
             "{} is required: prune keeps the blobs of that image",

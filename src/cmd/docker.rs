@@ -16,7 +16,7 @@ use crate::source::ImageSource;
 
 pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(
-        &args.settings,
+        &args.settings(),
         outer_subsystem().as_deref(),
         Purpose::Docker,
     )?;

@@ -19,7 +19,7 @@ pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
     } else {
         Purpose::Pull
     };
-    let settings = Settings::from_raw(&args.settings, outer_subsystem().as_deref(), purpose)?;
+    let settings = Settings::from_raw(&args.settings(), outer_subsystem().as_deref(), purpose)?;
     let image = settings
         .image
         .clone()

@@ -12,7 +12,11 @@ use crate::registry::{LayerFeed, RegistryConfig};
 use crate::source::{self, ImageSource};
 
 pub fn run(args: &PullArgs) -> anyhow::Result<()> {
-    let settings = Settings::from_raw(&args.settings, outer_subsystem().as_deref(), Purpose::Pull)?;
+    let settings = Settings::from_raw(
+        &args.settings(),
+        outer_subsystem().as_deref(),
+        Purpose::Pull,
+    )?;
     let text = args
         .reference
         .clone()

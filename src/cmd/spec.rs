@@ -10,7 +10,11 @@ use crate::pipeline;
 use crate::spec::render::{self, Secrets};
 
 pub fn run(args: &SpecArgs) -> anyhow::Result<()> {
-    let settings = Settings::from_raw(&args.settings, outer_subsystem().as_deref(), Purpose::Spec)?;
+    let settings = Settings::from_raw(
+        &args.settings(),
+        outer_subsystem().as_deref(),
+        Purpose::Spec,
+    )?;
     let rootfs = std::fs::canonicalize(&args.rootfs)
         .with_context(|| format!("--rootfs {}", args.rootfs.display()))?;
     let image = match &args.image_config {

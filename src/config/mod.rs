@@ -14,7 +14,9 @@ pub mod value;
 use std::path::PathBuf;
 
 pub use names::Name;
-pub use raw::RawSettings;
+pub use raw::{
+    EntrypointSettings, ImageSettings, RawSettings, SettingsGroup, StateSettings, WorkspaceSettings,
+};
 pub use secret::Secret;
 use value::Problem;
 pub use value::{BridgeNet, EnvPattern, UserMount};
@@ -63,7 +65,7 @@ pub enum Purpose {
 /// Typed, validated settings. Field docs state defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// `CODER_INNER_IMAGE`; required for `docker`, `None` only for `spec`.
+    /// `CODER_INNER_IMAGE`; required for `docker` (`spec` does not read it: always `None`).
     pub image: Option<String>,
     /// `CODER_INNER_USERNAME`; required, except for `pull` and `cache` (empty there).
     pub username: String,
