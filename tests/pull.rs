@@ -545,6 +545,60 @@ async fn gzip_zstd_plain_and_docker_v2_images_pull_and_unknown_layers_are_refuse
     );
 }
 
+#[tokio::test]
+async fn tls_spoken_to_plain_http_and_the_reverse_fail_at_once_naming_the_insecure_setting() {
+    // HTTPS to a plain-HTTP registry (not listed in ENVBOX_INSECURE_REGISTRIES).
+    let plain = Registry::http();
+    let (_d, store) = new_store();
+    let started = Instant::now();
+    let err = pull(&config(), &store, &format!("{}/team/app:1", plain.host))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotHttps { .. }), "{err}");
+    assert!(
+        err.to_string().contains("add") && err.to_string().contains("ENVBOX_INSECURE_REGISTRIES"),
+        "{err}"
+    );
+
+    // Plain HTTP to a TLS registry listed there: Go's distribution answers 400...
+    let tls = Registry::https_htpasswd("alice", "s3cret");
+    let err = pull(
+        &insecure(&[&tls.host]),
+        &store,
+        &format!("{}/team/app:1", tls.host),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RegistryError::NotPlainHttp { .. }), "{err}");
+    assert!(
+        err.to_string().contains("remove")
+            && err.to_string().contains("ENVBOX_INSECURE_REGISTRIES"),
+        "{err}"
+    );
+
+    // ...and a rustls server closes the connection.
+    let ca = TestCa::new();
+    let server = support::server::Server::start(
+        "tls-only",
+        Some(ca.server_config(&ca.issue_server())),
+        support::server::handler(|_| async { support::server::respond(200, &[], "{}") }),
+    );
+    let host = format!("127.0.0.1:{}", server.port());
+    let err = pull(&insecure(&[&host]), &store, &format!("{host}/team/app:1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotPlainHttp { .. }), "{err}");
+    assert!(
+        err.to_string().contains("ENVBOX_INSECURE_REGISTRIES"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "a scheme mismatch is not retried: {:?}",
+        started.elapsed()
+    );
+}
+
 // ------------------------------------------------------------------ the commands
 
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
@@ -692,4 +746,70 @@ async fn foreign_layer_urls_are_tried_first_and_without_credentials() {
             .any(|r| r.path.contains(&format!("/blobs/{layer}"))),
         "the registry was not asked for it"
     );
+}
+
+/// The progress lines (`output` of the JSON lines) envbox wrote on stderr.
+fn progress_lines(stderr: &[u8]) -> Vec<String> {
+    text(stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["output"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn an_unreachable_registry_says_each_retry_and_gives_up_within_its_budget() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = format!("127.0.0.1:{}", closed.local_addr().unwrap().port());
+    drop(closed);
+    let state = tempfile::tempdir().unwrap();
+    let image = format!("{host}/nope:1");
+    let started = Instant::now();
+    let out = envbox(
+        &["prepare"],
+        &[
+            ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+            ("CODER_INNER_IMAGE", image.as_str()),
+        ],
+    );
+    let elapsed = started.elapsed();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        elapsed < Duration::from_secs(40),
+        "refused took {elapsed:?} to fail: {stderr}"
+    );
+    // One line per retry: what failed, attempt k of n, when the next comes.
+    let retries: Vec<String> = progress_lines(&out.stderr)
+        .into_iter()
+        .filter(|l| l.contains("next try in"))
+        .collect();
+    let pattern = regex::Regex::new(
+        r"^registry (\S+): connection refused \(attempt (\d+) of (\d+)\); next try in (\d+\.\d) s$",
+    )
+    .unwrap();
+    let mut delays = Vec::new();
+    for (i, line) in retries.iter().enumerate() {
+        let c = pattern
+            .captures(line)
+            .unwrap_or_else(|| panic!("retry line {line:?} in {stderr}"));
+        assert_eq!(&c[1], host);
+        assert_eq!(c[2].parse::<usize>().unwrap(), i + 1, "{stderr}");
+        assert_eq!(
+            c[3].parse::<usize>().unwrap(),
+            retries.len() + 1,
+            "{stderr}"
+        );
+        delays.push(c[4].parse::<f64>().unwrap());
+    }
+    assert!(retries.len() >= 2, "no retry lines: {stderr}");
+    assert!(
+        delays.windows(2).all(|w| w[0] < w[1]),
+        "the waits grow: {delays:?}"
+    );
+    // The final error: what failed, how many attempts over how long, what to do.
+    let attempts = format!("gave up after {} attempts over", retries.len() + 1);
+    assert!(stderr.contains(&attempts), "{stderr}");
+    assert!(stderr.contains("connection refused"), "{stderr}");
+    assert!(stderr.contains("check the host and port"), "{stderr}");
 }

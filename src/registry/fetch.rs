@@ -3,7 +3,8 @@
 //! Owns: the GET of a blob with the registry's `Authorization` (never sent elsewhere: foreign
 //! layer URLs get none, and reqwest drops it on redirects to another host), resuming with
 //! `Range` after a dropped connection, retrying 5xx, 429 (honouring `Retry-After`) and transport
-//! errors with backoff, re-authenticating once on 401, never retrying 403/404. Bytes are hashed
+//! errors within their budgets (`super::retry`), re-authenticating once on 401, never retrying
+//! 403/404 (a 404 at a foreign URL moves on to the next location). Bytes are hashed
 //! and counted as they are written (off the async threads, while the next are received: see
 //! `super::sink`); the store commits only a blob whose digest and size match. It never decides
 //! which blobs to fetch.
@@ -12,7 +13,8 @@ use futures_util::StreamExt;
 use tokio::sync::{Mutex, SemaphorePermit};
 
 use super::progress::Progress;
-use super::session::{chain, is_certificate_error, retry_after, Attempt, Session, Transport};
+use super::retry::{Failure, Retry};
+use super::session::{chain, retry_after, Attempt, Session, Transport};
 use super::sink::Sink;
 use super::{RegistryConfig, RegistryError};
 use crate::cache::{BlobStore, BlobWriter, CacheError};
@@ -47,6 +49,8 @@ fn store_error(t: &Transport, digest: &Digest, source: CacheError) -> RegistryEr
 /// The outcome of one GET that did not end the transfer.
 enum Got {
     Complete(BlobWriter),
+    /// 404 at a location that has another after it.
+    NotHere(BlobWriter),
     Failed(BlobWriter, Attempt),
 }
 
@@ -75,6 +79,7 @@ fn range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 /// One GET, streaming into `writer` from where it stands.
 async fn get_once(
     t: &Transport,
+    config: &RegistryConfig,
     Location {
         url,
         with_auth,
@@ -95,20 +100,11 @@ async fn get_once(
     }
     let response = match builder.send().await {
         Ok(r) => r,
-        Err(e) if is_certificate_error(&e) => {
-            return Err(RegistryError::Certificate {
-                registry: t.registry.clone(),
-                detail: chain(&e),
-            })
-        }
         Err(e) => {
-            return Ok(Got::Failed(
-                writer,
-                Attempt::Retry {
-                    detail: chain(&e),
-                    after: None,
-                },
-            ))
+            return match t.attempt(&e, config) {
+                Attempt::Fatal(error) => Err(error),
+                retry => Ok(Got::Failed(writer, retry)),
+            }
         }
     };
     let status = response.status().as_u16();
@@ -135,15 +131,7 @@ async fn get_once(
                 detail,
             })
         }
-        404 if has_next => {
-            return Ok(Got::Failed(
-                writer,
-                Attempt::Retry {
-                    detail,
-                    after: Some(std::time::Duration::ZERO),
-                },
-            ))
-        }
+        404 if has_next => return Ok(Got::NotHere(writer)),
         404 => {
             return Err(RegistryError::NotFound {
                 reference: t.reference.to_string(),
@@ -151,8 +139,12 @@ async fn get_once(
             })
         }
         429 | 500..=599 => {
-            let after = retry_after(response.headers());
-            return Ok(Got::Failed(writer, Attempt::Retry { detail, after }));
+            let failure = Failure::Status {
+                status,
+                url: url.to_owned(),
+                after: retry_after(response.headers()),
+            };
+            return Ok(Got::Failed(writer, Attempt::Retry(failure)));
         }
         _ => {
             return Err(RegistryError::Protocol {
@@ -176,10 +168,7 @@ async fn get_once(
                     .map_err(|e| store_error(t, &request.digest, e))?;
                 return Ok(Got::Failed(
                     writer,
-                    Attempt::Retry {
-                        detail: chain(&e),
-                        after: None,
-                    },
+                    Attempt::Retry(Failure::Broken(chain(&e))),
                 ));
             }
         };
@@ -209,13 +198,7 @@ async fn get_once(
             writer.written(),
             request.size
         );
-        return Ok(Got::Failed(
-            writer,
-            Attempt::Retry {
-                detail,
-                after: None,
-            },
-        ));
+        return Ok(Got::Failed(writer, Attempt::Retry(Failure::Broken(detail))));
     }
     Ok(Got::Complete(writer))
 }
@@ -259,20 +242,30 @@ pub(crate) async fn fetch_blob(
         .writer(&request.digest, request.size)
         .map_err(|e| store_error(&transport, &request.digest, e))?;
     started(request);
-    let mut delay = config.initial_backoff;
+    let what = format!("{} ({})", request.what, request.digest);
+    let mut retry = Retry::new(
+        config,
+        format!("{} of {}", request.what, transport.reference),
+    );
     let mut reauthenticated = false;
-    let mut last = String::new();
-    let mut attempts = 0;
-    while attempts < config.max_attempts {
+    loop {
         let location = locations[next_location.min(locations.len() - 1)];
-        attempts += 1;
-        match get_once(&transport, location, request, store, writer, progress).await? {
+        let failure = match get_once(
+            &transport, config, location, request, store, writer, progress,
+        )
+        .await?
+        {
             Got::Complete(done) => {
                 drop(slot);
                 return blocking(move || done.commit())
                     .await
                     .map(|_| ())
                     .map_err(|e| store_error(&transport, &request.digest, e));
+            }
+            Got::NotHere(w) => {
+                writer = w;
+                next_location += 1;
+                continue;
             }
             Got::Failed(w, Attempt::Fatal(error)) => {
                 writer = w;
@@ -287,27 +280,18 @@ pub(crate) async fn fetch_blob(
                 let mut s = session.lock().await;
                 s.reauthenticate(config).await?;
                 transport = s.transport();
-                attempts -= 1;
+                continue;
             }
-            Got::Failed(w, Attempt::Retry { detail, after }) => {
+            Got::Failed(w, Attempt::Retry(failure)) => {
                 writer = w;
-                if location.has_next && detail.starts_with("404") {
-                    next_location += 1;
-                }
-                last = detail;
-                if attempts < config.max_attempts {
-                    tokio::time::sleep(after.unwrap_or(delay).min(config.max_backoff)).await;
-                    delay = (delay * 2).min(config.max_backoff);
-                }
+                failure
             }
-        }
+        };
+        retry
+            .failed(failure)
+            .await
+            .map_err(|gave_up| transport.gave_up(format!("downloading {what}"), gave_up))?;
     }
-    Err(RegistryError::Transfer {
-        reference: transport.reference.to_string(),
-        what: format!("{} ({})", request.what, request.digest),
-        attempts,
-        detail: last,
-    })
 }
 
 #[cfg(test)]

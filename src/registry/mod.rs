@@ -3,10 +3,11 @@
 //! Owns: everything between an image reference and verified blobs on the volume: reference
 //! normalisation, credentials by host, TLS roots, the challenge/token dance (oci-client's
 //! `auth`, called first so token errors surface as such), manifests and platform choice, and
-//! blob transfers with retries, `Retry-After`, resume by `Range` and progress. Blob GETs are
-//! made with reqwest (the HTTP stack oci-client itself uses) because oci-client's blob API
-//! exposes neither response headers (`Retry-After`, `Content-Length`) nor control over
-//! redirects; everything else goes through oci-client. It never unpacks or runs anything.
+//! blob transfers with retries (one helper, `retry`, with a budget per kind of failure),
+//! `Retry-After`, resume by `Range` and progress. Blob GETs are made with reqwest (the HTTP
+//! stack oci-client itself uses) because oci-client's blob API exposes neither response
+//! headers (`Retry-After`, `Content-Length`) nor control over redirects; everything else goes
+//! through oci-client. It never unpacks or runs anything.
 
 mod credentials;
 pub(crate) mod describe;
@@ -17,6 +18,7 @@ mod platform;
 mod progress;
 mod pull;
 mod reference;
+mod retry;
 mod session;
 mod sink;
 mod tls;
@@ -30,6 +32,7 @@ pub use feed::LayerFeed;
 pub use platform::Platform;
 pub use pull::{cached_blobs, pull, pull_feeding, CachedImage};
 pub use reference::{normalize_host, ImageRef};
+pub use retry::Failure;
 pub(crate) use tls::client_builder;
 pub use tls::{load_extra_certs, pin_system_bundle};
 
@@ -49,7 +52,8 @@ pub struct RegistryConfig {
     pub platform: Platform,
     /// Blobs downloaded at once. Default: 4.
     pub max_concurrent_downloads: usize,
-    /// Attempts per request before giving up on retryable failures. Default: 10.
+    /// Attempts per request before giving up on a busy or failing registry (5xx, 429) or a
+    /// broken connection; no connection at all gets fewer (see `retry`). Default: 10.
     pub max_attempts: u32,
     /// First retry delay, doubled per attempt up to `max_backoff`. Default: 500 ms.
     pub initial_backoff: Duration,
@@ -196,13 +200,21 @@ pub enum RegistryError {
         digest: String,
         source: CacheError,
     },
-    #[error("downloading {what} of {reference}: gave up after {attempts} attempts: {detail}")]
+    #[error("{what} for {reference}: gave up after {attempts} attempts over {elapsed:.1?}: {failure}; {advice}")]
     Transfer {
         reference: String,
+        /// "reaching registry.example.com", "downloading the manifest", ...
         what: String,
         attempts: u32,
-        detail: String,
+        elapsed: std::time::Duration,
+        /// The last attempt's failure.
+        failure: Box<Failure>,
+        advice: String,
     },
+    #[error("{registry} does not speak HTTPS ({detail}); if it is a plain-HTTP registry, add {registry} to {}", crate::config::names::INSECURE_REGISTRIES)]
+    NotHttps { registry: String, detail: String },
+    #[error("{registry} does not answer plain HTTP ({detail}); it is listed in {} but seems to speak HTTPS: remove it from there", crate::config::names::INSECURE_REGISTRIES)]
+    NotPlainHttp { registry: String, detail: String },
     #[error(
         "pulling {reference}: stopped before every blob was fetched, because another step failed"
     )]

@@ -87,11 +87,15 @@ async fn manifest_by_digest(
 /// Attempts at resolving a tag online when a pinned digest could stand in for it.
 const ATTEMPTS_WITH_PIN: u32 = 3;
 
-/// True for failures that mean "the registry cannot be reached", not "it said no".
+/// True for failures that mean "the registry cannot be reached", not "it said no" (a scheme
+/// that does not match the registry's is one: it is reached the way it was last time).
 fn unreachable(error: &RegistryError) -> bool {
     matches!(
         error,
-        RegistryError::Transfer { .. } | RegistryError::Protocol { .. }
+        RegistryError::Transfer { .. }
+            | RegistryError::Protocol { .. }
+            | RegistryError::NotHttps { .. }
+            | RegistryError::NotPlainHttp { .. }
     )
 }
 

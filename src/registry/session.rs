@@ -4,9 +4,9 @@
 //! the same roots), probing `/v2/` for the auth challenge, refusing to hand credentials to a
 //! token realm on another host over plain HTTP, exchanging identity tokens, calling
 //! oci-client's `auth` first so token errors surface as such, and mapping every failure to a
-//! [`RegistryError`] or a retry. Credentials go only to the registry's own host: the
-//! `Authorization` header is attached to requests for its URLs alone, and reqwest drops it on
-//! redirects to other hosts.
+//! [`RegistryError`] or a [`Failure`] that `super::retry` retries. Credentials go only to the
+//! registry's own host: the `Authorization` header is attached to requests for its URLs alone,
+//! and reqwest drops it on redirects to other hosts.
 
 use std::time::Duration;
 
@@ -17,16 +17,14 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 
 use super::credentials::Credential;
+use super::retry::{tls_error, Failure, GaveUp, Retry, TlsError};
 use super::{manifest, tls, ImageRef, RegistryConfig, RegistryError};
 use crate::config::Secret;
 
-/// What went wrong with one attempt: give up, or try again (after `after` if the server said).
+/// What went wrong with one attempt: give up, or try again.
 pub(crate) enum Attempt {
     Fatal(RegistryError),
-    Retry {
-        detail: String,
-        after: Option<Duration>,
-    },
+    Retry(Failure),
 }
 
 pub(crate) struct Session {
@@ -67,19 +65,6 @@ fn parse_challenge(header: &str) -> Challenge {
 fn scheme_and_host(url: &str) -> (&str, &str) {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     (scheme, rest.split('/').next().unwrap_or_default())
-}
-
-/// True when a transport error is a TLS certificate problem.
-pub(crate) fn is_certificate_error(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        let text = e.to_string().to_ascii_lowercase();
-        if text.contains("certificate") || text.contains("unknownissuer") {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }
 
 /// Every message of an error chain, joined.
@@ -145,6 +130,52 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
+    /// Whether the registry is reached over plain HTTP (`ENVBOX_INSECURE_REGISTRIES`).
+    pub fn plain_http(&self) -> bool {
+        self.base_url.starts_with("http://")
+    }
+
+    /// A transport error (no HTTP answer) of one attempt: TLS failures are fatal, the rest is
+    /// retried within its budget.
+    pub fn attempt(&self, error: &reqwest::Error, config: &RegistryConfig) -> Attempt {
+        match Failure::of(error, config) {
+            Some(failure) => Attempt::Retry(failure),
+            None => Attempt::Fatal(self.fatal(error)),
+        }
+    }
+
+    /// A transport error that no retry helps.
+    pub fn fatal(&self, error: &reqwest::Error) -> RegistryError {
+        let detail = chain(error);
+        match tls_error(error) {
+            Some(TlsError::Certificate) => RegistryError::Certificate {
+                registry: self.registry.clone(),
+                detail,
+            },
+            Some(TlsError::NotTls) => RegistryError::NotHttps {
+                registry: self.registry.clone(),
+                detail,
+            },
+            None => RegistryError::Protocol {
+                reference: self.reference.to_string(),
+                registry: self.registry.clone(),
+                detail,
+            },
+        }
+    }
+
+    /// The error of a request whose retries are spent.
+    pub fn gave_up(&self, what: String, gave_up: GaveUp) -> RegistryError {
+        RegistryError::Transfer {
+            reference: self.reference.to_string(),
+            what,
+            attempts: gave_up.attempts,
+            elapsed: gave_up.elapsed,
+            advice: gave_up.failure.advice(&self.registry),
+            failure: Box::new(gave_up.failure),
+        }
+    }
+
     pub fn unauthorized(&self, detail: String) -> RegistryError {
         unauthorized(
             &self.reference,
@@ -259,62 +290,50 @@ impl Session {
         Ok(session)
     }
 
-    fn fatal_transport(&self, error: &reqwest::Error) -> RegistryError {
-        let mut detail = chain(error);
-        if is_certificate_error(error) {
-            return RegistryError::Certificate {
-                registry: self.t.registry.clone(),
-                detail,
-            };
-        }
-        if detail.contains("InvalidContentType") || detail.contains("corrupt message") {
-            detail.push_str(&format!(
-                " (the registry does not speak HTTPS; if it is a plain-HTTP registry, list {} in {})",
-                self.t.registry,
-                crate::config::names::INSECURE_REGISTRIES
-            ));
-        }
-        RegistryError::Protocol {
-            reference: self.t.reference.to_string(),
-            registry: self.t.registry.clone(),
-            detail,
-        }
-    }
-
-    /// `GET /v2/`, retried on transient failures; certificate errors fail at once.
+    /// `GET /v2/`, retried on transient failures within their budgets; TLS errors fail at
+    /// once. Over plain HTTP, an answer that is not HTTP (or Go's 400 to plain HTTP on a TLS
+    /// port) means the registry speaks HTTPS.
     async fn probe(&self, config: &RegistryConfig) -> Result<Challenge, RegistryError> {
         let url = format!("{}/v2/", self.t.base_url);
-        let mut delay = config.initial_backoff;
-        for attempt in 1..=config.max_attempts {
-            match self.t.http.get(&url).send().await {
+        let not_plain_http = |detail| RegistryError::NotPlainHttp {
+            registry: self.t.registry.clone(),
+            detail,
+        };
+        let mut retry = Retry::new(config, format!("registry {}", self.t.registry));
+        loop {
+            let failure = match self.t.http.get(&url).send().await {
                 Ok(response) => {
-                    let status = response.status();
-                    if status.is_server_error() || status.as_u16() == 429 {
-                        let wait = retry_after(response.headers())
-                            .unwrap_or(delay)
-                            .min(config.max_backoff);
-                        if attempt < config.max_attempts {
-                            tokio::time::sleep(wait).await;
-                            delay = (delay * 2).min(config.max_backoff);
-                            continue;
+                    let status = response.status().as_u16();
+                    if status == 429 || status >= 500 {
+                        Failure::Status {
+                            status,
+                            url: url.clone(),
+                            after: retry_after(response.headers()),
                         }
+                    } else if status == 400 && self.t.plain_http() {
+                        return Err(not_plain_http(format!("400 from {url}")));
+                    } else {
+                        return Ok(response
+                            .headers()
+                            .get(reqwest::header::WWW_AUTHENTICATE)
+                            .and_then(|h| h.to_str().ok())
+                            .map(parse_challenge)
+                            .unwrap_or_default());
                     }
-                    return Ok(response
-                        .headers()
-                        .get(reqwest::header::WWW_AUTHENTICATE)
-                        .and_then(|h| h.to_str().ok())
-                        .map(parse_challenge)
-                        .unwrap_or_default());
                 }
-                Err(e) if is_certificate_error(&e) => return Err(self.fatal_transport(&e)),
-                Err(e) if attempt == config.max_attempts => return Err(self.fatal_transport(&e)),
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(config.max_backoff);
+                Err(e) if self.t.plain_http() && !e.is_connect() && !e.is_timeout() => {
+                    return Err(not_plain_http(chain(&e)))
                 }
-            }
+                Err(e) => match self.t.attempt(&e, config) {
+                    Attempt::Fatal(error) => return Err(error),
+                    Attempt::Retry(failure) => failure,
+                },
+            };
+            retry.failed(failure).await.map_err(|gave_up| {
+                self.t
+                    .gave_up(format!("reaching registry {}", self.t.registry), gave_up)
+            })?;
         }
-        Ok(Challenge::default())
     }
 
     async fn authenticate(
@@ -432,7 +451,7 @@ impl Session {
             OciDistributionError::UnauthorizedError { url } => {
                 self.t.unauthorized(format!("401 from {url}"))
             }
-            OciDistributionError::RequestError(e) => self.fatal_transport(&e),
+            OciDistributionError::RequestError(e) => self.t.fatal(&e),
             other => RegistryError::Token {
                 reference: self.t.reference.to_string(),
                 registry: self.t.registry.clone(),
@@ -442,7 +461,12 @@ impl Session {
     }
 
     /// Maps an oci-client failure of a manifest request.
-    fn classify(&self, reference: &ImageRef, error: OciDistributionError) -> Attempt {
+    fn classify(
+        &self,
+        config: &RegistryConfig,
+        reference: &ImageRef,
+        error: OciDistributionError,
+    ) -> Attempt {
         let what = reference.to_string();
         match error {
             OciDistributionError::UnauthorizedError { url } => {
@@ -469,10 +493,11 @@ impl Session {
                     .iter()
                     .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
                 {
-                    Attempt::Retry {
-                        detail,
+                    Attempt::Retry(Failure::Status {
+                        status: 429,
+                        url,
                         after: None,
-                    }
+                    })
                 } else if codes
                     .iter()
                     .any(|c| matches!(c, OciErrorCode::Unauthorized))
@@ -505,6 +530,13 @@ impl Session {
                 }
             }
             OciDistributionError::ServerError { code, url, message } => {
+                if code == 429 || (500..=599).contains(&code) {
+                    return Attempt::Retry(Failure::Status {
+                        status: code,
+                        url,
+                        after: None,
+                    });
+                }
                 let detail = format!("{code} from {url}: {message}");
                 match code {
                     404 => Attempt::Fatal(RegistryError::NotFound {
@@ -515,10 +547,6 @@ impl Session {
                         reference: what,
                         detail,
                     }),
-                    429 | 500..=599 => Attempt::Retry {
-                        detail,
-                        after: None,
-                    },
                     _ => Attempt::Fatal(RegistryError::Protocol {
                         reference: what,
                         registry: self.t.registry.clone(),
@@ -526,13 +554,7 @@ impl Session {
                     }),
                 }
             }
-            OciDistributionError::RequestError(e) if is_certificate_error(&e) => {
-                Attempt::Fatal(self.fatal_transport(&e))
-            }
-            OciDistributionError::RequestError(e) => Attempt::Retry {
-                detail: chain(&e),
-                after: None,
-            },
+            OciDistributionError::RequestError(e) => self.t.attempt(&e, config),
             other => Attempt::Fatal(RegistryError::Protocol {
                 reference: what,
                 registry: self.t.registry.clone(),
@@ -547,33 +569,27 @@ impl Session {
         config: &RegistryConfig,
         reference: &ImageRef,
     ) -> Result<Vec<u8>, RegistryError> {
-        let mut delay = config.initial_backoff;
-        let mut attempt = 0;
+        let what = match reference.to_string() == self.t.reference.to_string() {
+            true => "downloading the manifest".to_owned(),
+            false => format!("downloading the manifest {reference}"),
+        };
+        let mut retry = Retry::new(config, format!("the manifest of {reference}"));
         loop {
-            attempt += 1;
             let result = self
                 .client
                 .pull_manifest_raw(&reference.reference, &self.oci_auth, &manifest::ACCEPTED)
                 .await;
             let failure = match result {
                 Ok((bytes, _digest)) => return Ok(bytes.to_vec()),
-                Err(e) => self.classify(reference, e),
+                Err(e) => match self.classify(config, reference, e) {
+                    Attempt::Fatal(e) => return Err(e),
+                    Attempt::Retry(failure) => failure,
+                },
             };
-            match failure {
-                Attempt::Fatal(e) => return Err(e),
-                Attempt::Retry { detail, .. } if attempt >= config.max_attempts => {
-                    return Err(RegistryError::Transfer {
-                        reference: reference.to_string(),
-                        what: "the manifest".into(),
-                        attempts: attempt,
-                        detail,
-                    })
-                }
-                Attempt::Retry { after, .. } => {
-                    tokio::time::sleep(after.unwrap_or(delay).min(config.max_backoff)).await;
-                    delay = (delay * 2).min(config.max_backoff);
-                }
-            }
+            retry
+                .failed(failure)
+                .await
+                .map_err(|gave_up| self.t.gave_up(what.clone(), gave_up))?;
         }
     }
 }
