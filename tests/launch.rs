@@ -706,3 +706,92 @@ fn an_init_that_exits_at_once_is_named_with_its_status_and_last_output() {
         "the workspace bridge is removed at stop"
     );
 }
+
+/// Every regular file under `dir` (links not followed) whose bytes contain `needle`, with its
+/// mode.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<(PathBuf, u32)> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if meta.is_file() {
+            let bytes = fs::read(&path).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push((path, meta.mode() & 0o7777));
+            }
+        }
+    }
+    found
+}
+
+/// The agent token is in the workspace's spec (its init's environment, as in the Go envbox):
+/// it may be under the run dir while the workspace runs, private to root, and is never on the
+/// volume, during the run or after the stop.
+#[test]
+fn the_agent_token_never_rests_on_the_volume_and_is_private_under_the_run_dir() {
+    if !launch_requirements_met("envbox docker agent token test") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (registry, image) = registry_with_busybox();
+    let dirs = Dirs::new("token");
+    let canary = "canary-token-5f0c2e9a7d";
+    let mut env = dirs.base_env(&image, &registry, "echo agent-up; exec sleep 600");
+    env.retain(|(name, _)| name != "CODER_AGENT_TOKEN");
+    env.push(("CODER_AGENT_TOKEN".to_owned(), canary.to_owned()));
+    let home = dirs.path("home-coder");
+    env.push((
+        "CODER_MOUNTS".to_owned(),
+        format!("{}:/home/coder", home.display()),
+    ));
+    // An earlier envbox kept containerd's metadata on the volume: it goes at start.
+    let legacy = dirs.path("state/containerd/io.containerd.metadata.v1.bolt");
+    fs::write(legacy.join("meta.db"), format!("old spec with {canary}")).unwrap();
+    let mut envbox = Envbox::start(&env);
+    envbox.wait_for("agent-up", Duration::from_secs(120));
+
+    let state = dirs.root.join("state");
+    let run = dirs.root.join("run");
+    assert_eq!(
+        files_containing(&state, canary.as_bytes()),
+        vec![],
+        "the token on the volume while the workspace runs"
+    );
+    let in_run = files_containing(&run, canary.as_bytes());
+    assert!(
+        !in_run.is_empty(),
+        "the token is in the workspace's spec: found nowhere under {}, so this test looks in \
+         the wrong place",
+        run.display()
+    );
+    for (path, mode) in &in_run {
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} (mode {mode:o}) holds the token",
+            path.display()
+        );
+    }
+    let containerd = fs::metadata(run.join("containerd")).unwrap();
+    assert_eq!(
+        containerd.mode() & 0o777,
+        0o700,
+        "containerd's dir is root's alone"
+    );
+
+    envbox.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(envbox.wait_exit(Duration::from_secs(60)).success());
+    assert_eq!(files_containing(&state, canary.as_bytes()), vec![]);
+    assert_eq!(files_containing(&run, canary.as_bytes()), vec![]);
+    assert!(
+        !envbox.log().contains(canary),
+        "the token in the progress log"
+    );
+}

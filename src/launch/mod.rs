@@ -80,6 +80,11 @@ pub enum LaunchError {
     Netns { pid: u32, source: std::io::Error },
     #[error("{path} (mode {mode:o}, owner {uid}) cannot be searched by the workspace's root (uid {shifted}), so the runtime cannot reach the root filesystem under it: allow others to search it (chmod o+x) or put ENVBOX_STATE_DIR elsewhere", shifted = crate::spec::ID_SHIFT)]
     Unreachable { path: PathBuf, mode: u32, uid: u32 },
+    #[error("making {path} readable by root alone (it holds the agent token): {source}")]
+    Private {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("listening for signals: {0}")]
     Signals(std::io::Error),
     #[error("the workspace was stopped because {0}")]
@@ -276,6 +281,11 @@ impl Workspace {
             started: None,
         });
         self.task = Some(task.clone());
+        // The spec holds the agent token: its copy in the bundle is root's alone, as the
+        // metadata database is (supervise::containerd), in a tree only root can enter.
+        let bundle_config = supervise::ContainerdPaths::new(&settings.state_dir, &settings.run_dir)
+            .bundle_config(runtime::NAMESPACE, CONTAINER_ID);
+        make_private(&bundle_config)?;
         stage(begun, "container and task created");
         let hold = NetnsHold::of_pid(task.pid).map_err(|source| LaunchError::Netns {
             pid: task.pid,
@@ -478,6 +488,17 @@ async fn lay(
 /// Where the OCI runtime keeps its state (on the run dir, per boot).
 fn runtime_root(settings: &Settings) -> PathBuf {
     RunLayout::new(&settings.run_dir).runtime_root()
+}
+
+/// Makes a file readable by root alone.
+fn make_private(path: &std::path::Path) -> Result<(), LaunchError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        LaunchError::Private {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 /// A debug line: how long after `begun` a stage of the start finished (`ENVBOX_LOG=debug`).

@@ -1,7 +1,8 @@
 //! containerd: its configuration, its start and its readiness.
 //!
-//! Owns: where containerd keeps things ([`ContainerdPaths`]: metadata root on the persistent
-//! volume, state and sockets under the run dir), the generated `config.toml`
+//! Owns: where containerd keeps things ([`ContainerdPaths`]: everything under the run dir,
+//! private to root, since its metadata holds the workspace's spec and so the agent token; the
+//! volume keeps nothing of it), the generated `config.toml`
 //! ([`render_config`], pure: `version = 2`, the CRI plugin and everything envbox never uses
 //! disabled), and [`start`]: spawn it supervised, ready when `Version` answers over the socket,
 //! then check that the services envbox calls (containers, tasks) loaded. Shim sockets are not
@@ -54,8 +55,13 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(2);
 /// Where containerd keeps its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerdPaths {
-    /// `<state>/containerd`: metadata database (on the persistent volume).
+    /// `<run>/containerd`, mode 0700: everything below holds the container's spec.
+    pub dir: PathBuf,
+    /// `<run>/containerd/root`: the metadata database (the container records, their specs).
     pub root: PathBuf,
+    /// `<state>/containerd`: where the metadata was kept before; removed at start (its specs
+    /// held the agent token on the volume).
+    pub legacy_root: PathBuf,
     /// `<run>/containerd/state`: task bundles, per boot.
     pub state: PathBuf,
     /// `<run>/containerd/config.toml`.
@@ -69,11 +75,29 @@ pub struct ContainerdPaths {
 }
 
 impl ContainerdPaths {
+    /// The spec containerd writes into a container's bundle (its task's state).
+    pub fn bundle_config(&self, namespace: &str, id: &str) -> PathBuf {
+        self.state
+            .join("io.containerd.runtime.v2.task")
+            .join(namespace)
+            .join(id)
+            .join("config.json")
+    }
+
+    /// The metadata database, which holds every container's spec.
+    pub fn metadata_db(&self) -> PathBuf {
+        self.root
+            .join("io.containerd.metadata.v1.bolt")
+            .join("meta.db")
+    }
+
     pub fn new(state_dir: &Path, run_dir: &Path) -> Self {
         let layout = crate::run_dir::RunLayout::new(run_dir);
         let run = layout.containerd();
         ContainerdPaths {
-            root: state_dir.join("containerd"),
+            dir: run.clone(),
+            root: run.join("root"),
+            legacy_root: state_dir.join("containerd"),
             state: run.join("state"),
             config: run.join("config.toml"),
             grpc_socket: run.join("containerd.sock"),
@@ -129,6 +153,57 @@ fn toml_path(path: &Path) -> Result<String, SuperviseError> {
         })
 }
 
+/// Creates `dir` (and its parents) with mode 0700, or makes an existing one 0700.
+fn make_private_dir(dir: &Path) -> Result<(), SuperviseError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| SuperviseError::CreateDir {
+        name: NAME.into(),
+        path: dir.to_owned(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Makes a file containerd made (0644) readable by root alone, before a secret goes in it.
+fn make_private_file(path: &Path) -> Result<(), SuperviseError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+        SuperviseError::Private {
+            name: NAME.into(),
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Removes the metadata an earlier envbox kept on the volume: it held the workspace's spec,
+/// agent token included, and nothing in it is needed (every start creates its container anew).
+fn remove_legacy_root(paths: &ContainerdPaths) -> Result<(), SuperviseError> {
+    match fs::remove_dir_all(&paths.legacy_root) {
+        Ok(()) => {
+            crate::progress::emit(
+                crate::progress::Kind::Info,
+                &format!(
+                    "removed {}: containerd's metadata now lives under the run dir, off the volume",
+                    paths.legacy_root.display()
+                ),
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(SuperviseError::RemoveLegacy {
+            name: NAME.into(),
+            path: paths.legacy_root.clone(),
+            source,
+        }),
+    }
+}
+
 /// The `config.toml` text for `paths` with `disabled` plugins.
 pub fn render_config(
     paths: &ContainerdPaths,
@@ -182,6 +257,8 @@ pub async fn start(
     paths: &ContainerdPaths,
     options: &ContainerdOptions,
 ) -> Result<Containerd, SuperviseError> {
+    remove_legacy_root(paths)?;
+    make_private_dir(&paths.dir)?;
     for dir in [&paths.root, &paths.state] {
         fs::create_dir_all(dir).map_err(|source| SuperviseError::CreateDir {
             name: NAME.into(),
@@ -214,6 +291,7 @@ pub async fn start(
         .await?;
     let ready_after = started.elapsed();
     check_plugins(&channel, &paths.log).await?;
+    make_private_file(&paths.metadata_db())?;
     Ok(Containerd {
         child,
         channel,
@@ -274,7 +352,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_puts_the_metadata_on_the_volume_and_the_rest_under_the_run_dir() {
+    fn config_puts_everything_under_the_run_dir() {
         let paths =
             ContainerdPaths::new(Path::new("/var/lib/coder/envbox"), Path::new("/run/envbox"));
         let text = render_config(&paths, &ContainerdOptions::default().disabled_plugins).unwrap();
@@ -282,7 +360,7 @@ mod tests {
             text,
             "# Generated by envbox on every start: edits are lost.\n\
              version = 2\n\
-             root = \"/var/lib/coder/envbox/containerd\"\n\
+             root = \"/run/envbox/containerd/root\"\n\
              state = \"/run/envbox/containerd/state\"\n\
              disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.internal.v1.opt\", \
              \"io.containerd.snapshotter.v1.aufs\", \"io.containerd.snapshotter.v1.btrfs\", \
@@ -316,16 +394,18 @@ mod tests {
     #[test]
     fn config_escapes_paths_as_toml_strings() {
         let paths = ContainerdPaths::new(
-            Path::new("/data/a \"quoted\" \\ dir"),
-            Path::new("/run/x\ty"),
+            Path::new("/var/lib/coder/envbox"),
+            Path::new("/run/a \"quoted\" \\ x\ty"),
         );
         let text = render_config(&paths, &[]).unwrap();
         assert!(
-            text.contains("root = \"/data/a \\\"quoted\\\" \\\\ dir/containerd\"\n"),
+            text.contains("root = \"/run/a \\\"quoted\\\" \\\\ x\\u0009y/containerd/root\"\n"),
             "{text}"
         );
         assert!(
-            text.contains("address = \"/run/x\\u0009y/containerd/containerd.sock\"\n"),
+            text.contains(
+                "address = \"/run/a \\\"quoted\\\" \\\\ x\\u0009y/containerd/containerd.sock\"\n"
+            ),
             "{text}"
         );
         assert!(text.contains("disabled_plugins = []\n"));
@@ -334,8 +414,8 @@ mod tests {
     #[test]
     fn config_refuses_non_utf8_paths() {
         use std::os::unix::ffi::OsStrExt;
-        let state = Path::new(std::ffi::OsStr::from_bytes(b"/data/\xff"));
-        let paths = ContainerdPaths::new(state, Path::new("/run/envbox"));
+        let run = Path::new(std::ffi::OsStr::from_bytes(b"/run/\xff"));
+        let paths = ContainerdPaths::new(Path::new("/var/lib/coder/envbox"), run);
         let err = render_config(&paths, &[]).unwrap_err();
         assert!(matches!(err, SuperviseError::NonUtf8Path { .. }), "{err}");
     }

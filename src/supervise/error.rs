@@ -77,6 +77,18 @@ pub enum SuperviseError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("removing {path}, where an earlier envbox kept {name}'s metadata (the workspace's spec, agent token included): {source}; remove it by hand")]
+    RemoveLegacy {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("making {name}'s {path} readable by root alone (it holds the agent token): {source}")]
+    Private {
+        name: String,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("writing {name}'s configuration {path}: {source}")]
     WriteConfig {
         name: String,
