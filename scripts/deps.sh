@@ -8,9 +8,10 @@ set -euo pipefail
 demo=(containerd runc busybox-static docker-registry skopeo umoci containernetworking-plugins
       iptables iproute2 protobuf-compiler ca-certificates curl)
 # The tests also build a Debian minbase (debootstrap), check specs against the OCI schema
-# (golang-github-opencontainers-specs-dev, python3-jsonschema) and make loop ext4 filesystems.
+# (golang-github-opencontainers-specs-dev, python3-jsonschema), make loop ext4 filesystems and
+# build a static syscall probe for the runc test (gcc, libc6-dev: cargo's linker needs them too).
 test=("${demo[@]}" debootstrap golang-github-opencontainers-specs-dev python3 python3-jsonschema
-      util-linux e2fsprogs make)
+      util-linux e2fsprogs make gcc libc6-dev)
 
 case "${1:-}" in
     demo) wanted=("${demo[@]}") ;;

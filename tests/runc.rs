@@ -1,8 +1,9 @@
 //! Integration test (root): a spec from `envbox spec`, its setup actions applied, run with the
 //! real `runc` on a busybox rootfs shifted to 100000.
 //!
-//! Needs root, `runc` and Debian's `busybox-static`. Without them it fails when `CI` is set
-//! (CI must run it) and says it skipped otherwise.
+//! Needs root, `runc` and Debian's `busybox-static` (and `cc` with a static libc, as any Rust
+//! build on Debian has, for the syscall probe). Without them it fails when `CI` is set (CI must
+//! run it) and says it skipped otherwise.
 
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -22,8 +23,46 @@ use support::host::{requirements_met, RuncContainer, BUSYBOX};
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
 const APPLETS: &[&str] = &[
     "sh", "sleep", "cat", "echo", "id", "hostname", "ls", "touch", "env", "test", "grep", "mkdir",
-    "true", "false", "stat", "head", "tr",
+    "true", "false", "stat", "head", "tr", "mount", "umount", "unshare",
 ];
+
+/// A static program that makes one syscall and prints `ok` or `errno=N`: busybox has no applet
+/// for the syscalls Docker's profile denies.
+const PROBE_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) {
+    long r;
+    if (argc != 2) return 2;
+    if (!strcmp(argv[1], "getpid")) r = syscall(SYS_getpid);
+    else if (!strcmp(argv[1], "kexec_load")) r = syscall(SYS_kexec_load, 0, 0, 0, 0);
+    /* UFFD_USER_MODE_ONLY: allowed without privilege since Linux 5.11. */
+    else if (!strcmp(argv[1], "userfaultfd")) r = syscall(SYS_userfaultfd, 1);
+    else return 2;
+    if (r < 0) { printf("errno=%d\n", errno); return 1; }
+    printf("ok\n");
+    return 0;
+}
+"#;
+
+/// Builds [`PROBE_C`] into `dest` with `cc -static`.
+fn build_probe(dest: &Path) {
+    let source = dest.with_extension("c");
+    fs::write(&source, PROBE_C).unwrap();
+    let out = run(Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(dest)
+        .arg(&source));
+    assert!(
+        out.status.success(),
+        "cc -static (the syscall probe): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::remove_file(source).unwrap();
+}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
@@ -87,6 +126,7 @@ fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
         .unwrap();
     let rootfs = work.path().join("rootfs");
     busybox_rootfs(&rootfs);
+    build_probe(&rootfs.join("bin/syscall-probe"));
     let rw = work.path().join("rw");
     let ro = work.path().join("ro");
     fs::create_dir_all(&rw).unwrap();
@@ -183,6 +223,33 @@ fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
     // Devices: our own nodes, openable by root inside.
     container.stdout("exec 3<>/dev/fuse && echo fuse-open");
     container.stdout("test -c /dev/net/tun && exec 3<>/dev/net/tun && echo tun-open");
+
+    // Seccomp: Docker's profile is on, it leaves mounts and namespaces to root, and what it does
+    // not list fails with EPERM. userfaultfd (user-mode only) needs no privilege: outside the
+    // container it succeeds or is absent (ENOSYS), so EPERM inside comes from the profile.
+    assert_eq!(
+        container.stdout("grep '^Seccomp:' /proc/self/status"),
+        "Seccomp:\t2"
+    );
+    container.stdout("mkdir -p /tmp/t && mount -t tmpfs -o size=1m tmpfs /tmp/t");
+    container.stdout("touch /tmp/t/x && umount /tmp/t");
+    container.stdout("unshare -m -n true");
+    assert_eq!(container.stdout("syscall-probe getpid"), "ok");
+    let outside = run(Command::new(rootfs.join("bin/syscall-probe")).arg("userfaultfd"));
+    let outside = String::from_utf8_lossy(&outside.stdout).trim().to_owned();
+    assert_ne!(
+        outside, "errno=1",
+        "userfaultfd is refused outside the container"
+    );
+    for denied in ["userfaultfd", "kexec_load"] {
+        let out = container.exec(&format!("syscall-probe {denied}"));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "errno=1",
+            "{denied}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // Mounts: ro refuses writes, rw works and lands as the shifted root outside.
     assert_eq!(container.stdout("cat /mnt/ro/seen"), "from the outside");

@@ -4,12 +4,14 @@
 //! matter: no user namespace or another id mapping than 0 -> 100000 (65536) for uids and gids;
 //! a missing namespace, or one joined by path; device access not denied first, or allowed
 //! wholesale; masked or read-only `/proc` and `/sys` paths missing; a writable bind of the host's
-//! `/proc` or `/sys`. `spec::build` calls it on its result and tests call it on every golden
-//! spec. It never fixes a spec, only refuses it.
+//! `/proc` or `/sys`; no seccomp profile, one whose default action lets a syscall through (only
+//! errno or kill defaults), or one that hands syscalls to a user-space agent (`listenerPath`,
+//! `SCMP_ACT_NOTIFY`: sysbox-runc installs its own). `spec::build` calls it on its result and
+//! tests call it on every golden spec. It never fixes a spec, only refuses it.
 
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxDeviceType, Spec};
+use oci_spec::runtime::{LinuxDeviceType, LinuxSeccompAction, Spec};
 
 use super::linux::{MASKED_PATHS, NAMESPACES, READONLY_PATHS};
 use super::{ID_RANGE, ID_SHIFT};
@@ -33,6 +35,12 @@ pub enum Violation {
     MissingMaskedPath(&'static str),
     #[error("read-only path {0} is missing")]
     MissingReadonlyPath(&'static str),
+    #[error("the spec has no seccomp profile")]
+    NoSeccomp,
+    #[error("the seccomp profile's default action {0} does not deny")]
+    SeccompDefaultAllows(String),
+    #[error("the seccomp profile hands syscalls to a user-space agent")]
+    SeccompNotify,
     #[error("mount at {destination} binds the host's {host_path} writable")]
     WritableKernelBind {
         host_path: String,
@@ -138,11 +146,32 @@ fn check_kernel_binds(spec: &Spec) -> Result<(), Violation> {
     Ok(())
 }
 
+fn check_seccomp(spec: &Spec) -> Result<(), Violation> {
+    let linux = spec.linux().as_ref().ok_or(Violation::NoLinuxSection)?;
+    let seccomp = linux.seccomp().as_ref().ok_or(Violation::NoSeccomp)?;
+    use LinuxSeccompAction::*;
+    match seccomp.default_action() {
+        ScmpActErrno | ScmpActKill | ScmpActKillThread | ScmpActKillProcess => {}
+        other => return Err(Violation::SeccompDefaultAllows(other.to_string())),
+    }
+    let notifies = seccomp
+        .syscalls()
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|s| s.action() == ScmpActNotify);
+    if seccomp.listener_path().is_some() || notifies {
+        return Err(Violation::SeccompNotify);
+    }
+    Ok(())
+}
+
 /// Refuses a spec that breaks the security model.
 pub fn check(spec: &Spec) -> Result<(), Violation> {
     check_id_mappings(spec)?;
     check_namespaces(spec)?;
     check_devices(spec)?;
     check_paths(spec)?;
-    check_kernel_binds(spec)
+    check_kernel_binds(spec)?;
+    check_seccomp(spec)
 }

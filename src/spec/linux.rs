@@ -1,16 +1,16 @@
-//! The `linux` section: namespaces, id mappings, cgroup resources, masked paths.
+//! The `linux` section: namespaces, id mappings, cgroup resources, masked paths, seccomp.
 //!
 //! Owns: the isolation the security model rests on. Always a user namespace mapping container
 //! ids 0..65536 to host ids 100000..165536 (what sysbox-runc expects and needs no shifting for),
 //! always fresh pid, ipc, uts, mount, network, user and cgroup namespaces (never joined by
 //! path), device access denied by default with explicit allow rules, Docker's masked and
-//! read-only `/proc` and `/sys` paths. It must never add a namespace path or an allow-all
-//! device rule.
+//! read-only `/proc` and `/sys` paths, the seccomp profile of [`super::seccomp`]. It must never
+//! add a namespace path or an allow-all device rule.
 
 use oci_spec::runtime::{
     Linux, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
     LinuxDeviceType, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxResourcesBuilder,
+    LinuxNamespaceType, LinuxResourcesBuilder, LinuxSeccomp,
 };
 
 use super::devices::DevicePlan;
@@ -102,7 +102,11 @@ fn device_rules(devices: &DevicePlan) -> Result<Vec<LinuxDeviceCgroup>, SpecErro
     Ok(rules)
 }
 
-pub fn build(settings: &Settings, devices: &DevicePlan) -> Result<Linux, SpecError> {
+pub fn build(
+    settings: &Settings,
+    devices: &DevicePlan,
+    seccomp: LinuxSeccomp,
+) -> Result<Linux, SpecError> {
     let mapping = LinuxIdMappingBuilder::default()
         .container_id(0u32)
         .host_id(ID_SHIFT)
@@ -142,5 +146,6 @@ pub fn build(settings: &Settings, devices: &DevicePlan) -> Result<Linux, SpecErr
                 .map(|p| p.to_string())
                 .collect::<Vec<_>>(),
         )
+        .seccomp(seccomp)
         .build()?)
 }

@@ -5,7 +5,8 @@
 //! [`setup::Action`]s that must happen first (device nodes, generated `/etc` files, ownership).
 //! It never touches the system: no mknod, no chown, no mount. Every spec it returns has passed
 //! [`invariants::check`] (user namespace, deny-all devices, masked paths, no writable host
-//! `/proc` or `/sys`): a bug here can fail a start, never produce a privileged container.
+//! `/proc` or `/sys`, a seccomp profile that denies by default): a bug here can fail a start,
+//! never produce a privileged container.
 
 mod devices;
 mod env;
@@ -15,6 +16,7 @@ mod linux;
 mod mounts;
 mod process;
 pub mod render;
+pub mod seccomp;
 
 use std::path::{Path, PathBuf};
 
@@ -170,7 +172,11 @@ pub fn build(input: &SpecInput<'_>) -> Result<ContainerPlan, SpecError> {
     );
     warnings.extend(env.warnings);
     let process = process::build(settings, rootfs, image, env.vars, host.nofile_hard)?;
-    let linux = linux::build(settings, &devices)?;
+    let seccomp = seccomp::profile(
+        &host.arch,
+        process::bounding_names(&process).iter().map(String::as_str),
+    )?;
+    let linux = linux::build(settings, &devices, seccomp)?;
 
     let stop_signal = if rootfs.has_init {
         "SIGRTMIN+3".to_owned()

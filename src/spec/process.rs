@@ -73,6 +73,24 @@ fn all_capabilities() -> HashSet<Capability> {
         .collect()
 }
 
+/// The `CAP_*` names of a process's bounding set, sorted (what dockerd hands its seccomp
+/// profile generator).
+pub fn bounding_names(process: &Process) -> Vec<String> {
+    let mut names: Vec<String> = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|cap| match serde_json::to_value(cap) {
+            Ok(serde_json::Value::String(name)) => Some(name),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names
+}
+
 /// PID 1's arguments.
 pub fn init_args(rootfs: &RootfsFacts) -> Vec<String> {
     if rootfs.has_init {
@@ -134,5 +152,21 @@ mod tests {
     #[test]
     fn every_listed_capability_is_known_to_oci_spec() {
         assert_eq!(all_capabilities().len(), ALL_CAPABILITIES.len());
+    }
+
+    #[test]
+    fn bounding_names_are_the_cap_names() {
+        let process = ProcessBuilder::default()
+            .capabilities(
+                LinuxCapabilitiesBuilder::default()
+                    .bounding(all_capabilities())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let mut expected: Vec<String> = ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        expected.sort();
+        assert_eq!(bounding_names(&process), expected);
     }
 }

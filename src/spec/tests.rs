@@ -119,6 +119,33 @@ fn plain_workspace() {
 }
 
 #[test]
+fn both_runtimes_get_dockers_profile_for_every_capability() {
+    let expected = seccomp::profile("x86_64", process::ALL_CAPABILITIES.iter().copied()).unwrap();
+    for runtime in ["sysbox-runc", "runc"] {
+        let raw = RawSettings {
+            runtime: Some(runtime.into()),
+            ..raw()
+        };
+        let spec = plan(&raw).spec;
+        let seccomp = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        assert_eq!(seccomp, expected, "{runtime}");
+    }
+    let mut arm = host();
+    arm.arch = "aarch64".into();
+    let spec = plan_with(&raw(), &facts(), &arm).unwrap().spec;
+    let seccomp = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+    assert_eq!(
+        seccomp.architectures().as_deref(),
+        Some(
+            &[
+                oci_spec::runtime::Arch::ScmpArchAarch64,
+                oci_spec::runtime::Arch::ScmpArchArm
+            ][..]
+        )
+    );
+}
+
+#[test]
 fn systemd_images_boot_sbin_init_and_stop_with_sigrtmin_3() {
     let mut f = facts();
     f.has_init = true;
@@ -545,6 +572,54 @@ mod invariant_violations {
             invariants::check(&spec),
             Ok(()),
             "a read-only bind is allowed"
+        );
+    }
+
+    #[test]
+    fn seccomp_missing_allowing_or_notifying() {
+        use oci_spec::runtime::{LinuxSeccompAction, LinuxSyscallBuilder};
+        let mut spec = base();
+        linux(&mut spec).set_seccomp(None);
+        assert_eq!(
+            invariants::check(&spec),
+            Err(invariants::Violation::NoSeccomp)
+        );
+
+        let mut spec = base();
+        let mut seccomp = linux(&mut spec).seccomp().clone().unwrap();
+        seccomp.set_default_action(LinuxSeccompAction::ScmpActAllow);
+        linux(&mut spec).set_seccomp(Some(seccomp));
+        assert_eq!(
+            invariants::check(&spec),
+            Err(invariants::Violation::SeccompDefaultAllows(
+                "SCMP_ACT_ALLOW".into()
+            ))
+        );
+
+        let mut spec = base();
+        let mut seccomp = linux(&mut spec).seccomp().clone().unwrap();
+        seccomp.set_listener_path(Some("/run/agent.sock".into()));
+        linux(&mut spec).set_seccomp(Some(seccomp));
+        assert_eq!(
+            invariants::check(&spec),
+            Err(invariants::Violation::SeccompNotify)
+        );
+
+        let mut spec = base();
+        let mut seccomp = linux(&mut spec).seccomp().clone().unwrap();
+        let mut rules = seccomp.syscalls().clone().unwrap();
+        rules.push(
+            LinuxSyscallBuilder::default()
+                .names(vec!["mount".to_string()])
+                .action(LinuxSeccompAction::ScmpActNotify)
+                .build()
+                .unwrap(),
+        );
+        seccomp.set_syscalls(Some(rules));
+        linux(&mut spec).set_seccomp(Some(seccomp));
+        assert_eq!(
+            invariants::check(&spec),
+            Err(invariants::Violation::SeccompNotify)
         );
     }
 }
