@@ -258,6 +258,111 @@ pub fn metadata() -> Vec<Vec<u8>> {
     vec![l1.finish(), l2.finish()]
 }
 
+/// A POSIX ACL in the `posix_acl_xattr` format (`SCHILY.xattr.system.posix_acl_*`, as Go's
+/// archive/tar and umoci write it), from its short text form: `u::rwx,u:1000:r-x,g::r-x,m::rwx,o::---`.
+pub fn acl(text: &str) -> Vec<u8> {
+    let mut value = 2u32.to_le_bytes().to_vec();
+    for item in text.split(',') {
+        let fields: Vec<&str> = item.split(':').collect();
+        let [kind, id, perm] = fields[..] else {
+            panic!("ACL entry {item:?}: not kind:id:perm")
+        };
+        let tag: u16 = match (kind, id.is_empty()) {
+            ("u", true) => 0x01,
+            ("u", false) => 0x02,
+            ("g", true) => 0x04,
+            ("g", false) => 0x08,
+            ("m", true) => 0x10,
+            ("o", true) => 0x20,
+            _ => panic!("ACL entry {item:?}"),
+        };
+        let perm = perm
+            .chars()
+            .zip([4u16, 2, 1])
+            .map(|(c, bit)| if c == '-' { 0 } else { bit })
+            .sum::<u16>();
+        let id = if id.is_empty() {
+            u32::MAX
+        } else {
+            id.parse().expect("numeric ACL id")
+        };
+        value.extend_from_slice(&tag.to_le_bytes());
+        value.extend_from_slice(&perm.to_le_bytes());
+        value.extend_from_slice(&id.to_le_bytes());
+    }
+    value
+}
+
+/// POSIX ACLs (access and default, named users and groups from 0 to 65535) on directories,
+/// files and a setgid directory, with what a tar writer records for the entries created in a
+/// directory with a default ACL (an inherited one, or none where the entry was there first);
+/// then a layer listing the directories again (one keeping its ACLs, one losing them, one
+/// gaining a default ACL only) and adding an entry without ACLs under a default ACL.
+pub fn acls() -> Vec<Vec<u8>> {
+    let shared = "u::rwx,u:1000:r-x,g::rwx,g:2000:rwx,m::rwx,o::r-x";
+    let file_acl = "u::rw-,u:1000:r-x,g::rwx,g:2000:rwx,m::rw-,o::r--";
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    let shared_meta = meta(0o2775)
+        .owner(0, 2000)
+        .xattr("system.posix_acl_access", &acl(shared))
+        .xattr("system.posix_acl_default", &acl(shared));
+    l1.dir("acl", &meta(DIR))
+        .dir("acl/shared", &shared_meta)
+        .file(
+            "acl/shared/f",
+            &meta(0o664).xattr("system.posix_acl_access", &acl(file_acl)),
+            b"f",
+        )
+        .file("acl/shared/plain", &meta(0o640), b"p")
+        .dir("acl/shared/sub", &meta(0o750))
+        .dir(
+            "acl/shared/inherited",
+            &meta(0o2775)
+                .owner(0, 2000)
+                .xattr("system.posix_acl_access", &acl(shared))
+                .xattr("system.posix_acl_default", &acl(shared)),
+        )
+        .file("acl/shared/inherited/deeper", &meta(0o600), b"d")
+        .fifo("acl/shared/fifo", &meta(0o620))
+        .symlink("acl/shared/link", "f", &meta(0o777))
+        .dir(
+            "acl/ids",
+            &meta(0o770).xattr(
+                "system.posix_acl_access",
+                &acl("u::rwx,u:0:r-x,u:65535:rwx,g::r-x,g:0:r-x,g:65535:r--,m::rwx,o::---"),
+            ),
+        )
+        .file(
+            "acl/ids/masked",
+            &meta(0o640).owner(1000, 1000).xattr(
+                "system.posix_acl_access",
+                &acl("u::rw-,u:1:rwx,g::r--,m::r--,o::---"),
+            ),
+            b"m",
+        )
+        .dir(
+            "acl/relisted",
+            &meta(0o775)
+                .xattr("system.posix_acl_access", &acl(shared))
+                .xattr("system.posix_acl_default", &acl(shared)),
+        );
+
+    let mut l2 = LayerTar::new(LongNames::Gnu);
+    l2.dir("acl", &touched(DIR))
+        .dir("acl/shared", &shared_meta.clone().mtime(1_700_000_000, 5))
+        .file("acl/shared/later", &meta(0o600), b"l")
+        .dir("acl/shared/later-dir", &meta(0o700))
+        .dir("acl/relisted", &touched(0o755))
+        .dir(
+            "acl/new-default",
+            &meta(0o755).xattr(
+                "system.posix_acl_default",
+                &acl("u::rwx,g::r-x,g:7:r-x,m::r-x,o::r-x"),
+            ),
+        );
+    vec![l1.finish(), l2.finish()]
+}
+
 /// Names and link targets longer than a ustar header holds, in PAX, GNU and ustar-prefix
 /// spelling (a 200-byte component, a component of exactly 100 bytes, UTF-8 and spaces), and
 /// whiteouts and opaque markers under long names.

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::corpus::{pattern, CAP_NET_RAW};
+use super::corpus::{acl, pattern, CAP_NET_RAW};
 use super::layer::{meta, LayerTar, LongNames};
 
 const SUITE: &str = "bookworm";
@@ -84,10 +84,16 @@ pub fn minbase_tar() -> Vec<u8> {
 /// tree deleted (`/usr/share/doc`); `/var/log` made opaque and refilled; `/usr/bin/perl`
 /// replaced (its hard link `perl5.36.0` keeps the old file) and `/usr/bin/uncompress` deleted
 /// (its hard link `gunzip` stays); new files with a capability, setuid bit, hard link and
-/// symlink; a home directory owned by 1000.
+/// symlink; a home directory owned by 1000; the journal directory with the POSIX ACLs systemd
+/// gives it (the minbase tree itself carries no xattr: it has no systemd).
 pub fn change_layer() -> Vec<u8> {
     let d = meta(0o755).mtime(1_700_000_000, 123_456_789);
     let f = meta(0o644);
+    let journal_acl = acl("u::rwx,g::r-x,g:4:r-x,m::r-x,o::r-x");
+    let journal = meta(0o2755)
+        .owner(0, 101)
+        .xattr("system.posix_acl_access", &journal_acl)
+        .xattr("system.posix_acl_default", &journal_acl);
     let mut l = LayerTar::new(LongNames::Pax);
     l.dir("etc", &d)
         .file(
@@ -117,6 +123,17 @@ pub fn change_layer() -> Vec<u8> {
         .opaque("var/log")
         .file("var/log/new.log", &f, b"fresh log\n")
         .dir("var/log/apt", &d)
+        // As systemd's tmpfiles leave the journal (group systemd-journal, adm may read).
+        .dir("var/log/journal", &journal)
+        .dir("var/log/journal/0123456789abcdef", &journal)
+        .file(
+            "var/log/journal/0123456789abcdef/system.journal",
+            &meta(0o640).owner(0, 101).xattr(
+                "system.posix_acl_access",
+                &acl("u::rw-,g::r-x,g:4:r-x,m::r--,o::---"),
+            ),
+            b"LPKSHHRH",
+        )
         .dir("home", &meta(0o755))
         .dir("home/coder", &meta(0o700).owner(1000, 1000))
         .file(

@@ -7,8 +7,8 @@
 //! `overlay::assemble` mounts at start (or the flattened copy it falls back to for layers an
 //! overlay cannot show faithfully), and `unpack::flatten`'s copy. Each must equal umoci's
 //! tree entry by entry (module `snapshot`: type, mode, owner - 100000, size, content hash,
-//! link target, xattrs but `trusted.overlay.*`, mtime where umoci preserves it, hard links); a
-//! failure lists every difference, path by path. (umoci keeps the mtime of a directory it
+//! link target, xattrs but `trusted.overlay.*` (POSIX ACLs' named ids - 100000), mtime where
+//! umoci preserves it, hard links); a failure lists every difference, path by path. (umoci keeps the mtime of a directory it
 //! writes into, but not of one whose lower children a later whiteout or opaque marker removes:
 //! those carry the time of umoci's run, and are the only mtimes not compared.)
 //!
@@ -242,6 +242,13 @@ fn hard_links_and_symlinks_match_umoci() {
 fn modes_owners_mtimes_and_xattrs_match_umoci() {
     if ready("conformance: metadata") {
         conforms("metadata", corpus::metadata(), Views::Both);
+    }
+}
+
+#[test]
+fn posix_acls_match_umoci() {
+    if ready("conformance: POSIX ACLs") {
+        conforms("acls", corpus::acls(), Views::Both);
     }
 }
 

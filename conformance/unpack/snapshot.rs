@@ -3,8 +3,9 @@
 //! A [`Snapshot`] holds, for every path under a root (the root itself left out): type, mode
 //! with the special bits, owner with a given shift taken off, size and sha256 of regular
 //! files, symlink target, device numbers, xattrs (but `trusted.overlay.*`, which is overlayfs
-//! bookkeeping) and mtime to the nanosecond; plus which paths are one inode (hard links). It
-//! only reads: symlinks are never followed, FIFOs never opened.
+//! bookkeeping; POSIX ACLs with the shift taken off their named ids, like owners) and mtime to
+//! the nanosecond; plus which paths are one inode (hard links). It only reads: symlinks are
+//! never followed, FIFOs never opened.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::CString;
@@ -95,7 +96,7 @@ pub fn snapshot(root: &Path, shift: i64) -> Snapshot {
                 size: None,
                 sha256: None,
                 target: None,
-                xattrs: xattrs(&path),
+                xattrs: xattrs(&path, shift),
                 mtime: (m.mtime(), m.mtime_nsec()),
             };
             let dev = || format!("{}:{}", libc::major(m.rdev()), libc::minor(m.rdev()));
@@ -151,8 +152,9 @@ fn sha256_file(path: &Path) -> String {
         .collect()
 }
 
-/// The xattrs of `path` itself (not what a symlink points to), but `trusted.overlay.*`.
-fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
+/// The xattrs of `path` itself (not what a symlink points to), but `trusted.overlay.*`; the
+/// named ids of POSIX ACLs with `shift` taken off, as owners.
+fn xattrs(path: &Path, shift: i64) -> BTreeMap<String, Vec<u8>> {
     let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in a path");
     let mut names = vec![0u8; 64 << 10];
     // SAFETY: c is NUL-terminated; names is a writable buffer of the given length.
@@ -186,15 +188,83 @@ fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
             io::Error::last_os_error()
         );
         value.truncate(len as usize);
+        if is_acl(&text) {
+            unshift_acl(path, &mut value, shift);
+        }
         out.insert(text, value);
     }
     out
 }
 
+fn is_acl(name: &str) -> bool {
+    name == "system.posix_acl_access" || name == "system.posix_acl_default"
+}
+
+/// ACL entries of a `posix_acl_xattr` value: `(tag, perm, id)`.
+fn acl_entries(value: &[u8]) -> Option<Vec<(u16, u16, u32)>> {
+    let body = value.strip_prefix(&2u32.to_le_bytes())?;
+    if body.len() % 8 != 0 {
+        return None;
+    }
+    let entries = body.chunks_exact(8).map(|e| {
+        (
+            u16::from_le_bytes([e[0], e[1]]),
+            u16::from_le_bytes([e[2], e[3]]),
+            u32::from_le_bytes([e[4], e[5], e[6], e[7]]),
+        )
+    });
+    Some(entries.collect())
+}
+
+/// Takes `shift` off the ids of an ACL's named users (tag 2) and groups (tag 8).
+fn unshift_acl(path: &Path, value: &mut [u8], shift: i64) {
+    let entries = acl_entries(value).unwrap_or_else(|| panic!("{path:?}: malformed ACL"));
+    for (i, (tag, _, id)) in entries.into_iter().enumerate() {
+        if matches!(tag, 0x02 | 0x08) {
+            let id = u32::try_from(i64::from(id) - shift)
+                .unwrap_or_else(|_| panic!("{path:?}: ACL id {id} below the shift {shift}"));
+            value[4 + i * 8 + 4..4 + i * 8 + 8].copy_from_slice(&id.to_le_bytes());
+        }
+    }
+}
+
+/// An ACL as `getfacl` writes it, on one line.
+fn show_acl(value: &[u8]) -> String {
+    let Some(entries) = acl_entries(value) else {
+        return format!("malformed ACL {value:02x?}");
+    };
+    let items: Vec<String> = entries
+        .into_iter()
+        .map(|(tag, perm, id)| {
+            let kind = match tag {
+                0x01 | 0x02 => "user",
+                0x04 | 0x08 => "group",
+                0x10 => "mask",
+                0x20 => "other",
+                _ => "tag?",
+            };
+            let id = if matches!(tag, 0x02 | 0x08) {
+                id.to_string()
+            } else {
+                String::new()
+            };
+            let rwx: String = [(4, 'r'), (2, 'w'), (1, 'x')]
+                .iter()
+                .map(|(bit, c)| if perm & bit != 0 { *c } else { '-' })
+                .collect();
+            format!("{kind}:{id}:{rwx}")
+        })
+        .collect();
+    items.join(",")
+}
+
 fn show_xattrs(xattrs: &BTreeMap<String, Vec<u8>>) -> String {
     let items: Vec<String> = xattrs
         .iter()
-        .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v).escape_debug()))
+        .map(|(k, v)| match is_acl(k) {
+            true => format!("{k}={}", show_acl(v)),
+            false => format!("{k}={}", String::from_utf8_lossy(v).escape_debug()),
+        })
         .collect();
     format!("{{{}}}", items.join(", "))
 }

@@ -115,8 +115,8 @@ fn restore(saved: &Saved) {
 
 /// Whether `open`/`mkdir`/`mknod` asked for `mode` create exactly that mode: no setuid, setgid
 /// or sticky bit (set with `fchmod`, after ownership), and no permission bit the process umask
-/// takes away. Layer directories carry no default ACL (see `tree::create_root`), so the umask
-/// is all that applies. `false` whenever the umask cannot be read.
+/// takes away. Layer directories carry no default ACL while entries are created in them (see
+/// `tree::create_root` and `Tree::set_default_acls`), so the umask is all that applies. `false` whenever the umask cannot be read.
 pub(super) fn exact_at_creation(mode: u32) -> bool {
     mode & 0o7000 == 0 && umask().is_some_and(|umask| mode & umask & 0o777 == 0)
 }

@@ -126,6 +126,7 @@ fn flatten_staged(
                     .map(|w| format!("layer {index}: {w}")),
             );
         }
+        tree.set_default_acls()?;
     }
 
     if durability == Durability::Synced {

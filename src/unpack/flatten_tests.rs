@@ -10,7 +10,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::tests::{gzip, needs_root, xattr, Layer, Meta, M};
+use super::tests::{gzip, named_acl, needs_root, xattr, Layer, Meta, M};
 use super::*;
 use crate::testing::{incompressible, LoopExt4};
 
@@ -363,6 +363,47 @@ fn a_relisted_directory_takes_the_later_entrys_xattrs() {
         (100_005, 100_006, 0o750)
     );
     assert!(d.join("f").exists(), "the directories merged");
+}
+
+/// A default ACL of a lower directory is not inherited by what later layers create in it
+/// (each entry gets the ACLs it lists); its ids are shifted, and a later layer listing the
+/// directory again without ACLs removes them.
+#[test]
+fn posix_acls_are_kept_shifted_and_never_inherited_across_layers() {
+    let access = "SCHILY.xattr.system.posix_acl_access";
+    let default = "SCHILY.xattr.system.posix_acl_default";
+    let mut l1 = Layer::new();
+    l1.pax(&[
+        (access, &named_acl(1000, 4)),
+        (default, &named_acl(1000, 4)),
+    ])
+    .dir("j/", meta(0, 0, 0o775))
+    .pax(&[(default, &named_acl(1, 1))])
+    .dir("gone/", meta(0, 0, 0o755));
+    let mut l2 = Layer::new();
+    l2.file("j/later", meta(0, 0, 0o640), b"l")
+        .dir("j/later-dir/", meta(0, 0, 0o750))
+        .dir("gone/", meta(0, 0, 0o755))
+        .file("gone/x", meta(0, 0, 0o600), b"x");
+    let image = Image::new(vec![l1.finish(), l2.finish()]);
+    let (_, root) = image.flatten();
+    let acl_of = |path: &str, which: &str| xattr(&root.join(path), &format!("system.{which}"));
+    let shifted = named_acl(101_000, 100_004);
+    assert_eq!(acl_of("j", "posix_acl_access"), Some(shifted.clone()));
+    assert_eq!(acl_of("j", "posix_acl_default"), Some(shifted));
+    for path in ["j/later", "j/later-dir", "gone", "gone/x"] {
+        for which in ["posix_acl_access", "posix_acl_default"] {
+            assert_eq!(acl_of(path, which), None, "{which} on {path}");
+        }
+    }
+    for (path, mode) in [
+        ("j/later", 0o640),
+        ("j/later-dir", 0o750),
+        ("gone/x", 0o600),
+    ] {
+        let m = fs::symlink_metadata(root.join(path)).expect("lstat");
+        assert_eq!(m.mode() & 0o7777, mode, "{path}");
+    }
 }
 
 /// A lower directory that a layer writes into, deletes in or makes opaque without listing it

@@ -4,8 +4,8 @@
 //! components under the layer root (absolute names and `..` contained, as containerd does),
 //! its kind (OCI whiteouts recognised by name), ownership (PAX `uid`/`gid` win over the ustar
 //! fields; values at or above [`ID_RANGE`] refused), mode, mtime (PAX fractional `mtime` kept)
-//! and the xattrs that may be set. It never touches the filesystem and never decides how a
-//! kind is written.
+//! and the xattrs that may be set (POSIX ACLs checked and their named ids shifted, see `acl`).
+//! It never touches the filesystem and never decides how a kind is written.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use nix::sys::time::TimeSpec;
 
+use super::acl::{self, AclError};
 use super::archive;
 use super::{UnpackError, ID_RANGE};
 use crate::digest::Digest;
@@ -55,7 +56,7 @@ pub(super) struct Entry {
     /// Permission bits including setuid, setgid and sticky.
     pub mode: u32,
     pub mtime: TimeSpec,
-    /// xattrs to set (`security.capability`, `user.*`).
+    /// xattrs to set (`security.capability`, `user.*`, POSIX ACLs with their ids shifted).
     pub xattrs: Vec<(CString, Vec<u8>)>,
     /// xattr names the layer carried that are not set.
     pub dropped_xattrs: Vec<String>,
@@ -86,6 +87,7 @@ pub(super) fn decode(layer: &Digest, header: archive::Header) -> Result<Entry, U
 
     let mut xattrs = Vec::new();
     let mut dropped_xattrs = Vec::new();
+    let mut text_acls: Vec<Vec<u8>> = Vec::new();
     for (key, value) in header.pax {
         match key.as_slice() {
             b"uid" => uid = parse_decimal(&value).ok_or_else(|| bad("malformed PAX uid"))?,
@@ -94,16 +96,37 @@ pub(super) fn decode(layer: &Digest, header: archive::Header) -> Result<Entry, U
             _ => {
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
                     if keep_xattr(name) {
+                        let mut value = value;
+                        if acl::is_acl(name) {
+                            shift_acl(layer, &path, name, &mut value)?;
+                        }
                         let name = CString::new(name).map_err(|_| bad("NUL in an xattr name"))?;
                         xattrs.push((name, value));
                     } else {
                         dropped_xattrs.push(String::from_utf8_lossy(name).into_owned());
                     }
+                } else if let Some(which) = key.strip_prefix(b"SCHILY.acl.") {
+                    // GNU tar's text form (`--acls`); it writes the xattr form too when asked
+                    // (`--xattrs`), and only that one is read (see `acl`).
+                    text_acls.push(which.to_vec());
                 }
             }
         }
     }
 
+    for which in text_acls {
+        let name = match which.as_slice() {
+            b"access" => acl::ACCESS,
+            b"default" => acl::DEFAULT,
+            _ => b"".as_slice(),
+        };
+        if name.is_empty() || !xattrs.iter().any(|(n, _)| n.to_bytes() == name) {
+            dropped_xattrs.push(format!(
+                "SCHILY.acl.{} (GNU tar's text form of an ACL, which names users: only SCHILY.xattr.system.posix_acl_* is read)",
+                String::from_utf8_lossy(&which)
+            ));
+        }
+    }
     let uid = check_id(layer, &path, "uid", uid)?;
     let gid = check_id(layer, &path, "gid", gid)?;
     let mut parts = normalise(path.as_os_str().as_bytes());
@@ -160,6 +183,11 @@ pub(super) fn decode(layer: &Digest, header: archive::Header) -> Result<Entry, U
     if parts.is_empty() && !matches!(kind, Kind::Dir | Kind::Opaque | Kind::Skip) {
         return Err(bad("names the layer root but is not a directory"));
     }
+    if matches!(kind, Kind::File | Kind::Fifo)
+        && xattrs.iter().any(|(n, _)| n.to_bytes() == acl::DEFAULT)
+    {
+        return Err(bad("a default ACL on something that is not a directory"));
+    }
     Ok(Entry {
         path,
         parts,
@@ -191,11 +219,47 @@ fn check_id(
     }
 }
 
-/// Whether a layer's xattr is set: file capabilities and user xattrs, never `trusted.*` or
-/// anything that overlayfs could read as its own.
+/// Checks and shifts the ACL xattr `name` (see [`acl::shift`]); its named ids at or above
+/// [`ID_RANGE`] are refused as owners' are.
+fn shift_acl(
+    layer: &Digest,
+    path: &std::path::Path,
+    name: &[u8],
+    value: &mut [u8],
+) -> Result<(), UnpackError> {
+    let access = name == acl::ACCESS;
+    let xattr = if access {
+        "system.posix_acl_access"
+    } else {
+        "system.posix_acl_default"
+    };
+    match acl::shift(value) {
+        Ok(()) => Ok(()),
+        Err(AclError::IdOutOfRange { which, id }) => Err(UnpackError::IdOutOfRange {
+            layer: layer.clone(),
+            path: path.to_owned(),
+            which: match (access, which) {
+                (true, "user") => "system.posix_acl_access named user",
+                (true, _) => "system.posix_acl_access named group",
+                (false, "user") => "system.posix_acl_default named user",
+                (false, _) => "system.posix_acl_default named group",
+            },
+            value: u64::from(id),
+        }),
+        Err(e) => Err(UnpackError::BadAcl {
+            layer: layer.clone(),
+            path: path.to_owned(),
+            name: xattr,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Whether a layer's xattr is set: file capabilities, user xattrs and POSIX ACLs (their ids
+/// shifted, see [`acl`]), never `trusted.*` or anything that overlayfs could read as its own.
 pub(super) fn keep_xattr(name: &[u8]) -> bool {
     let overlay = name.windows(b"overlay".len()).any(|w| w == b"overlay");
-    !overlay && (name == b"security.capability" || name.starts_with(b"user."))
+    !overlay && (name == b"security.capability" || name.starts_with(b"user.") || acl::is_acl(name))
 }
 
 /// Lexically normalises a tar name into components under the root: empty and `.` components

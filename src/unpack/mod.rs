@@ -23,6 +23,7 @@
 //! [`flatten()`] applies an image's layers, in order, onto one merged directory with the same
 //! reader and writer (module `flatten`; whiteouts then act on the tree, see `tree::merge`).
 
+mod acl;
 mod archive;
 mod creds;
 mod decode;
@@ -94,6 +95,13 @@ pub enum UnpackError {
         path: PathBuf,
         which: &'static str,
         value: u64,
+    },
+    #[error("layer {layer}: {path:?}: xattr {name}: {reason}")]
+    BadAcl {
+        layer: Digest,
+        path: PathBuf,
+        name: &'static str,
+        reason: String,
     },
     #[error("layer {layer}: {path:?}: unsupported tar entry type {kind:?}")]
     UnsupportedType {

@@ -980,3 +980,164 @@ fn removing_a_layer_removes_its_marker_so_a_restart_has_nothing_to_drop() {
     assert!(!dir.exists());
     assert_eq!(fs::read_dir(&unsynced).expect("list").count(), 0);
 }
+
+/// An ACL xattr value naming user `user` and group `group` (see `acl::named`).
+pub(super) fn named_acl(user: u32, group: u32) -> Vec<u8> {
+    acl::encode(&acl::named(user, group))
+}
+
+/// POSIX ACLs are set with their named ids shifted, a directory's default ACL too; what is
+/// created in that directory gets only the ACLs and the mode its own entry lists (no
+/// inherited ACL), and a directory listed again without ACLs loses them.
+#[test]
+fn posix_acls_are_set_with_named_ids_shifted() {
+    let w = Work::new();
+    let access = "SCHILY.xattr.system.posix_acl_access";
+    let default = "SCHILY.xattr.system.posix_acl_default";
+    let mut l = Layer::new();
+    l.pax(&[
+        (access, &named_acl(1000, 4)),
+        (default, &named_acl(0, 65535)),
+    ])
+    .dir("j/", Meta { mode: 0o2775, ..M })
+    .pax(&[(access, &named_acl(1000, 4))])
+    .file("j/f", Meta { mode: 0o664, ..M }, b"f")
+    .file("j/plain", Meta { mode: 0o640, ..M }, b"p")
+    .dir("j/sub/", Meta { mode: 0o750, ..M })
+    .file("j/sub/deeper", Meta { mode: 0o600, ..M }, b"d")
+    .pax(&[(access, &named_acl(7, 7)), (default, &named_acl(7, 7))])
+    .dir("again/", M)
+    .dir("again/", Meta { mode: 0o700, ..M })
+    // GNU tar's text form beside the xattr form: the xattr is read, nothing is said.
+    .pax(&[
+        ("SCHILY.acl.access", b"user::rw-\nuser:coder:r-x\n"),
+        (access, &named_acl(1, 2)),
+    ])
+    .file("both", M, b"b")
+    // The text form alone is not read: a warning says so.
+    .pax(&[("SCHILY.acl.default", b"user::rwx\n")])
+    .dir("text/", M);
+    let (report, root) = w.unpack_ok(&l.finish());
+    let acl_of = |path: &str, which: &str| xattr(&root.join(path), &format!("system.{which}"));
+    assert_eq!(
+        acl_of("j", "posix_acl_access"),
+        Some(named_acl(101_000, 100_004))
+    );
+    assert_eq!(
+        acl_of("j", "posix_acl_default"),
+        Some(named_acl(100_000, 165_535))
+    );
+    assert_eq!(
+        acl_of("j/f", "posix_acl_access"),
+        Some(named_acl(101_000, 100_004))
+    );
+    assert_eq!(
+        acl_of("both", "posix_acl_access"),
+        Some(named_acl(100_001, 100_002))
+    );
+    for path in ["j/plain", "j/sub", "j/sub/deeper", "again", "text"] {
+        for which in ["posix_acl_access", "posix_acl_default"] {
+            assert_eq!(acl_of(path, which), None, "{which} on {path}");
+        }
+    }
+    for (path, mode) in [
+        ("j", 0o2775),
+        // The access ACL's owner, mask and other entries are the mode's permission bits (the
+        // kernel keeps them one): set after the mode, the ACL wins, as in umoci's tree.
+        ("j/f", 0o775),
+        ("j/plain", 0o640),
+        ("j/sub", 0o750),
+        ("j/sub/deeper", 0o600),
+        ("again", 0o700),
+    ] {
+        assert_eq!(lstat(&root.join(path)).mode() & 0o7777, mode, "{path}");
+    }
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    assert!(
+        report.warnings[0].contains("\"text/\": xattr SCHILY.acl.default"),
+        "{:?}",
+        report.warnings
+    );
+
+    // getfacl, where installed, shows the shifted entries.
+    if let Ok(out) = std::process::Command::new("getfacl")
+        .args(["--numeric", "--omit-header", "--absolute-names"])
+        .arg(root.join("j"))
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in [
+            "user:101000:r-x",
+            "group:100004:r-x",
+            "default:group:165535:r-x",
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(line)),
+                "{line} in {text}"
+            );
+        }
+    }
+    w.check_contained();
+}
+
+/// A malformed ACL is refused naming the entry and the xattr; a named id outside the mapping
+/// is refused as an owner's is; a default ACL on a file is refused.
+#[test]
+fn bad_posix_acls_are_refused() {
+    let w = Work::new();
+    let access = "SCHILY.xattr.system.posix_acl_access";
+    let default = "SCHILY.xattr.system.posix_acl_default";
+    let unpack = |key: &str, value: &[u8], dir: bool| {
+        let mut l = Layer::new();
+        l.file("ok", M, b"").pax(&[(key, value)]);
+        match dir {
+            true => l.dir("bad/", M),
+            false => l.file("bad", M, b""),
+        };
+        w.unpack_tar(&l.finish()).0.expect_err("refused")
+    };
+
+    match unpack(access, &named_acl(65_536, 1), false) {
+        UnpackError::IdOutOfRange {
+            path, which, value, ..
+        } => assert_eq!(
+            (path, which, value),
+            (
+                PathBuf::from("bad"),
+                "system.posix_acl_access named user",
+                65_536
+            )
+        ),
+        other => panic!("expected IdOutOfRange, got {other:?}"),
+    }
+    let err = unpack(default, &named_acl(1, 100_000), true);
+    assert!(
+        matches!(
+            err,
+            UnpackError::IdOutOfRange {
+                which: "system.posix_acl_default named group",
+                value: 100_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let mut truncated = named_acl(1, 2);
+    truncated.pop();
+    let err = unpack(access, &truncated, false);
+    assert!(matches!(err, UnpackError::BadAcl { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("\"bad\": xattr system.posix_acl_access: not a version 2 ACL"),
+        "{text}"
+    );
+
+    let err = unpack(default, &named_acl(1, 2), false);
+    assert!(
+        err.to_string()
+            .contains("a default ACL on something that is not a directory"),
+        "{err}"
+    );
+    w.check_contained();
+}

@@ -7,17 +7,21 @@
 //! `*at` calls relative to the parent's descriptor that never follow it (`O_NOFOLLOW`,
 //! `AT_SYMLINK_NOFOLLOW`, `O_EXCL`, `linkat` without `AT_SYMLINK_FOLLOW`). It must never use a
 //! plain path outside the staging directory, never follow a symlink planted by the layer out of
-//! it, and never set an xattr the layer chose outside `security.capability` and `user.*`.
+//! it, and never set an xattr the layer chose outside `security.capability`, `user.*` and the
+//! POSIX ACLs (`system.posix_acl_*`, ids shifted in `header`).
 //!
 //! Rules: ownership is the header's + [`ID_SHIFT`]; the mode (setuid/setgid/sticky included) is
 //! applied after `fchown` (which clears them), file capabilities after both; mtimes last, and
 //! directories' mtimes only in [`Tree::finish`], after all their contents. The writing thread
 //! creates as the shifted root ([`AsShiftedRoot`]), so an inode of `0:0` (most of them) is
 //! born with its owner and needs no `fchown` unless its directory is setgid; a file whose mode
-//! survives creation ([`exact_at_creation`]) is created with it and needs no `fchmod`.
+//! survives creation ([`exact_at_creation`]) is created with it and needs no `fchmod`. An access
+//! ACL is set after the mode (whose permission bits it then decides, as the kernel keeps them
+//! one); a directory's default ACL only once nothing more is created in the tree
+//! ([`Tree::set_default_acls`]), so that no entry inherits an ACL its own entry does not list.
 //!
 //! A duplicate path replaces a non-directory; a directory over a directory merges (the later
-//! metadata wins, its `user.*` and capability xattrs replacing the earlier ones); a
+//! metadata wins, its `user.*`, capability and ACL xattrs replacing the earlier ones); a
 //! non-directory over a directory removes that tree. Whiteouts follow the OCI rule that a
 //! whiteout only hides lower layers: `.wh.<name>` becomes a 0:0 character device owned by
 //! 100000:100000 when `<name>` does not exist in this layer; when it does, the entry stays
@@ -48,6 +52,7 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
+use super::acl;
 use super::creds::{exact_at_creation, AsShiftedRoot};
 use super::header::{join, Entry, Kind};
 use super::{UnpackError, ID_SHIFT};
@@ -61,6 +66,7 @@ pub(super) use xattrs::set_xattr;
 use xattrs::{drop_acls, drop_layer_xattrs};
 
 const OPAQUE_XATTR: &CStr = c"trusted.overlay.opaque";
+const DEFAULT_ACL_XATTR: &CStr = c"system.posix_acl_default";
 
 /// Why applying an entry failed: reading the layer stream, or anything else.
 pub(super) enum Failure {
@@ -136,6 +142,9 @@ pub(super) struct Tree<'a> {
     /// Overlay mode: directories created because an entry needed them, that the layer has
     /// not listed (yet); see [`Tree::implicit_dirs`].
     implicit: RefCell<BTreeSet<PathBuf>>,
+    /// Default ACLs of listed directories, by inode, with the path the layer listed them at:
+    /// set only once nothing more is created in the tree (see [`Tree::set_default_acls`]).
+    default_acls: RefCell<HashMap<u64, (PathBuf, Vec<u8>)>>,
 }
 
 /// A directory entries are written in.
@@ -252,6 +261,7 @@ impl<'a> Tree<'a> {
             parent: None,
             removed: Cell::new(false),
             implicit: RefCell::new(BTreeSet::new()),
+            default_acls: RefCell::new(HashMap::new()),
         })
     }
 
@@ -394,10 +404,14 @@ impl<'a> Tree<'a> {
     }
 
     /// Sets the directories' mtimes, after all their contents were written (in flatten mode,
-    /// first giving back their mtime to the lower directories the layer changed).
+    /// first giving back their mtime to the lower directories the layer changed), and in
+    /// overlay mode their default ACLs (flatten mode: [`Tree::set_default_acls`] once all
+    /// layers are written).
     pub(super) fn finish(&mut self) -> Result<(), UnpackError> {
         if self.flatten() {
             self.restore_touched_dirs()?;
+        } else {
+            self.set_default_acls()?;
         }
         for (path, mtime) in std::mem::take(&mut self.dir_times) {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
@@ -414,6 +428,75 @@ impl<'a> Tree<'a> {
                 Err(e) => return Err(self.err("opening", &path)(e)),
             }
         }
+        Ok(())
+    }
+
+    /// Sets the default ACLs of the directories listed with one, once no more inodes are
+    /// created in the tree: an inode created in a directory with a default ACL would inherit it
+    /// (and get its mode masked by it instead of the umask), where it must get exactly the ACLs
+    /// and mode its own entry lists. A directory is found again by the path it was listed at
+    /// and must still be the inode listed there (one removed since, or replaced, is skipped).
+    pub(super) fn set_default_acls(&mut self) -> Result<(), UnpackError> {
+        for (ino, (path, value)) in std::mem::take(self.default_acls.get_mut()) {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
+            let fd = match self.root.open_at(&path, flags) {
+                Ok(fd) => fd,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(self.err("opening", &path)(e)),
+            };
+            let st = fstat(fd.as_fd())
+                .map_err(io::Error::from)
+                .map_err(self.err("inspecting", &path))?;
+            if st.st_ino != ino {
+                continue;
+            }
+            set_xattr(fd.as_fd(), DEFAULT_ACL_XATTR, &value)
+                .map_err(self.err("setting the default ACL of", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Notes the default ACL of the directory `fd` listed by `entry` at `path`, or forgets the
+    /// one noted for its inode number (a directory listed again without one, or a record of an
+    /// earlier inode of that number, gone).
+    fn note_default_acl(
+        &self,
+        fd: BorrowedFd<'_>,
+        entry: &Entry,
+        path: &Path,
+    ) -> Result<(), UnpackError> {
+        let value = entry
+            .xattrs
+            .iter()
+            .find(|(name, _)| name.as_bytes() == acl::DEFAULT)
+            .map(|(_, value)| value);
+        if value.is_none() && self.default_acls.borrow().is_empty() {
+            return Ok(());
+        }
+        let ino = self.stat_dir(fd, &entry.path)?.st_ino;
+        let mut acls = self.default_acls.borrow_mut();
+        match value {
+            Some(value) => acls.insert(ino, (path.to_owned(), value.clone())),
+            None => acls.remove(&ino),
+        };
+        Ok(())
+    }
+
+    /// Forgets a default ACL noted for an inode of the number of `fd`, a directory just
+    /// created implicitly (the inode noted is gone).
+    fn forget_default_acl(&self, fd: BorrowedFd<'_>, path: &Path) -> Result<(), UnpackError> {
+        if self.default_acls.borrow().is_empty() {
+            return Ok(());
+        }
+        let ino = self.stat_dir(fd, path)?.st_ino;
+        self.default_acls.borrow_mut().remove(&ino);
         Ok(())
     }
 
@@ -495,6 +578,7 @@ impl<'a> Tree<'a> {
                 self.implicit.borrow_mut().insert(prefix.clone());
             }
             let fd = self.open_child_dir(dir.as_fd(), part, path)?;
+            self.forget_default_acl(fd.as_fd(), path)?;
             let (uid, gid) = shifted(0, 0);
             fchown(&fd, uid, gid)
                 .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(0o755)))
@@ -584,6 +668,10 @@ impl<'a> Tree<'a> {
                 .map_err(self.err("changing mode of", &entry.path))?;
         }
         for (name, value) in &entry.xattrs {
+            // A directory's default ACL waits for [`Tree::set_default_acls`].
+            if name.as_bytes() == acl::DEFAULT {
+                continue;
+            }
             set_xattr(fd, name, value).map_err(self.err("setting an xattr of", &entry.path))?;
         }
         if times {
@@ -672,6 +760,8 @@ impl<'a> Tree<'a> {
                 .map_err(self.err("marking opaque", &entry.path))?;
         }
         let path = join(&entry.parts);
+        // Also forgets a record of an earlier inode of the same number, if the directory is new.
+        self.note_default_acl(fd.as_fd(), entry, &path)?;
         self.implicit.get_mut().remove(&path);
         self.dir_times.push((path, entry.mtime));
         Ok(())

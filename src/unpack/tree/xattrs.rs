@@ -3,8 +3,8 @@
 //! Owns: the `fsetxattr` that every xattr envbox writes goes through (a layer's own, filtered
 //! by `header::keep_xattr`, and overlayfs' opaque marker), and dropping, when a directory is
 //! listed again, the layer xattrs its new entry does not carry, and the POSIX ACLs a new layer
-//! root inherits from the cache directory. It never touches an xattr outside `user.*` and
-//! `security.capability` except the ones the caller names.
+//! root inherits from the cache directory. It never touches an xattr outside `user.*`,
+//! `security.capability` and the POSIX ACLs except the ones the caller names.
 
 use std::ffi::CStr;
 use std::io;
