@@ -25,6 +25,8 @@ pub struct HostFacts {
     /// This process's hard `RLIMIT_NOFILE`: inside its user namespace the container can lower
     /// limits but never raise them above what the outer container has.
     pub nofile_hard: u64,
+    /// The workspace's `oom_score_adj` ([`crate::oom::workspace`]).
+    pub oom_score_adj: i32,
     /// Present when GPUs are asked for.
     pub gpu: Option<GpuInventory>,
 }
@@ -38,6 +40,7 @@ impl std::fmt::Debug for HostFacts {
             .field("resolv_conf", &self.resolv_conf)
             .field("arch", &self.arch)
             .field("nofile_hard", &self.nofile_hard)
+            .field("oom_score_adj", &self.oom_score_adj)
             .field("gpu", &self.gpu)
             .finish()
     }
@@ -81,6 +84,7 @@ pub fn gather(settings: &Settings) -> Result<HostFacts, HostError> {
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").ok(),
         arch: std::env::consts::ARCH.to_owned(),
         nofile_hard: nofile_hard(),
+        oom_score_adj: crate::oom::workspace(),
         environ,
         gpu,
     })

@@ -30,6 +30,7 @@ pub mod logging;
 pub mod memory;
 pub mod mountinfo;
 pub mod network;
+pub mod oom;
 pub mod overlay;
 pub mod pipeline;
 pub mod prepare;

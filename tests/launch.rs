@@ -36,15 +36,27 @@ struct Envbox {
 
 impl Envbox {
     fn start(envs: &[(String, String)]) -> Envbox {
-        let mut child = Command::new(ENVBOX)
+        Envbox::start_with_score(envs, None)
+    }
+
+    /// Started with `oom_score_adj` set as the kubelet sets a pod's, when given.
+    fn start_with_score(envs: &[(String, String)], oom_score: Option<i32>) -> Envbox {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(ENVBOX);
+        command
             .arg("docker")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start envbox docker");
+            .stderr(Stdio::piped());
+        if let Some(score) = oom_score {
+            // SAFETY: only a write(2) to procfs between fork and exec.
+            unsafe {
+                command.pre_exec(move || fs::write("/proc/self/oom_score_adj", score.to_string()));
+            }
+        }
+        let mut child = command.spawn().expect("start envbox docker");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&lines);
@@ -225,14 +237,22 @@ fn assert_no_process_left(run: &Path) {
 
 /// Command lines of every process mentioning `needle`.
 fn processes_mentioning(needle: &str) -> Vec<String> {
+    processes_with_pids(needle)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
+/// (pid, command line) of every process whose command line mentions `needle`.
+fn processes_with_pids(needle: &str) -> Vec<(u32, String)> {
     fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| {
             let e = e.ok()?;
-            e.file_name().to_str()?.parse::<u32>().ok()?;
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
             let cmdline = fs::read(e.path().join("cmdline")).ok()?;
             let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            text.contains(needle).then_some(text)
+            text.contains(needle).then_some((pid, text))
         })
         .collect()
 }
@@ -794,4 +814,78 @@ fn the_agent_token_never_rests_on_the_volume_and_is_private_under_the_run_dir() 
         !envbox.log().contains(canary),
         "the token in the progress log"
     );
+}
+
+/// Whether this process has CAP_SYS_RESOURCE (a privileged pod does; some sandboxes not).
+fn has_cap_sys_resource() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|hex| u64::from_str_radix(hex.trim(), 16).unwrap())
+        .unwrap();
+    eff & (1 << caps::Capability::CAP_SYS_RESOURCE.index()) != 0
+}
+
+/// The OOM killer takes the workspace before its supervisors. With CAP_SYS_RESOURCE envbox,
+/// containerd and the shim go down to -999 (-998) and the workspace's init and agent keep the
+/// pod's score (here 300); without it the supervisors keep the pod's score and the workspace
+/// gets 1000. Either way nothing in the workspace can lower its score.
+#[test]
+fn the_oom_killer_takes_the_workspace_before_its_supervisors() {
+    if !launch_requirements_met("envbox docker OOM score test") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (registry, image) = registry_with_busybox();
+    let dirs = Dirs::new("oom");
+    let script = "echo \"agent score $(cat /proc/self/oom_score_adj)\"; \
+                  echo \"init score $(cat /proc/1/oom_score_adj)\"; \
+                  echo -500 > /proc/self/oom_score_adj 2>/dev/null || echo lowering-refused; \
+                  echo agent-up; exec sleep 600";
+    let mut env = dirs.base_env(&image, &registry, script);
+    let home = dirs.path("home-coder");
+    env.push((
+        "CODER_MOUNTS".to_owned(),
+        format!("{}:/home/coder", home.display()),
+    ));
+    // The pod's score, as the kubelet would have set it: envbox runs under it.
+    let mut envbox = Envbox::start_with_score(&env, Some(300));
+    envbox.wait_for("agent-up", Duration::from_secs(120));
+    let log = envbox.log();
+    let (supervisor, workspace) = if has_cap_sys_resource() {
+        (-999, 300)
+    } else {
+        assert!(log.contains("keep the pod's OOM score"), "{log}");
+        (300, 1000)
+    };
+    assert!(log.contains(&format!("agent score {workspace}")), "{log}");
+    assert!(log.contains(&format!("init score {workspace}")), "{log}");
+    assert!(
+        log.contains("lowering-refused"),
+        "the agent lowered its score:\n{log}"
+    );
+    let score = |pid: u32| -> i32 {
+        fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(score(envbox.child.id()), supervisor, "envbox itself");
+    let daemons = processes_with_pids(&dirs.root.join("run").display().to_string());
+    assert!(
+        daemons.iter().any(|(_, c)| c.starts_with("containerd "))
+            && daemons.iter().any(|(_, c)| c.contains("containerd-shim")),
+        "containerd and its shim not found: {daemons:?}"
+    );
+    for (pid, command) in daemons {
+        assert!(
+            score(pid) < workspace && score(pid) <= supervisor + 1,
+            "{command} ({pid}) at {}",
+            score(pid)
+        );
+    }
+    envbox.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(envbox.wait_exit(Duration::from_secs(60)).success());
 }

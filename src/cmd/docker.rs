@@ -20,6 +20,16 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
         outer_subsystem().as_deref(),
         Purpose::Docker,
     )?;
+    // Before any daemon starts: they inherit the supervisors' score.
+    if let Err(e) = crate::oom::protect_supervisors() {
+        progress::emit(
+            Kind::Info,
+            &format!(
+                "warning: envbox and its daemons keep the pod's OOM score: {e}; the workspace \
+                 is made the OOM killer's first choice instead"
+            ),
+        );
+    }
     let image = settings.image.clone().unwrap_or_default();
     let source = ImageSource::parse(&image)?;
     let cache = ImageCache::open(&settings)?;

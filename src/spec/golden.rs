@@ -100,6 +100,8 @@ fn base_host() -> HostFacts {
         ),
         arch: "x86_64".into(),
         nofile_hard: 1_048_576,
+        // A Burstable pod's score, as the kubelet sets it.
+        oom_score_adj: 968,
         gpu: None,
     }
 }

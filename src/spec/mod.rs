@@ -171,7 +171,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<ContainerPlan, SpecError> {
         gpu.as_ref().map(|g| &g.env[..]),
     );
     warnings.extend(env.warnings);
-    let process = process::build(settings, rootfs, image, env.vars, host.nofile_hard)?;
+    let process = process::build(settings, rootfs, image, env.vars, host)?;
     let seccomp = seccomp::profile(
         &host.arch,
         process::bounding_names(&process).iter().map(String::as_str),

@@ -18,6 +18,7 @@ use oci_spec::runtime::{
 
 use super::SpecError;
 use crate::config::Settings;
+use crate::host::HostFacts;
 use crate::image::ImageConfig;
 use crate::rootfs::RootfsFacts;
 
@@ -100,15 +101,17 @@ pub fn init_args(rootfs: &RootfsFacts) -> Vec<String> {
     }
 }
 
-/// `nofile` is the outer hard `RLIMIT_NOFILE`: the workspace gets all of it, soft and hard
-/// (IDEs and file watchers want many), since a user namespace can never raise it further.
+/// The workspace gets all of the outer hard `RLIMIT_NOFILE`, soft and hard (IDEs and file
+/// watchers want many), since a user namespace can never raise it further; and its OOM score
+/// ([`crate::oom`]).
 pub fn build(
     settings: &Settings,
     rootfs: &RootfsFacts,
     image: &ImageConfig,
     env: Vec<String>,
-    nofile: u64,
+    host: &HostFacts,
 ) -> Result<Process, SpecError> {
+    let nofile = host.nofile_hard;
     let cwd = settings
         .work_dir
         .clone()
@@ -142,6 +145,7 @@ pub fn build(
         .capabilities(capabilities)
         .rlimits(vec![nofile])
         .no_new_privileges(false)
+        .oom_score_adj(host.oom_score_adj)
         .build()?)
 }
 

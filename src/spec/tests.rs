@@ -43,6 +43,7 @@ fn host() -> HostFacts {
         resolv_conf: Some("nameserver 10.96.0.10\n".into()),
         arch: "x86_64".into(),
         nofile_hard: 1_048_576,
+        oom_score_adj: 968,
         gpu: None,
     }
 }
