@@ -1,8 +1,10 @@
 //! The bootstrap script's process: what runs the Coder agent inside the workspace.
 //!
 //! Owns: turning the container's init process, the inner user and the script into the exec'd
-//! process (`/bin/sh -s` as the user's uid/gid, in their home, `BINARY_DIR=<home>/.coder`, the
-//! init's environment, no capabilities unless the user is root), and parsing stop signals.
+//! process (`/bin/sh -s` as the user's uid/gid with their supplementary groups, in their home,
+//! the init's environment with the user's login variables (`HOME`, `USER`, `LOGNAME`, `SHELL`)
+//! and `BINARY_DIR=<home>/.coder`, no raised capabilities unless the user is root, no
+//! `noNewPrivileges` so setuid programs such as `sudo` work), and parsing stop signals.
 //! Pure: it never execs anything (that is `runtime`) and never logs the script (it may carry
 //! secrets).
 
@@ -32,26 +34,42 @@ pub fn binary_dir(user: &PasswdEntry) -> String {
     Path::new(&user.home).join(".coder").display().to_string()
 }
 
-/// The bootstrap process: `/bin/sh -s` reading the script on stdin, as `user`, in their home.
+/// The bootstrap process: `/bin/sh -s` reading the script on stdin, as `user` with the
+/// supplementary groups `gids` (see [`crate::spec::user_gids`]), in their home.
+///
+/// The environment is the init's with the user's login variables, as `su -` sets them:
+/// `HOME`, `USER` and `LOGNAME` from the passwd entry, `SHELL` its shell (`/bin/sh` when
+/// empty), and `BINARY_DIR`.
 ///
 /// `<home>/.coder` is created first, as the user, by the same exec (`mkdir -p` then `exec
 /// /bin/sh -s`): one process start instead of two, and the shell then reads the script exactly
 /// as `/bin/sh -s` does. When the directory is there already (every start after the first on
 /// a persistent home), `mkdir` is not run at all.
-pub fn process(init: &Process, user: &PasswdEntry) -> Result<Process, BootstrapError> {
+pub fn process(
+    init: &Process,
+    user: &PasswdEntry,
+    gids: &[u32],
+) -> Result<Process, BootstrapError> {
     let home = user.home.display().to_string();
+    let shell = if user.shell.is_empty() {
+        "/bin/sh"
+    } else {
+        &user.shell
+    };
     let mut env: Vec<String> = init
         .env()
         .iter()
         .flatten()
         .filter(|var| {
             let name = var.split('=').next().unwrap_or_default();
-            !matches!(name, "HOME" | "USER" | "BINARY_DIR")
+            !matches!(name, "HOME" | "USER" | "LOGNAME" | "SHELL" | "BINARY_DIR")
         })
         .cloned()
         .collect();
     env.push(format!("HOME={home}"));
     env.push(format!("USER={}", user.name));
+    env.push(format!("LOGNAME={}", user.name));
+    env.push(format!("SHELL={shell}"));
     env.push(format!("BINARY_DIR={}", binary_dir(user)));
 
     let bounding = init
@@ -63,7 +81,8 @@ pub fn process(init: &Process, user: &PasswdEntry) -> Result<Process, BootstrapE
         init.capabilities().clone()
     } else {
         // A non-root user gets what `docker exec -u` gives: nothing raised, the bounding set
-        // kept so setuid programs (sudo) still work.
+        // kept so setuid programs (sudo) still work: exec'ing a setuid-root file in the user
+        // namespace gives its root the bounding set as permitted and effective.
         Some(
             LinuxCapabilitiesBuilder::default()
                 .bounding(bounding)
@@ -76,7 +95,13 @@ pub fn process(init: &Process, user: &PasswdEntry) -> Result<Process, BootstrapE
     };
     let mut builder = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(user.uid).gid(user.gid).build()?)
+        .user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(gids.to_vec())
+                .build()?,
+        )
         .args(vec![
             "/bin/sh".to_owned(),
             "-c".to_owned(),
@@ -161,7 +186,7 @@ mod tests {
 
     #[test]
     fn runs_sh_reading_stdin_as_the_user_with_the_init_env_and_binary_dir() {
-        let p = process(&init(), &user(1000)).unwrap();
+        let p = process(&init(), &user(1000), &[1000]).unwrap();
         assert_eq!(p.user().uid(), 1000);
         assert_eq!(p.user().gid(), 1000);
         let args = p.args().clone().unwrap();
@@ -179,13 +204,54 @@ mod tests {
     }
 
     #[test]
+    fn the_user_gets_their_groups_and_login_variables_replacing_the_inits() {
+        let mut init = init();
+        let mut env = init.env().clone().unwrap();
+        env.extend(["USER=root", "LOGNAME=root", "SHELL=/bin/false"].map(String::from));
+        init.set_env(Some(env));
+        let p = process(&init, &user(1000), &[1000, 27, 102]).unwrap();
+        assert_eq!(p.user().additional_gids().clone().unwrap(), [1000, 27, 102]);
+        let env = p.env().clone().unwrap();
+        for var in [
+            "HOME=/home/coder",
+            "USER=coder",
+            "LOGNAME=coder",
+            "SHELL=/bin/bash",
+            "CODER_AGENT_TOKEN=secret",
+        ] {
+            assert_eq!(
+                env.iter().filter(|v| *v == var).count(),
+                1,
+                "{var} once in {env:?}"
+            );
+        }
+        for name in ["HOME=", "USER=", "LOGNAME=", "SHELL="] {
+            assert_eq!(
+                env.iter().filter(|v| v.starts_with(name)).count(),
+                1,
+                "{name} in {env:?}"
+            );
+        }
+        assert_eq!(p.no_new_privileges(), Some(false), "sudo is setuid");
+
+        let mut no_shell = user(1000);
+        no_shell.shell = String::new();
+        let p = process(&init, &no_shell, &[1000]).unwrap();
+        assert!(p
+            .env()
+            .clone()
+            .unwrap()
+            .contains(&"SHELL=/bin/sh".to_owned()));
+    }
+
+    #[test]
     fn a_non_root_user_gets_no_raised_capabilities_but_keeps_the_bounding_set() {
-        let p = process(&init(), &user(1000)).unwrap();
+        let p = process(&init(), &user(1000), &[1000]).unwrap();
         let caps = p.capabilities().clone().unwrap();
         assert!(caps.effective().clone().unwrap().is_empty());
         assert!(caps.permitted().clone().unwrap().is_empty());
         assert_eq!(caps.bounding().clone().unwrap().len(), 2);
-        let root = process(&init(), &user(0)).unwrap();
+        let root = process(&init(), &user(0), &[0]).unwrap();
         assert_eq!(
             root.capabilities()
                 .clone()

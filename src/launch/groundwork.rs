@@ -38,6 +38,8 @@ pub(super) struct WorkspacePlan {
     pub spec: Spec,
     /// The workspace user, from the image's passwd.
     pub user: PasswdEntry,
+    /// The user's groups for the processes run as them ([`crate::spec::user_gids`]).
+    pub user_gids: Vec<u32>,
     /// The inner init is the image's `/sbin/init` (the stop waits for it), not `sleep infinity`.
     pub image_init: bool,
     /// The signal that asks the init to stop.
@@ -118,8 +120,10 @@ fn plan_on(
     // subnet) is removed, and the bridge plugin makes it afresh.
     network.remove_bridge()?;
     stage(begun, "previous network state released");
+    let (user_gids, _) = crate::spec::user_gids(&planned.facts);
     Ok(WorkspacePlan {
         spec,
+        user_gids,
         user: planned.facts.user,
         image_init: planned.facts.has_init,
         init_signal,

@@ -301,7 +301,7 @@ impl Workspace {
         let register = async {
             match &settings.bootstrap_script {
                 Some(script) => {
-                    let process = bootstrap_process(&spec, &plan.user)?;
+                    let process = bootstrap_process(&spec, &plan.user, &plan.user_gids)?;
                     let def = ExecDef {
                         exec_id: bootstrap::EXEC_ID,
                         process: &process,
@@ -364,8 +364,14 @@ impl Workspace {
             progress::emit(
                 Kind::Info,
                 &format!(
-                    "Bootstrap script running as {} (uid {})",
-                    plan.user.name, plan.user.uid
+                    "Bootstrap script running as {} (uid {}, groups {})",
+                    plan.user.name,
+                    plan.user.uid,
+                    plan.user_gids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
             );
             self.bootstrap = Some(RunningBootstrap {
@@ -462,12 +468,13 @@ impl Workspace {
 fn bootstrap_process(
     spec: &oci_spec::runtime::Spec,
     user: &PasswdEntry,
+    gids: &[u32],
 ) -> Result<oci_spec::runtime::Process, LaunchError> {
     let init = spec
         .process()
         .as_ref()
         .ok_or(bootstrap::BootstrapError::NoInitProcess)?;
-    Ok(bootstrap::process(init, user)?)
+    Ok(bootstrap::process(init, user, gids)?)
 }
 
 /// Every line the bootstrap script writes goes to the progress log.

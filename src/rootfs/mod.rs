@@ -1,11 +1,12 @@
-//! Facts read from an unpacked image root filesystem: the workspace user's passwd entry,
-//! whether the image boots with `/sbin/init` (and whether that is systemd), and its os-release.
+//! Facts read from an unpacked image root filesystem: the workspace user's passwd entry and the
+//! groups `/etc/group` lists them in, whether the image boots with `/sbin/init` (and whether that is systemd), and its os-release.
 //!
 //! Owns: reading files *inside* a rootfs safely. Every path is resolved within the rootfs
 //! (`openat2` with `RESOLVE_IN_ROOT`), so an absolute symlink such as `/etc/passwd ->
 //! /host/etc/passwd` planted by an image can never make envbox read a file of the outer
 //! container. It never writes.
 
+mod group;
 pub(crate) mod inroot;
 mod os_release;
 mod passwd;
@@ -25,6 +26,13 @@ pub struct PasswdEntry {
     pub shell: String,
 }
 
+/// A group of `/etc/group` that lists the user as a member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub name: String,
+    pub gid: u32,
+}
+
 /// The parts of `/etc/os-release` (or `/usr/lib/os-release`) that matter to us.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OsRelease {
@@ -38,9 +46,14 @@ pub struct OsRelease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootfsFacts {
     pub user: PasswdEntry,
+    /// The user's supplementary groups: those `/etc/group` lists them in, in file order, each gid
+    /// once (the primary group only when listed). Empty when the image has no `/etc/group`.
+    pub groups: Vec<GroupEntry>,
     /// `/sbin/init` exists (after in-root symlink resolution) and is an executable regular file.
     pub has_init: bool,
     pub os_release: Option<OsRelease>,
+    /// What was skipped while reading (a malformed `/etc/group` line listing the user).
+    pub warnings: Vec<String>,
 }
 
 /// Errors of this module.
@@ -70,10 +83,14 @@ pub enum RootfsError {
 /// Reads the facts for `username` from the rootfs at `rootfs`.
 pub fn read_facts(rootfs: &Path, username: &str) -> Result<RootfsFacts, RootfsError> {
     let root = InRoot::open(rootfs).map_err(|source| read_error(rootfs, "/", source))?;
+    let user = read_user(&root, rootfs, username)?;
+    let (groups, warnings) = read_groups(&root, rootfs, username);
     Ok(RootfsFacts {
-        user: read_user(&root, rootfs, username)?,
+        user,
+        groups,
         has_init: has_init(&root, rootfs)?,
         os_release: read_os_release(&root, rootfs)?,
+        warnings,
     })
 }
 
@@ -89,6 +106,7 @@ pub fn init_is_systemd(rootfs: &Path, init: &str) -> bool {
 }
 
 const PASSWD: &str = "/etc/passwd";
+const GROUP: &str = "/etc/group";
 const INIT: &str = "/sbin/init";
 const OS_RELEASE_PATHS: [&str; 2] = ["/etc/os-release", "/usr/lib/os-release"];
 
@@ -115,6 +133,23 @@ fn read_user(root: &InRoot, rootfs: &Path, username: &str) -> Result<PasswdEntry
             line: e.line,
             reason: e.reason,
         }),
+    }
+}
+
+/// The groups `/etc/group` lists `username` in, with notes on what was skipped. No `/etc/group`
+/// means no supplementary groups; one that cannot be read (a FIFO, a directory) too, with a
+/// note: the groups are what `su` would give, never a reason to refuse the workspace.
+fn read_groups(root: &InRoot, rootfs: &Path, username: &str) -> (Vec<GroupEntry>, Vec<String>) {
+    match root.read_to_string(Path::new(GROUP)) {
+        Ok(text) => group::member_of(&text, username),
+        Err(e) if is_absent(&e) => (Vec::new(), Vec::new()),
+        Err(e) => (
+            Vec::new(),
+            vec![format!(
+                "reading {GROUP} in rootfs {}: {e}; user {username:?} gets no supplementary groups",
+                rootfs.display()
+            )],
+        ),
     }
 }
 

@@ -246,3 +246,74 @@ fn a_systemd_link_out_of_the_root_is_resolved_inside_it() {
     assert!(init_is_systemd(dir.path(), "/sbin/init"));
     assert!(init_is_systemd(dir.path(), "/lib/systemd/systemd"));
 }
+
+#[test]
+fn groups_listing_the_user_are_read_and_none_without_etc_group() {
+    let dir = debian_like();
+    let root = dir.path();
+    assert_eq!(read_facts(root, "coder").unwrap().groups, []);
+    write(
+        root,
+        "etc/group",
+        "root:x:0:\nsudo:x:27:coder\ndocker:x:102:alice,coder\ncoder:x:1000:\n",
+        0o644,
+    );
+    let facts = read_facts(root, "coder").unwrap();
+    let gids: Vec<u32> = facts.groups.iter().map(|g| g.gid).collect();
+    assert_eq!(gids, [27, 102]);
+    assert!(facts.warnings.is_empty(), "{:?}", facts.warnings);
+    assert_eq!(read_facts(root, "root").unwrap().groups, [], "no group");
+}
+
+#[test]
+fn an_absolute_group_symlink_resolves_in_root() {
+    // <outer>/etc/group is the sentinel a host-side resolution of the link would reach.
+    let outer = tempfile::tempdir().unwrap();
+    write(outer.path(), "etc/group", "host:x:4242:coder\n", 0o644);
+    let root = outer.path().join("root");
+    write(&root, "etc/passwd", PASSWD_TEXT, 0o644);
+    link(
+        &root,
+        "etc/group",
+        &format!("{}/etc/group", outer.path().display()),
+    );
+    assert_eq!(
+        read_facts(&root, "coder").unwrap().groups,
+        [],
+        "dangling in-root"
+    );
+    // The same path inside the root (`write` takes it relative to the root).
+    let inside = format!("{}/etc/group", outer.path().display());
+    write(
+        &root,
+        inside.trim_start_matches('/'),
+        "inroot:x:4343:coder\n",
+        0o644,
+    );
+    let gids: Vec<u32> = read_facts(&root, "coder")
+        .unwrap()
+        .groups
+        .iter()
+        .map(|g| g.gid)
+        .collect();
+    assert_eq!(gids, [4343]);
+}
+
+#[test]
+fn an_unreadable_or_malformed_group_file_is_a_warning_not_an_error() {
+    let dir = debian_like();
+    let root = dir.path();
+    fs::create_dir_all(root.join("etc/group")).unwrap();
+    let facts = read_facts(root, "coder").unwrap();
+    assert_eq!(facts.groups, []);
+    assert!(
+        facts.warnings.len() == 1 && facts.warnings[0].contains("/etc/group"),
+        "{:?}",
+        facts.warnings
+    );
+    fs::remove_dir(root.join("etc/group")).unwrap();
+    write(root, "etc/group", "bad:x:12x:coder\nok:x:5:coder\n", 0o644);
+    let facts = read_facts(root, "coder").unwrap();
+    assert_eq!(facts.groups.len(), 1);
+    assert!(facts.warnings[0].contains("line 1"), "{:?}", facts.warnings);
+}

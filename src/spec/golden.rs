@@ -63,8 +63,10 @@ fn base_rootfs() -> RootfsFacts {
             home: "/home/coder".into(),
             shell: "/bin/bash".into(),
         },
+        groups: vec![],
         has_init: false,
         os_release: os("ubuntu", &["debian"]),
+        warnings: vec![],
     }
 }
 

@@ -18,6 +18,8 @@ mod process;
 pub mod render;
 pub mod seccomp;
 
+pub use process::user_gids;
+
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
@@ -143,7 +145,8 @@ pub fn build(input: &SpecInput<'_>) -> Result<ContainerPlan, SpecError> {
         });
     }
     let layout = RunDirLayout::new(&settings.run_dir);
-    let mut warnings = Vec::new();
+    let mut warnings = rootfs.warnings.clone();
+    warnings.extend(user_gids(rootfs).1);
 
     let gpu = devices::gpu_plan(settings, rootfs, host)?;
     if let Some(plan) = &gpu {

@@ -6,7 +6,9 @@
 //! Root inside gets every capability, all confined to the container's user namespace: that is
 //! what sysbox-runc grants anyway, and it makes the runc fallback behave the same (dockerd,
 //! FUSE mounts and TUN setup inside need CAP_SYS_ADMIN and CAP_NET_ADMIN). `noNewPrivileges` is
-//! false so `sudo` works in workspaces. The bootstrap script is not started here.
+//! false so `sudo` works in workspaces. The bootstrap script is not started here, but the
+//! supplementary groups of every process run as the workspace user are chosen here
+//! ([`user_gids`]); the init itself runs as root with none.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use oci_spec::runtime::{
     ProcessBuilder, UserBuilder,
 };
 
-use super::SpecError;
+use super::{SpecError, ID_RANGE};
 use crate::config::Settings;
 use crate::host::HostFacts;
 use crate::image::ImageConfig;
@@ -101,6 +103,29 @@ pub fn init_args(rootfs: &RootfsFacts) -> Vec<String> {
     }
 }
 
+/// The supplementary groups (`process.user.additionalGids`) of a process run as the workspace
+/// user, as `su` and `docker exec --user` set them: the primary gid first (as `initgroups` does;
+/// leaving it out let programs that drop the primary group bypass its restrictions,
+/// CVE-2023-25173), then the groups `/etc/group` lists the user in. A group whose gid is not
+/// below [`ID_RANGE`] cannot exist in the user namespace (setting it fails the exec): it is left
+/// out with a warning rather than refusing the workspace over a group it cannot use anyway.
+pub fn user_gids(rootfs: &RootfsFacts) -> (Vec<u32>, Vec<String>) {
+    let user = &rootfs.user;
+    let mut gids = vec![user.gid];
+    let mut warnings = Vec::new();
+    for group in &rootfs.groups {
+        if group.gid >= ID_RANGE {
+            warnings.push(format!(
+                "user {:?} is a member of group {:?} (gid {}) in the image's /etc/group, but only ids below {ID_RANGE} map into the workspace: the group is left out of the user's groups (renumber it in the image to keep it)",
+                user.name, group.name, group.gid
+            ));
+        } else if !gids.contains(&group.gid) {
+            gids.push(group.gid);
+        }
+    }
+    (gids, warnings)
+}
+
 /// The workspace gets all of the outer hard `RLIMIT_NOFILE`, soft and hard (IDEs and file
 /// watchers want many), since a user namespace can never raise it further; and its OOM score
 /// ([`crate::oom`]).
@@ -152,6 +177,53 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rootfs::{GroupEntry, PasswdEntry};
+
+    fn facts(groups: &[(&str, u32)]) -> RootfsFacts {
+        RootfsFacts {
+            user: PasswdEntry {
+                name: "coder".into(),
+                uid: 1000,
+                gid: 1000,
+                home: "/home/coder".into(),
+                shell: "/bin/bash".into(),
+            },
+            groups: groups
+                .iter()
+                .map(|(name, gid)| GroupEntry {
+                    name: (*name).into(),
+                    gid: *gid,
+                })
+                .collect(),
+            has_init: false,
+            os_release: None,
+            warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn user_gids_are_the_primary_then_the_listed_groups() {
+        let (gids, warnings) = user_gids(&facts(&[("sudo", 27), ("coder", 1000), ("docker", 102)]));
+        assert_eq!(gids, [1000, 27, 102]);
+        assert!(warnings.is_empty());
+        assert_eq!(user_gids(&facts(&[])).0, [1000], "no /etc/group, no group");
+    }
+
+    #[test]
+    fn unmappable_groups_are_left_out_with_a_warning() {
+        let (gids, warnings) = user_gids(&facts(&[
+            ("big", 65_536),
+            ("docker", 102),
+            ("huge", 4_000_000),
+        ]));
+        assert_eq!(gids, [1000, 102]);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].contains("\"big\" (gid 65536)"),
+            "{}",
+            warnings[0]
+        );
+    }
 
     #[test]
     fn every_listed_capability_is_known_to_oci_spec() {

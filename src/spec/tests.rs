@@ -28,11 +28,13 @@ fn facts() -> RootfsFacts {
             home: "/home/coder".into(),
             shell: "/bin/bash".into(),
         },
+        groups: vec![],
         has_init: false,
         os_release: Some(OsRelease {
             id: "ubuntu".into(),
             id_like: vec!["debian".into()],
         }),
+        warnings: vec![],
     }
 }
 
@@ -623,4 +625,36 @@ mod invariant_violations {
             Err(invariants::Violation::SeccompNotify)
         );
     }
+}
+
+#[test]
+fn rootfs_notes_and_unmappable_groups_are_plan_warnings_and_leave_the_init_alone() {
+    let mut f = facts();
+    f.groups = vec![
+        crate::rootfs::GroupEntry {
+            name: "docker".into(),
+            gid: 102,
+        },
+        crate::rootfs::GroupEntry {
+            name: "ldap".into(),
+            gid: 200_000,
+        },
+    ];
+    f.warnings = vec!["a note from /etc/group".into()];
+    let plan = plan_with(&raw(), &f, &host()).unwrap();
+    assert!(plan.warnings.iter().any(|w| w == "a note from /etc/group"));
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("\"ldap\" (gid 200000)")),
+        "{:?}",
+        plan.warnings
+    );
+    let user = plan.spec.process().as_ref().unwrap().user().clone();
+    assert_eq!((user.uid(), user.gid()), (0, 0));
+    assert_eq!(
+        user.additional_gids(),
+        &None,
+        "the init runs as root, groupless"
+    );
 }
