@@ -2,7 +2,8 @@
 //! envbox supervises, real runc (`ENVBOX_RUNTIME=runc`: sysbox cannot run here) and the real
 //! CNI plugins. The equivalents of the Go envbox's integration tests: environment filters,
 //! mounts rw and ro, ownership of a home mount, TUN and FUSE, cgroup limits, hostname, the
-//! bootstrap script as the user, a SIGTERM reaching the agent's trap, the gateway reachable as
+//! bootstrap script as the user (with their groups, login variables and a working `sudo`, in a
+//! Debian image built from packages), a SIGTERM reaching the agent's trap, the gateway reachable as
 //! `host.docker.internal`, a clean second start after a kill -9, and no dockerd anywhere. Also:
 //! a failed CNI ADD stops cleanly (the bootstrap exec registered meanwhile freed), and an init
 //! that exits at once is named in the error with its status and last output.
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 mod support;
 
 use support::coder::StandInCoder;
+use support::debian::user_image_layout;
 use support::host::launch_requirements_met;
 use support::image::{busybox_image, write_layout, Entry, Layer};
 use support::registry::Registry;
@@ -888,4 +890,112 @@ fn the_oom_killer_takes_the_workspace_before_its_supervisors() {
     }
     envbox.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(envbox.wait_exit(Duration::from_secs(60)).success());
+}
+
+#[test]
+fn the_bootstrap_runs_with_the_users_groups_login_env_acls_and_sudo() {
+    if !launch_requirements_met("envbox docker user groups test") {
+        return;
+    }
+    // Built before taking the lock: the other tests need not wait for it.
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let layout = work.path().join("layout");
+    if !user_image_layout(&layout, "v1") {
+        return;
+    }
+    let registry = Registry::http();
+    registry.push(&layout, "v1", "envbox/debian-user:v1");
+    let image = format!("{}/envbox/debian-user:v1", registry.host);
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dirs = Dirs::new("user");
+    let home = dirs.path("home-coder");
+    let script = r#"
+r="$HOME/report.tmp"
+{
+echo "ids=$(id -G)"
+echo "names=$(id -Gn)"
+echo "status_groups=$(sed -n 's/^Groups:[[:space:]]*//p' /proc/$$/status)"
+echo "env=HOME=$HOME USER=$USER LOGNAME=$LOGNAME SHELL=$SHELL"
+echo "group_read=$(cat /srv/docker-only 2>&1)"
+echo "sudo=$(sudo -n true 2>&1 && echo sudo-ok)"
+echo "sudo_uid=$(sudo -n id -u 2>&1)"
+echo "acl:"
+getfacl -n /srv/shared 2>&1
+echo END
+} > "$r" 2>&1
+mv "$r" "$HOME/report"
+while :; do sleep 1; done
+"#;
+    let mut env = dirs.base_env(&image, &registry, script);
+    env.push((
+        "CODER_MOUNTS".to_owned(),
+        format!("{}:/home/coder", home.display()),
+    ));
+    let mut envbox = Envbox::start(&env);
+    envbox.wait_for(r#""type":"done""#, Duration::from_secs(300));
+    let report = wait_for_file(&home.join("report"), &mut envbox, Duration::from_secs(60));
+    let field = |name: &str| -> String {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in report:\n{report}"))
+            .to_owned()
+    };
+    let sorted = |list: String| {
+        let mut items: Vec<String> = list.split_whitespace().map(str::to_owned).collect();
+        items.sort();
+        items
+    };
+    // The primary group first (the egid), then the groups /etc/group lists coder in; farout
+    // (gid 70000) cannot be mapped and is left out with a warning.
+    let ids = field("ids");
+    assert!(ids.starts_with("1000 "), "{report}");
+    assert_eq!(sorted(ids), ["1000", "102", "27"], "{report}");
+    assert_eq!(
+        sorted(field("names")),
+        ["coder", "docker", "sudo"],
+        "{report}"
+    );
+    assert_eq!(
+        sorted(field("status_groups")),
+        ["1000", "102", "27"],
+        "the bootstrap process's own supplementary groups: {report}"
+    );
+    assert_eq!(
+        field("env"),
+        "HOME=/home/coder USER=coder LOGNAME=coder SHELL=/bin/bash",
+        "{report}"
+    );
+    assert_eq!(field("group_read"), "docker-group-only", "{report}");
+    assert!(field("sudo").ends_with("sudo-ok"), "{report}");
+    assert_eq!(field("sudo_uid"), "0", "{report}");
+    let log = envbox.log();
+    assert!(
+        log.contains("Bootstrap script running as coder (uid 1000, groups 1000,27,102)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("group \\\"farout\\\" (gid 70000)") && log.contains("left out"),
+        "a warning names the group that cannot be mapped:\n{log}"
+    );
+
+    envbox.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = envbox.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", envbox.log());
+    assert_no_process_left(&dirs.root.join("run"));
+
+    // Last: POSIX ACLs survive the unpack (their own change): the access and default entries.
+    let acl: Vec<&str> = report
+        .lines()
+        .skip_while(|l| *l != "acl:")
+        .map(str::trim)
+        .collect();
+    for entry in [
+        "user:1000:rwx",
+        "group:102:r-x",
+        "default:user:1000:rwx",
+        "default:group:102:r-x",
+    ] {
+        assert!(acl.contains(&entry), "no {entry} in getfacl -n:\n{report}");
+    }
 }

@@ -27,10 +27,13 @@
 //! - [`image`]: `write_layout`, `Layer`/`Entry`/`Compression`, `busybox_image`, `big_image`.
 //! - [`proxy`]: `FaultProxy` + `Fault`, `BlobStorage` (S3-like redirect target).
 //! - [`tls`]: `TestCa` and signing certificates; [`server`]: the shared hyper server thread.
+//! - [`debian`]: `user_image_layout`, a Debian image (debootstrap + umoci) with a user in extra
+//!   groups, passwordless sudo and a directory with ACLs.
 //! - [`coder`]: `StandInCoder`, the agent log endpoints of Coder (which cannot run here).
 #![allow(dead_code)]
 
 pub mod coder;
+pub mod debian;
 pub mod host;
 pub mod image;
 pub mod proxy;

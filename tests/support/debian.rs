@@ -1,0 +1,194 @@
+//! A Debian workspace image built the way users build theirs, from Debian packages only: a
+//! `debootstrap --variant=minbase --include=sudo,acl bookworm` tree, then layers made with
+//! umoci (`unpack`, change the tree, `repack`) as `RUN` steps would make them: a user `coder`
+//! (uid 1000) in groups `sudo`, `docker` (gid 102) and `farout` (gid 70000, beyond what maps into
+//! the workspace), passwordless sudo for it, `/srv/docker-only` readable by group `docker` only,
+//! and `/srv/shared` with access and default ACL
+//! entries for uid 1000 and gid 102.
+//!
+//! The tree's tar is cached in `target/tmp/launch/` (debootstrap needs the Debian mirror and
+//! about a minute; `ENVBOX_DEBIAN_MIRROR` picks another mirror); the cache is written staged
+//! and renamed, so an interrupted run leaves no half tarball. The layout itself is rebuilt by
+//! every run (some seconds). Needs root, debootstrap and umoci; without them, or when
+//! debootstrap fails (no mirror), the test is skipped, except in CI (`CI` set), where it fails.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::host::root_and_tools_met;
+
+const SUITE: &str = "bookworm";
+const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+const PACKAGES: &str = "sudo,acl";
+
+/// The users, groups and sudo rule: one `RUN` step.
+const USERS_STEP: &str = "\
+groupadd --gid 102 docker
+groupadd --gid 70000 farout
+useradd --create-home --uid 1000 --user-group --groups sudo,docker,farout --shell /bin/bash coder
+echo 'coder ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/coder
+chmod 0440 /etc/sudoers.d/coder
+echo docker-group-only > /srv/docker-only
+chown root:docker /srv/docker-only
+chmod 0640 /srv/docker-only
+";
+
+/// The directory with ACLs: a second `RUN` step.
+const ACL_STEP: &str = "\
+mkdir -p /srv/shared
+setfacl -m u:1000:rwx,g:102:r-x,d:u:1000:rwx,d:g:102:r-x /srv/shared
+";
+
+fn cache_path() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("launch")
+        .join(format!(
+            "debian-{SUITE}-minbase-{}.tar",
+            PACKAGES.replace(',', "-")
+        ))
+}
+
+/// Writes the image as `tag` into a new OCI layout at `layout`, which must not exist yet (three
+/// layers: the Debian tree, the users, the ACL'd directory). False when the test is to be
+/// skipped (never in CI).
+pub fn user_image_layout(layout: &Path, tag: &str) -> bool {
+    if !root_and_tools_met(
+        "the Debian user image",
+        &[("debootstrap", "debootstrap"), ("umoci", "umoci")],
+    ) {
+        return false;
+    }
+    let Some(tree) = tree_tar() else {
+        return false;
+    };
+    let image = |tag: &str| format!("{}:{tag}", layout.display());
+    run(
+        "umoci",
+        &["init", "--layout", &layout.display().to_string()],
+    );
+    run("umoci", &["new", "--image", &image("base")]);
+    run(
+        "umoci",
+        &[
+            "raw",
+            "add-layer",
+            "--image",
+            &image("base"),
+            &tree.display().to_string(),
+        ],
+    );
+    let work = tempfile::Builder::new()
+        .prefix("envbox-umoci")
+        .tempdir_in("/var/tmp")
+        .expect("umoci bundle dir");
+    let bundle = work.path().join("bundle");
+    let bundle_arg = bundle.display().to_string();
+    run("umoci", &["unpack", "--image", &image("base"), &bundle_arg]);
+    let rootfs = bundle.join("rootfs");
+    for (step, script, next) in [("users", USERS_STEP, "users"), ("acl", ACL_STEP, tag)] {
+        let out = Command::new("chroot")
+            .arg(&rootfs)
+            .args(["/bin/sh", "-euc", script])
+            .output()
+            .expect("run chroot");
+        assert!(
+            out.status.success(),
+            "image step {step} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        run(
+            "umoci",
+            &[
+                "repack",
+                "--refresh-bundle",
+                "--image",
+                &image(next),
+                &bundle_arg,
+            ],
+        );
+    }
+    true
+}
+
+/// Runs a command that must succeed.
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The tree's tar (GNU tar, POSIX format with xattrs, numeric owners, `/dev`, `/proc` and
+/// `/sys` empty), from the cache or made now. None when debootstrap failed outside CI.
+fn tree_tar() -> Option<PathBuf> {
+    let cache = cache_path();
+    if cache.is_file() {
+        return Some(cache);
+    }
+    let dir = cache.parent().expect("cache dir");
+    std::fs::create_dir_all(dir).expect("create the launch test cache dir");
+    let work = tempfile::Builder::new()
+        .prefix("envbox-debootstrap")
+        .tempdir_in("/var/tmp")
+        .expect("debootstrap work dir");
+    let root = work.path().join("root");
+    let mirror = std::env::var("ENVBOX_DEBIAN_MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.into());
+    let out = Command::new("debootstrap")
+        .args(["--variant=minbase", &format!("--include={PACKAGES}"), SUITE])
+        .arg(&root)
+        .arg(&mirror)
+        .output()
+        .expect("run debootstrap");
+    if !out.status.success() {
+        let log =
+            std::fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let message = format!(
+            "debootstrap --variant=minbase --include={PACKAGES} {SUITE} from {mirror} failed \
+             (is the Debian mirror reachable? ENVBOX_DEBIAN_MIRROR picks another): {}{}\n\
+             log tail (last first):\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail.join("\n")
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{message}");
+        }
+        eprintln!("SKIPPED: {message}");
+        return None;
+    }
+    let staged = dir.join(format!(
+        ".{}.{}",
+        cache.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
+    let status = Command::new("tar")
+        .arg("--create")
+        .arg("--file")
+        .arg(&staged)
+        .args([
+            "--format=posix",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "--sort=name",
+            "--exclude=./dev/*",
+            "--exclude=./proc/*",
+            "--exclude=./sys/*",
+            "-C",
+        ])
+        .arg(&root)
+        .arg(".")
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar of the debootstrap tree failed");
+    std::fs::rename(&staged, &cache).expect("publish the cached tarball");
+    Some(cache)
+}
