@@ -439,28 +439,39 @@ impl<'a> Tree<'a> {
     pub(super) fn set_default_acls(&mut self) -> Result<(), UnpackError> {
         for (ino, (path, value)) in std::mem::take(self.default_acls.get_mut()) {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
-            let fd = match self.root.open_at(&path, flags) {
-                Ok(fd) => fd,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(self.err("opening", &path)(e)),
-            };
-            let st = fstat(fd.as_fd())
-                .map_err(io::Error::from)
-                .map_err(self.err("inspecting", &path))?;
-            if st.st_ino != ino {
+            let Some(fd) = self.reopen_dir(&path, ino, flags)? else {
                 continue;
-            }
+            };
             set_xattr(fd.as_fd(), DEFAULT_ACL_XATTR, &value)
                 .map_err(self.err("setting the default ACL of", &path))?;
         }
         Ok(())
+    }
+
+    /// The directory noted at `path` with inode number `ino`, opened again with `flags`; None
+    /// when it is gone or is no longer that directory (removed, replaced, reached otherwise).
+    pub(super) fn reopen_dir(
+        &self,
+        path: &Path,
+        ino: u64,
+        flags: OFlag,
+    ) -> Result<Option<OwnedFd>, UnpackError> {
+        let fd = match self.root.open_at(path, flags) {
+            Ok(fd) => fd,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.err("opening", path)(e)),
+        };
+        let st = fstat(fd.as_fd())
+            .map_err(io::Error::from)
+            .map_err(self.err("inspecting", path))?;
+        Ok((st.st_ino == ino).then_some(fd))
     }
 
     /// Notes the default ACL of the directory `fd` listed by `entry` at `path`, or forgets the

@@ -108,20 +108,7 @@ impl Tree<'_> {
             // Followed in-root like the layer's path was (it may end in a symlink to the
             // directory); the inode check below makes sure it is the same directory.
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
-            let fd = match self.root.open_at(&path, flags) {
-                Ok(fd) => fd,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-                    ) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(self.err("opening", &path)(e)),
-            };
-            let same = fstat(fd.as_fd()).is_ok_and(|st| st.st_ino == ino);
-            if same {
+            if let Some(fd) = self.reopen_dir(&path, ino, flags)? {
                 futimens(&fd, &TimeSpec::UTIME_OMIT, &mtime)
                     .map_err(io::Error::from)
                     .map_err(self.err("restoring mtime of", &path))?;
