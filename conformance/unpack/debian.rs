@@ -2,82 +2,27 @@
 //! writes it (`--format=posix --xattrs --numeric-owner`, `/dev`, `/proc` and `/sys` left empty
 //! as image builders leave them), then a docker-like layer changing it.
 //!
-//! The tree's tar is cached in `target/tmp/conformance/` (debootstrap needs the Debian mirror
-//! and about a minute; `ENVBOX_DEBIAN_MIRROR` picks another mirror). The cache is written
-//! staged and renamed, so an interrupted run leaves no half tarball.
+//! The tree's tar is made by `support::debian` and cached in `target/tmp/conformance/`
+//! (debootstrap needs the Debian mirror and about a minute; `ENVBOX_DEBIAN_MIRROR` picks
+//! another mirror).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::corpus::{acl, pattern, CAP_NET_RAW};
 use super::layer::{meta, LayerTar, LongNames};
-
-const SUITE: &str = "bookworm";
-const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+use crate::support::debian::debootstrap_tar;
 
 fn cache_path() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("conformance")
-        .join(format!("debian-{SUITE}-minbase.tar"))
+        .join("debian-bookworm-minbase.tar")
 }
 
-/// The minbase tree's tar, from the cache or made now.
+/// The minbase tree's tar, from the cache or made now (`support::debian`, as the launch
+/// tests make theirs).
 pub fn minbase_tar() -> Vec<u8> {
-    let cache = cache_path();
-    if let Ok(tar) = std::fs::read(&cache) {
-        return tar;
-    }
-    let dir = cache.parent().expect("cache dir");
-    std::fs::create_dir_all(dir).expect("create the conformance cache dir");
-    let work = tempfile::Builder::new()
-        .prefix("envbox-debootstrap")
-        .tempdir_in("/var/tmp")
-        .expect("debootstrap work dir");
-    let root = work.path().join("root");
-    let mirror = std::env::var("ENVBOX_DEBIAN_MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.into());
-    let out = Command::new("debootstrap")
-        .args(["--variant=minbase", SUITE])
-        .arg(&root)
-        .arg(&mirror)
-        .output()
-        .expect("run debootstrap");
-    if !out.status.success() {
-        let log =
-            std::fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        panic!(
-            "debootstrap --variant=minbase {SUITE} from {mirror} failed: {}{}\nlog tail (last first):\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            tail.join("\n")
-        );
-    }
-    let staged = dir.join(format!(
-        ".debian-{SUITE}-minbase.tar.{}",
-        std::process::id()
-    ));
-    let status = Command::new("tar")
-        .arg("--create")
-        .arg("--file")
-        .arg(&staged)
-        .args([
-            "--format=posix",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--numeric-owner",
-            "--sort=name",
-            "--exclude=./dev/*",
-            "--exclude=./proc/*",
-            "--exclude=./sys/*",
-            "-C",
-        ])
-        .arg(&root)
-        .arg(".")
-        .status()
-        .expect("run tar");
-    assert!(status.success(), "tar of the debootstrap tree failed");
-    std::fs::rename(&staged, &cache).expect("publish the cached tarball");
-    std::fs::read(&cache).expect("read the cached tarball")
+    let tar = debootstrap_tar(&cache_path(), "").unwrap_or_else(|message| panic!("{message}"));
+    std::fs::read(tar).expect("read the cached tarball")
 }
 
 /// A layer as `RUN` steps leave them on top of the tree: every ancestor directory listed; a

@@ -125,23 +125,43 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// The tree's tar (GNU tar, POSIX format with xattrs, numeric owners, `/dev`, `/proc` and
-/// `/sys` empty), from the cache or made now. None when debootstrap failed outside CI.
+/// The user image's tree: a minbase with [`PACKAGES`]. None when debootstrap failed outside
+/// CI (the test is skipped); in CI that fails the test.
 fn tree_tar() -> Option<PathBuf> {
-    let cache = cache_path();
+    match debootstrap_tar(&cache_path(), PACKAGES) {
+        Ok(tar) => Some(tar),
+        Err(message) if std::env::var_os("CI").is_some() => panic!("{message}"),
+        Err(message) => {
+            eprintln!("SKIPPED: {message}");
+            None
+        }
+    }
+}
+
+/// A `debootstrap --variant=minbase` tree of [`SUITE`] with the packages `include` names
+/// (comma-separated; none when empty) as a tar (GNU tar, POSIX format with xattrs, numeric
+/// owners, `/dev`, `/proc` and `/sys` empty, as image builders leave them), from the cache at
+/// `cache` or made now and cached there (staged and renamed: an interrupted run leaves no half
+/// tarball). Err says why debootstrap failed. Shared with the unpack conformance suite.
+pub fn debootstrap_tar(cache: &Path, include: &str) -> Result<PathBuf, String> {
     if cache.is_file() {
-        return Some(cache);
+        return Ok(cache.to_owned());
     }
     let dir = cache.parent().expect("cache dir");
-    std::fs::create_dir_all(dir).expect("create the launch test cache dir");
+    std::fs::create_dir_all(dir).expect("create the debootstrap cache dir");
     let work = tempfile::Builder::new()
         .prefix("envbox-debootstrap")
         .tempdir_in("/var/tmp")
         .expect("debootstrap work dir");
     let root = work.path().join("root");
     let mirror = std::env::var("ENVBOX_DEBIAN_MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.into());
+    let mut args = vec!["--variant=minbase".to_owned()];
+    if !include.is_empty() {
+        args.push(format!("--include={include}"));
+    }
+    args.push(SUITE.to_owned());
     let out = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={PACKAGES}"), SUITE])
+        .args(&args)
         .arg(&root)
         .arg(&mirror)
         .output()
@@ -150,19 +170,14 @@ fn tree_tar() -> Option<PathBuf> {
         let log =
             std::fs::read_to_string(root.join("debootstrap/debootstrap.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
-        let message = format!(
-            "debootstrap --variant=minbase --include={PACKAGES} {SUITE} from {mirror} failed \
-             (is the Debian mirror reachable? ENVBOX_DEBIAN_MIRROR picks another): {}{}\n\
-             log tail (last first):\n{}",
+        return Err(format!(
+            "debootstrap {} from {mirror} failed (is the Debian mirror reachable? \
+             ENVBOX_DEBIAN_MIRROR picks another): {}{}\nlog tail (last first):\n{}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
             tail.join("\n")
-        );
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}");
-        }
-        eprintln!("SKIPPED: {message}");
-        return None;
+        ));
     }
     let staged = dir.join(format!(
         ".{}.{}",
@@ -189,6 +204,6 @@ fn tree_tar() -> Option<PathBuf> {
         .status()
         .expect("run tar");
     assert!(status.success(), "tar of the debootstrap tree failed");
-    std::fs::rename(&staged, &cache).expect("publish the cached tarball");
-    Some(cache)
+    std::fs::rename(&staged, cache).expect("publish the cached tarball");
+    Ok(cache.to_owned())
 }
