@@ -2,58 +2,21 @@
 //! the runtime for this container, plus the few syscalls sysbox-runc adds to every profile.
 //!
 //! Owns: [`profile`], a pure function from the host architecture and the process's bounding
-//! capabilities to the OCI [`LinuxSeccomp`]. The Go envbox's workspaces got Docker's default
-//! profile from dockerd; envbox has no dockerd, so it writes the profile itself.
+//! capabilities (all of them: `process.rs`) to the OCI [`LinuxSeccomp`], evaluated as moby's
+//! `setupSeccomp` does (arch map, rules kept by their capability and arch includes/excludes;
+//! the one kernel-version condition, 4.8 for `ptrace`, taken as met). `DOCKER_RULES` is
+//! moby's `profiles/seccomp/default_linux.go` as of [`MOBY_VERSION`], written out as a table:
+//! to move to a newer moby, compare it rule by rule. Default action: EPERM.
 //!
-//! # Where the data comes from
-//!
-//! `DOCKER_RULES` is Docker's default profile as of moby v26.0.0 (`profiles/seccomp/
-//! default_linux.go`, of which `default.json` is the generated form): moby#47341 (kernel 5.17
-//! to 6.7 syscalls: `cachestat`, `fchmodat2`, `futex_{wait,wake,requeue}`, `map_shadow_stack`,
-//! `set_mempolicy_home_node`; also backported to 23.0, 24.0 and 25.0) is in it, moby#50077 and
-//! #50097 (v28.2: kernel 6.8 to 6.13 syscalls such as `statmount`, `mseal`, `*xattrat`,
-//! `lsm_*`) are not. It is a table of syscall names (facts about the kernel's ABI) written out
-//! in Rust; to move to a newer moby, compare its `default_linux.go` rule by rule and bump
-//! [`MOBY_VERSION`].
-//! [`profile`] evaluates it the way moby's `setupSeccomp` does: the architectures are the
-//! native one and its sub-architectures from the arch map; a rule is kept when every
-//! capability it `includes` is in the bounding set, none it `excludes` is, and the native
-//! architecture is in its `includes.arches` (if any) and not in its `excludes.arches`. The one
-//! kernel-version condition (`minKernel` 4.8, for `ptrace`) is taken as met: neither sysbox
-//! (5.12+) nor envbox runs on older kernels.
-//!
-//! # What sysbox-runc does with it
-//!
-//! (sysbox-runc `libsysbox/syscont/spec.go` `cfgSeccomp`, `syscalls.go`; sysbox user guide,
-//! security.md "System Calls".) When the profile lists `SCMP_ARCH_X86_64`, `AARCH64` or `ARM`
-//! and its default action is errno, kill or allow (anything else fails the create), sysbox-runc
-//! (1) appends an allow rule for every syscall of its own allow list the profile does not allow
-//! (`mount`, `umount2`, `pivot_root`, `keyctl`, `add_key`, `request_key`, `sethostname`,
-//! `setns`, `unshare`, `clone`, `chroot`, ...), (2) drops those syscalls from errno/kill rules,
-//! (3) removes the argument conditions of every rule except `personality`'s, and gives root in
-//! the container all capabilities. Its syscall traps (`mount`, `umount2`, `reboot`, `swapon`,
-//! `swapoff`, optionally `chown` and the `*xattr` family, served by sysbox-fs) are a second,
-//! separate filter with `SCMP_ACT_NOTIFY` that it installs itself: the spec must carry no
-//! `listenerPath` and no notify rule of its own, and since stacked filters take the strictest
-//! answer, the profile must allow every trapped syscall: `mount`, `umount2` and `reboot` come
-//! with CAP_SYS_ADMIN and CAP_SYS_BOOT, `chown` and the xattr calls with Docker's first rule;
-//! `swapon` and `swapoff`, which Docker never allows, sysbox-runc adds itself (its sources
-//! require every trapped syscall to be on its own allow list).
-//!
-//! So under sysbox the workspace sees Docker's rules, sysbox's additions, and (3). envbox
-//! writes [`SYSBOX_ADDITIONS`] into the profile itself, so that under plain runc the workspace
-//! can do what it can under sysbox (an inner dockerd's runc needs `pivot_root` and `keyctl`);
-//! under sysbox they change nothing. (3) is left to sysbox-runc: under runc, Docker's argument
-//! conditions hold (`socket` refuses `AF_VSOCK`, `personality` takes only its five values).
-//!
-//! The capabilities are the process's bounding set, as dockerd uses: every capability (see
-//! `process.rs`), so the CAP_SYS_ADMIN rules (`mount`, `unshare`, `setns`, the new mount API,
-//! unrestricted `clone`/`clone3`) and the other capability-gated rules are in. (The Go envbox
-//! ran with dockerd's 14 default capabilities, so dockerd left those out and sysbox-runc added
-//! back only its own list; here the kernel, not seccomp, refuses what a user namespace may not
-//! do, as for any capability-gated call.) The default action is `SCMP_ACT_ERRNO` with EPERM:
-//! anything not listed fails with EPERM (except syscalls newer than every one the profile
-//! names: runc makes those fail with ENOSYS, so libc falls back to older ones).
+//! Under sysbox-runc (its `libsysbox/syscont/spec.go` `cfgSeccomp`) the profile must list
+//! x86_64, aarch64 or arm and default to errno, kill or allow; sysbox-runc then allows its own
+//! syscall list, drops argument conditions, and installs its sysbox-fs traps (`mount`,
+//! `umount2`, `reboot`, `swapon`/`swapoff`, optionally `chown` and the xattr calls) as a second
+//! filter of its own. So the spec carries no listener or notify rule (an invariant), and
+//! allows every trapped syscall but the swap calls, which sysbox-runc adds itself.
+//! [`SYSBOX_ADDITIONS`] (`pivot_root`, `keyctl`, ...) are written here too, so that under plain
+//! runc the workspace can do what it can under sysbox (an inner dockerd's runc needs them).
+//! It never reads the host: the architecture comes in as an argument.
 
 use std::collections::BTreeSet;
 
