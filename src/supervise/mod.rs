@@ -78,7 +78,8 @@ impl CgroupSetup {
 pub struct DaemonConfig {
     /// sysbox-runc starts the sysbox daemons; runc needs none.
     pub runtime: Runtime,
-    /// The persistent volume's envbox directory (containerd's metadata goes under it).
+    /// The persistent volume's envbox directory (where an earlier envbox kept containerd's
+    /// metadata: removed at start).
     pub state_dir: PathBuf,
     /// Per-boot files: containerd's state, sockets and config, daemon logs.
     pub run_dir: PathBuf,
@@ -121,7 +122,6 @@ pub struct Daemons {
     containerd: containerd::Containerd,
     sysbox: Option<sysbox::Sysbox>,
     socket: PathBuf,
-    cgroups: Option<cgroup::CgroupReport>,
     stop_grace: Duration,
 }
 
@@ -130,16 +130,12 @@ impl Daemons {
     /// containerd side by side, and returns when all of them are ready. On any failure, what
     /// was started is killed and the error names the daemon, with its log's tail.
     pub async fn start(config: &DaemonConfig) -> Result<Daemons, SuperviseError> {
-        let cgroups = match config.cgroups {
-            CgroupSetup::Skip => None,
-            CgroupSetup::Prepare => {
-                // On the spawner thread: the daemons must inherit its cgroup namespace.
-                let report = spawner::on_spawner_thread(|| cgroup::prepare(&cgroup::RealCgroupSys))
-                    .await??;
-                progress::warn_all(&report.warnings);
-                Some(report)
-            }
-        };
+        if config.cgroups == CgroupSetup::Prepare {
+            // On the spawner thread: the daemons must inherit its cgroup namespace.
+            let report = spawner::on_spawner_thread(|| cgroup::prepare(&cgroup::RealCgroupSys))
+                .await??;
+            progress::warn_all(&report.warnings);
+        }
         let log_dir = config.log_dir();
         let paths = ContainerdPaths::new(&config.state_dir, &config.run_dir);
         let with_sysbox = config.runtime == Runtime::SysboxRunc;
@@ -169,7 +165,6 @@ impl Daemons {
             containerd,
             sysbox,
             socket: paths.grpc_socket,
-            cgroups,
             stop_grace: config.stop_grace,
         })
     }
@@ -187,11 +182,6 @@ impl Daemons {
     /// What containerd's `Version` answered.
     pub fn containerd_version(&self) -> &str {
         &self.containerd.version
-    }
-
-    /// What the cgroup preparation found and did (`None` when skipped).
-    pub fn cgroup_report(&self) -> Option<&cgroup::CgroupReport> {
-        self.cgroups.as_ref()
     }
 
     /// Every daemon, in start order (sysbox-mgr, sysbox-fs, containerd).
