@@ -106,9 +106,15 @@ async fn containerd_answers_logs_to_its_file_and_stops_leaving_no_process() {
         run.join("containerd/containerd.sock")
     );
     assert_eq!(version(&daemons).await, daemons.containerd_version());
-    assert!(state
-        .join("containerd/io.containerd.metadata.v1.bolt/meta.db")
-        .exists());
+    // Its metadata (the container specs: the agent token) under the run dir, root's alone.
+    let meta = run.join("containerd/root/io.containerd.metadata.v1.bolt/meta.db");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&meta), 0o600);
+    assert_eq!(mode(&run.join("containerd")), 0o700);
+    assert!(
+        !state.join("containerd").exists(),
+        "nothing of it on the volume"
+    );
     assert_eq!(daemons.daemons().len(), 1, "runc needs no sysbox daemons");
     let log = std::fs::read_to_string(run.join("log/containerd.log")).unwrap();
     assert!(

@@ -132,8 +132,8 @@ impl Daemons {
     pub async fn start(config: &DaemonConfig) -> Result<Daemons, SuperviseError> {
         if config.cgroups == CgroupSetup::Prepare {
             // On the spawner thread: the daemons must inherit its cgroup namespace.
-            let report = spawner::on_spawner_thread(|| cgroup::prepare(&cgroup::RealCgroupSys))
-                .await??;
+            let report =
+                spawner::on_spawner_thread(|| cgroup::prepare(&cgroup::RealCgroupSys)).await??;
             progress::warn_all(&report.warnings);
         }
         let log_dir = config.log_dir();
