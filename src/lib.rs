@@ -44,6 +44,7 @@ pub mod source;
 pub mod spec;
 pub mod supervise;
 pub mod unpack;
+pub mod volume;
 
 #[cfg(test)]
 mod testing;

@@ -77,7 +77,7 @@ struct Layout {
 
 impl Layout {
     fn new(state_dir: &Path) -> Layout {
-        let root = state_dir.join("container");
+        let root = crate::volume::VolumeLayout::new(state_dir).container();
         Layout {
             lower_links: root.join("l"),
             upper: root.join("upper"),

@@ -32,6 +32,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+use crate::volume::VolumeLayout;
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -91,7 +92,7 @@ pub struct BlobInfo {
 /// The store. Cheap to clone; safe to use from several tasks (each writer has its own file).
 #[derive(Debug, Clone)]
 pub struct BlobStore {
-    root: PathBuf,
+    volume: VolumeLayout,
     unsynced: Unsynced,
     growing: Growing,
 }
@@ -108,11 +109,12 @@ impl BlobStore {
         state_dir: &Path,
         boot: Option<String>,
     ) -> Result<BlobStore, CacheError> {
-        let blobs = state_dir.join("blobs");
+        let volume = VolumeLayout::new(state_dir);
+        let blobs = volume.blobs();
         for dir in [
             &blobs.join("sha256"),
-            &state_dir.join("staging"),
-            &state_dir.join("refs"),
+            &volume.blob_staging(),
+            &volume.refs(),
         ] {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -123,7 +125,7 @@ impl BlobStore {
         let unsynced =
             Unsynced::open(&blobs, boot).map_err(io_err("creating directory in", &blobs))?;
         let store = BlobStore {
-            root: state_dir.to_owned(),
+            volume,
             unsynced,
             growing: Growing::default(),
         };
@@ -167,19 +169,19 @@ impl BlobStore {
 
     /// The state directory the store lives under.
     pub fn root(&self) -> &Path {
-        &self.root
+        self.volume.root()
     }
 
     fn blob_dir(&self) -> PathBuf {
-        self.root.join("blobs").join("sha256")
+        self.volume.blobs().join("sha256")
     }
 
     fn staging_dir(&self) -> PathBuf {
-        self.root.join("staging")
+        self.volume.blob_staging()
     }
 
     fn refs_dir(&self) -> PathBuf {
-        self.root.join("refs")
+        self.volume.refs()
     }
 
     /// Where the blob lives (whether or not it is present).

@@ -97,7 +97,7 @@ impl ContainerdPaths {
         ContainerdPaths {
             dir: run.clone(),
             root: run.join("root"),
-            legacy_root: state_dir.join("containerd"),
+            legacy_root: crate::volume::VolumeLayout::new(state_dir).legacy_containerd(),
             state: run.join("state"),
             config: run.join("config.toml"),
             grpc_socket: run.join("containerd.sock"),

@@ -260,7 +260,7 @@ impl LayerStore {
         state_dir: &Path,
         boot: Option<String>,
     ) -> Result<Self, UnpackError> {
-        let root = state_dir.join("layers");
+        let root = crate::volume::VolumeLayout::new(state_dir).layers();
         let staging_dir = root.join(".staging");
         fs::DirBuilder::new()
             .recursive(true)

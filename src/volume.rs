@@ -1,0 +1,58 @@
+//! The state dir on the persistent volume (`ENVBOX_STATE_DIR`): where each store keeps its
+//! files.
+//!
+//! Owns: the top-level names under the state dir. Each store owns what is inside its own
+//! directory (`cache`: blobs, staging, refs; `unpack`: layers; `overlay`: the container's
+//! rootfs). It holds no logic and touches no file.
+
+use std::path::{Path, PathBuf};
+
+/// Paths under one state dir.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeLayout {
+    root: PathBuf,
+}
+
+impl VolumeLayout {
+    pub fn new(root: &Path) -> VolumeLayout {
+        VolumeLayout {
+            root: root.to_owned(),
+        }
+    }
+
+    /// The state dir itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Verified blobs, by algorithm and digest (`blobs/sha256/<hex>`).
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    /// Blobs being written.
+    pub fn blob_staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    /// Pins: which manifest a reference was pulled as.
+    pub fn refs(&self) -> PathBuf {
+        self.root.join("refs")
+    }
+
+    /// Unpacked, uid-shifted layer directories.
+    pub fn layers(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    /// The workspace's rootfs: the overlay's upper and work dirs, its mount point, or a
+    /// flattened copy.
+    pub fn container(&self) -> PathBuf {
+        self.root.join("container")
+    }
+
+    /// Where envbox before 3db686d kept containerd's metadata (the agent token with it).
+    pub fn legacy_containerd(&self) -> PathBuf {
+        self.root.join("containerd")
+    }
+}
