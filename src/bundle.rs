@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Settings;
-use crate::pipeline::{self, PipelineError};
+use crate::plan::{self, PlanError};
 use crate::prepare::PreparedImage;
 use crate::setup::{self, Action, RealSys, SetupError};
 use crate::spec::render::{self, Secrets};
@@ -29,7 +29,7 @@ pub enum BundleError {
     #[error("flattening the image into {path}: {source}")]
     Flatten { path: PathBuf, source: UnpackError },
     #[error(transparent)]
-    Spec(#[from] PipelineError),
+    Spec(#[from] PlanError),
     #[error("preparing the host for the bundle: {0}")]
     Setup(#[from] SetupError),
 }
@@ -81,7 +81,7 @@ pub fn write(
                 source,
             }
         })?;
-    let plan = pipeline::plan_container(settings, &rootfs, &image.config)?;
+    let plan = plan::for_rootfs(settings, &rootfs, &image.config)?;
     let config = dir.join("config.json");
     let write_config = Action::WriteFile {
         path: config.clone(),

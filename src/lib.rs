@@ -32,7 +32,7 @@ pub mod mountinfo;
 pub mod network;
 pub mod oom;
 pub mod overlay;
-pub mod pipeline;
+pub mod plan;
 pub mod prepare;
 pub mod progress;
 pub mod registry;

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use envbox::config::{Purpose, RawSettings, Settings};
 use envbox::image::ImageConfig;
-use envbox::pipeline;
+use envbox::plan;
 use envbox::setup::{self, RealSys};
 use envbox::spec::render::{self, Secrets};
 
@@ -184,11 +184,11 @@ fn spec_runs_with_runc_as_an_unprivileged_user_namespaced_container() {
     };
     let settings = Settings::from_raw(&raw, None, Purpose::Spec).unwrap();
     let rootfs = fs::canonicalize(&rootfs).unwrap();
-    let plan = pipeline::plan_container(&settings, &rootfs, &ImageConfig::default()).unwrap();
+    let plan = plan::for_rootfs(&settings, &rootfs, &ImageConfig::default()).unwrap();
     assert_eq!(
         render::to_json(&plan.spec, Secrets::Reveal),
         spec_json,
-        "envbox spec printed what the pipeline plans"
+        "envbox spec printed what plan::for_rootfs plans"
     );
     setup::apply(&plan.actions, &RealSys).unwrap();
 

@@ -6,7 +6,7 @@ use super::outer_subsystem;
 use crate::cli::SpecArgs;
 use crate::config::{Purpose, Settings};
 use crate::image::ImageConfig;
-use crate::pipeline;
+use crate::plan;
 use crate::spec::render::{self, Secrets};
 
 pub fn run(args: &SpecArgs) -> anyhow::Result<()> {
@@ -21,7 +21,7 @@ pub fn run(args: &SpecArgs) -> anyhow::Result<()> {
         Some(path) => ImageConfig::read(path)?,
         None => ImageConfig::default(),
     };
-    let plan = pipeline::plan_container(&settings, &rootfs, &image)?;
+    let plan = plan::for_rootfs(&settings, &rootfs, &image)?;
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }

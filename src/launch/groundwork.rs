@@ -13,12 +13,12 @@ use std::time::Instant;
 
 use oci_spec::runtime::Spec;
 
-use super::{host, stage, LaunchError, CONTAINER_ID};
+use super::{outer, stage, LaunchError, CONTAINER_ID};
 use crate::bootstrap;
 use crate::config::Settings;
 use crate::network::{self, Network, NetworkPlan};
 use crate::overlay::{self, Rootfs};
-use crate::pipeline;
+use crate::plan;
 use crate::prepare::PreparedImage;
 use crate::progress::{self, warn_all, Kind};
 use crate::rootfs::PasswdEntry;
@@ -91,8 +91,8 @@ fn plan_on(
     rootfs: &Path,
     begun: Instant,
 ) -> Result<WorkspacePlan, LaunchError> {
-    host::check_searchable(rootfs)?;
-    let planned = pipeline::plan_with_facts(settings, rootfs, &prepared.config)?;
+    outer::check_searchable(rootfs)?;
+    let planned = plan::with_facts(settings, rootfs, &prepared.config)?;
     warn_all(&planned.plan.warnings);
     warn_all(&setup::apply(&planned.plan.actions, &RealSys)?);
     stage(begun, "runtime spec built and host set up");

@@ -18,9 +18,9 @@
 //! module; this one only composes them.
 
 mod groundwork;
-mod host;
 mod init_exit;
 mod netns;
+mod outer;
 pub mod stop;
 mod teardown;
 
@@ -36,7 +36,7 @@ use crate::bootstrap;
 use crate::config::Settings;
 use crate::network::{self, Attachment, Network};
 use crate::overlay::{self, Rootfs};
-use crate::pipeline;
+use crate::plan;
 use crate::prepare::PreparedImage;
 use crate::progress::{self, warn_all, Kind};
 use crate::rootfs::PasswdEntry;
@@ -67,7 +67,7 @@ pub enum LaunchError {
     #[error("assembling the root filesystem: {0}")]
     Rootfs(#[from] overlay::OverlayError),
     #[error(transparent)]
-    Plan(#[from] pipeline::PipelineError),
+    Plan(#[from] plan::PlanError),
     #[error("setting up the host for the workspace: {0}")]
     Setup(#[from] setup::SetupError),
     #[error(transparent)]
@@ -352,7 +352,7 @@ impl Workspace {
             ),
         );
         if settings.cpus_milli.is_none() {
-            host::mirror_cpu_quota(task.pid);
+            outer::mirror_cpu_quota(task.pid);
         }
 
         if let Some(pending) = pending {

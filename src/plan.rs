@@ -1,4 +1,4 @@
-//! The stages composed: from settings and an unpacked image to a container plan.
+//! From settings and an unpacked image to the container plan (runtime spec + host setup).
 //!
 //! Owns: the one function both `envbox spec` and `envbox docker` call to get the runtime spec,
 //! so what `spec` prints is exactly what `docker` runs. It reads (rootfs facts, host facts) and
@@ -14,7 +14,7 @@ use crate::spec::{self, ContainerPlan, SpecError, SpecInput};
 
 /// Errors of this module, each naming the stage.
 #[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
+pub enum PlanError {
     #[error("reading the image's root filesystem {path}: {source}")]
     Rootfs { path: PathBuf, source: RootfsError },
     #[error("reading this container's state: {0}")]
@@ -32,22 +32,22 @@ pub struct Planned {
 }
 
 /// Reads what the spec depends on and builds the plan.
-pub fn plan_container(
+pub fn for_rootfs(
     settings: &Settings,
     rootfs_path: &Path,
     image: &ImageConfig,
-) -> Result<ContainerPlan, PipelineError> {
-    Ok(plan_with_facts(settings, rootfs_path, image)?.plan)
+) -> Result<ContainerPlan, PlanError> {
+    Ok(with_facts(settings, rootfs_path, image)?.plan)
 }
 
 /// [`plan_container`], also returning the rootfs facts.
-pub fn plan_with_facts(
+pub fn with_facts(
     settings: &Settings,
     rootfs_path: &Path,
     image: &ImageConfig,
-) -> Result<Planned, PipelineError> {
+) -> Result<Planned, PlanError> {
     let facts = rootfs::read_facts(rootfs_path, &settings.username).map_err(|source| {
-        PipelineError::Rootfs {
+        PlanError::Rootfs {
             path: rootfs_path.to_owned(),
             source,
         }
