@@ -49,7 +49,7 @@ enum Check {
     /// The follower's digest of every byte written.
     Done(Digest),
     /// The follower went before the end: its hash of the bytes up to where it got.
-    Left(Hasher),
+    Partial(Hasher),
 }
 
 #[derive(Debug)]
@@ -60,14 +60,14 @@ struct Shared {
 
 /// The progress of one writer, shared with its followers.
 #[derive(Debug)]
-pub(super) struct Growth {
+pub(super) struct WriteProgress {
     shared: Mutex<Shared>,
     changed: Condvar,
 }
 
-impl Growth {
-    pub(super) fn new() -> Arc<Growth> {
-        Arc::new(Growth {
+impl WriteProgress {
+    pub(super) fn new() -> Arc<WriteProgress> {
+        Arc::new(WriteProgress {
             shared: Mutex::new(Shared {
                 state: State::Writing(0),
                 check: Check::Open,
@@ -164,7 +164,7 @@ impl Growth {
         }
         match std::mem::replace(&mut shared.check, Check::Writer) {
             Check::Done(digest) => Ok(digest),
-            Check::Left(hasher) => Err(hasher),
+            Check::Partial(hasher) => Err(hasher),
             // No follower had the check: nothing of it was hashed.
             Check::Open | Check::Writer | Check::Follower => Err(Hasher::new()),
         }
@@ -184,7 +184,7 @@ struct Checking {
 #[derive(Debug)]
 pub struct Follower {
     file: File,
-    growth: Arc<Growth>,
+    progress: Arc<WriteProgress>,
     /// Bytes read from the staging file.
     pos: u64,
     buf: Box<[u8]>,
@@ -196,14 +196,14 @@ pub struct Follower {
 }
 
 impl Follower {
-    pub(super) fn new(file: File, growth: Arc<Growth>) -> Follower {
-        let checking = growth.claim().then(|| Checking {
+    pub(super) fn new(file: File, progress: Arc<WriteProgress>) -> Follower {
+        let checking = progress.claim().then(|| Checking {
             hasher: Hasher::new(),
             hashed: 0,
         });
         Follower {
             file,
-            growth,
+            progress,
             pos: 0,
             buf: vec![0; BUFFER].into_boxed_slice(),
             start: 0,
@@ -244,7 +244,7 @@ impl Follower {
     /// end, once the blob is committed. Hands the digest over when every byte is written
     /// (called once the buffer is hashed: every byte read is in the check's hash).
     fn available(&mut self) -> io::Result<u64> {
-        let mut shared = self.growth.lock();
+        let mut shared = self.progress.lock();
         loop {
             match shared.state {
                 State::Writing(len) | State::Written(len) | State::Committed(len)
@@ -261,11 +261,11 @@ impl Follower {
                 State::Written(_) if self.checking.is_some() => {
                     drop(shared);
                     if let Some(check) = self.checking.take() {
-                        self.growth.hand_over(Check::Done(check.hasher.finish()));
+                        self.progress.hand_over(Check::Done(check.hasher.finish()));
                     }
-                    shared = self.growth.lock();
+                    shared = self.progress.lock();
                 }
-                State::Writing(_) | State::Written(_) => shared = self.growth.wait(shared),
+                State::Writing(_) | State::Written(_) => shared = self.progress.wait(shared),
             }
         }
     }
@@ -330,7 +330,7 @@ impl Drop for Follower {
         // Gone before the end: the writer finishes the hash from where this one got.
         self.hash_buffer();
         if let Some(check) = self.checking.take() {
-            self.growth.hand_over(Check::Left(check.hasher));
+            self.progress.hand_over(Check::Partial(check.hasher));
         }
     }
 }
@@ -341,7 +341,7 @@ impl Drop for Follower {
 pub(super) struct Growing(Arc<Mutex<Writers>>);
 
 /// Each blob being written: its writer's progress and staging file.
-type Writers = HashMap<Digest, (Arc<Growth>, PathBuf)>;
+type Writers = HashMap<Digest, (Arc<WriteProgress>, PathBuf)>;
 
 impl Growing {
     fn lock(&self) -> std::sync::MutexGuard<'_, Writers> {
@@ -350,27 +350,30 @@ impl Growing {
 
     /// A writer of `digest` into `staging` starts: followers find it from now on (the latest
     /// writer of a digest, when two write it at once).
-    pub(super) fn register(&self, digest: &Digest, staging: &Path) -> Arc<Growth> {
-        let growth = Growth::new();
+    pub(super) fn register(&self, digest: &Digest, staging: &Path) -> Arc<WriteProgress> {
+        let progress = WriteProgress::new();
         self.lock()
-            .insert(digest.clone(), (growth.clone(), staging.to_owned()));
-        growth
+            .insert(digest.clone(), (progress.clone(), staging.to_owned()));
+        progress
     }
 
-    /// The writer whose progress is `growth` is done (its entry only: another writer of the
+    /// The writer whose progress is `progress` is done (its entry only: another writer of the
     /// same digest may have registered since).
-    pub(super) fn unregister(&self, digest: &Digest, growth: &Arc<Growth>) {
+    pub(super) fn unregister(&self, digest: &Digest, progress: &Arc<WriteProgress>) {
         let mut map = self.lock();
-        if map.get(digest).is_some_and(|(g, _)| Arc::ptr_eq(g, growth)) {
+        if map
+            .get(digest)
+            .is_some_and(|(g, _)| Arc::ptr_eq(g, progress))
+        {
             map.remove(digest);
         }
     }
 
     /// A follower of the blob being written with `digest`, if one is.
     pub(super) fn follow(&self, digest: &Digest) -> Option<Follower> {
-        let (growth, staging) = self.lock().get(digest).cloned()?;
+        let (progress, staging) = self.lock().get(digest).cloned()?;
         // Gone already (committed and renamed, or removed): nothing to follow.
         let file = File::open(staging).ok()?;
-        Some(Follower::new(file, growth))
+        Some(Follower::new(file, progress))
     }
 }

@@ -206,10 +206,10 @@ impl BlobStore {
     /// [`CacheError::SizeMismatch`] (nothing past the expected size reaches the disk).
     pub fn writer(&self, digest: &Digest, expected_size: u64) -> Result<BlobWriter, CacheError> {
         let writer = self.fsyncing_writer(digest, expected_size)?;
-        let growth = self.growing.register(digest, writer.staging());
+        let progress = self.growing.register(digest, writer.staging());
         Ok(writer
             .marking(self.unsynced.clone())
-            .followed(self.growing.clone(), growth))
+            .followed(self.growing.clone(), progress))
     }
 
     /// A writer whose commit fsyncs the blob, which no one follows.

@@ -18,7 +18,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::follow::{Growing, Growth};
+use super::follow::{Growing, WriteProgress};
 use super::unsynced::Unsynced;
 use super::{io_err, sync_dir, CacheError};
 use crate::digest::{Digest, Hasher};
@@ -60,7 +60,7 @@ pub struct BlobWriter {
     /// Where the commit marks the blob unsynced; `None`: it fsyncs instead.
     unsynced: Option<Unsynced>,
     /// This writer's progress, for followers; taken when it commits or goes.
-    followed: Option<(Growing, Arc<Growth>)>,
+    followed: Option<(Growing, Arc<WriteProgress>)>,
     poison: Option<Poison>,
     /// The staging file no longer exists (renamed into place or removed by `commit`).
     settled: bool,
@@ -95,9 +95,9 @@ impl BlobWriter {
         self
     }
 
-    /// Followers of the blob see this writer's progress through `growth`.
-    pub(super) fn followed(mut self, growing: Growing, growth: Arc<Growth>) -> BlobWriter {
-        self.followed = Some((growing, growth));
+    /// Followers of the blob see this writer's progress through `progress`.
+    pub(super) fn followed(mut self, growing: Growing, progress: Arc<WriteProgress>) -> BlobWriter {
+        self.followed = Some((growing, progress));
         self.hashing = Hashing::Undecided;
         self
     }
@@ -106,7 +106,7 @@ impl BlobWriter {
     fn hasher(&mut self) -> Option<&mut Hasher> {
         if let Hashing::Undecided = self.hashing {
             let writer_hashes = match &self.followed {
-                Some((_, growth)) => growth.writer_hashes(),
+                Some((_, progress)) => progress.writer_hashes(),
                 None => true,
             };
             self.hashing = match writer_hashes {
@@ -126,12 +126,12 @@ impl BlobWriter {
         if let Some(hasher) = self.hasher() {
             return Ok(std::mem::take(hasher).finish());
         }
-        let (_, growth) = self
+        let (_, progress) = self
             .followed
             .as_ref()
             .expect("only a followed writer leaves the hashing to a follower");
-        growth.written(self.written);
-        match growth.await_check() {
+        progress.written(self.written);
+        match progress.await_check() {
             Ok(digest) => Ok(digest),
             Err(so_far) => self.hash_staging(so_far),
         }
@@ -156,19 +156,19 @@ impl BlobWriter {
 
     /// Tells followers how far the staging file goes.
     fn advanced(&self) {
-        if let (Some((_, growth)), Some(out)) = (&self.followed, &self.out) {
-            growth.advance(self.written - out.buffer().len() as u64);
+        if let (Some((_, progress)), Some(out)) = (&self.followed, &self.out) {
+            progress.advance(self.written - out.buffer().len() as u64);
         }
     }
 
     /// Followers learn how the blob ended: committed (`true`) or abandoned.
     fn settle_followers(&mut self, committed: bool) {
-        if let Some((growing, growth)) = self.followed.take() {
+        if let Some((growing, progress)) = self.followed.take() {
             match committed {
-                true => growth.commit(self.written),
-                false => growth.abandon(),
+                true => progress.commit(self.written),
+                false => progress.abandon(),
             }
-            growing.unregister(&self.digest, &growth);
+            growing.unregister(&self.digest, &progress);
         }
     }
 

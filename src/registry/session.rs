@@ -31,7 +31,7 @@ pub(crate) struct Session {
     client: Client,
     oci_auth: RegistryAuth,
     /// What transfers need; updated by (re-)authentication.
-    t: Transport,
+    transport: Transport,
 }
 
 /// The `WWW-Authenticate` challenge of `/v2/`.
@@ -216,7 +216,7 @@ fn unauthorized(
 
 impl Session {
     pub fn transport(&self) -> Transport {
-        self.t.clone()
+        self.transport.clone()
     }
 
     /// Connects, probes and authenticates.
@@ -276,7 +276,7 @@ impl Session {
         let mut session = Session {
             client,
             oci_auth: RegistryAuth::Anonymous,
-            t: Transport {
+            transport: Transport {
                 http,
                 reference: reference.clone(),
                 registry,
@@ -294,14 +294,14 @@ impl Session {
     /// once. Over plain HTTP, an answer that is not HTTP (or Go's 400 to plain HTTP on a TLS
     /// port) means the registry speaks HTTPS.
     async fn probe(&self, config: &RegistryConfig) -> Result<Challenge, RegistryError> {
-        let url = format!("{}/v2/", self.t.base_url);
+        let url = format!("{}/v2/", self.transport.base_url);
         let not_plain_http = |detail| RegistryError::NotPlainHttp {
-            registry: self.t.registry.clone(),
+            registry: self.transport.registry.clone(),
             detail,
         };
-        let mut retry = Retry::new(config, format!("registry {}", self.t.registry));
+        let mut retry = Retry::new(config, format!("registry {}", self.transport.registry));
         loop {
-            let failure = match self.t.http.get(&url).send().await {
+            let failure = match self.transport.http.get(&url).send().await {
                 Ok(response) => {
                     let status = response.status().as_u16();
                     if status == 429 || status >= 500 {
@@ -310,7 +310,7 @@ impl Session {
                             url: url.clone(),
                             after: retry_after(response.headers()),
                         }
-                    } else if status == 400 && self.t.plain_http() {
+                    } else if status == 400 && self.transport.plain_http() {
                         return Err(not_plain_http(format!("400 from {url}")));
                     } else {
                         return Ok(response
@@ -321,17 +321,19 @@ impl Session {
                             .unwrap_or_default());
                     }
                 }
-                Err(e) if self.t.plain_http() && !e.is_connect() && !e.is_timeout() => {
+                Err(e) if self.transport.plain_http() && !e.is_connect() && !e.is_timeout() => {
                     return Err(not_plain_http(chain(&e)))
                 }
-                Err(e) => match self.t.attempt(&e, config) {
+                Err(e) => match self.transport.attempt(&e, config) {
                     Attempt::Fatal(error) => return Err(error),
                     Attempt::Retry(failure) => failure,
                 },
             };
             retry.failed(failure).await.map_err(|gave_up| {
-                self.t
-                    .gave_up(format!("reaching registry {}", self.t.registry), gave_up)
+                self.transport.gave_up(
+                    format!("reaching registry {}", self.transport.registry),
+                    gave_up,
+                )
             })?;
         }
     }
@@ -341,16 +343,19 @@ impl Session {
         config: &RegistryConfig,
         challenge: &Challenge,
     ) -> Result<(), RegistryError> {
-        let credential = config.credentials.for_host(&self.t.registry).cloned();
-        self.t.has_credentials = credential.is_some();
+        let credential = config
+            .credentials
+            .for_host(&self.transport.registry)
+            .cloned();
+        self.transport.has_credentials = credential.is_some();
         if let (Some(_), true, Some(realm)) = (&credential, challenge.bearer, &challenge.realm) {
             let (realm_scheme, realm_host) = scheme_and_host(realm);
-            let (_, api_host) = scheme_and_host(&self.t.base_url);
-            let same_host =
-                realm_host == api_host || super::normalize_host(realm_host) == self.t.registry;
+            let (_, api_host) = scheme_and_host(&self.transport.base_url);
+            let same_host = realm_host == api_host
+                || super::normalize_host(realm_host) == self.transport.registry;
             if realm_scheme != "https" && !same_host {
                 return Err(RegistryError::InsecureTokenRealm {
-                    registry: self.t.registry.clone(),
+                    registry: self.transport.registry.clone(),
                     realm: realm.clone(),
                 });
             }
@@ -367,13 +372,13 @@ impl Session {
         let token = self
             .client
             .auth(
-                &self.t.reference.reference,
+                &self.transport.reference.reference,
                 &self.oci_auth,
                 RegistryOperation::Pull,
             )
             .await
             .map_err(|e| self.auth_error(e))?;
-        self.t.auth_header = match (token, &credential, &self.oci_auth) {
+        self.transport.auth_header = match (token, &credential, &self.oci_auth) {
             (Some(token), _, _) => Some(Secret::new(format!("Bearer {token}"))),
             (None, _, RegistryAuth::Bearer(token)) => Some(Secret::new(format!("Bearer {token}"))),
             (None, Some(Credential::Basic { username, password }), _) => {
@@ -397,8 +402,8 @@ impl Session {
         token: &Secret,
     ) -> Result<String, RegistryError> {
         let token_error = |detail: String| RegistryError::Token {
-            reference: self.t.reference.to_string(),
-            registry: self.t.registry.clone(),
+            reference: self.transport.reference.to_string(),
+            registry: self.transport.registry.clone(),
             detail,
         };
         let realm = challenge.realm.as_deref().ok_or_else(|| {
@@ -406,7 +411,7 @@ impl Session {
         })?;
         let scope = format!(
             "repository:{}:pull",
-            self.t.reference.reference.repository()
+            self.transport.reference.reference.repository()
         );
         let form = [
             ("grant_type", "refresh_token"),
@@ -421,7 +426,7 @@ impl Session {
             .collect::<Vec<_>>()
             .join("&");
         let response = self
-            .t
+            .transport
             .http
             .post(realm)
             .header(
@@ -449,12 +454,12 @@ impl Session {
     fn auth_error(&self, error: OciDistributionError) -> RegistryError {
         match error {
             OciDistributionError::UnauthorizedError { url } => {
-                self.t.unauthorized(format!("401 from {url}"))
+                self.transport.unauthorized(format!("401 from {url}"))
             }
-            OciDistributionError::RequestError(e) => self.t.fatal(&e),
+            OciDistributionError::RequestError(e) => self.transport.fatal(&e),
             other => RegistryError::Token {
-                reference: self.t.reference.to_string(),
-                registry: self.t.registry.clone(),
+                reference: self.transport.reference.to_string(),
+                registry: self.transport.registry.clone(),
                 detail: other.to_string(),
             },
         }
@@ -470,7 +475,7 @@ impl Session {
         let what = reference.to_string();
         match error {
             OciDistributionError::UnauthorizedError { url } => {
-                Attempt::Fatal(self.t.unauthorized(format!("401 from {url}")))
+                Attempt::Fatal(self.transport.unauthorized(format!("401 from {url}")))
             }
             OciDistributionError::ImageManifestNotFoundError(detail) => {
                 Attempt::Fatal(RegistryError::NotFound {
@@ -502,7 +507,7 @@ impl Session {
                     .iter()
                     .any(|c| matches!(c, OciErrorCode::Unauthorized))
                 {
-                    Attempt::Fatal(self.t.unauthorized(detail))
+                    Attempt::Fatal(self.transport.unauthorized(detail))
                 } else if codes.iter().any(|c| matches!(c, OciErrorCode::Denied)) {
                     Attempt::Fatal(RegistryError::Denied {
                         reference: what,
@@ -524,7 +529,7 @@ impl Session {
                 } else {
                     Attempt::Fatal(RegistryError::Protocol {
                         reference: what,
-                        registry: self.t.registry.clone(),
+                        registry: self.transport.registry.clone(),
                         detail,
                     })
                 }
@@ -549,15 +554,15 @@ impl Session {
                     }),
                     _ => Attempt::Fatal(RegistryError::Protocol {
                         reference: what,
-                        registry: self.t.registry.clone(),
+                        registry: self.transport.registry.clone(),
                         detail,
                     }),
                 }
             }
-            OciDistributionError::RequestError(e) => self.t.attempt(&e, config),
+            OciDistributionError::RequestError(e) => self.transport.attempt(&e, config),
             other => Attempt::Fatal(RegistryError::Protocol {
                 reference: what,
-                registry: self.t.registry.clone(),
+                registry: self.transport.registry.clone(),
                 detail: other.to_string(),
             }),
         }
@@ -569,7 +574,7 @@ impl Session {
         config: &RegistryConfig,
         reference: &ImageRef,
     ) -> Result<Vec<u8>, RegistryError> {
-        let what = match reference.to_string() == self.t.reference.to_string() {
+        let what = match reference.to_string() == self.transport.reference.to_string() {
             true => "downloading the manifest".to_owned(),
             false => format!("downloading the manifest {reference}"),
         };
@@ -589,7 +594,7 @@ impl Session {
             retry
                 .failed(failure)
                 .await
-                .map_err(|gave_up| self.t.gave_up(what.clone(), gave_up))?;
+                .map_err(|gave_up| self.transport.gave_up(what.clone(), gave_up))?;
         }
     }
 }
