@@ -2,7 +2,8 @@
 //! flate2, and no CRC-32.
 //!
 //! Owns: reading one or more concatenated gzip members (as `docker`/`containerd` accept them:
-//! a second member right after the first, nothing else after the last) into one stream, with
+//! a second member right after the first; after the last, nothing but zero padding, which GNU
+//! gzip and zlib accept too) into one stream, with
 //! every header field parsed and checked (magic, method, reserved flags, extra field, name,
 //! comment, header CRC present) and each member's length checked against its trailer's ISIZE.
 //! The trailer's CRC-32 is not computed: every byte that comes out is hashed into the diff ID,
@@ -68,9 +69,19 @@ impl<R: BufRead> Read for MultiGz<R> {
         loop {
             match std::mem::replace(&mut self.state, State::Failed) {
                 State::Header { mut input, first } => {
-                    if !first && input.fill_buf()?.is_empty() {
-                        self.state = State::Done;
-                        return Ok(0);
+                    if !first {
+                        match input.fill_buf()?.first() {
+                            None => {
+                                self.state = State::Done;
+                                return Ok(0);
+                            }
+                            Some(0) => {
+                                zero_padding(&mut input)?;
+                                self.state = State::Done;
+                                return Ok(0);
+                            }
+                            Some(_) => {}
+                        }
                     }
                     header(&mut input)?;
                     self.state = State::Body {
@@ -112,6 +123,24 @@ impl<R: BufRead> Read for MultiGz<R> {
                 State::Failed => return Err(invalid("read after an error")),
             }
         }
+    }
+}
+
+/// Reads the zero bytes some writers pad a stream with after its last member (tape block
+/// sizes; GNU gzip and zlib accept them) to the end: anything else in them is an error.
+fn zero_padding(input: &mut impl BufRead) -> io::Result<()> {
+    loop {
+        let chunk = input.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        if chunk.iter().any(|&b| b != 0) {
+            return Err(invalid(
+                "bytes other than zero padding after the last member",
+            ));
+        }
+        let n = chunk.len();
+        input.consume(n);
     }
 }
 
@@ -213,6 +242,17 @@ mod tests {
         assert_eq!(inflate(&blob).unwrap(), theirs);
     }
 
+    /// Tape-block padding after the last member (`tar -b`, some registries' mirrors): the
+    /// bytes are still part of the blob's digest, only not of any member.
+    #[test]
+    fn zero_padding_after_the_last_member_is_accepted() {
+        let two = [gz(&data(3000)), gz(&data(7))].concat();
+        for padding in [1, 511, 10_240, 100_000] {
+            let blob = [two.clone(), vec![0; padding]].concat();
+            assert_eq!(inflate(&blob).unwrap(), [data(3000), data(7)].concat());
+        }
+    }
+
     #[test]
     fn broken_framing_is_an_error_naming_gzip() {
         let good = gz(&data(1000));
@@ -227,6 +267,7 @@ mod tests {
         bad_isize[at] ^= 1;
         let truncated = good[..good.len() - 3].to_vec();
         let trailing = [good.clone(), b"junk after the last member".to_vec()].concat();
+        let junk_in_padding = [good.clone(), vec![0; 100], b"x".to_vec(), vec![0; 10]].concat();
         for (name, blob) in [
             ("empty", Vec::new()),
             ("bad magic", bad_magic),
@@ -235,6 +276,7 @@ mod tests {
             ("bad isize", bad_isize),
             ("truncated trailer", truncated),
             ("trailing junk", trailing),
+            ("junk in the zero padding", junk_in_padding),
         ] {
             let err = inflate(&blob).expect_err(name);
             assert!(err.to_string().contains("gzip"), "{name}: {err}");

@@ -436,6 +436,21 @@ fn multi_member_gzip_unpacks_fully() {
     assert_eq!(fs::read(root.join("f49")).expect("read"), b"content 49");
 }
 
+/// Zero padding after the last member is accepted; its bytes are part of the blob's digest.
+#[test]
+fn a_gzip_layer_padded_with_zeros_unpacks() {
+    let w = Work::new();
+    let mut l = Layer::new();
+    l.file("padded", M, b"yes");
+    let tar = l.finish();
+    let mut blob = gzip(&tar);
+    blob.extend_from_slice(&[0; 10_240]);
+    let source = w.source(&blob, Compression::Gzip, &tar);
+    w.store.unpack(&source, &Limits::default()).expect("unpack");
+    let root = w.store.path(&source.diff_id);
+    assert_eq!(fs::read(root.join("padded")).expect("read"), b"yes");
+}
+
 #[test]
 fn whiteouts_become_overlay_whiteouts() {
     let w = Work::new();
