@@ -289,6 +289,50 @@ fn prepare_output_is_a_bundle_runc_runs() {
     );
 }
 
+/// An image without `/etc/passwd` runs as root as runc and Docker run it: uid 0, gid 0, home
+/// `/root`.
+#[test]
+fn a_bundle_as_root_needs_no_passwd_file() {
+    if !requirements_met("prepare --output as root test", false) {
+        return;
+    }
+    use support::image::{Entry, ImageSpec, Layer};
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let layout = work.path().join("layout");
+    write_layout(
+        &layout,
+        "t",
+        &[ImageSpec::new("amd64").layer(Layer::new(vec![
+            Entry::dir("/bin", 0o755),
+            Entry::file("/bin/hello", 0o755, "#!/bin/sh\n"),
+        ]))],
+    );
+    let bundle = work.path().join("bundle");
+    let image = format!("oci:{}:t", layout.display());
+    let out = envbox(
+        &[
+            "prepare",
+            "--output",
+            bundle.to_str().unwrap(),
+            "--username",
+            "root",
+        ],
+        &[
+            (
+                "ENVBOX_STATE_DIR",
+                work.path().join("state").to_str().unwrap(),
+            ),
+            ("ENVBOX_RUN_DIR", work.path().join("run").to_str().unwrap()),
+            ("CODER_INNER_IMAGE", image.as_str()),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["process"]["user"]["uid"], 0);
+    assert_eq!(config["process"]["user"]["gid"], 0);
+}
+
 #[test]
 fn docker_fails_clearly_without_sysbox_or_without_the_user_and_leaves_nothing_mounted() {
     if !requirements_met("docker entrypoint test", false) {

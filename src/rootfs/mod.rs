@@ -110,9 +110,22 @@ const GROUP: &str = "/etc/group";
 const INIT: &str = "/sbin/init";
 const OS_RELEASE_PATHS: [&str; 2] = ["/etc/os-release", "/usr/lib/os-release"];
 
+/// root where the image's `/etc/passwd` is missing or does not list it, as runc and Docker
+/// take it: uid 0, gid 0, home `/root`.
+fn implicit_root() -> PasswdEntry {
+    PasswdEntry {
+        name: "root".to_owned(),
+        uid: 0,
+        gid: 0,
+        home: PathBuf::from("/root"),
+        shell: "/bin/sh".to_owned(),
+    }
+}
+
 fn read_user(root: &InRoot, rootfs: &Path, username: &str) -> Result<PasswdEntry, RootfsError> {
     let text = match root.read_to_string(Path::new(PASSWD)) {
         Ok(text) => text,
+        Err(e) if is_absent(&e) && username == "root" => return Ok(implicit_root()),
         Err(e) if is_absent(&e) => {
             return Err(RootfsError::NoPasswd {
                 username: username.to_owned(),
@@ -123,6 +136,7 @@ fn read_user(root: &InRoot, rootfs: &Path, username: &str) -> Result<PasswdEntry
     };
     match passwd::find_user(&text, username) {
         Ok(Some(user)) => Ok(user),
+        Ok(None) if username == "root" => Ok(implicit_root()),
         Ok(None) => Err(RootfsError::UserNotFound {
             username: username.to_owned(),
             rootfs: rootfs.to_owned(),

@@ -84,6 +84,27 @@ fn no_passwd() {
     assert!(matches!(err, RootfsError::NoPasswd { .. }), "{err:?}");
 }
 
+/// root needs no passwd entry, as with runc and Docker: uid 0, gid 0, home /root.
+#[test]
+fn root_without_a_passwd_entry_is_implicit() {
+    let dir = debian_like();
+    write(
+        dir.path(),
+        "etc/passwd",
+        "coder:x:1000:1000::/home/coder:/bin/sh\n",
+        0o644,
+    );
+    let listed_without_root = read_facts(dir.path(), "root").unwrap().user;
+    fs::remove_file(dir.path().join("etc/passwd")).unwrap();
+    let no_passwd = read_facts(dir.path(), "root").unwrap().user;
+    for user in [listed_without_root, no_passwd] {
+        assert_eq!(
+            (user.name.as_str(), user.uid, user.gid, user.home.as_path()),
+            ("root", 0, 0, Path::new("/root"))
+        );
+    }
+}
+
 #[test]
 fn malformed_uid_on_the_users_line() {
     let dir = debian_like();
