@@ -1,8 +1,8 @@
 //! The progress log, also sent to the Coder dashboard as the workspace agent's startup logs.
 //!
-//! Owns: with `CODER_AGENT_URL` and `CODER_AGENT_TOKEN` both set, a log source named `envbox`
-//! registered for the agent (`POST /api/v2/workspaceagents/me/log-source`) and every progress
-//! line after that sent in batches (`PATCH /api/v2/workspaceagents/me/logs`, the token in the
+//! Owns: with `CODER_AGENT_URL` and `CODER_AGENT_TOKEN` both set (and no `--no-startup-log`), a
+//! log source named `envbox` registered for the agent (`POST
+//! /api/v2/workspaceagents/me/log-source`) and every progress line after that sent in batches (`PATCH /api/v2/workspaceagents/me/logs`, the token in the
 //! `Coder-Session-Token` header, behaviour doc §3). Coder being unreachable or refusing is
 //! never fatal: a batch that fails is kept (up to [`MAX_PENDING`] lines) and sent again with
 //! backoff, and the first failure is said once on stderr. It never puts the token anywhere but
@@ -61,8 +61,12 @@ pub struct Target {
 }
 
 impl Target {
-    /// The target the settings name, `None` unless both URL and token are set.
+    /// The target the settings name, `None` unless both URL and token are set, or with
+    /// `--no-startup-log`.
     pub fn from_settings(settings: &Settings) -> Result<Option<Target>, AgentLogError> {
+        if settings.no_startup_log {
+            return Ok(None);
+        }
         let (Some(url), Some(token)) = (&settings.agent_url, &settings.agent_token) else {
             return Ok(None);
         };

@@ -1,7 +1,8 @@
 //! Diagnostics of the stages (`tracing` events) in the progress log.
 //!
 //! Owns: the one `tracing` subscriber of the binary, which turns each event at or above the
-//! level `ENVBOX_LOG` names (default `warn`; envbox's events only, never the libraries') into
+//! level `ENVBOX_LOG` names (default `warn`, at least `debug` with `envbox docker --debug` or
+//! `CODER_DEBUG`; envbox's events only, never the libraries') into
 //! a progress line: `warning: <message>
 //! (field=value, ...)`, `debug: ...`. Stages report what they skipped or could not clean up
 //! with `tracing::warn!` and their timings with `tracing::debug!`; without this subscriber
@@ -51,9 +52,21 @@ fn targets(level: LevelFilter) -> Targets {
     Targets::new().with_target("envbox", level)
 }
 
-/// Installs the progress-log subscriber at the level of `ENVBOX_LOG`. Once per process.
-pub fn init() -> Result<(), LevelError> {
-    let level = level(&std::env::var(VARIABLE).unwrap_or_default())?;
+/// The level of `ENVBOX_LOG` (`value`), raised to `debug` at least when `debug` (the Go
+/// envbox's `--debug` / `CODER_DEBUG`); never lowered: `trace` stays.
+pub fn effective_level(value: &str, debug: bool) -> Result<LevelFilter, LevelError> {
+    let level = level(value)?;
+    Ok(if debug {
+        level.max(LevelFilter::DEBUG)
+    } else {
+        level
+    })
+}
+
+/// Installs the progress-log subscriber at the level of `ENVBOX_LOG`, at least `debug` when
+/// `debug`. Once per process.
+pub fn init(debug: bool) -> Result<(), LevelError> {
+    let level = effective_level(&std::env::var(VARIABLE).unwrap_or_default(), debug)?;
     let subscriber = tracing_subscriber::registry().with(ProgressLayer.with_filter(targets(level)));
     // Only fails when a subscriber is set already (a second call): that one stays.
     let _ = tracing::subscriber::set_global_default(subscriber);
@@ -139,6 +152,15 @@ mod tests {
             *lines.lock().unwrap(),
             ["warning: cannot remove it (path=/state/layers/x, error=busy)"]
         );
+    }
+
+    #[test]
+    fn debug_raises_the_level_to_debug_and_never_lowers_it() {
+        assert_eq!(effective_level("", true).unwrap(), LevelFilter::DEBUG);
+        assert_eq!(effective_level("off", true).unwrap(), LevelFilter::DEBUG);
+        assert_eq!(effective_level("trace", true).unwrap(), LevelFilter::TRACE);
+        assert_eq!(effective_level("", false).unwrap(), LevelFilter::WARN);
+        assert!(effective_level("loud", true).is_err());
     }
 
     #[test]

@@ -11,13 +11,21 @@ use envbox::progress::{self, Kind};
 /// Kubernetes shows this file's content as the pod's termination message.
 const TERMINATION_LOG: &str = "/dev/termination-log";
 
+/// `envbox docker --debug` / `CODER_DEBUG` (the Go envbox's): read before the log starts.
+fn debug_requested(cli: &Cli) -> anyhow::Result<bool> {
+    match &cli.command {
+        Command::Docker(args) => Ok(envbox::config::debug_requested(&args.settings())?),
+        _ => Ok(false),
+    }
+}
+
 fn main() -> ExitCode {
     // While the process has one thread: it sets an environment variable.
     envbox::registry::pin_system_bundle();
     let cli = Cli::parse();
     let is_entrypoint = matches!(cli.command, Command::Docker(_));
-    let result = envbox::logging::init()
-        .map_err(anyhow::Error::from)
+    let result = debug_requested(&cli)
+        .and_then(|debug| Ok(envbox::logging::init(debug)?))
         .and_then(|()| envbox::cmd::run(cli));
     match result {
         Ok(()) => ExitCode::SUCCESS,

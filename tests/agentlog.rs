@@ -23,6 +23,25 @@ fn target(url: &str) -> Target {
     Target::from_settings(&settings).unwrap().unwrap()
 }
 
+/// The settings of `envbox docker` parsed from `args` as the binary parses them.
+fn docker_settings(args: &[&str]) -> Settings {
+    use clap::Parser;
+    let mut all = vec![
+        "envbox",
+        "docker",
+        "--image",
+        "alpine",
+        "--username",
+        "coder",
+    ];
+    all.extend_from_slice(args);
+    let cli = envbox::cli::Cli::try_parse_from(all).unwrap();
+    let envbox::cli::Command::Docker(docker) = cli.command else {
+        unreachable!()
+    };
+    Settings::from_raw(&docker.settings(), None, Purpose::Docker).unwrap()
+}
+
 /// The forwarder is process-wide: tests that start a sender take turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -136,4 +155,33 @@ async fn a_full_agent_log_stops_the_sending_without_an_error() {
         .filter(|s| s.method == "PATCH")
         .count();
     assert_eq!(patches, 1);
+}
+
+#[tokio::test]
+async fn no_startup_log_sends_nothing_to_coder() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let coder = StandInCoder::start();
+    let url = coder.url.clone();
+    let with = |extra: &[&str]| {
+        let mut args = vec!["--coder-url", url.as_str(), "--agent-token", "tok"];
+        args.extend_from_slice(extra);
+        docker_settings(&args)
+    };
+    // The flag as the Go envbox takes it: alone or with a value.
+    for flag in ["--no-startup-log", "--no-startup-log=true"] {
+        let settings = with(&[flag]);
+        assert!(settings.no_startup_log);
+        assert!(
+            Target::from_settings(&settings).unwrap().is_none(),
+            "{flag}"
+        );
+    }
+    // Without it (or with it false), the same settings send: the stand-in hears the line.
+    let settings = with(&["--no-startup-log=false"]);
+    let log = AgentLog::start(Target::from_settings(&settings).unwrap().unwrap());
+    log.send(Kind::Info, "no-startup-log-test: sent");
+    log.close(Duration::from_secs(5)).await;
+    assert!(coder
+        .outputs()
+        .contains(&"no-startup-log-test: sent".to_owned()));
 }

@@ -176,6 +176,67 @@ fn the_misspelt_bootstrap_flag_of_the_go_envbox_is_accepted() {
 }
 
 #[test]
+fn the_go_envbox_debug_and_no_startup_log_flags_are_accepted_and_listed() {
+    let out = envbox(&["docker", "--help"], &[]);
+    let listed = options(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        listed["debug"].contains("[env: CODER_DEBUG=]"),
+        "{}",
+        listed["debug"]
+    );
+    // As in the Go envbox, --no-startup-log has no variable.
+    assert!(
+        !listed["no-startup-log"].contains("[env:"),
+        "{}",
+        listed["no-startup-log"]
+    );
+    // Both parse (the run then fails on the image, after the settings are read).
+    for args in [
+        &["--debug", "--no-startup-log"][..],
+        &["--debug=false", "--no-startup-log=true"],
+    ] {
+        let mut all = vec!["docker", "--image", "oci:", "--username", "coder"];
+        all.extend_from_slice(args);
+        let err = stderr(&envbox(&all, &[]));
+        assert!(err.contains("the path is empty"), "{args:?}: {err}");
+    }
+}
+
+/// The debug line `envbox docker` writes once its settings are read, the first thing it logs.
+const SETTINGS_DEBUG_LINE: &str = "debug: envbox docker: settings read";
+
+#[test]
+fn debug_raises_the_log_level_like_envbox_log_debug() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = vec!["docker", "--image", "oci:", "--username", "coder"];
+        all.extend_from_slice(args);
+        let out = envbox(&all, env);
+        assert!(!out.status.success());
+        stderr(&out)
+    };
+    let quiet = run(&[], &[]);
+    assert!(!quiet.contains(SETTINGS_DEBUG_LINE), "{quiet}");
+    for (args, env) in [
+        (&["--debug"][..], &[][..]),
+        (&[], &[("CODER_DEBUG", "true")]),
+        (&[], &[("ENVBOX_LOG", "debug")]),
+        // --debug raises the level, never lowers it.
+        (&["--debug"], &[("ENVBOX_LOG", "trace")]),
+    ] {
+        let err = run(args, env);
+        assert!(err.contains(SETTINGS_DEBUG_LINE), "{args:?} {env:?}: {err}");
+    }
+    // A flag wins over its variable.
+    let off = run(&["--debug=false"], &[("CODER_DEBUG", "1")]);
+    assert!(!off.contains(SETTINGS_DEBUG_LINE), "{off}");
+    let bad = run(&[], &[("CODER_DEBUG", "loud")]);
+    assert!(
+        bad.contains("invalid CODER_DEBUG (--debug)") && bad.contains("expected a boolean"),
+        "{bad}"
+    );
+}
+
+#[test]
 fn help_lists_variables_but_never_secret_values() {
     let out = envbox(
         &["docker", "--help"],
@@ -287,7 +348,7 @@ const WORKSPACE_FLAGS: [&str; 15] = [
     "run-dir",
 ];
 const STATE_FLAGS: [&str; 1] = ["state-dir"];
-const ENTRYPOINT_FLAGS: [&str; 7] = [
+const ENTRYPOINT_FLAGS: [&str; 9] = [
     "coder-url",
     "bootstrap-script",
     "disable-idmapped-mount",
@@ -295,6 +356,8 @@ const ENTRYPOINT_FLAGS: [&str; 7] = [
     "runtime",
     "stop-timeout",
     "cni-path",
+    "debug",
+    "no-startup-log",
 ];
 
 /// What each command's `--help` must list: the command, its own flags, the settings' flags it

@@ -20,6 +20,19 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
         outer_subsystem().as_deref(),
         Purpose::Docker,
     )?;
+    tracing::debug!(
+        image = settings.image.as_deref().unwrap_or_default(),
+        user = %settings.username,
+        runtime = settings.runtime.binary(),
+        state_dir = %settings.state_dir.display(),
+        run_dir = %settings.run_dir.display(),
+        cpus_milli = ?settings.cpus_milli,
+        memory_bytes = ?settings.memory_bytes,
+        stop_timeout = ?settings.stop_timeout,
+        startup_logs_to_coder =
+            settings.agent_url.is_some() && settings.agent_token.is_some() && !settings.no_startup_log,
+        "envbox docker: settings read"
+    );
     // Before any daemon starts: they inherit the supervisors' score.
     if let Err(e) = crate::oom::protect_supervisors() {
         progress::emit(

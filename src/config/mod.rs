@@ -125,6 +125,11 @@ pub struct Settings {
     /// `ENVBOX_STOP_TIMEOUT`: on SIGTERM, how long the agent and the inner init get to stop
     /// before everything in the container is killed; default 90 s.
     pub stop_timeout: std::time::Duration,
+    /// `CODER_DEBUG` (`--debug`): diagnostics at least at the debug level; default false.
+    pub debug: bool,
+    /// `--no-startup-log` (no variable, as in the Go envbox): the progress log is not sent to
+    /// Coder; default false.
+    pub no_startup_log: bool,
 }
 
 /// A setting that could not be accepted.
@@ -297,8 +302,15 @@ impl Settings {
                 value::parse_duration,
             )?
             .unwrap_or(defaults::STOP_TIMEOUT),
+            debug: debug_requested(raw)?,
+            no_startup_log: parse_bool_setting(names::NO_STARTUP_LOG, &raw.no_startup_log)?,
         })
     }
+}
+
+/// `CODER_DEBUG` (`--debug`) of `raw`: read before the settings (the log level is set first).
+pub fn debug_requested(raw: &RawSettings) -> Result<bool, ConfigError> {
+    parse_bool_setting(names::DEBUG, &raw.debug)
 }
 
 /// The pull secret must at least be a JSON object; its credentials are read by the registry
@@ -343,6 +355,7 @@ mod tests {
         assert_eq!(s.agent_subsystem, "envbox");
         assert_eq!(s.ethlink, "eth0");
         assert!(!s.add_tun && !s.add_fuse && !s.add_gpu && !s.disable_idmapped_mount);
+        assert!(!s.debug && !s.no_startup_log);
         assert_eq!((s.cpus_milli, s.memory_bytes), (None, None));
     }
 
@@ -373,10 +386,20 @@ mod tests {
     #[test]
     fn errors_name_the_variable_and_the_expected_form() {
         type Edit = fn(&mut RawSettings);
-        let cases: [(Edit, &str, &str); 6] = [
+        let cases: [(Edit, &str, &str); 8] = [
             (
                 |r| r.add_tun = Some("yes".into()),
                 "CODER_ADD_TUN",
+                "expected a boolean",
+            ),
+            (
+                |r| r.debug = Some("loud".into()),
+                "CODER_DEBUG (--debug)",
+                "expected a boolean",
+            ),
+            (
+                |r| r.no_startup_log = Some("yes".into()),
+                "invalid --no-startup-log \"yes\"",
                 "expected a boolean",
             ),
             (|r| r.cpus = Some("lots".into()), "CODER_CPUS", "1500m"),

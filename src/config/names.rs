@@ -3,7 +3,8 @@
 //! Owns: the one table both the command line (`cli`) and error messages use, so an error always
 //! names the variable a user actually set. It holds no values and no logic.
 
-/// A setting's flag (without `--`) and environment variable.
+/// A setting's flag (without `--`) and environment variable; either may be empty (a setting
+/// read from the environment only, or a flag without a variable, as in the Go envbox).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Name {
     pub flag: &'static str,
@@ -14,6 +15,8 @@ impl std::fmt::Display for Name {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.flag.is_empty() {
             f.write_str(self.env)
+        } else if self.env.is_empty() {
+            write!(f, "--{}", self.flag)
         } else {
             write!(f, "{} (--{})", self.env, self.flag)
         }
@@ -56,4 +59,6 @@ names! {
     STOP_TIMEOUT = "stop-timeout", "ENVBOX_STOP_TIMEOUT";
     INSECURE_REGISTRIES = "insecure-registries", "ENVBOX_INSECURE_REGISTRIES";
     CNI_PATH = "cni-path", "ENVBOX_CNI_PATH";
+    DEBUG = "debug", "CODER_DEBUG";
+    NO_STARTUP_LOG = "no-startup-log", "";
 }

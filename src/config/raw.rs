@@ -200,5 +200,14 @@ settings_groups! {
         /// Directory of the CNI plugins (bridge, host-local, portmap) [default: /usr/lib/cni].
         #[arg(long = names::CNI_PATH.flag, env = names::CNI_PATH.env, value_name = "DIR")]
         pub cni_path: Option<String>,
+
+        /// Log additional output: the diagnostics of ENVBOX_LOG=debug (stage timings, what was
+        /// skipped), or more if ENVBOX_LOG asks for more.
+        #[arg(long = names::DEBUG.flag, env = names::DEBUG.env, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        pub debug: Option<String>,
+
+        /// Do not send the startup logs to Coder (the progress log still goes to stderr).
+        #[arg(long = names::NO_STARTUP_LOG.flag, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        pub no_startup_log: Option<String>,
     }
 }
