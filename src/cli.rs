@@ -51,7 +51,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the workspace container (the pod's entrypoint; compatible with the Go envbox).
-    #[command(visible_alias = "run")]
+    #[command(visible_alias = "run", after_help = docker_env_only_help())]
     Docker(DockerArgs),
     /// Print the OCI runtime spec `envbox docker` would hand to the runtime. No side effects.
     Spec(SpecArgs),
@@ -66,6 +66,20 @@ pub enum Command {
     /// Inspect or clean the image cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+}
+
+/// The end of `envbox docker --help`: the variables it reads that have no flag (deployment
+/// checks read the whole list of variables from this help).
+fn docker_env_only_help() -> String {
+    format!(
+        "Read from the environment only:\n  \
+         {:<22} the agent's subsystems; the workspace gets this list with envbox added\n  \
+         {:<22} diagnostics in the progress log: off, error, warn, info, debug, trace\n  \
+         {:<22} [default: warn; at least debug with --debug]",
+        crate::config::names::AGENT_SUBSYSTEM.env,
+        crate::logging::VARIABLE,
+        "",
+    )
 }
 
 const PREPARE_HELP: &str = "\

@@ -178,7 +178,17 @@ fn the_misspelt_bootstrap_flag_of_the_go_envbox_is_accepted() {
 #[test]
 fn the_go_envbox_debug_and_no_startup_log_flags_are_accepted_and_listed() {
     let out = envbox(&["docker", "--help"], &[]);
-    let listed = options(&String::from_utf8_lossy(&out.stdout));
+    let help = String::from_utf8_lossy(&out.stdout);
+    // The variables without a flag are listed too (tests/deploy/check.py reads them there).
+    let env_only = help
+        .split_once("Read from the environment only:")
+        .map(|(_, list)| list)
+        .unwrap_or_default();
+    assert!(
+        env_only.contains("  CODER_AGENT_SUBSYSTEM ") && env_only.contains("  ENVBOX_LOG "),
+        "{help}"
+    );
+    let listed = options(&help);
     assert!(
         listed["debug"].contains("[env: CODER_DEBUG=]"),
         "{}",
