@@ -2,16 +2,19 @@
 # The one install step: the Debian packages that `make demo` (`deps.sh demo`) or `make test` and
 # CI (`deps.sh test`) need, installed when missing. As root it installs them with apt-get; as
 # another user it names what is missing and exits 1. It also checks the Rust toolchain, which
-# it does not install. Quiet when nothing is missing.
+# it does not install. For `test`, also the pinned PyPI packages of the deployment checks
+# (tests/deploy/requirements.txt) in a venv, target/deploy-venv (or $ENVBOX_DEPLOY_VENV): made by
+# root, named otherwise. Quiet when nothing is missing.
 set -euo pipefail
 
 demo=(containerd runc busybox-static docker-registry skopeo umoci containernetworking-plugins
       iptables iproute2 protobuf-compiler ca-certificates curl)
 # The tests also build a Debian minbase (debootstrap), check specs against the OCI schema
 # (golang-github-opencontainers-specs-dev, python3-jsonschema), make loop ext4 filesystems and
-# build a static syscall probe for the runc test (gcc, libc6-dev: cargo's linker needs them too).
+# build a static syscall probe for the runc test (gcc, libc6-dev: cargo's linker needs them too),
+# and check the deployment files in a Python venv (python3-venv; see the end).
 test=("${demo[@]}" debootstrap golang-github-opencontainers-specs-dev python3 python3-jsonschema
-      util-linux e2fsprogs make gcc libc6-dev)
+      python3-venv util-linux e2fsprogs make gcc libc6-dev)
 
 case "${1:-}" in
     demo) wanted=("${demo[@]}") ;;
@@ -54,4 +57,26 @@ if [ "$1" = test ]; then
             exit 1
         fi
     done
+fi
+
+if [ "$1" = test ]; then
+    # The deployment checks (tests/deploy/check.py, run by tests/deploy.rs): kubernetes-validate
+    # and python-hcl2 from PyPI (Debian has neither), pinned, in a venv of Debian's Python. The
+    # venv keeps a copy of the requirements it was made from: a change makes it again.
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    requirements="$repo/tests/deploy/requirements.txt"
+    venv="${ENVBOX_DEPLOY_VENV:-$repo/target/deploy-venv}"
+    if ! cmp -s "$requirements" "$venv/requirements.txt" || ! [ -x "$venv/bin/python" ]; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "deps.sh: the deployment checks' Python packages are missing ($venv)" >&2
+            echo "deps.sh: make them as root, or: /usr/bin/python3 -m venv $venv &&" \
+                 "$venv/bin/pip install -r $requirements && cp $requirements $venv/" >&2
+            exit 1
+        fi
+        echo "deps.sh: installing the deployment checks' Python packages into $venv" >&2
+        rm -rf "$venv"
+        /usr/bin/python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input -r "$requirements"
+        cp "$requirements" "$venv/requirements.txt"
+    fi
 fi
