@@ -5,7 +5,7 @@ SCHEMA_DIR ?= /usr/share/gocode/src/github.com/opencontainers/runtime-spec/schem
 # pyenv say, may not).
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 
-.PHONY: demo deps build release test unit conformance fmt lint specs bench clean
+.PHONY: demo deps build release test unit conformance fmt lint specs bench clean image image-test
 
 # envbox's main job on this machine (root): installs the Debian packages it needs, builds
 # envbox, starts a loopback registry with a small image, runs `envbox docker` with runc and a
@@ -57,6 +57,15 @@ bench:
 	$(CARGO) bench --locked --bench image
 	$(CARGO) bench --locked --bench daemons
 	$(CARGO) bench --locked --bench warmstart
+
+# The pod image (deploy/image/Dockerfile) built with buildah from local Debian bases (no image
+# registry needed; root, buildah, podman, mmdebstrap), then run with podman as the pod would run
+# it, against a loopback registry (runc, as sysbox cannot run here). Not part of `make test`.
+image:
+	bash deploy/image/build.sh
+
+image-test: image
+	bash deploy/image/test.sh
 
 clean:
 	$(CARGO) clean
