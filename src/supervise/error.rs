@@ -188,7 +188,9 @@ fn spawn_hint(name: &str, source: &io::Error) -> &'static str {
         return "";
     }
     if name.starts_with("sysbox") {
-        "; sysbox is not installed in this image (ENVBOX_RUNTIME=runc runs without it, for development only)"
+        "; sysbox is not installed in this image: it was built runc-only (deploy/image/Dockerfile with \
+         an empty SYSBOX_DEB build argument); rebuild it with SYSBOX_DEB (the default), or set \
+         ENVBOX_RUNTIME=runc to run without sysbox (for development: no systemd or Docker inside)"
     } else {
         "; it must be installed in envbox's image and found in PATH"
     }

@@ -236,6 +236,22 @@ async fn start_refuses_a_directory_where_a_stale_file_belongs_and_names_a_missin
 }
 
 #[test]
+fn a_missing_sysbox_daemon_names_the_image_build_argument_and_the_runc_fallback() {
+    let err = SuperviseError::Spawn {
+        name: "sysbox-mgr".into(),
+        program: "sysbox-mgr".into(),
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    }
+    .to_string();
+    assert!(
+        err.contains("sysbox is not installed in this image"),
+        "{err}"
+    );
+    assert!(err.contains("SYSBOX_DEB build argument"), "{err}");
+    assert!(err.contains("ENVBOX_RUNTIME=runc"), "{err}");
+}
+
+#[test]
 fn daemon_config_from_settings_follows_the_runtime_dirs_and_idmapped_flag() {
     use crate::config::{Purpose, RawSettings, Runtime, Settings};
     let raw = RawSettings {
