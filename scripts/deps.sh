@@ -45,7 +45,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if ! command -v cargo >/dev/null; then
-    echo "deps.sh: no cargo on PATH: install Rust 1.85 or later (https://rustup.rs), then run" \
+    echo "deps.sh: no cargo on PATH: install Rust 1.88 or later (https://rustup.rs), then run" \
          "this again" >&2
     exit 1
 fi
