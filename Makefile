@@ -62,6 +62,7 @@ bench:
 # registry needed; root, buildah, podman, mmdebstrap), then run with podman as the pod would run
 # it, against a loopback registry (runc, as sysbox cannot run here). Not part of `make test`.
 image:
+	bash scripts/deps.sh image
 	bash deploy/image/build.sh
 
 image-test: image

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one install step: the Debian packages that `make demo` (`deps.sh demo`) or `make test` and
-# CI (`deps.sh test`) need, installed when missing. As root it installs them with apt-get; as
+# The one install step: the Debian packages that `make demo` (`deps.sh demo`), `make test` and
+# CI (`deps.sh test`) or `make image` and `make image-test` (`deps.sh image`) need, installed
+# when missing. As root it installs them with apt-get; as
 # another user it names what is missing and exits 1. It also checks the Rust toolchain, which
 # it does not install. For `test`, also the pinned PyPI packages of the deployment checks
 # (tests/deploy/requirements.txt) in a venv, target/deploy-venv (or $ENVBOX_DEPLOY_VENV): made by
@@ -16,10 +17,15 @@ demo=(containerd runc busybox-static docker-registry skopeo umoci containernetwo
 test=("${demo[@]}" debootstrap golang-github-opencontainers-specs-dev python3 python3-jsonschema
       python3-venv util-linux e2fsprogs make gcc libc6-dev)
 
+# The pod image: built with buildah from local Debian bases (mmdebstrap), run with podman
+# beside a loopback registry (the demo's packages).
+image=("${demo[@]}" buildah podman mmdebstrap fuse-overlayfs uidmap)
+
 case "${1:-}" in
     demo) wanted=("${demo[@]}") ;;
     test) wanted=("${test[@]}") ;;
-    *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+    image) wanted=("${image[@]}") ;;
+    *) echo "usage: $0 demo|test|image" >&2; exit 2 ;;
 esac
 
 if ! command -v dpkg-query >/dev/null; then
