@@ -163,7 +163,7 @@ fn has_shani() -> bool {
 
 /// Compresses whole blocks.
 fn compress(state: &mut [u32; 8], blocks: &[u8]) {
-    debug_assert!(blocks.len() % BLOCK == 0);
+    debug_assert!(blocks.len().is_multiple_of(BLOCK));
     #[cfg(target_arch = "x86_64")]
     if has_shani() {
         // SAFETY: the CPU has the features the kernel is compiled for.
@@ -175,7 +175,7 @@ fn compress(state: &mut [u32; 8], blocks: &[u8]) {
 
 /// Compresses the same number of whole blocks into each state.
 fn compress2(a: &mut [u32; 8], a_blocks: &[u8], b: &mut [u32; 8], b_blocks: &[u8]) {
-    debug_assert!(a_blocks.len() == b_blocks.len() && a_blocks.len() % BLOCK == 0);
+    debug_assert!(a_blocks.len() == b_blocks.len() && a_blocks.len().is_multiple_of(BLOCK));
     #[cfg(target_arch = "x86_64")]
     if has_shani() {
         // SAFETY: the CPU has the features the kernel is compiled for.

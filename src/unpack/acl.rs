@@ -58,7 +58,7 @@ pub(super) fn is_acl(name: &[u8]) -> bool {
 /// place. On error `value` is left partly shifted: the caller drops it.
 pub(super) fn shift(value: &mut [u8]) -> Result<(), AclError> {
     let len = value.len();
-    if len < HEADER + ENTRY || (len - HEADER) % ENTRY != 0 {
+    if len < HEADER + ENTRY || !(len - HEADER).is_multiple_of(ENTRY) {
         return Err(AclError::Size { len });
     }
     let version = u32::from_le_bytes(value[..HEADER].try_into().expect("4 bytes"));

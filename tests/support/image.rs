@@ -578,7 +578,7 @@ pub fn big_image(total_mb: u64, layers: usize) -> ImageSpec {
                 let len = block.len();
                 block[len - zeros..].fill(0);
             }
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 entries.push(Entry::dir(&format!("/big/l{l}/d{}", n / 64), 0o755));
             }
             entries.push(Entry::file(
