@@ -999,3 +999,43 @@ while :; do sleep 1; done
         assert!(acl.contains(&entry), "no {entry} in getfacl -n:\n{report}");
     }
 }
+
+/// The GPU end-to-end script (tests/gpu/e2e.sh, issue 24) runs its whole flow here without a
+/// GPU (`--rehearse`): its OCI layout, envbox docker from `oci:`, the host's /usr/lib where a
+/// pod mounts it, SIGTERM and the leftover checks. The one run on a GPU host must not be the
+/// first. Without `--rehearse` and without a GPU it refuses, saying why.
+#[test]
+fn the_gpu_script_rehearses_here_and_refuses_without_a_gpu() {
+    if !launch_requirements_met("GPU script rehearsal") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/gpu/e2e.sh");
+    let bin_dir = Path::new(ENVBOX).parent().unwrap();
+    let run = |args: &[&str]| {
+        Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env(
+                "PATH",
+                format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()),
+            )
+            .env_remove("OUT")
+            .output()
+            .expect("run tests/gpu/e2e.sh")
+    };
+    let out = run(&["--rehearse"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("PASSED (rehearsal"), "{text}");
+    if !Path::new("/dev/nvidiactl").exists() {
+        let out = run(&[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("no NVIDIA GPU on this host"), "{stderr}");
+    }
+}
