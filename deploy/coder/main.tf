@@ -267,8 +267,8 @@ resource "kubernetes_deployment" "main" {
             name  = "CODER_MOUNTS"
             value = "/home/coder:${local.home}"
           }
-          # Divisor 1: whole CPUs (rounded up) and bytes, the forms CODER_CPUS and CODER_MEMORY
-          # read; envbox copies the pod's exact CPU quota into the workspace as well.
+          # Divisor 1: whole CPUs (rounded up; the pod's own cgroup still holds the workspace to
+          # its exact limit) and bytes, the forms CODER_CPUS and CODER_MEMORY read.
           env {
             name = "CODER_CPUS"
             value_from {

@@ -12,6 +12,7 @@ What it checks:
   limits reach CODER_CPUS/CODER_MEMORY in a form they read, the state on a persistent volume,
   /var/lib/sysbox on the node's disk, the run dir on a tmpfs, the node's kernel headers and
   modules read-only, a privileged container, one replica recreated (never rolled);
+- that make image-test runs the image with the manifest's environment (deploy/image/test.env);
 - in the template: the agent's token handed over through a secret the template makes from
   coder_agent.token, the agent's init script as CODER_BOOTSTRAP_SCRIPT, its URL, and the image
   and user as coder_parameters.
@@ -251,6 +252,52 @@ def check_manifests(docs, envbox, versions=KUBERNETES_VERSIONS):
     return problems
 
 
+# make image-test's own variables, beside the manifest's (deploy/image/test.env's last block).
+IMAGE_TEST_ONLY = {"ENVBOX_RUNTIME", "ENVBOX_INSECURE_REGISTRIES", "CODER_INNER_ENVS",
+                   "KUBERNETES_SERVICE_HOST"}
+# What every site sets for itself: the test's values differ from the manifest's examples.
+SITE_VALUES = {"CODER_INNER_IMAGE", "CODER_AGENT_URL"}
+
+
+def parse_env_file(text):
+    """NAME=value lines (podman --env-file), comments and blank lines skipped."""
+    values = {}
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name] = value
+    return values
+
+
+def check_image_test_env(docs, env_file, where="deploy/image/test.env"):
+    """make image-test runs the image with the workspace pod's environment: every variable the
+    manifest's envbox container sets (a literal with the manifest's value; from a secret or the
+    Downward API with a test value; an optional secret may be left out), and of its own only
+    IMAGE_TEST_ONLY."""
+    problems = []
+    container = None
+    for _, doc in docs:
+        if doc and doc.get("kind") in POD_TEMPLATE_KINDS:
+            pod = doc["spec"]["template"]["spec"]
+            container = pod["containers"][0]
+    if container is None:
+        return [f"{where}: no workspace pod in the manifests to compare with"]
+    manifest = {e["name"]: e for e in container.get("env", [])}
+    for name, entry in manifest.items():
+        if name not in env_file:
+            optional = ((entry.get("valueFrom") or {}).get("secretKeyRef") or {}).get("optional")
+            if not optional:
+                problems.append(f"{where}: {name} is in the manifest but not in the image test")
+        elif "value" in entry and name not in SITE_VALUES and env_file[name] != str(entry["value"]):
+            problems.append(f"{where}: {name}={env_file[name]!r}, the manifest sets "
+                            f"{entry['value']!r}")
+    for name in env_file:
+        if name not in manifest and name not in IMAGE_TEST_ONLY:
+            problems.append(f"{where}: {name} is not in the manifest (nor one of the test's own: "
+                            f"{', '.join(sorted(IMAGE_TEST_ONLY))})")
+    return problems
+
+
 def load_manifests(repo):
     docs = []
     for path in sorted(glob.glob(os.path.join(repo, "deploy", "kubernetes", "*.yaml"))):
@@ -377,7 +424,10 @@ def main(argv=None):
     parser.add_argument("--repo", default=os.path.join(os.path.dirname(__file__), "..", ".."))
     args = parser.parse_args(argv)
     envbox = Envbox.from_binary(args.envbox)
-    problems = check_manifests(load_manifests(args.repo), envbox)
+    docs = load_manifests(args.repo)
+    problems = check_manifests(docs, envbox)
+    with open(os.path.join(args.repo, "deploy", "image", "test.env")) as f:
+        problems += check_image_test_env(docs, parse_env_file(f.read()))
     templates = sorted(glob.glob(os.path.join(args.repo, "deploy", "coder", "*.tf")))
     if not templates:
         problems.append("no Coder template in deploy/coder")

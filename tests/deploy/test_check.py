@@ -235,5 +235,33 @@ class Variables(unittest.TestCase):
             check.seconds("soon")
 
 
+with open(os.path.join(REPO, "deploy", "image", "test.env")) as f:
+    IMAGE_TEST_ENV = check.parse_env_file(f.read())
+
+
+class ImageTestEnv(unittest.TestCase):
+    def problems(self, docs, env_file):
+        return "\n".join(check.check_image_test_env(docs, env_file))
+
+    def test_the_image_test_runs_with_the_manifests_environment(self):
+        self.assertEqual(self.problems(MANIFESTS, IMAGE_TEST_ENV), "")
+
+    def test_a_variable_the_manifest_sets_must_be_in_the_test(self):
+        env_file = dict(IMAGE_TEST_ENV)
+        del env_file["ENVBOX_STOP_TIMEOUT"]
+        self.assertIn("ENVBOX_STOP_TIMEOUT is in the manifest but not in the image test",
+                      self.problems(MANIFESTS, env_file))
+
+    def test_a_literal_must_have_the_manifests_value(self):
+        docs, _, container = workspace()
+        env(container, "CODER_ADD_FUSE")["value"] = "true"
+        self.assertIn("CODER_ADD_FUSE='false', the manifest sets 'true'",
+                      self.problems(docs, IMAGE_TEST_ENV))
+
+    def test_the_test_sets_nothing_else_of_its_own(self):
+        env_file = dict(IMAGE_TEST_ENV, CODER_ADD_GPU="true")
+        self.assertIn("CODER_ADD_GPU is not in the manifest", self.problems(MANIFESTS, env_file))
+
+
 if __name__ == "__main__":
     unittest.main()
