@@ -3,12 +3,13 @@
 //!
 //! Owns: reading one or more concatenated gzip members (as `docker`/`containerd` accept them:
 //! a second member right after the first; after the last, nothing but zero padding, which GNU
-//! gzip and zlib accept too) into one stream, with
-//! every header field parsed and checked (magic, method, reserved flags, extra field, name,
-//! comment, header CRC present) and each member's length checked against its trailer's ISIZE.
-//! The trailer's CRC-32 is not computed: every byte that comes out is hashed into the diff ID,
-//! which must match the image config before a layer is kept, so the CRC would check nothing
-//! that sha256 does not (it cost 1.5% of a cold unpack's CPU). It never writes anything.
+//! gzip and zlib accept too) into one stream, with every header field parsed and checked
+//! (magic, method, reserved flags, extra field, name, comment, header CRC present) and each
+//! member's length checked against its trailer's ISIZE. The trailer's CRC-32 is not computed:
+//! every byte that comes out is hashed into the diff ID, which must match the image config
+//! before a layer is kept, so the CRC would check nothing that sha256 does not. Why not
+//! flate2's `MultiGzDecoder`: it refuses zero padding after the last member ("invalid gzip
+//! header"); it is no faster (`BENCHMARKS.md`, 2026-12-07). It never writes anything.
 
 use std::io::{self, BufRead, Read};
 
