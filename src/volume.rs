@@ -51,7 +51,7 @@ impl VolumeLayout {
         self.root.join("container")
     }
 
-    /// Where envbox before 3db686d kept containerd's metadata (the agent token with it).
+    /// Where an earlier envbox kept containerd's metadata (the agent token with it).
     pub fn legacy_containerd(&self) -> PathBuf {
         self.root.join("containerd")
     }
