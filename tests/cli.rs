@@ -381,29 +381,21 @@ struct HelpCase {
 
 fn help_cases() -> Vec<HelpCase> {
     let groups = |groups: &[&[&'static str]]| groups.concat();
+    // `run` is `docker`'s alias: the same settings, the same requirements.
+    let entrypoint = |command: &'static [&'static str]| HelpCase {
+        command,
+        own: &[],
+        settings: groups(&[
+            &IMAGE_FLAGS,
+            &WORKSPACE_FLAGS,
+            &STATE_FLAGS,
+            &ENTRYPOINT_FLAGS,
+        ]),
+        required: &[("image", "Required"), ("username", "Required")],
+    };
     vec![
-        HelpCase {
-            command: &["docker"],
-            own: &[],
-            settings: groups(&[
-                &IMAGE_FLAGS,
-                &WORKSPACE_FLAGS,
-                &STATE_FLAGS,
-                &ENTRYPOINT_FLAGS,
-            ]),
-            required: &[("image", "Required"), ("username", "Required")],
-        },
-        HelpCase {
-            command: &["run"],
-            own: &[],
-            settings: groups(&[
-                &IMAGE_FLAGS,
-                &WORKSPACE_FLAGS,
-                &STATE_FLAGS,
-                &ENTRYPOINT_FLAGS,
-            ]),
-            required: &[("image", "Required"), ("username", "Required")],
-        },
+        entrypoint(&["docker"]),
+        entrypoint(&["run"]),
         HelpCase {
             command: &["spec"],
             own: &["rootfs", "image-config", "show-secrets", "show-actions"],

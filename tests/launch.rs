@@ -180,6 +180,14 @@ impl Dirs {
         path
     }
 
+    /// `CODER_MOUNTS` binding the test's `home-coder` directory at `/home/coder`.
+    fn home_mount(&self) -> (String, String) {
+        (
+            "CODER_MOUNTS".to_owned(),
+            format!("{}:/home/coder", self.path("home-coder").display()),
+        )
+    }
+
     fn base_env(&self, image: &str, registry: &Registry, script: &str) -> Vec<(String, String)> {
         [
             ("CODER_INNER_IMAGE", image.to_owned()),
@@ -524,10 +532,7 @@ fn containerd_dying_stops_envbox_with_a_message_naming_it() {
         &registry,
         "echo agent-up; while :; do sleep 1; done",
     );
-    env.push((
-        "CODER_MOUNTS".to_owned(),
-        format!("{}:/home/coder", dirs.path("home-coder").display()),
-    ));
+    env.push(dirs.home_mount());
     let mut envbox = Envbox::start(&env);
     envbox.wait_for("agent-up", Duration::from_secs(120));
     let run = dirs.root.join("run");
@@ -576,11 +581,7 @@ fn a_second_start_after_kill_9_of_the_first_starts_cleanly() {
     let dirs = Dirs::new("restart");
     let script = r#"echo "started as $(id -u)"; while :; do sleep 1; done"#;
     let mut env = dirs.base_env(&image, &registry, script);
-    let home = dirs.path("home-coder");
-    env.push((
-        "CODER_MOUNTS".to_owned(),
-        format!("{}:/home/coder", home.display()),
-    ));
+    env.push(dirs.home_mount());
 
     let mut first = Envbox::start(&env);
     first.wait_for("started as 1000", Duration::from_secs(120));
@@ -768,11 +769,7 @@ fn the_agent_token_never_rests_on_the_volume_and_is_private_under_the_run_dir() 
     let mut env = dirs.base_env(&image, &registry, "echo agent-up; exec sleep 600");
     env.retain(|(name, _)| name != "CODER_AGENT_TOKEN");
     env.push(("CODER_AGENT_TOKEN".to_owned(), canary.to_owned()));
-    let home = dirs.path("home-coder");
-    env.push((
-        "CODER_MOUNTS".to_owned(),
-        format!("{}:/home/coder", home.display()),
-    ));
+    env.push(dirs.home_mount());
     // An earlier envbox kept containerd's metadata on the volume: it goes at start.
     let legacy = dirs.path("state/containerd/io.containerd.metadata.v1.bolt");
     fs::write(legacy.join("meta.db"), format!("old spec with {canary}")).unwrap();
@@ -846,11 +843,7 @@ fn the_oom_killer_takes_the_workspace_before_its_supervisors() {
                   echo -500 > /proc/self/oom_score_adj 2>/dev/null || echo lowering-refused; \
                   echo agent-up; exec sleep 600";
     let mut env = dirs.base_env(&image, &registry, script);
-    let home = dirs.path("home-coder");
-    env.push((
-        "CODER_MOUNTS".to_owned(),
-        format!("{}:/home/coder", home.display()),
-    ));
+    env.push(dirs.home_mount());
     // The pod's score, as the kubelet would have set it: envbox runs under it.
     let mut envbox = Envbox::start_with_score(&env, Some(300));
     envbox.wait_for("agent-up", Duration::from_secs(120));
