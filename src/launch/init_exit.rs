@@ -4,12 +4,10 @@
 //!
 //! Owns: [`InitWatch`], what is known of the init from its start (its path, where the shim
 //! appends its output, where that output began) and the [`InitEnded`] report built from it.
-//! The init's output is read back from its log file, only its tail and never more than
-//! [`TAIL_BYTES`]. It never signals, waits for or deletes the task (the launcher does).
+//! The init's output is read back from its log file, only its tail (`supervise::log`, as
+//! daemon logs are). It never signals, waits for or deletes the task (the launcher does).
 
 use std::fmt;
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,9 +17,6 @@ use crate::runtime::ExitStatus;
 
 /// How many of the init's last output lines a report carries.
 pub(super) const TAIL_LINES: usize = 20;
-
-/// How much of the end of the init's output is read for them.
-pub(super) const TAIL_BYTES: u64 = 16 * 1024;
 
 /// A longer line is cut to this many characters.
 const LINE_CHARS: usize = 240;
@@ -111,35 +106,14 @@ impl InitLog {
         }
     }
 
-    /// The last `n` lines written since the mark, from at most its last [`TAIL_BYTES`] (a line
-    /// cut by that limit is left out); each cut to [`LINE_CHARS`], blank ones skipped.
+    /// The last `n` non-empty lines written since the mark, read as daemon logs are (at most
+    /// [`crate::supervise::log::TAIL_BYTES`] of the end), each cut to [`LINE_CHARS`].
     pub fn last_lines(&self, n: usize) -> std::io::Result<Vec<String>> {
-        let mut file = match File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let len = file.metadata()?.len();
-        // The file shrank (truncated by someone): read it all.
-        let from = if len < self.from { 0 } else { self.from };
-        let start = from.max(len.saturating_sub(TAIL_BYTES));
-        file.seek(SeekFrom::Start(start))?;
-        let mut bytes = Vec::new();
-        file.take(TAIL_BYTES).read_to_end(&mut bytes)?;
-        let text = String::from_utf8_lossy(&bytes);
-        let mut lines: Vec<&str> = text.split('\n').collect();
-        if start > from {
-            lines.remove(0);
+        match crate::supervise::log::tail_since(&self.path, self.from, n) {
+            Ok(lines) => Ok(lines.iter().map(|l| cut(l)).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
         }
-        let mut kept: Vec<String> = lines
-            .into_iter()
-            .map(|l| l.trim_end_matches('\r'))
-            .filter(|l| !l.trim().is_empty())
-            .map(cut)
-            .collect();
-        let skip = kept.len().saturating_sub(n);
-        kept.drain(..skip);
-        Ok(kept)
     }
 }
 
@@ -332,7 +306,7 @@ mod tests {
         let path = dir.path().join("init.log");
         let log = InitLog::mark(&path);
         assert_eq!(log.from, 0);
-        let long = "x".repeat(TAIL_BYTES as usize * 4);
+        let long = "x".repeat(crate::supervise::log::TAIL_BYTES as usize * 4);
         std::fs::write(
             &path,
             format!("{long}\nsecond to last\n{}\n", "é".repeat(500)),

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub const TAIL_LINES: usize = 20;
 
 /// At most this much of the end of the log is read for the tail.
-const TAIL_BYTES: u64 = 16 * 1024;
+pub(crate) const TAIL_BYTES: u64 = 16 * 1024;
 
 /// `<log>.1`: where the previous run's log is kept.
 pub fn previous_path(log: &Path) -> PathBuf {
@@ -46,19 +46,24 @@ pub fn open_for_run(log: &Path, header: &str) -> io::Result<File> {
 
 /// The last `n` lines of `log` (empty when it cannot be read), decoded lossily.
 pub fn tail(log: &Path, n: usize) -> Vec<String> {
-    read_end(log)
-        .map(|bytes| tail_lines(&bytes, n))
-        .unwrap_or_default()
+    tail_since(log, 0, n).unwrap_or_default()
 }
 
-fn read_end(log: &Path) -> io::Result<Vec<u8>> {
+/// The last `n` non-empty lines of what `log` holds from byte `from` on (all of it when the
+/// file has shrunk below `from`), read from at most its last [`TAIL_BYTES`].
+pub fn tail_since(log: &Path, from: u64, n: usize) -> io::Result<Vec<String>> {
+    read_end(log, from).map(|bytes| tail_lines(&bytes, n))
+}
+
+fn read_end(log: &Path, from: u64) -> io::Result<Vec<u8>> {
     let mut file = File::open(log)?;
     let len = file.metadata()?.len();
-    let start = len.saturating_sub(TAIL_BYTES);
+    let from = if len < from { 0 } else { from };
+    let start = from.max(len.saturating_sub(TAIL_BYTES));
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    if start > 0 {
+    file.take(TAIL_BYTES).read_to_end(&mut bytes)?;
+    if start > from {
         // The first line is cut: drop it.
         let cut = bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
         bytes.drain(..cut);

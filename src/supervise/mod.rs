@@ -26,7 +26,7 @@ pub mod cgroup;
 mod child;
 mod containerd;
 mod error;
-mod log;
+pub(crate) mod log;
 mod spawner;
 #[cfg(test)]
 mod stand_in_tests;
