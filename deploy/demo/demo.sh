@@ -12,6 +12,8 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 port=${DEMO_REGISTRY_PORT:-5099}
 web_port=${DEMO_WEB_PORT:-8099}
 
+source "$repo/scripts/demo-image.sh"
+
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 if [ "$(id -u)" != 0 ]; then
@@ -29,42 +31,17 @@ work=$(mktemp -d /var/tmp/envbox-demo.XXXXXX)
 chmod 755 "$work"
 pids=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}" ${registry_pid:-}; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     [ -n "${DEMO_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
 say "Starting a registry on 127.0.0.1:$port"
-cat > "$work/registry.yml" <<EOF
-version: 0.1
-log: { level: warn }
-storage: { filesystem: { rootdirectory: $work/registry } }
-http: { addr: "127.0.0.1:$port" }
-EOF
-docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do
-    curl -fs "http://127.0.0.1:$port/v2/" > /dev/null 2>&1 && break
-    sleep 0.1
-done
+start_registry "$work" "$port"
 
 say "Building a busybox image with a 'coder' user and pushing it"
-rootfs="$work/image-rootfs"
-mkdir -p "$rootfs"/{bin,etc,root,tmp,home/coder}
-cp /bin/busybox "$rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$rootfs/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\ncoder:x:1000:1000:coder:/home/coder:/bin/sh\n' > "$rootfs/etc/passwd"
-printf 'root:x:0:\ncoder:x:1000:\n' > "$rootfs/etc/group"
-chown 1000:1000 "$rootfs/home/coder"
-chmod 1777 "$rootfs/tmp"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:demo"
-umoci insert --image "$work/layout:demo" "$rootfs" /
-umoci config --image "$work/layout:demo" --config.env PATH=/bin
-skopeo copy -q --dest-tls-verify=false "oci:$work/layout:demo" "docker://127.0.0.1:$port/envbox/demo:latest"
+push_busybox_image "$work" "127.0.0.1:$port/envbox/demo:latest"
 
 say "A web page on the outer side, for the workspace to fetch through the gateway"
 mkdir -p "$work/www"

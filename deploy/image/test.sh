@@ -16,6 +16,8 @@ port=$(sed -n 's/^ENVBOX_INSECURE_REGISTRIES=127\.0\.0\.1:\([0-9]*\)$/\1/p' "$en
 ref=$(sed -n 's/^CODER_INNER_IMAGE=//p' "$env_file")
 token=$(sed -n 's/^CODER_AGENT_TOKEN=//p' "$env_file")
 
+source "$repo/scripts/demo-image.sh"
+
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 fail() { printf '\n\033[1;31mimage-test FAILED: %s\033[0m\n' "$*" >&2; exit 1; }
 
@@ -76,36 +78,10 @@ still_running() {
 }
 
 say "Starting a registry on 127.0.0.1:$port"
-cat > "$work/registry.yml" <<EOF
-version: 0.1
-log: { level: warn }
-storage: { filesystem: { rootdirectory: $work/registry } }
-http: { addr: "127.0.0.1:$port" }
-EOF
-docker-registry serve "$work/registry.yml" > "$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 50); do
-    curl -fs "http://127.0.0.1:$port/v2/" > /dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fs "http://127.0.0.1:$port/v2/" > /dev/null || fail "the registry did not start: $(cat "$work/registry.log")"
+start_registry "$work" "$port" || fail "the registry did not start"
 
 say "Pushing a busybox image with a 'coder' user as $ref"
-rootfs=$work/image-rootfs
-mkdir -p "$rootfs"/{bin,etc,root,tmp,home/coder}
-cp /bin/busybox "$rootfs/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ "$applet" = busybox ] || ln -s busybox "$rootfs/bin/$applet"
-done
-printf 'root:x:0:0:root:/root:/bin/sh\ncoder:x:1000:1000:coder:/home/coder:/bin/sh\n' > "$rootfs/etc/passwd"
-printf 'root:x:0:\ncoder:x:1000:\n' > "$rootfs/etc/group"
-chown 1000:1000 "$rootfs/home/coder"
-chmod 1777 "$rootfs/tmp"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:t"
-umoci insert --image "$work/layout:t" "$rootfs" / >/dev/null
-umoci config --image "$work/layout:t" --config.env PATH=/bin
-skopeo copy -q --dest-tls-verify=false "oci:$work/layout:t" "docker://$ref"
+push_busybox_image "$work" "$ref"
 
 # The pod's volumes (deploy/kubernetes/pod.yaml): the home and state volumes, sysbox's
 # emptyDir, the node's /usr/src and /lib/modules read-only (where the node has them).
