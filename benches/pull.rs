@@ -14,7 +14,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use envbox::cache::BlobStore;
-use envbox::registry::{self, ImageRef, RegistryConfig};
+use envbox::image::ImageRef;
+use envbox::registry::{self, RegistryConfig};
 use support::image::{big_image, write_layout};
 use support::registry::Registry;
 

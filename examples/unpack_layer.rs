@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use envbox::digest::Digest;
-use envbox::registry::manifest::Compression;
+use envbox::image::Compression;
 use envbox::unpack::{LayerSource, LayerStore, Limits};
 
 fn main() -> anyhow::Result<()> {

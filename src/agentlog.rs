@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Settings;
 use crate::progress::{self, Kind};
-use crate::registry::{client_builder, load_extra_certs};
+use crate::tls::{client_builder, load_extra_certs};
 
 /// Lines gathered for one request at most.
 const BATCH: usize = 100;
@@ -37,7 +37,7 @@ const ICON: &str = "/icon/docker.svg";
 #[derive(Debug, thiserror::Error)]
 pub enum AgentLogError {
     #[error("startup logs to Coder: {0}")]
-    Certificates(#[from] crate::registry::RegistryError),
+    Certificates(#[from] crate::tls::CertsError),
     #[error("startup logs to Coder: building the HTTP client: {0}")]
     Client(String),
 }

@@ -43,6 +43,7 @@ pub mod setup;
 pub mod source;
 pub mod spec;
 pub mod supervise;
+pub mod tls;
 pub mod unpack;
 pub mod volume;
 

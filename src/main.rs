@@ -21,7 +21,7 @@ fn debug_requested(cli: &Cli) -> anyhow::Result<bool> {
 
 fn main() -> ExitCode {
     // While the process has one thread: it sets an environment variable.
-    envbox::registry::pin_system_bundle();
+    envbox::tls::pin_system_bundle();
     let cli = Cli::parse();
     let is_entrypoint = matches!(cli.command, Command::Docker(_));
     let result = debug_requested(&cli)

@@ -142,7 +142,7 @@ fn try_overlay(layout: &Layout, layer_dirs: &[PathBuf]) -> Result<Result<(), Err
     }
     // The merged root takes the upper dir's owner and mode: root of the workspace, shifted, so
     // the runtime (as root in the user namespace) can create mount points such as `/proc`.
-    let shifted = Some(crate::spec::ID_SHIFT);
+    let shifted = Some(crate::image::ID_SHIFT);
     std::os::unix::fs::chown(&layout.upper, shifted, shifted)
         .map_err(io("changing the owner of", &layout.upper))?;
     std::fs::set_permissions(

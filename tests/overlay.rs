@@ -8,9 +8,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use envbox::cache::BlobStore;
+use envbox::image::ImageRef;
 use envbox::overlay::{self, Mode, RootfsKind};
 use envbox::prepare::{self, PreparedImage};
-use envbox::registry::{ImageRef, RegistryConfig};
+use envbox::registry::RegistryConfig;
 use envbox::unpack::{LayerStore, Limits};
 use support::host::requirements_met;
 use support::image::{busybox_image, write_layout};

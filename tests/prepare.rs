@@ -542,7 +542,7 @@ fn prepare_via(
         max_concurrent_downloads: downloads,
         ..envbox::registry::RegistryConfig::default()
     };
-    let source = envbox::registry::ImageRef::parse(&format!("{}/{reference}", proxy.host))
+    let source = envbox::image::ImageRef::parse(&format!("{}/{reference}", proxy.host))
         .unwrap()
         .into();
     tokio::runtime::Runtime::new()

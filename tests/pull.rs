@@ -11,9 +11,8 @@ use base64::Engine as _;
 use envbox::cache::{BlobStore, CacheError};
 use envbox::config::Secret;
 use envbox::digest::Digest;
-use envbox::registry::{
-    self, Credentials, ImageRef, Platform, PulledImage, RegistryConfig, RegistryError,
-};
+use envbox::image::{ImageError, ImageRef, Platform, PulledImage};
+use envbox::registry::{self, Credentials, RegistryConfig, RegistryError};
 use support::image::{
     busybox_image, write_layout, Compression, Entry, ImageSpec, Layer, LayoutInfo,
 };
@@ -499,7 +498,10 @@ async fn schema1_is_refused_with_advice() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, RegistryError::SchemaV1 { .. }), "{err}");
+    assert!(
+        matches!(err, RegistryError::Image(ImageError::SchemaV1 { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("rebuild"), "{err}");
 }
 

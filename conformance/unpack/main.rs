@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use envbox::digest::Digest;
+use envbox::image::Compression;
 use envbox::overlay::{self, Mode, RootfsKind};
-use envbox::registry::manifest::Compression;
 use envbox::unpack::{flatten, Durability, LayerSource, LayerStore, Limits, ID_SHIFT};
 use snapshot::{differences, snapshot, Snapshot};
 use support::host::root_and_tools_met;

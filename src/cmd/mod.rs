@@ -13,8 +13,9 @@ use crate::cache::BlobStore;
 use crate::cli::{Cli, Command};
 use crate::config::{names, Settings};
 use crate::digest::Digest;
+use crate::image::ImageRef;
 use crate::prepare::PreparedImage;
-use crate::registry::{ImageRef, RegistryConfig};
+use crate::registry::RegistryConfig;
 use crate::source::ImageSource;
 use crate::unpack::{LayerStore, Limits};
 

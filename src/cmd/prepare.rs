@@ -7,8 +7,8 @@ use super::{outer_subsystem, prepare_image, printable, warn_all};
 use crate::bundle;
 use crate::cli::PrepareArgs;
 use crate::config::{names, Purpose, Settings};
+use crate::image::ImageRef;
 use crate::progress::{self, Kind};
-use crate::registry::ImageRef;
 use crate::source::ImageSource;
 use crate::unpack::Limits;
 

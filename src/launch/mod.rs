@@ -78,7 +78,7 @@ pub enum LaunchError {
     Bootstrap(#[from] bootstrap::BootstrapError),
     #[error("holding the workspace's network namespace (/proc/{pid}/ns/net): {source}")]
     Netns { pid: u32, source: std::io::Error },
-    #[error("{path} (mode {mode:o}, owner {uid}) cannot be searched by the workspace's root (uid {shifted}), so the runtime cannot reach the root filesystem under it: allow others to search it (chmod o+x) or put ENVBOX_STATE_DIR elsewhere", shifted = crate::spec::ID_SHIFT)]
+    #[error("{path} (mode {mode:o}, owner {uid}) cannot be searched by the workspace's root (uid {shifted}), so the runtime cannot reach the root filesystem under it: allow others to search it (chmod o+x) or put ENVBOX_STATE_DIR elsewhere", shifted = crate::image::ID_SHIFT)]
     Unreachable { path: PathBuf, mode: u32, uid: u32 },
     #[error("making {path} readable by root alone (it holds the agent token): {source}")]
     Private {

@@ -61,7 +61,7 @@ pub(super) fn check_searchable(rootfs: &Path) -> Result<(), LaunchError> {
             continue;
         };
         let mode = meta.mode() & 0o7777;
-        let shifted = crate::spec::ID_SHIFT;
+        let shifted = crate::image::ID_SHIFT;
         let searchable = mode & 0o001 != 0
             || (meta.uid() == shifted && mode & 0o100 != 0)
             || (meta.gid() == shifted && mode & 0o010 != 0);

@@ -19,7 +19,8 @@ use std::time::Instant;
 
 use crate::cache::{BlobStore, CacheError};
 use crate::image::ImageConfig;
-use crate::registry::{ImageRef, LayerFeed, PulledImage, PulledLayer, RegistryConfig};
+use crate::image::{ImageRef, PulledImage, PulledLayer};
+use crate::registry::{LayerFeed, RegistryConfig};
 use crate::source::{self, Fetched, ImageSource, SourceError};
 use crate::unpack::{LayerSource, LayerStore, Limits, UnpackError, UnpackReport};
 use dispatch::{unpack_as_fed, Arrival};

@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::reference::normalize_host;
 use super::RegistryError;
 use crate::config::Secret;
+use crate::image::normalize_host;
 
 /// Credentials for one registry.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::PulledLayer;
+use crate::image::PulledLayer;
 
 type Report = dyn Fn(usize, &PulledLayer) + Send + Sync;
 

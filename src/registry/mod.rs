@@ -1,43 +1,34 @@
-//! Pulling images from OCI registries into the verified blob cache.
+//! Pulling images from OCI registries into the verified blob cache: the transport.
 //!
-//! Owns: everything between an image reference and verified blobs on the volume: reference
-//! normalisation, credentials by host, TLS roots, the challenge/token dance (oci-client's
-//! `auth`, called first so token errors surface as such), manifests and platform choice, and
-//! blob transfers with retries (one helper, `retry`, with a budget per kind of failure),
-//! `Retry-After`, resume by `Range` and progress. Blob GETs are made with reqwest (the HTTP
-//! stack oci-client itself uses) because oci-client's blob API exposes neither response
-//! headers (`Retry-After`, `Content-Length`) nor control over redirects; everything else goes
-//! through oci-client. It never unpacks or runs anything.
+//! Owns: everything between an image reference and verified blobs on the volume: credentials by
+//! host, the challenge/token dance (oci-client's `auth`, called first so token errors surface as
+//! such), fetching manifests (what they mean, and which platform's is chosen, is
+//! `crate::image`'s), and blob transfers with retries (one helper, `retry`, with a budget per
+//! kind of failure), `Retry-After`, resume by `Range` and progress. Blob GETs are made with
+//! reqwest (the HTTP stack oci-client itself uses) because oci-client's blob API exposes
+//! neither response headers (`Retry-After`, `Content-Length`) nor control over redirects;
+//! everything else goes through oci-client. It never unpacks or runs anything.
 
 mod credentials;
-pub(crate) mod describe;
 mod feed;
 mod fetch;
-pub mod manifest;
-mod platform;
 mod progress;
 mod pull;
-mod reference;
 mod retry;
 mod session;
 mod sink;
-mod tls;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub use credentials::{Credential, Credentials};
-pub use describe::{PulledImage, PulledLayer};
 pub use feed::LayerFeed;
-pub use platform::Platform;
 pub use pull::{cached_blobs, pull, pull_feeding, CachedImage};
-pub use reference::{normalize_host, ImageRef};
 pub use retry::Failure;
-pub(crate) use tls::client_builder;
-pub use tls::{load_extra_certs, pin_system_bundle};
 
 use crate::cache::CacheError;
 use crate::config::Settings;
+use crate::image::{ImageError, Platform};
+use crate::tls::{load_extra_certs, CertsError};
 
 /// How to reach registries. Field docs state defaults (`RegistryConfig::default()`).
 #[derive(Debug, Clone)]
@@ -139,12 +130,12 @@ impl RegistryConfig {
 /// Errors of this module. Messages say what to do where there is something to do.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("image reference {reference:?}: {reason}")]
-    Reference { reference: String, reason: String },
     #[error("registry credentials in {origin}: {reason}")]
     Credentials { origin: String, reason: String },
-    #[error("CODER_EXTRA_CERTS_PATH {path}: {reason}")]
-    ExtraCerts { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Certs(#[from] CertsError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("the certificate of {registry} is not trusted ({detail}); add its CA to CODER_EXTRA_CERTS_PATH")]
     Certificate { registry: String, detail: String },
     #[error("pulling {reference}: {registry} refused the credentials for it ({detail}); check CODER_IMAGE_PULL_SECRET / CODER_DOCKER_CONFIG")]
@@ -167,33 +158,6 @@ pub enum RegistryError {
     NotFound { reference: String, detail: String },
     #[error("access to {reference} denied: {detail}")]
     Denied { reference: String, detail: String },
-    #[error("image {reference} has no variant for this node's platform {wanted}; it offers: {}", offered.join(", "))]
-    NoMatchingPlatform {
-        reference: String,
-        wanted: String,
-        offered: Vec<String>,
-    },
-    #[error("image {reference} is a Docker schema 1 image, which envbox does not pull; rebuild and push it with a current docker or buildkit (schema 2)")]
-    SchemaV1 { reference: String },
-    #[error("{reference} is not a container image (media type {media_type})")]
-    UnsupportedManifest {
-        reference: String,
-        media_type: String,
-    },
-    #[error("image {reference} has layer {digest} of media type {media_type}, which envbox cannot unpack (gzip, zstd or uncompressed tar only)")]
-    UnsupportedLayer {
-        reference: String,
-        digest: String,
-        media_type: String,
-    },
-    #[error("image {reference}: bad manifest: {detail}")]
-    Manifest { reference: String, detail: String },
-    #[error("image {reference} is for {found} but this node is {wanted}")]
-    WrongPlatform {
-        reference: String,
-        found: String,
-        wanted: String,
-    },
     #[error("storing blob {digest} of {reference}: {source}")]
     Store {
         reference: String,

@@ -14,18 +14,18 @@ use futures_util::{stream, StreamExt};
 use oci_client::manifest::OciImageManifest;
 use tokio::sync::{Mutex, Semaphore};
 
-use super::describe::{self, PulledImage, PulledLayer};
 use super::fetch::{fetch_blob, BlobRequest};
-use super::manifest::{self, Manifest};
 use super::progress::{Progress, Reporter};
 use super::session::Session;
-use super::{ImageRef, LayerFeed, RegistryConfig, RegistryError};
+use super::{LayerFeed, RegistryConfig, RegistryError};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
-use crate::image::ImageDocument;
+use crate::image::describe::{self, PulledImage, PulledLayer};
+use crate::image::manifest::{self, Manifest};
+use crate::image::{ImageDocument, ImageError, ImageRef};
 
 fn digest_of(text: &str, reference: &ImageRef) -> Result<Digest, RegistryError> {
-    describe::digest_of(text, &reference.to_string())
+    Ok(describe::digest_of(text, &reference.to_string())?)
 }
 
 fn store_error(
@@ -324,8 +324,12 @@ pub async fn pull_feeding(
         )
         .await?;
     }
+    let config_digest = describe::config_digest(&image, &name)?;
+    let config_bytes = store
+        .read(&config_digest)
+        .map_err(|e| store_error(reference, &config_digest, e))?;
     let mut pulled = describe::describe(
-        store,
+        &config_bytes,
         &config.platform,
         &name,
         digest,
@@ -405,7 +409,7 @@ pub async fn cached_blobs(
     let config_digest = digest_of(&image.config.digest, reference)?;
     let diff_ids = match store.read(&config_digest) {
         Ok(bytes) => ImageDocument::from_json(&bytes, &format!("image config {config_digest}"))
-            .map_err(|e| RegistryError::Manifest {
+            .map_err(|e| ImageError::Manifest {
                 reference: reference.to_string(),
                 detail: e.to_string(),
             })?

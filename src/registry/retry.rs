@@ -315,7 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn transport_errors_are_read_from_their_types() {
-        crate::registry::tls::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let c = config();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))

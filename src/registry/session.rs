@@ -18,8 +18,10 @@ use oci_client::{Client, RegistryOperation};
 
 use super::credentials::Credential;
 use super::retry::{tls_error, Failure, GaveUp, Retry, TlsError};
-use super::{manifest, tls, ImageRef, RegistryConfig, RegistryError};
+use super::{RegistryConfig, RegistryError};
 use crate::config::Secret;
+use crate::image::{manifest, normalize_host, ImageRef};
+use crate::tls;
 
 /// What went wrong with one attempt: give up, or try again.
 pub(crate) enum Attempt {
@@ -230,7 +232,7 @@ impl Session {
         let insecure = config
             .insecure
             .iter()
-            .any(|h| super::normalize_host(h) == registry);
+            .any(|h| normalize_host(h) == registry);
         let scheme = if insecure { "http" } else { "https" };
         let base_url = format!("{scheme}://{api_host}");
         let http = http_client(config).map_err(|detail| RegistryError::Protocol {
@@ -351,8 +353,8 @@ impl Session {
         if let (Some(_), true, Some(realm)) = (&credential, challenge.bearer, &challenge.realm) {
             let (realm_scheme, realm_host) = scheme_and_host(realm);
             let (_, api_host) = scheme_and_host(&self.transport.base_url);
-            let same_host = realm_host == api_host
-                || super::normalize_host(realm_host) == self.transport.registry;
+            let same_host =
+                realm_host == api_host || normalize_host(realm_host) == self.transport.registry;
             if realm_scheme != "https" && !same_host {
                 return Err(RegistryError::InsecureTokenRealm {
                     registry: self.transport.registry.clone(),

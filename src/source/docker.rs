@@ -16,10 +16,11 @@ use super::import::{import, Blob};
 use super::{layout, names_match, Imported, SourceError};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
+use crate::image::describe;
+use crate::image::manifest::{self, Manifest, DOCKER_MANIFEST};
 use crate::image::ImageDocument;
-use crate::registry::describe;
-use crate::registry::manifest::{self, Manifest, DOCKER_MANIFEST};
-use crate::registry::{LayerFeed, Platform};
+use crate::image::Platform;
+use crate::registry::LayerFeed;
 
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
@@ -189,7 +190,7 @@ pub(crate) fn import_image(
         );
     };
     let mut image = describe::describe(
-        store,
+        &config,
         platform,
         reference,
         manifest_digest.clone(),

@@ -7,7 +7,7 @@
 //! layers into the store, each verified against its descriptor; each layer is handed to the
 //! caller's feed as soon as it is in the store. Blobs are looked up only as
 //! `blobs/sha256/<hex>` of a parsed digest. The manifest rules are the registry's
-//! (`crate::registry::describe`), so an image means the same wherever it came from.
+//! (`crate::image::describe`), so an image means the same wherever it came from.
 
 use oci_client::manifest::ImageIndexEntry;
 
@@ -16,9 +16,10 @@ use super::import::{import, Blob};
 use super::{names_match, Imported, SourceError};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
-use crate::registry::describe::{self, Descriptor};
-use crate::registry::manifest::{self, Manifest, OCI_INDEX};
-use crate::registry::{LayerFeed, Platform, RegistryError};
+use crate::image::describe::{self, Descriptor};
+use crate::image::manifest::{self, Manifest, OCI_INDEX};
+use crate::image::{ImageError, Platform};
+use crate::registry::LayerFeed;
 
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub(crate) const IMAGE_NAME: &str = "io.containerd.image.name";
@@ -98,7 +99,7 @@ pub(crate) fn select<'a>(
     }
 }
 
-fn descriptor(entry: &ImageIndexEntry, reference: &str) -> Result<Descriptor, RegistryError> {
+fn descriptor(entry: &ImageIndexEntry, reference: &str) -> Result<Descriptor, ImageError> {
     let digest = describe::digest_of(&entry.digest, reference)?;
     Ok(Descriptor {
         size: describe::size_of(entry.size, &digest, reference)?,
@@ -196,8 +197,15 @@ pub(crate) fn import_image(
         "the image config",
         &mut copied,
     )?;
+    let config_bytes = store
+        .read(config_digest)
+        .map_err(|source| SourceError::Blob {
+            path: files.path().to_owned(),
+            what: "the image config".into(),
+            source,
+        })?;
     let mut image = describe::describe(
-        store,
+        &config_bytes,
         platform,
         reference,
         top.digest.clone(),

@@ -23,9 +23,8 @@ use std::path::PathBuf;
 
 use crate::cache::{BlobStore, CacheError};
 use crate::digest::Digest;
-use crate::registry::{
-    self, ImageRef, LayerFeed, Platform, PulledImage, RegistryConfig, RegistryError,
-};
+use crate::image::{ImageError, ImageRef, Platform, PulledImage};
+use crate::registry::{self, LayerFeed, RegistryConfig, RegistryError};
 
 /// The kind of local image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,5 +341,7 @@ pub enum SourceError {
         source: CacheError,
     },
     #[error(transparent)]
-    Image(#[from] RegistryError),
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }

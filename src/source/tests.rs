@@ -6,7 +6,7 @@ use super::docker::{self, SavedImage};
 use super::files::Files;
 use super::layout;
 use super::*;
-use crate::registry::manifest::{self, Manifest};
+use crate::image::manifest::{self, Manifest};
 
 fn local(text: &str) -> LocalImage {
     match ImageSource::parse(text).unwrap() {

@@ -30,10 +30,7 @@ use crate::image::ImageConfig;
 use crate::rootfs::RootfsFacts;
 use crate::setup;
 
-/// Container ids 0..65536 map to host ids 100000..165536.
-pub const ID_SHIFT: u32 = 100_000;
-/// Size of the id mapping.
-pub const ID_RANGE: u32 = 65_536;
+use crate::image::{ID_RANGE, ID_SHIFT};
 /// The OCI runtime-spec version we write.
 pub const OCI_VERSION: &str = "1.0.2";
 /// Annotation carrying the signal that stops the inner init (`SIGRTMIN+3` for systemd).

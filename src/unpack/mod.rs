@@ -51,14 +51,14 @@ use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 use crate::cache::unsynced::{self, Unsynced};
 use crate::cache::{staging, Follower};
 use crate::digest::Digest;
-use crate::registry::manifest::Compression;
+use crate::image::Compression;
 
 /// What every uid and gid of a layer is shifted by: the inner container's user namespace maps
 /// its 0..65536 onto 100000..165536 (the spec's mapping), so sysbox-runc finds nothing to shift.
-pub use crate::spec::ID_SHIFT;
+pub use crate::image::ID_SHIFT;
 
 /// A uid or gid at or above this in a layer is refused: it has no place in the mapping.
-pub const ID_RANGE: u64 = crate::spec::ID_RANGE as u64;
+pub const ID_RANGE: u64 = crate::image::ID_RANGE as u64;
 
 /// Errors of this module. `layer` is the compressed (manifest) digest of the layer; `path` is
 /// the entry's name as written in the layer's tar stream.

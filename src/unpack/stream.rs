@@ -22,7 +22,7 @@ use super::tree::{Tree, Whiteouts};
 use super::{LayerSource, Limits, UnpackError, UnpackReport};
 use crate::cache::Follower;
 use crate::digest::Hasher;
-use crate::registry::manifest::Compression;
+use crate::image::Compression;
 
 /// Read size of the compressed blob file.
 const BLOB_BUFFER: usize = 1 << 20;

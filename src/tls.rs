@@ -3,8 +3,9 @@
 //! Owns: finding and reading the system's CA bundle once per process ([`system_roots`]), and
 //! reading a PEM file, or every file of a directory (sub-directories skipped: Kubernetes
 //! volumes hold `..data` directories of symlinks), into individual PEM certificates, each
-//! checked to parse. System roots are always trusted as well; the extra ones only add. It
-//! never connects anywhere.
+//! checked to parse, and the HTTP client builder that trusts both ([`client_builder`]), which
+//! the registry client and the Coder client (`crate::agentlog`) start from. System roots are
+//! always trusted as well; the extra ones only add. It never connects anywhere.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -75,13 +76,18 @@ fn read_bundle(path: &Path) -> Option<Vec<CertificateDer<'static>>> {
     )
 }
 
-use super::RegistryError;
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    #[error("CODER_EXTRA_CERTS_PATH {path}: {reason}")]
+    ExtraCerts { path: PathBuf, reason: String },
+}
 
 const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
 const END: &str = "-----END CERTIFICATE-----";
 
-fn error(path: &Path, reason: impl Into<String>) -> RegistryError {
-    RegistryError::ExtraCerts {
+fn error(path: &Path, reason: impl Into<String>) -> CertsError {
+    CertsError::ExtraCerts {
         path: path.to_owned(),
         reason: reason.into(),
     }
@@ -102,7 +108,7 @@ fn split_pem(text: &str) -> Vec<String> {
     certs
 }
 
-fn read_file(path: &Path) -> Result<Vec<String>, RegistryError> {
+fn read_file(path: &Path) -> Result<Vec<String>, CertsError> {
     let text = std::fs::read_to_string(path).map_err(|e| error(path, e.to_string()))?;
     let certs = split_pem(&text);
     if certs.is_empty() {
@@ -147,7 +153,7 @@ pub(crate) fn client_builder(extra_roots: &[String]) -> Result<reqwest::ClientBu
 }
 
 /// Reads the PEM certificates at `path` (a file, or a directory of files).
-pub fn load_extra_certs(path: &Path) -> Result<Vec<String>, RegistryError> {
+pub fn load_extra_certs(path: &Path) -> Result<Vec<String>, CertsError> {
     let meta = std::fs::metadata(path).map_err(|e| error(path, e.to_string()))?;
     if meta.is_file() {
         return read_file(path);

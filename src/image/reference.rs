@@ -8,7 +8,7 @@ mod plain;
 
 use oci_client::Reference;
 
-use super::RegistryError;
+use super::ImageError;
 use crate::digest::Digest;
 
 /// A parsed, normalised image reference.
@@ -20,10 +20,10 @@ pub struct ImageRef {
 impl ImageRef {
     /// Parses and normalises a reference: the common forms without a regular expression
     /// ([`plain`]), the rest through oci-spec's grammar.
-    pub fn parse(text: &str) -> Result<ImageRef, RegistryError> {
+    pub fn parse(text: &str) -> Result<ImageRef, ImageError> {
         let reference = match plain::parse(text) {
             Some(reference) => reference,
-            None => text.parse().map_err(|e| RegistryError::Reference {
+            None => text.parse().map_err(|e| ImageError::Reference {
                 reference: text.to_owned(),
                 reason: format!("{e}"),
             })?,
@@ -33,13 +33,13 @@ impl ImageRef {
             .chars()
             .any(|c| c.is_ascii_uppercase())
         {
-            return Err(RegistryError::Reference {
+            return Err(ImageError::Reference {
                 reference: text.to_owned(),
                 reason: "repository names must be lower-case".into(),
             });
         }
         if let Some(digest) = reference.digest() {
-            Digest::parse(digest).map_err(|e| RegistryError::Reference {
+            Digest::parse(digest).map_err(|e| ImageError::Reference {
                 reference: text.to_owned(),
                 reason: e.to_string(),
             })?;

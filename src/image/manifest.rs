@@ -7,7 +7,7 @@
 use oci_client::manifest::{OciImageIndex, OciImageManifest};
 use serde_json::Value;
 
-use super::RegistryError;
+use super::ImageError;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -62,8 +62,8 @@ pub enum Manifest {
     Image(Box<OciImageManifest>),
 }
 
-fn malformed(reference: &str, detail: impl Into<String>) -> RegistryError {
-    RegistryError::Manifest {
+fn malformed(reference: &str, detail: impl Into<String>) -> ImageError {
+    ImageError::Manifest {
         reference: reference.to_owned(),
         detail: detail.into(),
     }
@@ -74,7 +74,7 @@ pub fn parse(
     bytes: &[u8],
     content_type: Option<&str>,
     reference: &str,
-) -> Result<Manifest, RegistryError> {
+) -> Result<Manifest, ImageError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| malformed(reference, format!("not JSON: {e}")))?;
     let media_type = value
@@ -87,7 +87,7 @@ pub fn parse(
         || media_type == DOCKER_SCHEMA1
         || media_type == DOCKER_SCHEMA1_SIGNED
     {
-        return Err(RegistryError::SchemaV1 {
+        return Err(ImageError::SchemaV1 {
             reference: reference.to_owned(),
         });
     }
@@ -103,7 +103,7 @@ pub fn parse(
         return Ok(Manifest::Index(index));
     }
     if !is_image {
-        return Err(RegistryError::UnsupportedManifest {
+        return Err(ImageError::UnsupportedManifest {
             reference: reference.to_owned(),
             media_type,
         });
@@ -114,16 +114,16 @@ pub fn parse(
     Ok(Manifest::Image(Box::new(image)))
 }
 
-fn check_image(image: &OciImageManifest, reference: &str) -> Result<(), RegistryError> {
+fn check_image(image: &OciImageManifest, reference: &str) -> Result<(), ImageError> {
     if !CONFIG_TYPES.contains(&image.config.media_type.as_str()) {
-        return Err(RegistryError::UnsupportedManifest {
+        return Err(ImageError::UnsupportedManifest {
             reference: reference.to_owned(),
             media_type: format!("config {}", image.config.media_type),
         });
     }
     for layer in &image.layers {
         if layer_compression(&layer.media_type).is_none() {
-            return Err(RegistryError::UnsupportedLayer {
+            return Err(ImageError::UnsupportedLayer {
                 reference: reference.to_owned(),
                 digest: layer.digest.clone(),
                 media_type: layer.media_type.clone(),
@@ -189,7 +189,7 @@ mod tests {
     fn schema1_is_refused_with_advice() {
         let s1 = r#"{"schemaVersion":1,"name":"x","tag":"latest","fsLayers":[]}"#;
         let err = parse(s1.as_bytes(), Some(DOCKER_SCHEMA1_SIGNED), "x:latest").unwrap_err();
-        assert!(matches!(err, RegistryError::SchemaV1 { .. }));
+        assert!(matches!(err, ImageError::SchemaV1 { .. }));
         assert!(err.to_string().contains("rebuild"), "{err}");
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Owns: reading the image config document (the JSON blob a manifest's `config` descriptor
 //! points to: `{"architecture":..,"os":..,"config":{"Env":[..],..}}`) into a plain struct. It
-//! never fetches anything: the registry and unpack stages hand the document over.
+//! never fetches anything: the registry and source stages hand the document over.
 
 use std::path::Path;
 

@@ -1,19 +1,17 @@
 //! An image described from its manifests and config: the rules every image source shares.
 //!
 //! Owns: choosing the platform's entry of an image index, checking the manifest it points to
-//! against that entry, and turning an image manifest plus its config (already in the store) into
-//! a [`PulledImage`]: config platform checked against this node's, one diff ID per layer, layer
+//! against that entry, and turning an image manifest plus its config document into a
+//! [`PulledImage`]: config platform checked against this node's, one diff ID per layer, layer
 //! compressions. Registry pulls and local archives (`crate::source`) both go through here, so
-//! an image means the same wherever it came from. It reads the config from the store and never
-//! fetches or writes anything.
+//! an image means the same wherever it came from. Pure: the callers read the config from the
+//! store; it never fetches, reads or writes anything.
 
 use oci_client::manifest::{ImageIndexEntry, OciImageManifest};
 
 use super::manifest::{self, Compression, Manifest};
-use super::{platform, Platform, RegistryError};
-use crate::cache::BlobStore;
+use super::{platform, ImageDocument, ImageError, Platform};
 use crate::digest::Digest;
-use crate::image::ImageDocument;
 
 /// A layer of the image, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,20 +51,20 @@ pub(crate) struct Descriptor {
     pub media_type: String,
 }
 
-pub(crate) fn malformed(reference: &str, detail: impl Into<String>) -> RegistryError {
-    RegistryError::Manifest {
+pub(crate) fn malformed(reference: &str, detail: impl Into<String>) -> ImageError {
+    ImageError::Manifest {
         reference: reference.to_owned(),
         detail: detail.into(),
     }
 }
 
 /// A digest named by a manifest, index or config.
-pub(crate) fn digest_of(text: &str, reference: &str) -> Result<Digest, RegistryError> {
+pub(crate) fn digest_of(text: &str, reference: &str) -> Result<Digest, ImageError> {
     Digest::parse(text).map_err(|e| malformed(reference, e.to_string()))
 }
 
 /// A size named by a descriptor (negative sizes are refused).
-pub(crate) fn size_of(size: i64, digest: &Digest, reference: &str) -> Result<u64, RegistryError> {
+pub(crate) fn size_of(size: i64, digest: &Digest, reference: &str) -> Result<u64, ImageError> {
     u64::try_from(size).map_err(|_| malformed(reference, format!("{digest} has size {size}")))
 }
 
@@ -75,9 +73,9 @@ pub(crate) fn platform_entry(
     entries: &[ImageIndexEntry],
     wanted: &Platform,
     reference: &str,
-) -> Result<Descriptor, RegistryError> {
+) -> Result<Descriptor, ImageError> {
     let entry =
-        platform::choose(entries, wanted).map_err(|offered| RegistryError::NoMatchingPlatform {
+        platform::choose(entries, wanted).map_err(|offered| ImageError::NoMatchingPlatform {
             reference: reference.to_owned(),
             wanted: wanted.to_string(),
             offered,
@@ -96,7 +94,7 @@ pub(crate) fn entry_manifest(
     bytes: &[u8],
     entry: &Descriptor,
     reference: &str,
-) -> Result<OciImageManifest, RegistryError> {
+) -> Result<OciImageManifest, ImageError> {
     if bytes.len() as u64 != entry.size {
         return Err(malformed(
             reference,
@@ -121,7 +119,7 @@ pub(crate) fn entry_manifest(
 pub(crate) fn blobs_of(
     image: &OciImageManifest,
     reference: &str,
-) -> Result<Vec<(Digest, u64)>, RegistryError> {
+) -> Result<Vec<(Digest, u64)>, ImageError> {
     std::iter::once((&image.config.digest, image.config.size))
         .chain(image.layers.iter().map(|l| (&l.digest, l.size)))
         .map(|(digest, size)| {
@@ -131,28 +129,28 @@ pub(crate) fn blobs_of(
         .collect()
 }
 
-/// The image `image` describes, once its config blob is in the store: the config is read and
-/// checked (platform, one diff ID per layer). `digest` is what the name resolved to (an index
-/// or the manifest itself). The layers need not be in the store yet.
+/// The digest of `image`'s config blob.
+pub(crate) fn config_digest(
+    image: &OciImageManifest,
+    reference: &str,
+) -> Result<Digest, ImageError> {
+    digest_of(&image.config.digest, reference)
+}
+
+/// The image `image` describes, given its config blob `config_bytes` (already verified against
+/// [`config_digest`]): the config is parsed and checked (platform, one diff ID per layer).
+/// `digest` is what the name resolved to (an index or the manifest itself).
 pub(crate) fn describe(
-    store: &BlobStore,
+    config_bytes: &[u8],
     wanted: &Platform,
     reference: &str,
     digest: Digest,
     manifest_digest: Digest,
     image: &OciImageManifest,
-) -> Result<PulledImage, RegistryError> {
-    let config_digest = digest_of(&image.config.digest, reference)?;
-    let config_bytes = store
-        .read(&config_digest)
-        .map_err(|source| RegistryError::Store {
-            reference: reference.to_owned(),
-            digest: config_digest.to_string(),
-            source,
-        })?;
-    let document =
-        ImageDocument::from_json(&config_bytes, &format!("image config {config_digest}"))
-            .map_err(|e| malformed(reference, e.to_string()))?;
+) -> Result<PulledImage, ImageError> {
+    let config_digest = config_digest(image, reference)?;
+    let document = ImageDocument::from_json(config_bytes, &format!("image config {config_digest}"))
+        .map_err(|e| malformed(reference, e.to_string()))?;
     if !document.os.is_empty()
         && !wanted.accepts(
             &document.os,
@@ -160,7 +158,7 @@ pub(crate) fn describe(
             document.variant.as_deref(),
         )
     {
-        return Err(RegistryError::WrongPlatform {
+        return Err(ImageError::WrongPlatform {
             reference: reference.to_owned(),
             found: format!("{}/{}", document.os, document.architecture),
             wanted: wanted.to_string(),
