@@ -20,8 +20,6 @@ fn debug_requested(cli: &Cli) -> anyhow::Result<bool> {
 }
 
 fn main() -> ExitCode {
-    // While the process has one thread: it sets an environment variable.
-    envbox::tls::pin_system_bundle();
     let cli = Cli::parse();
     let is_entrypoint = matches!(cli.command, Command::Docker(_));
     let result = debug_requested(&cli)

@@ -40,29 +40,15 @@ fn system_bundle() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// The certificates (DER) of [`system_bundle`], read once per process. `None` when there is
-/// no bundle or it holds no certificate: the HTTP clients then discover the roots
-/// themselves, which reads the bundle and every file of `/etc/ssl/certs` again for each
-/// client (tens of milliseconds of a warm start, on the CPU containerd needs while it starts).
+/// The certificates (DER) of [`system_bundle`], read once per process and handed to every
+/// client's rustls config ([`client_builder`]). `None` when there is no bundle or it holds no
+/// certificate: the HTTP clients then discover the roots themselves (rustls-platform-verifier),
+/// which reads the bundle and every file of `/etc/ssl/certs` again for each client.
 pub fn system_roots() -> Option<&'static [CertificateDer<'static>]> {
     static ROOTS: OnceLock<Option<Vec<CertificateDer<'static>>>> = OnceLock::new();
     ROOTS
         .get_or_init(|| read_bundle(&system_bundle()?).filter(|certs| !certs.is_empty()))
         .as_deref()
-}
-
-/// Points `SSL_CERT_FILE` at [`system_bundle`] when neither it nor `SSL_CERT_DIR` is set.
-/// rustls-native-certs then reads that one file instead of the bundle and every file of
-/// `/etc/ssl/certs`: oci-client builds a throwaway default HTTP client each time one of its
-/// clients is made (its `try_from` fills the rest of the struct from `Default`), and that scan
-/// cost a warm start about 20 ms. Call it from `main` before any thread starts.
-pub fn pin_system_bundle() {
-    if std::env::var_os("SSL_CERT_FILE").is_some() {
-        return;
-    }
-    if let Some(bundle) = system_bundle() {
-        std::env::set_var("SSL_CERT_FILE", bundle);
-    }
 }
 
 /// Every certificate of a PEM bundle that parses (the system's tools skip bad ones too);

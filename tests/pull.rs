@@ -181,6 +181,25 @@ async fn token_auth_basic_credentials_identity_tokens_and_token_errors() {
         .requests()
         .iter()
         .any(|r| r.user.as_deref() == Some("bob")));
+    for request in tokens.requests() {
+        assert_eq!(request.scopes, ["repository:team/app:pull"], "{request:?}");
+        assert!(request.service.is_some(), "{request:?}");
+    }
+
+    // No credentials: an anonymous token, which pulls where the token service allows it.
+    tokens.set_anonymous_pull(true);
+    let anonymous = RegistryConfig {
+        extra_roots: vec![ca.clone()],
+        ..config()
+    };
+    let (_d0, store0) = new_store();
+    tokens.clear_requests();
+    pull(&anonymous, &store0, &reference).await.unwrap();
+    assert!(
+        !tokens.requests().is_empty() && tokens.requests().iter().all(|r| !r.has_authorization),
+        "an anonymous token was asked for without credentials"
+    );
+    tokens.set_anonymous_pull(false);
 
     // An identity token (docker's OAuth2 refresh token) instead of a password.
     let doc = serde_json::json!({"auths": {registry.host.clone(): {"identitytoken": tokens.refresh_token()}}}).to_string();

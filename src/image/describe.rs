@@ -7,9 +7,7 @@
 //! an image means the same wherever it came from. Pure: the callers read the config from the
 //! store; it never fetches, reads or writes anything.
 
-use oci_client::manifest::{ImageIndexEntry, OciImageManifest};
-
-use super::manifest::{self, Compression, Manifest};
+use super::manifest::{self, Compression, Descriptor, ImageManifest, Manifest};
 use super::{platform, ImageDocument, ImageError, Platform};
 use crate::digest::Digest;
 
@@ -45,7 +43,7 @@ pub struct PulledImage {
 
 /// What a descriptor points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Descriptor {
+pub(crate) struct Target {
     pub digest: Digest,
     pub size: u64,
     pub media_type: String,
@@ -70,10 +68,10 @@ pub(crate) fn size_of(size: i64, digest: &Digest, reference: &str) -> Result<u64
 
 /// The entry of an index's `entries` for `wanted`; the error lists what the index offers.
 pub(crate) fn platform_entry(
-    entries: &[ImageIndexEntry],
+    entries: &[Descriptor],
     wanted: &Platform,
     reference: &str,
-) -> Result<Descriptor, ImageError> {
+) -> Result<Target, ImageError> {
     let entry =
         platform::choose(entries, wanted).map_err(|offered| ImageError::NoMatchingPlatform {
             reference: reference.to_owned(),
@@ -81,7 +79,7 @@ pub(crate) fn platform_entry(
             offered,
         })?;
     let digest = digest_of(&entry.digest, reference)?;
-    Ok(Descriptor {
+    Ok(Target {
         size: size_of(entry.size, &digest, reference)?,
         digest,
         media_type: entry.media_type.clone(),
@@ -92,9 +90,9 @@ pub(crate) fn platform_entry(
 /// and it must not be another index.
 pub(crate) fn entry_manifest(
     bytes: &[u8],
-    entry: &Descriptor,
+    entry: &Target,
     reference: &str,
-) -> Result<OciImageManifest, ImageError> {
+) -> Result<ImageManifest, ImageError> {
     if bytes.len() as u64 != entry.size {
         return Err(malformed(
             reference,
@@ -117,7 +115,7 @@ pub(crate) fn entry_manifest(
 
 /// The config and layer blobs `image` names, config first, each with its size.
 pub(crate) fn blobs_of(
-    image: &OciImageManifest,
+    image: &ImageManifest,
     reference: &str,
 ) -> Result<Vec<(Digest, u64)>, ImageError> {
     std::iter::once((&image.config.digest, image.config.size))
@@ -130,10 +128,7 @@ pub(crate) fn blobs_of(
 }
 
 /// The digest of `image`'s config blob.
-pub(crate) fn config_digest(
-    image: &OciImageManifest,
-    reference: &str,
-) -> Result<Digest, ImageError> {
+pub(crate) fn config_digest(image: &ImageManifest, reference: &str) -> Result<Digest, ImageError> {
     digest_of(&image.config.digest, reference)
 }
 
@@ -146,7 +141,7 @@ pub(crate) fn describe(
     reference: &str,
     digest: Digest,
     manifest_digest: Digest,
-    image: &OciImageManifest,
+    image: &ImageManifest,
 ) -> Result<PulledImage, ImageError> {
     let config_digest = config_digest(image, reference)?;
     let document = ImageDocument::from_json(config_bytes, &format!("image config {config_digest}"))

@@ -1,10 +1,14 @@
 //! Manifests: what a registry answered, classified and checked.
 //!
-//! Owns: telling an image index / manifest list from an image manifest (OCI or Docker schema 2),
+//! Owns: the manifest and index documents as plain structs (only the fields envbox reads),
+//! telling an image index / manifest list from an image manifest (OCI or Docker schema 2),
 //! refusing schema 1 with a message that says what to do, and checking every layer's media
 //! type (tar, gzip or zstd; anything else refused by name). Pure: bytes in, typed manifests out.
 
-use oci_client::manifest::{OciImageIndex, OciImageManifest};
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
 use serde_json::Value;
 
 use super::ImageError;
@@ -55,11 +59,58 @@ pub fn layer_compression(media_type: &str) -> Option<Compression> {
     }
 }
 
+/// A descriptor (OCI image-spec `descriptor.md`): what a manifest or index points to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    /// Alternate locations (foreign layers).
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
+    /// The platform of an index entry.
+    #[serde(default)]
+    pub platform: Option<DescriptorPlatform>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// `platform` of an index entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DescriptorPlatform {
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
+    #[serde(default)]
+    pub variant: Option<String>,
+}
+
+/// An image index or Docker manifest list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageIndex {
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub manifests: Vec<Descriptor>,
+}
+
+/// An image manifest (OCI or Docker schema 2).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageManifest {
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
 /// A manifest as served.
 #[derive(Debug, Clone)]
 pub enum Manifest {
-    Index(OciImageIndex),
-    Image(Box<OciImageManifest>),
+    Index(ImageIndex),
+    Image(Box<ImageManifest>),
 }
 
 fn malformed(reference: &str, detail: impl Into<String>) -> ImageError {
@@ -98,7 +149,7 @@ pub fn parse(
         || media_type == DOCKER_MANIFEST
         || (media_type.is_empty() && value.get("layers").is_some());
     if is_index {
-        let index: OciImageIndex = serde_json::from_value(value)
+        let index: ImageIndex = serde_json::from_value(value)
             .map_err(|e| malformed(reference, format!("bad image index: {e}")))?;
         return Ok(Manifest::Index(index));
     }
@@ -108,13 +159,13 @@ pub fn parse(
             media_type,
         });
     }
-    let image: OciImageManifest = serde_json::from_value(value)
+    let image: ImageManifest = serde_json::from_value(value)
         .map_err(|e| malformed(reference, format!("bad image manifest: {e}")))?;
     check_image(&image, reference)?;
     Ok(Manifest::Image(Box::new(image)))
 }
 
-fn check_image(image: &OciImageManifest, reference: &str) -> Result<(), ImageError> {
+fn check_image(image: &ImageManifest, reference: &str) -> Result<(), ImageError> {
     if !CONFIG_TYPES.contains(&image.config.media_type.as_str()) {
         return Err(ImageError::UnsupportedManifest {
             reference: reference.to_owned(),

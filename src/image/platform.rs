@@ -5,7 +5,7 @@
 //! variant is `v8`). No silent fallback: when nothing matches, the error lists what the image
 //! offers. It never fetches anything.
 
-use oci_client::manifest::ImageIndexEntry;
+use super::manifest::Descriptor;
 
 /// An OS/architecture/variant triple in OCI terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,11 +59,11 @@ impl std::fmt::Display for Platform {
     }
 }
 
-fn describe(entry: &ImageIndexEntry) -> String {
+fn describe(entry: &Descriptor) -> String {
     match &entry.platform {
         Some(p) => Platform {
-            os: p.os.to_string(),
-            architecture: p.architecture.to_string(),
+            os: p.os.clone(),
+            architecture: p.architecture.clone(),
             variant: p.variant.clone(),
         }
         .to_string(),
@@ -73,19 +73,15 @@ fn describe(entry: &ImageIndexEntry) -> String {
 
 /// The entry for `wanted`, or the list of platforms offered.
 pub fn choose<'a>(
-    entries: &'a [ImageIndexEntry],
+    entries: &'a [Descriptor],
     wanted: &Platform,
-) -> Result<&'a ImageIndexEntry, Vec<String>> {
+) -> Result<&'a Descriptor, Vec<String>> {
     entries
         .iter()
         .find(|e| {
-            e.platform.as_ref().is_some_and(|p| {
-                wanted.accepts(
-                    &p.os.to_string(),
-                    &p.architecture.to_string(),
-                    p.variant.as_deref(),
-                )
-            })
+            e.platform
+                .as_ref()
+                .is_some_and(|p| wanted.accepts(&p.os, &p.architecture, p.variant.as_deref()))
         })
         .ok_or_else(|| entries.iter().map(describe).collect())
 }
@@ -94,7 +90,7 @@ pub fn choose<'a>(
 mod tests {
     use super::*;
 
-    fn index(platforms: &[(&str, &str, Option<&str>)]) -> Vec<ImageIndexEntry> {
+    fn index(platforms: &[(&str, &str, Option<&str>)]) -> Vec<Descriptor> {
         let manifests: Vec<serde_json::Value> = platforms
             .iter()
             .enumerate()

@@ -6,7 +6,7 @@
 
 mod plain;
 
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 
 use super::ImageError;
 use crate::digest::Digest;

@@ -3,21 +3,22 @@
 //! Owns: the GET of a blob with the registry's `Authorization` (never sent elsewhere: foreign
 //! layer URLs get none, and reqwest drops it on redirects to another host), resuming with
 //! `Range` after a dropped connection, retrying 5xx, 429 (honouring `Retry-After`) and transport
-//! errors within their budgets (`super::retry`), re-authenticating once on 401, never retrying
+//! errors within their budgets (`super::retry::run`), re-authenticating once on 401, never retrying
 //! 403/404 (a 404 at a foreign URL moves on to the next location). Bytes are hashed
 //! and counted as they are written (off the async threads, while the next are received: see
 //! `super::sink`); the store commits only a blob whose digest and size match. It never decides
 //! which blobs to fetch.
 
 use futures_util::StreamExt;
-use tokio::sync::{Mutex, SemaphorePermit};
+use tokio::sync::SemaphorePermit;
 
+use super::client::Client;
 use super::progress::Progress;
-use super::retry::{Failure, Retry};
-use super::session::{chain, retry_after, Attempt, Session, Transport};
+use super::retry::{self, chain, status_failure, Failure, Step};
 use super::sink::Sink;
 use super::{RegistryConfig, RegistryError};
 use crate::cache::{BlobStore, BlobWriter, CacheError};
+use crate::config::Secret;
 use crate::digest::Digest;
 
 /// A blob to fetch.
@@ -38,7 +39,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
         .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
 }
 
-fn store_error(t: &Transport, digest: &Digest, source: CacheError) -> RegistryError {
+fn store_error(t: &Client, digest: &Digest, source: CacheError) -> RegistryError {
     RegistryError::Store {
         reference: t.reference.to_string(),
         digest: digest.to_string(),
@@ -51,7 +52,9 @@ enum Got {
     Complete(BlobWriter),
     /// 404 at a location that has another after it.
     NotHere(BlobWriter),
-    Failed(BlobWriter, Attempt),
+    /// 401 from the registry with the `Authorization` sent (a token may have expired).
+    Unauthorized(BlobWriter, Option<Secret>, RegistryError),
+    Failed(BlobWriter, Failure),
 }
 
 /// Where a blob is fetched from: alternate URLs (foreign layers) first and without
@@ -78,7 +81,7 @@ fn range_start(headers: &reqwest::header::HeaderMap) -> Option<u64> {
 
 /// One GET, streaming into `writer` from where it stands.
 async fn get_once(
-    t: &Transport,
+    t: &Client,
     config: &RegistryConfig,
     Location {
         url,
@@ -92,7 +95,8 @@ async fn get_once(
 ) -> Result<Got, RegistryError> {
     let offset = writer.written();
     let mut builder = t.http.get(url);
-    if let (true, Some(header)) = (with_auth, &t.auth_header) {
+    let authorization = with_auth.then(|| t.authorization()).flatten();
+    if let Some(header) = &authorization {
         builder = builder.header(reqwest::header::AUTHORIZATION, header.expose());
     }
     if offset > 0 {
@@ -101,12 +105,15 @@ async fn get_once(
     let response = match builder.send().await {
         Ok(r) => r,
         Err(e) => {
-            return match t.attempt(&e, config) {
-                Attempt::Fatal(error) => Err(error),
-                retry => Ok(Got::Failed(writer, retry)),
+            return match Failure::of(&e, config) {
+                Some(failure) => Ok(Got::Failed(writer, failure)),
+                None => Err(t.fatal(&e)),
             }
         }
     };
+    if let Some(failure) = status_failure(&response) {
+        return Ok(Got::Failed(writer, failure));
+    }
     let status = response.status().as_u16();
     let detail = format!("{status} from {url}");
     let restart = match status {
@@ -124,7 +131,10 @@ async fn get_once(
             progress.restart(&request.digest);
         }
         200 | 206 => {}
-        401 => return Ok(Got::Failed(writer, Attempt::Fatal(t.unauthorized(detail)))),
+        401 if with_auth => {
+            let error = t.unauthorized(detail);
+            return Ok(Got::Unauthorized(writer, authorization, error));
+        }
         403 => {
             return Err(RegistryError::Denied {
                 reference: t.reference.to_string(),
@@ -138,21 +148,7 @@ async fn get_once(
                 detail: format!("{} ({}) is missing: {detail}", request.what, request.digest),
             })
         }
-        429 | 500..=599 => {
-            let failure = Failure::Status {
-                status,
-                url: url.to_owned(),
-                after: retry_after(response.headers()),
-            };
-            return Ok(Got::Failed(writer, Attempt::Retry(failure)));
-        }
-        _ => {
-            return Err(RegistryError::Protocol {
-                reference: t.reference.to_string(),
-                registry: t.registry.clone(),
-                detail,
-            })
-        }
+        _ => return Err(t.protocol(detail)),
     }
     let mut stream = response.bytes_stream();
     // From 0 when the server started over.
@@ -166,10 +162,7 @@ async fn get_once(
                     .finish()
                     .await
                     .map_err(|e| store_error(t, &request.digest, e))?;
-                return Ok(Got::Failed(
-                    writer,
-                    Attempt::Retry(Failure::Broken(chain(&e))),
-                ));
+                return Ok(Got::Failed(writer, Failure::Broken(chain(&e))));
             }
         };
         received += chunk.len() as u64;
@@ -198,17 +191,26 @@ async fn get_once(
             writer.written(),
             request.size
         );
-        return Ok(Got::Failed(writer, Attempt::Retry(Failure::Broken(detail))));
+        return Ok(Got::Failed(writer, Failure::Broken(detail)));
     }
     Ok(Got::Complete(writer))
+}
+
+/// What one attempt of a transfer hands to the next.
+struct Transfer {
+    writer: BlobWriter,
+    /// Index into the locations tried in turn.
+    location: usize,
+    reauthenticated: bool,
 }
 
 /// Fetches one blob into the store, unless it is there already. `started` is called once
 /// its writer exists, before the first byte is asked for: from then on the blob can be
 /// followed as it arrives (`BlobStore::follow`). `slot` (a transfer slot) is let go once every
-/// byte is in, before the commit, which may wait for a follower's digest check.
+/// byte is in, before the commit, which may wait for a follower's digest check. A 401 from the
+/// registry re-authenticates once (a token that expired during a long pull).
 pub(crate) async fn fetch_blob(
-    session: &Mutex<Session>,
+    client: &Client,
     config: &RegistryConfig,
     store: &BlobStore,
     request: &BlobRequest,
@@ -220,8 +222,7 @@ pub(crate) async fn fetch_blob(
         progress.cached(&request.digest);
         return Ok(());
     }
-    let mut transport = session.lock().await.transport();
-    let registry_url = transport.blob_url(&request.digest);
+    let registry_url = client.blob_url(&request.digest).to_string();
     let mut locations: Vec<Location> = request
         .urls
         .iter()
@@ -237,61 +238,48 @@ pub(crate) async fn fetch_blob(
         with_auth: true,
         has_next: false,
     });
-    let mut next_location = 0;
-    let mut writer = store
+    let locations = &locations;
+    let writer = store
         .writer(&request.digest, request.size)
-        .map_err(|e| store_error(&transport, &request.digest, e))?;
+        .map_err(|e| store_error(client, &request.digest, e))?;
     started(request);
-    let what = format!("{} ({})", request.what, request.digest);
-    let mut retry = Retry::new(
-        config,
-        format!("{} of {}", request.what, transport.reference),
-    );
-    let mut reauthenticated = false;
-    loop {
-        let location = locations[next_location.min(locations.len() - 1)];
-        let failure = match get_once(
-            &transport, config, location, request, store, writer, progress,
-        )
-        .await?
-        {
-            Got::Complete(done) => {
-                drop(slot);
-                return blocking(move || done.commit())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| store_error(&transport, &request.digest, e));
-            }
-            Got::NotHere(w) => {
-                writer = w;
-                next_location += 1;
-                continue;
-            }
-            Got::Failed(w, Attempt::Fatal(error)) => {
-                writer = w;
-                let expired = matches!(
-                    error,
-                    RegistryError::Unauthorized { .. } | RegistryError::CredentialsRequired { .. }
-                );
-                if !expired || reauthenticated {
-                    return Err(error);
+    let first = Transfer {
+        writer,
+        location: 0,
+        reauthenticated: false,
+    };
+    let attempt = move |mut t: Transfer| async move {
+        let location = locations[t.location.min(locations.len() - 1)];
+        match get_once(client, config, location, request, store, t.writer, progress).await {
+            Err(error) => Step::Fatal(error),
+            Ok(Got::Complete(done)) => Step::Done(done),
+            Ok(Got::NotHere(writer)) => Step::Again(Transfer {
+                writer,
+                location: t.location + 1,
+                ..t
+            }),
+            Ok(Got::Failed(writer, failure)) => Step::Retry(Transfer { writer, ..t }, failure),
+            Ok(Got::Unauthorized(writer, sent, error)) => {
+                if t.reauthenticated {
+                    return Step::Fatal(error);
                 }
-                reauthenticated = true;
-                let mut s = session.lock().await;
-                s.reauthenticate(config).await?;
-                transport = s.transport();
-                continue;
+                if let Err(error) = client.reauthenticate(config, sent.as_ref()).await {
+                    return Step::Fatal(error);
+                }
+                t.writer = writer;
+                t.reauthenticated = true;
+                Step::Again(t)
             }
-            Got::Failed(w, Attempt::Retry(failure)) => {
-                writer = w;
-                failure
-            }
-        };
-        retry
-            .failed(failure)
-            .await
-            .map_err(|gave_up| transport.gave_up(format!("downloading {what}"), gave_up))?;
-    }
+        }
+    };
+    let what = format!("downloading {} ({})", request.what, request.digest);
+    let subject = format!("{} of {}", request.what, client.reference);
+    let done = retry::run(config, subject, first, attempt, |g| client.gave_up(what, g)).await?;
+    drop(slot);
+    blocking(move || done.commit())
+        .await
+        .map(|_| ())
+        .map_err(|e| store_error(client, &request.digest, e))
 }
 
 #[cfg(test)]

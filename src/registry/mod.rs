@@ -1,21 +1,22 @@
 //! Pulling images from OCI registries into the verified blob cache: the transport.
 //!
-//! Owns: everything between an image reference and verified blobs on the volume: credentials by
-//! host, the challenge/token dance (oci-client's `auth`, called first so token errors surface as
-//! such), fetching manifests (what they mean, and which platform's is chosen, is
-//! `crate::image`'s), and blob transfers with retries (one helper, `retry`, with a budget per
-//! kind of failure), `Retry-After`, resume by `Range` and progress. Blob GETs are made with
-//! reqwest (the HTTP stack oci-client itself uses) because oci-client's blob API exposes
-//! neither response headers (`Retry-After`, `Content-Length`) nor control over redirects;
-//! everything else goes through oci-client. It never unpacks or runs anything.
+//! Owns: everything between an image reference and verified blobs on the volume: one client
+//! per pull (`client`, reqwest over rustls with the roots of `crate::tls`) that probes `/v2/`,
+//! answers its challenge (`challenge`, `auth`: Docker's token flow, Basic, anonymous; the
+//! credentials of `credentials`), fetches manifests and blobs (`fetch`: resume by `Range`,
+//! progress), every request in the one retry loop (`retry`, a budget per kind of failure,
+//! `Retry-After`). What manifests mean, and which platform's is chosen, is `crate::image`'s.
+//! It never unpacks or runs anything.
 
+mod auth;
+mod challenge;
+mod client;
 mod credentials;
 mod feed;
 mod fetch;
 mod progress;
 mod pull;
 mod retry;
-mod session;
 mod sink;
 
 use std::time::Duration;

@@ -11,17 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::{stream, StreamExt};
-use oci_client::manifest::OciImageManifest;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 
+use super::client::Client;
 use super::fetch::{fetch_blob, BlobRequest};
 use super::progress::{Progress, Reporter};
-use super::session::Session;
 use super::{LayerFeed, RegistryConfig, RegistryError};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::image::describe::{self, PulledImage, PulledLayer};
-use crate::image::manifest::{self, Manifest};
+use crate::image::manifest::{self, ImageManifest, Manifest};
 use crate::image::{ImageDocument, ImageError, ImageRef};
 
 fn digest_of(text: &str, reference: &ImageRef) -> Result<Digest, RegistryError> {
@@ -40,29 +39,27 @@ fn store_error(
     }
 }
 
-/// Opens the session on first use only: a warm cache needs no network.
-struct LazySession<'a> {
+/// Opens the client on first use only: a warm cache needs no network.
+struct LazyClient<'a> {
     config: &'a RegistryConfig,
     reference: &'a ImageRef,
-    session: Option<Arc<Mutex<Session>>>,
+    client: Option<Arc<Client>>,
 }
 
-impl LazySession<'_> {
-    async fn get(&mut self) -> Result<Arc<Mutex<Session>>, RegistryError> {
-        if let Some(s) = &self.session {
+impl LazyClient<'_> {
+    async fn get(&mut self) -> Result<Arc<Client>, RegistryError> {
+        if let Some(s) = &self.client {
             return Ok(s.clone());
         }
-        let s = Arc::new(Mutex::new(
-            Session::open(self.config, self.reference).await?,
-        ));
-        self.session = Some(s.clone());
+        let s = Arc::new(Client::open(self.config, self.reference).await?);
+        self.client = Some(s.clone());
         Ok(s)
     }
 }
 
 /// A manifest by digest: from the store, or fetched, verified and stored.
 async fn manifest_by_digest(
-    lazy: &mut LazySession<'_>,
+    lazy: &mut LazyClient<'_>,
     store: &BlobStore,
     reference: &ImageRef,
     digest: &Digest,
@@ -72,12 +69,8 @@ async fn manifest_by_digest(
             .read(digest)
             .map_err(|e| store_error(reference, digest, e));
     }
-    let session = lazy.get().await?;
-    let bytes = session
-        .lock()
-        .await
-        .manifest(lazy.config, &reference.at(digest))
-        .await?;
+    let client = lazy.get().await?;
+    let bytes = client.manifest(lazy.config, &reference.at(digest)).await?;
     store
         .put(digest, &bytes)
         .map_err(|e| store_error(reference, digest, e))?;
@@ -103,7 +96,7 @@ fn unreachable(error: &RegistryError) -> bool {
 /// online; when the registry cannot be reached and the tag's last resolution is pinned with
 /// its manifest cached, that pin is used (an offline start after `envbox prepare`).
 async fn top_manifest(
-    lazy: &mut LazySession<'_>,
+    lazy: &mut LazyClient<'_>,
     store: &BlobStore,
     reference: &ImageRef,
     warnings: &mut Vec<String>,
@@ -122,14 +115,14 @@ async fn top_manifest(
     };
     let mut quick = lazy.config.clone();
     quick.max_attempts = quick.max_attempts.min(ATTEMPTS_WITH_PIN);
-    let mut quick_lazy = LazySession {
+    let mut quick_lazy = LazyClient {
         config: &quick,
         reference,
-        session: lazy.session.clone(),
+        client: lazy.client.clone(),
     };
     match resolve_tag(&mut quick_lazy, store, reference).await {
         Ok(found) => {
-            lazy.session = quick_lazy.session;
+            lazy.client = quick_lazy.client;
             Ok(found)
         }
         Err(error) if unreachable(&error) => {
@@ -147,16 +140,12 @@ async fn top_manifest(
 
 /// Fetches the manifest a tag points at now, stores and pins it.
 async fn resolve_tag(
-    lazy: &mut LazySession<'_>,
+    lazy: &mut LazyClient<'_>,
     store: &BlobStore,
     reference: &ImageRef,
 ) -> Result<(Digest, Vec<u8>), RegistryError> {
-    let session = lazy.get().await?;
-    let bytes = session
-        .lock()
-        .await
-        .manifest(lazy.config, reference)
-        .await?;
+    let client = lazy.get().await?;
+    let bytes = client.manifest(lazy.config, reference).await?;
     let digest = Digest::of(&bytes);
     store
         .put(&digest, &bytes)
@@ -169,11 +158,11 @@ async fn resolve_tag(
 
 /// The image manifest for this platform, and its digest.
 async fn image_manifest(
-    lazy: &mut LazySession<'_>,
+    lazy: &mut LazyClient<'_>,
     store: &BlobStore,
     reference: &ImageRef,
     warnings: &mut Vec<String>,
-) -> Result<(Digest, Digest, OciImageManifest), RegistryError> {
+) -> Result<(Digest, Digest, ImageManifest), RegistryError> {
     let (top, bytes) = top_manifest(lazy, store, reference, warnings).await?;
     match manifest::parse(&bytes, None, &reference.to_string())? {
         Manifest::Image(image) => Ok((top.clone(), top, *image)),
@@ -194,7 +183,7 @@ async fn image_manifest(
 /// back. Transfers skipped because the consumer stopped make it [`RegistryError::Stopped`].
 #[allow(clippy::too_many_arguments)]
 async fn transfer_all(
-    session: &Mutex<Session>,
+    client: &Client,
     config: &RegistryConfig,
     store: &BlobStore,
     blobs: &[BlobRequest],
@@ -220,7 +209,7 @@ async fn transfer_all(
                     skipped.store(true, Ordering::Relaxed);
                     return Ok(());
                 }
-                fetch_blob(session, config, store, request, progress, started, slot).await?;
+                fetch_blob(client, config, store, request, progress, started, slot).await?;
                 stored(request);
                 Ok(())
             }
@@ -260,10 +249,10 @@ pub async fn pull_feeding(
     reference: &ImageRef,
     feed: &LayerFeed,
 ) -> Result<PulledImage, RegistryError> {
-    let mut lazy = LazySession {
+    let mut lazy = LazyClient {
         config,
         reference,
-        session: None,
+        client: None,
     };
     let mut warnings = Vec::new();
     let (digest, manifest_digest, image) =
@@ -298,21 +287,21 @@ pub async fn pull_feeding(
     let transfer = match missing.is_empty() {
         true => None,
         false => {
-            let session = lazy.get().await?;
+            let client = lazy.get().await?;
             let progress = Progress::new(missing.iter().map(|r| (r.digest.clone(), r.size)));
             let reporter =
                 Reporter::start(progress.clone(), name.clone(), config.progress_interval);
-            Some((session, progress, reporter))
+            Some((client, progress, reporter))
         }
     };
     let (config_blob, layer_blobs): (Vec<BlobRequest>, Vec<BlobRequest>) = missing
         .iter()
         .cloned()
         .partition(|r| r.digest == requests[0].digest);
-    if let (Some((session, progress, _)), false) = (&transfer, config_blob.is_empty()) {
+    if let (Some((client, progress, _)), false) = (&transfer, config_blob.is_empty()) {
         let none = |_: &BlobRequest| {};
         transfer_all(
-            session,
+            client,
             config,
             store,
             &config_blob,
@@ -341,7 +330,7 @@ pub async fn pull_feeding(
             feed.ready(i, layer);
         }
     }
-    if let Some((session, progress, _)) = &transfer {
+    if let Some((client, progress, _)) = &transfer {
         let layers = &pulled.layers;
         // Every layer index the blob is (an image may list a blob twice).
         let report = |request: &BlobRequest, to: fn(&LayerFeed, usize, &PulledLayer)| {
@@ -354,7 +343,7 @@ pub async fn pull_feeding(
         let started = |request: &BlobRequest| report(request, LayerFeed::downloading);
         let stored = |request: &BlobRequest| report(request, LayerFeed::ready);
         transfer_all(
-            session,
+            client,
             config,
             store,
             &layer_blobs,
@@ -390,10 +379,10 @@ pub async fn cached_blobs(
             })?,
     };
     let pinned = reference.at(&top);
-    let mut offline = LazySession {
+    let mut offline = LazyClient {
         config,
         reference: &pinned,
-        session: None,
+        client: None,
     };
     let (top, manifest_digest, image) =
         image_manifest(&mut offline, store, &pinned, &mut Vec::new()).await?;

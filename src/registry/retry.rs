@@ -1,15 +1,104 @@
-//! Retrying registry requests: the one helper the probe, manifest and blob loops share.
+//! Retrying registry requests: the one loop every request of the client runs in ([`run`]).
 //!
 //! Owns: what a failed attempt was ([`Failure`], read from the error's types rather than its
-//! text), how many attempts and how long a wait each kind of failure gets (the budgets below),
-//! the wait between attempts with the progress line that says so, and what is left to say
-//! once a budget is spent ([`GaveUp`]). It never makes a request and never decides what is
-//! fatal: a caller retries only what it hands over as a [`Failure`].
+//! text; `Retry-After`), how many attempts and how long a wait each kind of failure gets (the
+//! budgets below), the wait between attempts with the progress line that says so, and what is
+//! left to say once a budget is spent ([`GaveUp`]). It never makes a request and never decides
+//! what is fatal: an attempt retries only what it hands over as a [`Failure`].
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::RegistryConfig;
+use super::{RegistryConfig, RegistryError};
 use crate::progress::{self, Kind};
+
+/// How one attempt ended. `S` is what an attempt hands to the next (a blob's writer, so a
+/// retry resumes where the last one stopped); `()` for requests that start afresh.
+pub(crate) enum Step<S, T> {
+    Done(T),
+    /// No retry helps.
+    Fatal(RegistryError),
+    /// Worth another attempt within the failure's budget, after the wait.
+    Retry(S, Failure),
+    /// Try again at once, without counting an attempt (another location, new credentials).
+    Again(S),
+}
+
+/// Runs `attempt` until it is done or fatal, or its failures' budget is spent (then
+/// `gave_up` makes the error). `subject` names the request in progress lines.
+pub(crate) async fn run<S, T, F, Fut>(
+    config: &RegistryConfig,
+    subject: String,
+    mut state: S,
+    mut attempt: F,
+    gave_up: impl FnOnce(GaveUp) -> RegistryError,
+) -> Result<T, RegistryError>
+where
+    F: FnMut(S) -> Fut,
+    Fut: Future<Output = Step<S, T>>,
+{
+    let mut retry = Retry::new(config, subject);
+    loop {
+        state = match attempt(state).await {
+            Step::Done(done) => return Ok(done),
+            Step::Fatal(error) => return Err(error),
+            Step::Again(next) => next,
+            Step::Retry(next, failure) => match retry.failed(failure).await {
+                Ok(()) => next,
+                Err(spent) => return Err(gave_up(spent)),
+            },
+        };
+    }
+}
+
+/// Every message of an error chain, joined.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut current = error.source();
+    while let Some(e) = current {
+        let text = e.to_string();
+        if !parts.last().is_some_and(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
+/// The failure of an answer with status 429 or 5xx (`Retry-After` read), else `None`.
+pub(crate) fn status_failure(response: &reqwest::Response) -> Option<Failure> {
+    let status = response.status().as_u16();
+    (status == 429 || status >= 500).then(|| Failure::Status {
+        status,
+        url: response.url().to_string(),
+        after: retry_after(response.headers()),
+    })
+}
+
+/// How long `Retry-After` asks to wait (the budgets cap it at the longest backoff).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    retry_after_at(headers, std::time::SystemTime::now())
+}
+
+/// [`retry_after`] as of `now`: delay-seconds, or an HTTP-date (RFC 9110) turned into the time
+/// left until it (none left: retry at once).
+fn retry_after_at(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    match value.parse::<u64>() {
+        Ok(seconds) => Some(Duration::from_secs(seconds)),
+        Err(_) => {
+            let date = httpdate::parse_http_date(value).ok()?;
+            Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+        }
+    }
+}
 
 /// Attempts when no connection can be made at all (refused, a name that does not resolve, no
 /// route): a registry that is down or mistyped fails in seconds, not minutes.
@@ -105,7 +194,7 @@ impl Failure {
                 },
             );
         }
-        Some(Failure::Broken(super::session::chain(error)))
+        Some(Failure::Broken(chain(error)))
     }
 }
 
@@ -162,7 +251,7 @@ pub(crate) struct GaveUp {
 }
 
 /// The retry state of one request: attempts so far, the next backoff, the start.
-pub(crate) struct Retry<'a> {
+struct Retry<'a> {
     config: &'a RegistryConfig,
     /// What is being tried, for progress lines: "registry 127.0.0.1:1".
     subject: String,
@@ -172,7 +261,7 @@ pub(crate) struct Retry<'a> {
 }
 
 impl<'a> Retry<'a> {
-    pub fn new(config: &'a RegistryConfig, subject: String) -> Retry<'a> {
+    fn new(config: &'a RegistryConfig, subject: String) -> Retry<'a> {
         Retry {
             config,
             subject,
@@ -185,7 +274,7 @@ impl<'a> Retry<'a> {
     /// Counts a failed attempt. When the failure's budget allows another, writes a progress
     /// line saying what failed, which attempt it was and when the next comes, and waits until
     /// then; otherwise says why it gave up.
-    pub async fn failed(&mut self, failure: Failure) -> Result<(), GaveUp> {
+    async fn failed(&mut self, failure: Failure) -> Result<(), GaveUp> {
         let Some((wait, attempts)) = self.next_wait(&failure) else {
             return Err(GaveUp {
                 attempts: self.attempts,
@@ -364,5 +453,38 @@ mod tests {
             .unwrap_err();
         assert_eq!(tls_error(&e), Some(TlsError::NotTls), "{e:?}");
         assert_eq!(Failure::of(&e, &c), None);
+    }
+
+    #[test]
+    fn retry_after_seconds_or_an_http_date() {
+        let at = |value: &str, now| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(reqwest::header::RETRY_AFTER, value.parse().unwrap());
+            retry_after_at(&h, now)
+        };
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        assert_eq!(at("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(at(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            at("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // Obsolete formats a server may still send (RFC 850, asctime).
+        assert_eq!(
+            at("Wednesday, 21-Oct-15 07:29:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            at("Wed Oct 21 07:28:10 2015", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            at("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(at("soon", now), None);
+        assert_eq!(at("-5", now), None);
+        let none = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after_at(&none, now), None);
     }
 }

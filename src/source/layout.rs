@@ -9,15 +9,13 @@
 //! `blobs/sha256/<hex>` of a parsed digest. The manifest rules are the registry's
 //! (`crate::image::describe`), so an image means the same wherever it came from.
 
-use oci_client::manifest::ImageIndexEntry;
-
 use super::files::{blob_name, Files};
 use super::import::{import, Blob};
 use super::{names_match, Imported, SourceError};
 use crate::cache::BlobStore;
 use crate::digest::Digest;
-use crate::image::describe::{self, Descriptor};
-use crate::image::manifest::{self, Manifest, OCI_INDEX};
+use crate::image::describe::{self, Target};
+use crate::image::manifest::{self, Descriptor, Manifest, OCI_INDEX};
 use crate::image::{ImageError, Platform};
 use crate::registry::LayerFeed;
 
@@ -26,7 +24,7 @@ pub(crate) const IMAGE_NAME: &str = "io.containerd.image.name";
 
 /// The names an `index.json` entry answers to: containerd's full name first, then the OCI
 /// ref name.
-pub(crate) fn entry_names(entry: &ImageIndexEntry) -> Vec<String> {
+pub(crate) fn entry_names(entry: &Descriptor) -> Vec<String> {
     let Some(annotations) = &entry.annotations else {
         return Vec::new();
     };
@@ -39,7 +37,7 @@ pub(crate) fn entry_names(entry: &ImageIndexEntry) -> Vec<String> {
 }
 
 /// How an entry is listed in errors: its first name, else its digest.
-fn label(entry: &ImageIndexEntry) -> String {
+fn label(entry: &Descriptor) -> String {
     entry_names(entry)
         .into_iter()
         .next()
@@ -48,13 +46,13 @@ fn label(entry: &ImageIndexEntry) -> String {
 
 /// The entry of `entries` that `wanted` selects (see the module doc). Pure.
 pub(crate) fn select<'a>(
-    entries: &'a [ImageIndexEntry],
+    entries: &'a [Descriptor],
     wanted: Option<&str>,
     platform: &Platform,
     files: &Files,
     transport: &'static str,
-) -> Result<&'a ImageIndexEntry, SourceError> {
-    let candidates: Vec<&ImageIndexEntry> = entries
+) -> Result<&'a Descriptor, SourceError> {
+    let candidates: Vec<&Descriptor> = entries
         .iter()
         .filter(|e| {
             wanted.is_none_or(|w| {
@@ -87,7 +85,7 @@ pub(crate) fn select<'a>(
                 });
             }
             // One image, one entry per platform.
-            let owned: Vec<ImageIndexEntry> = several.iter().map(|e| (*e).clone()).collect();
+            let owned: Vec<Descriptor> = several.iter().map(|e| (*e).clone()).collect();
             let chosen =
                 describe::platform_entry(&owned, platform, &files.path().display().to_string())?;
             Ok(several
@@ -99,9 +97,9 @@ pub(crate) fn select<'a>(
     }
 }
 
-fn descriptor(entry: &ImageIndexEntry, reference: &str) -> Result<Descriptor, ImageError> {
+fn descriptor(entry: &Descriptor, reference: &str) -> Result<Target, ImageError> {
     let digest = describe::digest_of(&entry.digest, reference)?;
-    Ok(Descriptor {
+    Ok(Target {
         size: describe::size_of(entry.size, &digest, reference)?,
         digest,
         media_type: entry.media_type.clone(),

@@ -1,12 +1,10 @@
 use std::path::Path;
 
-use oci_client::manifest::ImageIndexEntry;
-
 use super::docker::{self, SavedImage};
 use super::files::Files;
 use super::layout;
 use super::*;
-use crate::image::manifest::{self, Manifest};
+use crate::image::manifest::{self, Descriptor, Manifest};
 
 fn local(text: &str) -> LocalImage {
     match ImageSource::parse(text).unwrap() {
@@ -106,7 +104,7 @@ fn only_full_references_are_pinned() {
     assert!(!names_match("v1", "v2"));
 }
 
-fn entry(digest: char, names: &[(&str, &str)], arch: Option<&str>) -> ImageIndexEntry {
+fn entry(digest: char, names: &[(&str, &str)], arch: Option<&str>) -> Descriptor {
     let mut value = serde_json::json!({
         "mediaType": manifest::OCI_MANIFEST,
         "digest": format!("sha256:{}", digest.to_string().repeat(64)),

@@ -11,7 +11,7 @@
 //! `try_from`, so errors and unusual forms are unchanged. The tests compare both on thousands
 //! of strings.
 
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 
 /// Longest repository `try_from` accepts.
 const NAME_TOTAL_LENGTH_MAX: usize = 255;
