@@ -524,6 +524,74 @@ async fn schema1_is_refused_with_advice() {
     assert!(err.to_string().contains("rebuild"), "{err}");
 }
 
+/// The real registry's manifest padded to 16 MiB, served by the proxy in front of it
+/// (distribution itself refuses to store or serve a manifest over 4 MiB: `storage: read
+/// exceeds limit`, as containerd refuses to read one).
+#[tokio::test]
+async fn manifests_over_4_mib_are_refused_before_they_are_read_whole() {
+    let registry = Registry::http();
+    push_busybox(&registry, "team/app:1");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&registry.inspect_raw("team/app:1")).unwrap();
+    manifest["annotations"] = serde_json::json!({"padding": "x".repeat(16 << 20)});
+    let body = serde_json::to_vec(&manifest).unwrap();
+    let digest = Digest::of(&body).to_string();
+    let content_type = manifest["mediaType"].as_str().unwrap().to_owned();
+    let proxy = FaultProxy::start(&registry);
+    for path_contains in ["/manifests/big", digest.as_str()] {
+        proxy.inject(Fault::ReplaceManifest {
+            path_contains: path_contains.into(),
+            content_type: content_type.clone(),
+            body: body.clone(),
+        });
+    }
+    proxy.inject(Fault::ReplaceManifestChunked {
+        path_contains: "/manifests/chunked".into(),
+        content_type,
+        body: body.clone(),
+    });
+    let cfg = insecure(&[&proxy.host]);
+    let (_d, store) = new_store();
+    for reference in [
+        format!("{}/team/app:big", proxy.host),
+        format!("{}/team/app@{digest}", proxy.host),
+    ] {
+        let err = pull(&cfg, &store, &reference).await.unwrap_err();
+        assert!(
+            matches!(err, RegistryError::Image(ImageError::TooLarge { .. })),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&reference)
+                && text.contains(&format!("{} bytes", body.len()))
+                && text.contains("4194304"),
+            "names the reference, the size and the limit: {text}"
+        );
+    }
+    assert_eq!(
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/manifests/"))
+            .count(),
+        2,
+        "a refused manifest is not retried"
+    );
+    // Without a Content-Length, the read stops at the limit.
+    let err = pull(&cfg, &store, &format!("{}/team/app:chunked", proxy.host))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Image(ImageError::TooLarge { size: None, .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("more than 4194304 bytes"), "{err}");
+}
+
 #[tokio::test]
 async fn gzip_zstd_plain_and_docker_v2_images_pull_and_unknown_layers_are_refused() {
     let registry = Registry::http();

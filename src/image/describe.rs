@@ -66,6 +66,20 @@ pub(crate) fn size_of(size: i64, digest: &Digest, reference: &str) -> Result<u64
     u64::try_from(size).map_err(|_| malformed(reference, format!("{digest} has size {size}")))
 }
 
+/// Refuses a manifest, index or config of `size` bytes over [`manifest::MAX_DOCUMENT_SIZE`];
+/// `what` names it.
+pub(crate) fn document_size(size: u64, what: &str, reference: &str) -> Result<(), ImageError> {
+    match size > manifest::MAX_DOCUMENT_SIZE {
+        true => Err(ImageError::TooLarge {
+            reference: reference.to_owned(),
+            what: what.to_owned(),
+            size: Some(size),
+            limit: manifest::MAX_DOCUMENT_SIZE,
+        }),
+        false => Ok(()),
+    }
+}
+
 /// The entry of an index's `entries` for `wanted`; the error lists what the index offers.
 pub(crate) fn platform_entry(
     entries: &[Descriptor],
@@ -79,8 +93,10 @@ pub(crate) fn platform_entry(
             offered,
         })?;
     let digest = digest_of(&entry.digest, reference)?;
+    let size = size_of(entry.size, &digest, reference)?;
+    document_size(size, &format!("the manifest {digest}"), reference)?;
     Ok(Target {
-        size: size_of(entry.size, &digest, reference)?,
+        size,
         digest,
         media_type: entry.media_type.clone(),
     })
@@ -113,11 +129,19 @@ pub(crate) fn entry_manifest(
     }
 }
 
-/// The config and layer blobs `image` names, config first, each with its size.
+/// The config and layer blobs `image` names, config first, each with its size (the config's
+/// within [`manifest::MAX_DOCUMENT_SIZE`]).
 pub(crate) fn blobs_of(
     image: &ImageManifest,
     reference: &str,
 ) -> Result<Vec<(Digest, u64)>, ImageError> {
+    let config = config_digest(image, reference)?;
+    let config_size = size_of(image.config.size, &config, reference)?;
+    document_size(
+        config_size,
+        &format!("the image config {config}"),
+        reference,
+    )?;
     std::iter::once((&image.config.digest, image.config.size))
         .chain(image.layers.iter().map(|l| (&l.digest, l.size)))
         .map(|(digest, size)| {
@@ -191,4 +215,40 @@ pub(crate) fn describe(
         blobs_downloaded: 0,
         warnings: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_over_4_mib_is_refused_before_it_is_fetched() {
+        let manifest = |config_size: u64| {
+            let json = serde_json::json!({"schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": format!("sha256:{}", "1".repeat(64)), "size": config_size},
+                "layers": []});
+            match manifest::parse(json.to_string().as_bytes(), None, "r").unwrap() {
+                Manifest::Image(image) => *image,
+                Manifest::Index(_) => unreachable!(),
+            }
+        };
+        assert_eq!(blobs_of(&manifest(4 << 20), "r").unwrap().len(), 1);
+        let err = blobs_of(&manifest((4 << 20) + 1), "r").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooLarge {
+                    size: Some(4194305),
+                    limit: 4194304,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("the image config sha256:1111"),
+            "{err}"
+        );
+    }
 }

@@ -20,6 +20,10 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
 pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
+/// Longest manifest, index or image config read (containerd's limit, `MaxManifestSize`):
+/// anything longer is refused before it is read whole.
+pub const MAX_DOCUMENT_SIZE: u64 = 4 << 20;
+
 /// What envbox asks registries for (schema 1 included, to refuse it by name).
 pub const ACCEPTED: [&str; 6] = [
     OCI_INDEX,

@@ -25,6 +25,13 @@ pub const ID_SHIFT: u32 = 100_000;
 /// Size of the id mapping.
 pub const ID_RANGE: u32 = 65_536;
 
+fn size_text(size: &Option<u64>, limit: &u64) -> String {
+    match size {
+        Some(size) => format!("{size} bytes"),
+        None => format!("more than {limit} bytes"),
+    }
+}
+
 /// Errors of the image model: a reference, manifest, index or config that is not a usable
 /// image for this node. Messages say what to do where there is something to do.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +59,15 @@ pub enum ImageError {
     },
     #[error("image {reference}: bad manifest: {detail}")]
     Manifest { reference: String, detail: String },
+    #[error("{what} of {reference} is {}, over the limit of {limit} bytes for manifests, indexes and image configs (containerd's too): it is not read", size_text(.size, .limit))]
+    TooLarge {
+        reference: String,
+        /// "the manifest", "the image config sha256:...", ...
+        what: String,
+        /// `None` when the size is not known (a chunked answer cut at the limit).
+        size: Option<u64>,
+        limit: u64,
+    },
     #[error("image {reference} is for {found} but this node is {wanted}")]
     WrongPlatform {
         reference: String,

@@ -19,7 +19,7 @@ use super::retry::{self, chain, status_failure, tls_error, Failure, GaveUp, Step
 use super::{auth, RegistryConfig, RegistryError};
 use crate::config::Secret;
 use crate::digest::Digest;
-use crate::image::{manifest, normalize_host, ImageRef};
+use crate::image::{manifest, normalize_host, ImageError, ImageRef};
 use crate::tls;
 
 pub(crate) struct Client {
@@ -208,10 +208,9 @@ impl Client {
                 let detail = error_detail(response).await;
                 return Step::Fatal(self.refused(status, reference, detail));
             }
-            match response.bytes().await {
-                Ok(bytes) => Step::Done(bytes.to_vec()),
-                Err(e) => self.transport_step(&e, config, ()),
-            }
+            read_document(response, reference)
+                .await
+                .unwrap_or_else(|e| self.transport_step(&e, config, ()))
         };
         retry::run(
             config,
@@ -322,6 +321,37 @@ impl Client {
             },
         }
     }
+}
+
+/// A manifest's body, refused as soon as it is known to be over
+/// [`manifest::MAX_DOCUMENT_SIZE`]: by its `Content-Length`, else once that much has come.
+async fn read_document(
+    mut response: reqwest::Response,
+    reference: &ImageRef,
+) -> Result<Step<(), Vec<u8>>, reqwest::Error> {
+    let limit = manifest::MAX_DOCUMENT_SIZE;
+    let too_large = |size| {
+        Step::Fatal(
+            ImageError::TooLarge {
+                reference: reference.to_string(),
+                what: "the manifest".into(),
+                size,
+                limit,
+            }
+            .into(),
+        )
+    };
+    if let Some(length) = response.content_length().filter(|l| *l > limit) {
+        return Ok(too_large(Some(length)));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Ok(too_large(None));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Step::Done(body))
 }
 
 /// Longest error body read for its message.

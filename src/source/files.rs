@@ -1,7 +1,8 @@
 //! The files of a local image: a directory (an OCI layout) or a tar archive, read by name.
 //!
 //! Owns: reading the small JSON documents of a layout or archive (`index.json`,
-//! `manifest.json`) with a size cap, and opening blobs and members as readers of a known size.
+//! `manifest.json`, a docker config) within the image model's size limit, and opening blobs
+//! and members as readers of a known size.
 //! Names come from this crate (fixed names, `blobs/sha256/<hex>` built from a parsed digest) or
 //! from an archive's `manifest.json`, and are checked by [`archive::normalize`] before use, so
 //! a directory lookup never leaves the layout. In a directory, only regular files are read (a
@@ -16,9 +17,8 @@ use std::path::{Path, PathBuf};
 use super::archive::{self, Archive};
 use super::SourceError;
 use crate::digest::Digest;
-
-/// Largest JSON document read whole (index.json, manifest.json, an archive's image config).
-pub(crate) const MAX_DOCUMENT: u64 = 16 << 20;
+use crate::image::manifest::MAX_DOCUMENT_SIZE;
+use crate::image::ImageError;
 
 /// Where a local image's files are.
 #[derive(Debug)]
@@ -105,21 +105,24 @@ impl Files {
         }
     }
 
-    /// Reads `name` whole (at most [`MAX_DOCUMENT`] bytes); `what` names it in errors.
+    /// Reads `name` whole (at most [`MAX_DOCUMENT_SIZE`] bytes); `what` names it in errors.
     pub fn read(&self, name: &str, what: &str) -> Result<Vec<u8>, SourceError> {
         let (reader, size) = self.open(name)?.ok_or_else(|| SourceError::Missing {
             path: self.path().to_owned(),
             what: format!("{what} ({name})"),
         })?;
-        if size > MAX_DOCUMENT {
-            return Err(self.bad(
-                name,
-                format!("is {size} bytes; {what} is expected below {MAX_DOCUMENT}"),
-            ));
+        if size > MAX_DOCUMENT_SIZE {
+            return Err(ImageError::TooLarge {
+                reference: self.path().display().to_string(),
+                what: format!("{what} ({name})"),
+                size: Some(size),
+                limit: MAX_DOCUMENT_SIZE,
+            }
+            .into());
         }
         let mut bytes = Vec::with_capacity(size as usize);
         reader
-            .take(MAX_DOCUMENT)
+            .take(MAX_DOCUMENT_SIZE)
             .read_to_end(&mut bytes)
             .map_err(|source| SourceError::Read {
                 path: self.path().to_owned(),

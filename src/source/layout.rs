@@ -99,8 +99,10 @@ pub(crate) fn select<'a>(
 
 fn descriptor(entry: &Descriptor, reference: &str) -> Result<Target, ImageError> {
     let digest = describe::digest_of(&entry.digest, reference)?;
+    let size = describe::size_of(entry.size, &digest, reference)?;
+    describe::document_size(size, &format!("the manifest {digest}"), reference)?;
     Ok(Target {
-        size: describe::size_of(entry.size, &digest, reference)?,
+        size,
         digest,
         media_type: entry.media_type.clone(),
     })

@@ -216,3 +216,46 @@ fn the_manifest_built_for_a_docker_save_image_is_an_ordinary_image() {
         "deterministic"
     );
 }
+
+#[test]
+fn layout_documents_over_4_mib_are_refused_before_they_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(&dir.path().join("state")).unwrap();
+    let layout_dir = dir.path().join("layout");
+    std::fs::create_dir(&layout_dir).unwrap();
+    let files = Files::Dir(layout_dir.clone());
+    let import = || {
+        layout::import_image(
+            &files,
+            "oci",
+            "oci:layout",
+            None,
+            &amd64(),
+            &store,
+            &LayerFeed::default(),
+        )
+    };
+    let too_large = |err: SourceError| match err {
+        SourceError::Image(crate::image::ImageError::TooLarge { size, limit, .. }) => {
+            assert_eq!(limit, 4 << 20);
+            size
+        }
+        other => panic!("{other}"),
+    };
+    // The manifest index.json points to says it is 16 MiB: refused, its blob never opened.
+    let mut big = entry('a', &[], None);
+    big.size = 16 << 20;
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": manifest::OCI_INDEX,
+        "manifests": [{"mediaType": big.media_type, "digest": big.digest, "size": big.size}]});
+    std::fs::write(layout_dir.join("index.json"), index.to_string()).unwrap();
+    let err = import().unwrap_err();
+    assert!(err.to_string().contains("16777216 bytes"), "{err}");
+    assert_eq!(too_large(err), Some(16 << 20));
+    // An index.json of 5 MiB.
+    let padded = serde_json::json!({"schemaVersion": 2, "manifests": [],
+        "annotations": {"padding": "x".repeat(5 << 20)}});
+    std::fs::write(layout_dir.join("index.json"), padded.to_string()).unwrap();
+    let err = import().unwrap_err();
+    assert!(err.to_string().contains("index.json"), "{err}");
+    assert!(too_large(err).is_some_and(|size| size > 5 << 20));
+}

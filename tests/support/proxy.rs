@@ -69,6 +69,12 @@ pub enum Fault {
         content_type: String,
         body: Vec<u8>,
     },
+    /// Like `ReplaceManifest` for GETs, but chunked: no `Content-Length`.
+    ReplaceManifestChunked {
+        path_contains: String,
+        content_type: String,
+        body: Vec<u8>,
+    },
 }
 
 /// One request as the proxy saw it.
@@ -336,6 +342,30 @@ fn plan(state: &State, method: &str, path: &str) -> (Plan, Option<&'static str>)
                 } else {
                     server::respond(200, &headers, body.clone())
                 };
+                return (
+                    Plan::Answer(response, "replace-manifest"),
+                    Some("replace-manifest"),
+                );
+            }
+            Fault::ReplaceManifestChunked {
+                path_contains,
+                content_type,
+                body,
+            } if method == "GET"
+                && path.contains("/manifests/")
+                && path.contains(path_contains.as_str()) =>
+            {
+                let chunks: Vec<Result<Frame<Bytes>, BoxError>> = body
+                    .chunks(64 << 10)
+                    .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                    .collect();
+                let response = Response::builder()
+                    .status(200)
+                    .header("content-type", content_type.as_str())
+                    .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+                        chunks,
+                    ))))
+                    .expect("build chunked response");
                 return (
                     Plan::Answer(response, "replace-manifest"),
                     Some("replace-manifest"),
