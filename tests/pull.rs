@@ -524,6 +524,80 @@ async fn schema1_is_refused_with_advice() {
     assert!(err.to_string().contains("rebuild"), "{err}");
 }
 
+/// An index of indexes: `multi/app:nested` -> the two-platform index -> each manifest, and
+/// deeper nestings up to the limit.
+#[tokio::test]
+async fn nested_indexes_are_followed_to_this_platform_within_a_depth_limit() {
+    let registry = Registry::http();
+    let info = push_images(
+        &registry,
+        "multi/app:1",
+        &[busybox_image("amd64"), busybox_image("arm64")],
+    );
+    // Wrap the index `depth - 1` more times, each level pushed under `nested<depth>`.
+    let mut inner = registry.inspect_raw("multi/app:1");
+    let mut nest = |depth: usize| {
+        let outer = serde_json::json!({"schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": Digest::of(&inner).to_string(), "size": inner.len()}]});
+        inner = serde_json::to_vec(&outer).unwrap();
+        registry.store_manifest("multi/app", &format!("nested{depth}"), &inner)
+    };
+    let nested2 = nest(2);
+    let (_d, store) = new_store();
+    let cfg = insecure(&[&registry.host]);
+    let reference = format!("{}/multi/app:nested2", registry.host);
+    let image = pull(&cfg, &store, &reference).await.unwrap();
+    assert_eq!(image.digest.to_string(), nested2);
+    assert_eq!(image.manifest_digest.to_string(), info.manifest_digests[0]);
+    let mut arm = cfg.clone();
+    arm.platform = Platform {
+        os: "linux".into(),
+        architecture: "arm64".into(),
+        variant: Some("v8".into()),
+    };
+    let image = pull(&arm, &store, &reference).await.unwrap();
+    assert_eq!(image.manifest_digest.to_string(), info.manifest_digests[1]);
+
+    // No match: every platform of the nested index is named, none as "unknown".
+    let mut s390 = cfg.clone();
+    s390.platform.architecture = "s390x".into();
+    let err = pull(&s390, &store, &reference).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Image(ImageError::NoMatchingPlatform { .. })
+        ),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("it offers: linux/amd64, linux/arm64") && !text.contains("unknown"),
+        "{text}"
+    );
+
+    // Four levels of indexes are followed; a fifth is refused.
+    nest(3);
+    nest(4);
+    pull(
+        &cfg,
+        &store,
+        &format!("{}/multi/app:nested4", registry.host),
+    )
+    .await
+    .unwrap();
+    nest(5);
+    let err = pull(
+        &cfg,
+        &store,
+        &format!("{}/multi/app:nested5", registry.host),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("more than 4 levels deep"), "{err}");
+}
+
 /// The real registry's manifest padded to 16 MiB, served by the proxy in front of it
 /// (distribution itself refuses to store or serve a manifest over 4 MiB: `storage: read
 /// exceeds limit`, as containerd refuses to read one).

@@ -436,3 +436,69 @@ fn bad_local_sources_fail_naming_the_file() {
     let err = pull(&format!("docker-archive:{}", layout.display()));
     assert!(err.contains("is not a tar archive file"), "{err}");
 }
+
+/// An OCI layout whose index.json points to an index of the two-platform index.
+#[tokio::test]
+async fn a_layout_with_nested_indexes_resolves_to_this_platform() {
+    use envbox::cache::BlobStore;
+    use envbox::digest::Digest;
+    use envbox::image::Platform;
+    use envbox::registry::{LayerFeed, RegistryConfig};
+    use envbox::source::{self, ImageSource};
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let info = write_layout(
+        &layout,
+        "t",
+        &[busybox_image("amd64"), busybox_image("arm64")],
+    );
+    let blob = |digest: &str| layout.join("blobs/sha256").join(&digest["sha256:".len()..]);
+    let inner_digest = info.index_digest.clone().unwrap();
+    let inner = std::fs::read(blob(&inner_digest)).unwrap();
+    let index_type = "application/vnd.oci.image.index.v1+json";
+    let outer = serde_json::to_vec(
+        &serde_json::json!({"schemaVersion": 2, "mediaType": index_type,
+        "manifests": [{"mediaType": index_type, "digest": inner_digest, "size": inner.len()}]}),
+    )
+    .unwrap();
+    let outer_digest = Digest::of(&outer).to_string();
+    std::fs::write(blob(&outer_digest), &outer).unwrap();
+    let index_json = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": index_type,
+        "digest": outer_digest, "size": outer.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "t"}}]});
+    std::fs::write(layout.join("index.json"), index_json.to_string()).unwrap();
+
+    let source = ImageSource::parse(&format!("oci:{}", layout.display())).unwrap();
+    let fetch = |architecture: &str, variant: Option<&str>| {
+        let config = RegistryConfig {
+            platform: Platform {
+                os: "linux".into(),
+                architecture: architecture.into(),
+                variant: variant.map(Into::into),
+            },
+            ..RegistryConfig::default()
+        };
+        let state = tempfile::tempdir().unwrap();
+        let source = source.clone();
+        async move {
+            let store = BlobStore::open(state.path()).unwrap();
+            source::fetch(&source, &config, &store, &LayerFeed::default())
+                .await
+                .map(|fetched| fetched.image.manifest_digest.to_string())
+        }
+    };
+    assert_eq!(
+        fetch("amd64", None).await.unwrap(),
+        info.manifest_digests[0]
+    );
+    assert_eq!(
+        fetch("arm64", Some("v8")).await.unwrap(),
+        info.manifest_digests[1]
+    );
+    let err = fetch("s390x", None).await.unwrap_err().to_string();
+    assert!(
+        err.contains("it offers: linux/amd64, linux/arm64") && !err.contains("unknown"),
+        "{err}"
+    );
+}

@@ -80,6 +80,39 @@ pub(crate) fn document_size(size: u64, what: &str, reference: &str) -> Result<()
     }
 }
 
+/// What `entry` points to, checked: a digest, a size within [`manifest::MAX_DOCUMENT_SIZE`]
+/// (it is a manifest or an index).
+pub(crate) fn target(entry: &Descriptor, reference: &str) -> Result<Target, ImageError> {
+    let digest = digest_of(&entry.digest, reference)?;
+    let size = size_of(entry.size, &digest, reference)?;
+    document_size(size, &format!("the manifest {digest}"), reference)?;
+    Ok(Target {
+        size,
+        digest,
+        media_type: entry.media_type.clone(),
+    })
+}
+
+/// Refuses `bytes` fetched for `target` unless they are as long as it says.
+pub(crate) fn check_length(
+    bytes: &[u8],
+    target: &Target,
+    reference: &str,
+) -> Result<(), ImageError> {
+    match bytes.len() as u64 == target.size {
+        true => Ok(()),
+        false => Err(malformed(
+            reference,
+            format!(
+                "manifest {} is {} bytes, the index says {}",
+                target.digest,
+                bytes.len(),
+                target.size
+            ),
+        )),
+    }
+}
+
 /// The entry of an index's `entries` for `wanted`; the error lists what the index offers.
 pub(crate) fn platform_entry(
     entries: &[Descriptor],
@@ -92,14 +125,7 @@ pub(crate) fn platform_entry(
             wanted: wanted.to_string(),
             offered,
         })?;
-    let digest = digest_of(&entry.digest, reference)?;
-    let size = size_of(entry.size, &digest, reference)?;
-    document_size(size, &format!("the manifest {digest}"), reference)?;
-    Ok(Target {
-        size,
-        digest,
-        media_type: entry.media_type.clone(),
-    })
+    target(entry, reference)
 }
 
 /// The image manifest `bytes`, which an index `entry` points to: its size must be the entry's,
@@ -109,17 +135,7 @@ pub(crate) fn entry_manifest(
     entry: &Target,
     reference: &str,
 ) -> Result<ImageManifest, ImageError> {
-    if bytes.len() as u64 != entry.size {
-        return Err(malformed(
-            reference,
-            format!(
-                "manifest {} is {} bytes, the index says {}",
-                entry.digest,
-                bytes.len(),
-                entry.size
-            ),
-        ));
-    }
+    check_length(bytes, entry, reference)?;
     match manifest::parse(bytes, Some(&entry.media_type), reference)? {
         Manifest::Image(image) => Ok(*image),
         Manifest::Index(_) => Err(malformed(

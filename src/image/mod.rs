@@ -3,7 +3,8 @@
 //! Owns: image references (`reference`), manifests, image indexes and layer compressions
 //! (`manifest`), this node's platform and the choice of an index entry (`platform`), the image
 //! config document (`config`), turning a manifest plus its config into a [`PulledImage`]
-//! (`describe`), and the uid/gid shift every unpacked image gets ([`ID_SHIFT`], [`ID_RANGE`]).
+//! (`describe`), the walk through nested indexes to this node's manifest (`walk`), and the
+//! uid/gid shift every unpacked image gets ([`ID_SHIFT`], [`ID_RANGE`]).
 //! Pure: bytes in, typed values out. It never talks to a registry, never reads a file or the
 //! store, and never unpacks: `crate::registry` and `crate::source` fetch, `crate::unpack`
 //! unpacks, both by these rules.
@@ -13,6 +14,7 @@ pub mod describe;
 pub mod manifest;
 pub mod platform;
 pub mod reference;
+pub(crate) mod walk;
 
 pub use config::{ImageConfig, ImageConfigError, ImageDocument};
 pub use describe::{PulledImage, PulledLayer};

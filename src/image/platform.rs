@@ -59,7 +59,8 @@ impl std::fmt::Display for Platform {
     }
 }
 
-fn describe(entry: &Descriptor) -> String {
+/// How an index entry is named in messages: its platform, or its digest when it states none.
+pub(crate) fn describe(entry: &Descriptor) -> String {
     match &entry.platform {
         Some(p) => Platform {
             os: p.os.clone(),
@@ -67,7 +68,7 @@ fn describe(entry: &Descriptor) -> String {
             variant: p.variant.clone(),
         }
         .to_string(),
-        None => "unknown".into(),
+        None => format!("a manifest without a platform ({})", entry.digest),
     }
 }
 

@@ -3,7 +3,8 @@
 //! Owns: the order of a pull and what is fetched at all. Blobs already in the store are never
 //! fetched again; a reference pinned by digest whose manifests are in the store needs no
 //! network at all; a tag is resolved online (tags move) and pinned. Every manifest is checked
-//! against the digest it was asked for. The config comes first; layers download in parallel,
+//! against the digest it was asked for; nested indexes are followed as `crate::image::walk`
+//! asks. The config comes first; layers download in parallel,
 //! bounded, and each is handed to the caller's [`LayerFeed`] as soon as it is verified in the
 //! store, so the caller can unpack it while the others download. It never unpacks.
 
@@ -21,6 +22,7 @@ use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::image::describe::{self, PulledImage, PulledLayer};
 use crate::image::manifest::{self, ImageManifest, Manifest};
+use crate::image::walk::{Next, Walk};
 use crate::image::{ImageDocument, ImageError, ImageRef};
 
 fn digest_of(text: &str, reference: &ImageRef) -> Result<Digest, RegistryError> {
@@ -156,22 +158,56 @@ async fn resolve_tag(
     Ok((digest, bytes))
 }
 
+/// The manifests a reference resolved to.
+struct Resolved {
+    /// What the reference names (an index, or the manifest itself).
+    top: Digest,
+    /// The image manifest for this platform.
+    manifest_digest: Digest,
+    image: ImageManifest,
+    /// The nested indexes walked through to it.
+    nested: Vec<Digest>,
+}
+
 /// The image manifest for this platform, and its digest.
 async fn image_manifest(
     lazy: &mut LazyClient<'_>,
     store: &BlobStore,
     reference: &ImageRef,
     warnings: &mut Vec<String>,
-) -> Result<(Digest, Digest, ImageManifest), RegistryError> {
+) -> Result<Resolved, RegistryError> {
     let (top, bytes) = top_manifest(lazy, store, reference, warnings).await?;
-    match manifest::parse(&bytes, None, &reference.to_string())? {
-        Manifest::Image(image) => Ok((top.clone(), top, *image)),
-        Manifest::Index(index) => {
-            let name = reference.to_string();
-            let entry = describe::platform_entry(&index.manifests, &lazy.config.platform, &name)?;
-            let bytes = manifest_by_digest(lazy, store, reference, &entry.digest).await?;
-            let image = describe::entry_manifest(&bytes, &entry, &name)?;
-            Ok((top, entry.digest, image))
+    let name = reference.to_string();
+    let index = match manifest::parse(&bytes, None, &name)? {
+        Manifest::Image(image) => {
+            return Ok(Resolved {
+                manifest_digest: top.clone(),
+                top,
+                image: *image,
+                nested: Vec::new(),
+            })
+        }
+        Manifest::Index(index) => index,
+    };
+    let mut walk = Walk::new(index, &lazy.config.platform, &name);
+    let mut nested_digests = Vec::new();
+    loop {
+        match walk.next()? {
+            Next::Index(nested) => {
+                let bytes = manifest_by_digest(lazy, store, reference, &nested.digest).await?;
+                walk.index(&nested, &bytes)?;
+                nested_digests.push(nested.digest);
+            }
+            Next::Manifest(entry) => {
+                let bytes = manifest_by_digest(lazy, store, reference, &entry.digest).await?;
+                let image = describe::entry_manifest(&bytes, &entry, &name)?;
+                return Ok(Resolved {
+                    top,
+                    manifest_digest: entry.digest,
+                    image,
+                    nested: nested_digests,
+                });
+            }
         }
     }
 }
@@ -255,8 +291,12 @@ pub async fn pull_feeding(
         client: None,
     };
     let mut warnings = Vec::new();
-    let (digest, manifest_digest, image) =
-        image_manifest(&mut lazy, store, reference, &mut warnings).await?;
+    let Resolved {
+        top: digest,
+        manifest_digest,
+        image,
+        ..
+    } = image_manifest(&mut lazy, store, reference, &mut warnings).await?;
     let name = reference.to_string();
     let count = image.layers.len();
     let requests: Vec<BlobRequest> = describe::blobs_of(&image, &name)?
@@ -384,13 +424,16 @@ pub async fn cached_blobs(
         reference: &pinned,
         client: None,
     };
-    let (top, manifest_digest, image) =
-        image_manifest(&mut offline, store, &pinned, &mut Vec::new()).await?;
-    let mut blobs = vec![
+    let Resolved {
         top,
         manifest_digest,
-        digest_of(&image.config.digest, reference)?,
-    ];
+        image,
+        nested,
+    } = image_manifest(&mut offline, store, &pinned, &mut Vec::new()).await?;
+    let mut blobs = vec![top];
+    blobs.extend(nested);
+    blobs.push(manifest_digest);
+    blobs.push(digest_of(&image.config.digest, reference)?);
     for layer in &image.layers {
         blobs.push(digest_of(&layer.digest, reference)?);
     }

@@ -3,10 +3,10 @@
 //! Owns: reading `index.json`, choosing the image a name selects (an entry's
 //! `org.opencontainers.image.ref.name` or containerd's `io.containerd.image.name` annotation,
 //! or its digest; the only image when no name is given; this node's platform when several
-//! unnamed entries differ by platform), then importing that image's manifests, config and
-//! layers into the store, each verified against its descriptor; each layer is handed to the
-//! caller's feed as soon as it is in the store. Blobs are looked up only as
-//! `blobs/sha256/<hex>` of a parsed digest. The manifest rules are the registry's
+//! unnamed entries differ by platform), then importing that image's manifests (through nested
+//! indexes, as `crate::image::walk` asks), config and layers into the store, each verified
+//! against its descriptor; each layer is handed to the caller's feed as soon as it is in the
+//! store. Blobs are looked up only as `blobs/sha256/<hex>` of a parsed digest. The manifest rules are the registry's
 //! (`crate::image::describe`), so an image means the same wherever it came from.
 
 use super::files::{blob_name, Files};
@@ -16,7 +16,8 @@ use crate::cache::BlobStore;
 use crate::digest::Digest;
 use crate::image::describe::{self, Target};
 use crate::image::manifest::{self, Descriptor, Manifest, OCI_INDEX};
-use crate::image::{ImageError, Platform};
+use crate::image::walk::{Next, Walk};
+use crate::image::Platform;
 use crate::registry::LayerFeed;
 
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -97,17 +98,6 @@ pub(crate) fn select<'a>(
     }
 }
 
-fn descriptor(entry: &Descriptor, reference: &str) -> Result<Target, ImageError> {
-    let digest = describe::digest_of(&entry.digest, reference)?;
-    let size = describe::size_of(entry.size, &digest, reference)?;
-    describe::document_size(size, &format!("the manifest {digest}"), reference)?;
-    Ok(Target {
-        size,
-        digest,
-        media_type: entry.media_type.clone(),
-    })
-}
-
 /// Copies one blob of the layout into the store; counts it in `copied` when it was copied.
 fn import_blob(
     files: &Files,
@@ -152,7 +142,7 @@ pub(crate) fn import_image(
         }
     };
     let entry = select(&index.manifests, wanted, platform, files, transport)?;
-    let top = descriptor(entry, reference)?;
+    let top = describe::target(entry, reference)?;
     let mut copied = 0;
     import_blob(
         files,
@@ -173,18 +163,30 @@ pub(crate) fn import_image(
     {
         Manifest::Image(image) => (top.digest.clone(), *image),
         Manifest::Index(index) => {
-            let entry = describe::platform_entry(&index.manifests, platform, reference)?;
-            let what = "the platform's manifest";
-            import_blob(files, store, &entry.digest, entry.size, what, &mut copied)?;
-            let bytes = store
-                .read(&entry.digest)
-                .map_err(|source| SourceError::Blob {
-                    path: files.path().to_owned(),
-                    what: what.into(),
-                    source,
-                })?;
-            let image = describe::entry_manifest(&bytes, &entry, reference)?;
-            (entry.digest, image)
+            let mut walk = Walk::new(index, platform, reference);
+            let mut fetch = |target: &Target, what: &str| {
+                import_blob(files, store, &target.digest, target.size, what, &mut copied)?;
+                store
+                    .read(&target.digest)
+                    .map_err(|source| SourceError::Blob {
+                        path: files.path().to_owned(),
+                        what: what.into(),
+                        source,
+                    })
+            };
+            loop {
+                match walk.next()? {
+                    Next::Index(nested) => {
+                        let bytes = fetch(&nested, "a nested image index")?;
+                        walk.index(&nested, &bytes)?;
+                    }
+                    Next::Manifest(entry) => {
+                        let bytes = fetch(&entry, "the platform's manifest")?;
+                        let image = describe::entry_manifest(&bytes, &entry, reference)?;
+                        break (entry.digest, image);
+                    }
+                }
+            }
         }
     };
     let blobs = describe::blobs_of(&image, reference)?;
