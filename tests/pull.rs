@@ -498,6 +498,45 @@ async fn not_found_and_denied_are_not_retried() {
     assert!(denied <= 4, "403 was retried: {denied} requests");
 }
 
+/// A 401 in the middle of a pull (a token that expired) re-authenticates once, then goes on;
+/// one that persists fails naming the credentials.
+#[tokio::test]
+async fn a_401_mid_pull_reauthenticates_once() {
+    let registry = Registry::http();
+    push_busybox(&registry, "team/app:1");
+    let proxy = FaultProxy::start(&registry);
+    let cfg = insecure(&[&proxy.host]);
+    let probes = |proxy: &FaultProxy| proxy.requests().iter().filter(|r| r.path == "/v2/").count();
+    proxy.inject(Fault::Status {
+        path_contains: "/blobs/".into(),
+        status: 401,
+        times: 1,
+    });
+    let (_d, store) = new_store();
+    pull(&cfg, &store, &format!("{}/team/app:1", proxy.host))
+        .await
+        .unwrap();
+    assert_eq!(probes(&proxy), 2, "probed again to re-authenticate");
+
+    proxy.clear_faults();
+    proxy.clear_requests();
+    proxy.inject(Fault::Status {
+        path_contains: "/blobs/".into(),
+        status: 401,
+        times: 100,
+    });
+    let (_d2, store2) = new_store();
+    let err = pull(&cfg, &store2, &format!("{}/team/app:1", proxy.host))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::CredentialsRequired { .. }),
+        "{err}"
+    );
+    let unauthorized = proxy.requests().iter().filter(|r| r.status == 401).count();
+    assert_eq!(unauthorized, 2, "one retry after re-authenticating");
+}
+
 #[tokio::test]
 async fn schema1_is_refused_with_advice() {
     let registry = Registry::http();
