@@ -26,6 +26,7 @@ pub mod gpu;
 pub mod host;
 pub mod image;
 pub mod launch;
+pub mod lock;
 pub mod logging;
 pub mod memory;
 pub mod mountinfo;

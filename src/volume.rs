@@ -3,7 +3,7 @@
 //!
 //! Owns: the top-level names under the state dir. Each store owns what is inside its own
 //! directory (`cache`: blobs, staging, refs; `unpack`: layers; `overlay`: the container's
-//! rootfs). It holds no logic and touches no file.
+//! rootfs; `lock`: the lock files). It holds no logic and touches no file.
 
 use std::path::{Path, PathBuf};
 
@@ -49,6 +49,11 @@ impl VolumeLayout {
     /// flattened copy.
     pub fn container(&self) -> PathBuf {
         self.root.join("container")
+    }
+
+    /// Locks shared by the envbox processes using the volume (see `crate::lock`).
+    pub fn locks(&self) -> PathBuf {
+        self.root.join("locks")
     }
 
     /// Where an earlier envbox kept containerd's metadata (the agent token with it).

@@ -32,6 +32,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+use crate::lock::{Held, Mode, VolumeLocks};
 use crate::volume::VolumeLayout;
 use std::fs;
 use std::io;
@@ -58,6 +59,8 @@ pub enum CacheError {
         expected: u64,
         actual: u64,
     },
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -89,10 +92,19 @@ pub struct BlobInfo {
     pub size: u64,
 }
 
+/// The right to fetch one blob, see [`BlobStore::claim`].
+#[derive(Debug)]
+pub struct Claim {
+    _held: Held,
+    /// Another process held it first.
+    pub waited: bool,
+}
+
 /// The store. Cheap to clone; safe to use from several tasks (each writer has its own file).
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     volume: VolumeLayout,
+    locks: VolumeLocks,
     unsynced: Unsynced,
     growing: Growing,
 }
@@ -125,6 +137,7 @@ impl BlobStore {
         let unsynced =
             Unsynced::open(&blobs, boot).map_err(io_err("creating directory in", &blobs))?;
         let store = BlobStore {
+            locks: VolumeLocks::new(volume.root()),
             volume,
             unsynced,
             growing: Growing::default(),
@@ -222,6 +235,22 @@ impl BlobStore {
             digest.clone(),
             size,
         ))
+    }
+
+    /// The right to fetch the blob `digest` (`what` it is, for the progress line of a wait):
+    /// held by one process of the volume at a time (see `crate::lock`), until dropped. Blocks
+    /// while another process holds it; then [`Claim::waited`] is true, and the blob is likely
+    /// in the store already (the caller checks).
+    pub fn claim(&self, digest: &Digest, what: &str) -> Result<Claim, CacheError> {
+        let (held, waited) = self.locks.take(
+            &format!("blob-{}", digest.hex()),
+            Mode::Exclusive,
+            &format!("downloading {what} ({digest})"),
+        )?;
+        Ok(Claim {
+            _held: held,
+            waited,
+        })
     }
 
     /// Stores a small blob (a manifest) held in memory, verifying it; it is on disk when this

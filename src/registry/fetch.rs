@@ -6,8 +6,9 @@
 //! errors within their budgets (`super::retry::run`), re-authenticating once on 401, never retrying
 //! 403/404 (a 404 at a foreign URL moves on to the next location). Bytes are hashed
 //! and counted as they are written (off the async threads, while the next are received: see
-//! `super::sink`); the store commits only a blob whose digest and size match. It never decides
-//! which blobs to fetch.
+//! `super::sink`); the store commits only a blob whose digest and size match. One process of a
+//! volume fetches a blob at a time (`BlobStore::claim`); a waiter finds it stored. It never
+//! decides which blobs to fetch.
 
 use futures_util::StreamExt;
 use tokio::sync::SemaphorePermit;
@@ -219,6 +220,16 @@ pub(crate) async fn fetch_blob(
     slot: SemaphorePermit<'_>,
 ) -> Result<(), RegistryError> {
     if store.size_of(&request.digest) == Some(request.size) {
+        progress.cached(&request.digest);
+        return Ok(());
+    }
+    // One process of the volume fetches it; the others wait, then find it stored.
+    let claim = {
+        let (store, digest, what) = (store.clone(), request.digest.clone(), request.what.clone());
+        blocking(move || store.claim(&digest, &what)).await
+    };
+    let claim = claim.map_err(|e| store_error(client, &request.digest, e))?;
+    if claim.waited && store.size_of(&request.digest) == Some(request.size) {
         progress.cached(&request.digest);
         return Ok(());
     }

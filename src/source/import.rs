@@ -44,6 +44,11 @@ pub(crate) fn import(
         what: format!("{} ({})", blob.what, blob.name),
         source,
     };
+    // One process of the volume copies it; the others wait, then find it stored.
+    let claim = store.claim(blob.digest, blob.what).map_err(failed)?;
+    if claim.waited && store.size_of(blob.digest) == Some(blob.size) {
+        return Ok(false);
+    }
     let (mut reader, actual) = files.open(blob.name)?.ok_or_else(|| SourceError::Missing {
         path: files.path().to_owned(),
         what: format!("{} {} ({})", blob.what, blob.digest, blob.name),

@@ -7,8 +7,10 @@
 //! into overlayfs ones, ready to be a read-only `lowerdir` (a layer that needed directories it
 //! does not list is marked so, see [`implicit_dir`]). It must never create, change or
 //! follow anything outside the staging directory it is writing (every path of a layer is
-//! resolved in-root, see [`tree`]), never keep a directory whose uncompressed content does not
-//! hash to the layer's diff ID, and never fetch, verify compressed blobs or mount anything: the
+//! resolved in-root, see [`tree`]), never unpack a layer another process of the volume is
+//! unpacking (it waits on the layer's lock, `crate::lock`, and then finds it complete), never
+//! keep a directory whose uncompressed content does not hash to the layer's diff ID, and never
+//! fetch, verify compressed blobs or mount anything: the
 //! caller hands it a blob already verified against the manifest.
 //!
 //! Durability: no fsync per file (it would dominate the unpack time), and no sync before a
@@ -52,6 +54,7 @@ use crate::cache::unsynced::{self, Unsynced};
 use crate::cache::{staging, Follower};
 use crate::digest::Digest;
 use crate::image::Compression;
+use crate::lock::{Mode, VolumeLocks};
 
 /// What every uid and gid of a layer is shifted by: the inner container's user namespace maps
 /// its 0..65536 onto 100000..165536 (the spec's mapping), so sysbox-runc finds nothing to shift.
@@ -140,6 +143,8 @@ pub enum UnpackError {
         path: PathBuf,
         limit: u64,
     },
+    #[error(transparent)]
+    Lock(crate::lock::LockError),
     #[error("flatten: target {path} already exists")]
     TargetExists { path: PathBuf },
     #[error("layer {layer}: uncompressed content has diff ID {actual}, the image config says {expected}; nothing was kept")]
@@ -246,6 +251,7 @@ fn mark_implicit(dir: &File, first: &Path) -> io::Result<()> {
 pub struct LayerStore {
     root: PathBuf,
     unsynced: Unsynced,
+    locks: VolumeLocks,
 }
 
 impl LayerStore {
@@ -269,7 +275,11 @@ impl LayerStore {
             .map_err(store_err("creating layer store directory", &staging_dir))?;
         let unsynced =
             Unsynced::open(&root, boot).map_err(store_err("creating directory in", &root))?;
-        let store = LayerStore { root, unsynced };
+        let store = LayerStore {
+            root,
+            unsynced,
+            locks: VolumeLocks::new(state_dir),
+        };
         store.drop_torn_layers()?;
         let stale = staging::stale_entries(&staging_dir)
             .map_err(store_err("listing staging directory", &staging_dir))?;
@@ -389,11 +399,26 @@ impl LayerStore {
         input: Option<stream::Input>,
         limits: &Limits,
     ) -> Result<UnpackReport, UnpackError> {
+        let reused = || UnpackReport {
+            reused: true,
+            ..UnpackReport::default()
+        };
         if self.is_complete(&source.diff_id) {
-            return Ok(UnpackReport {
-                reused: true,
-                ..UnpackReport::default()
-            });
+            return Ok(reused());
+        }
+        // One process of the volume unpacks it; the others wait, then find it complete.
+        let target = self.path(&source.diff_id);
+        let name = target.file_name().unwrap_or_default().to_string_lossy();
+        let (_held, waited) = self
+            .locks
+            .take(
+                &format!("layer-{name}"),
+                Mode::Exclusive,
+                &format!("unpacking layer {}", source.digest),
+            )
+            .map_err(UnpackError::Lock)?;
+        if waited && self.is_complete(&source.diff_id) {
+            return Ok(reused());
         }
         let staging = self
             .staging_dir()
