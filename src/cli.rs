@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use clap::{Arg, Args, Parser, Subcommand};
 
 use crate::config::{
-    EntrypointSettings, ImageSettings, RawSettings, StateSettings, WorkspaceSettings,
+    EntrypointSettings, ImageSettings, KeepSettings, RawSettings, StateSettings, WorkspaceSettings,
 };
 
 /// `arg` with `note` (what this command requires of it) as the last sentence of its help. Like
@@ -108,13 +108,22 @@ pub struct DockerArgs {
     pub state: StateSettings,
 
     #[command(flatten)]
+    pub keep: KeepSettings,
+
+    #[command(flatten)]
     pub entrypoint: EntrypointSettings,
 }
 
 impl DockerArgs {
     /// The settings this command reads; the others are unset.
     pub fn settings(&self) -> RawSettings {
-        RawSettings::of(&[&self.image, &self.workspace, &self.state, &self.entrypoint])
+        RawSettings::of(&[
+            &self.image,
+            &self.workspace,
+            &self.state,
+            &self.keep,
+            &self.entrypoint,
+        ])
     }
 }
 
@@ -160,12 +169,15 @@ pub struct PullArgs {
 
     #[command(flatten)]
     pub state: StateSettings,
+
+    #[command(flatten)]
+    pub keep: KeepSettings,
 }
 
 impl PullArgs {
     /// The settings this command reads; the others are unset.
     pub fn settings(&self) -> RawSettings {
-        RawSettings::of(&[&self.image, &self.state])
+        RawSettings::of(&[&self.image, &self.state, &self.keep])
     }
 }
 
@@ -200,6 +212,9 @@ pub struct PrepareArgs {
     #[command(flatten)]
     pub state: StateSettings,
 
+    #[command(flatten)]
+    pub keep: KeepSettings,
+
     /// The spec of the bundle: read with --output only.
     #[command(flatten, next_help_heading = "Bundle options (with --output)")]
     pub workspace: WorkspaceSettings,
@@ -208,7 +223,7 @@ pub struct PrepareArgs {
 impl PrepareArgs {
     /// The settings this command reads; the others are unset.
     pub fn settings(&self) -> RawSettings {
-        RawSettings::of(&[&self.image, &self.state, &self.workspace])
+        RawSettings::of(&[&self.image, &self.state, &self.keep, &self.workspace])
     }
 }
 
@@ -216,7 +231,9 @@ impl PrepareArgs {
 pub enum CacheCommand {
     /// List cached blobs and which references they were pulled for.
     Ls(LsArgs),
-    /// Remove blobs not used by the current image (--image / CODER_INNER_IMAGE).
+    /// Remove the blobs and unpacked layers of every image but the current one (--image /
+    /// CODER_INNER_IMAGE; without it, the most recently used) and the --keep-images most
+    /// recently used before it. What a mounted workspace uses stays.
     Prune(PruneArgs),
 }
 
@@ -234,18 +251,20 @@ impl LsArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(mut_args(required(&["image"])))]
 pub struct PruneArgs {
     #[command(flatten)]
     pub image: ImageSettings,
 
     #[command(flatten)]
     pub state: StateSettings,
+
+    #[command(flatten)]
+    pub keep: KeepSettings,
 }
 
 impl PruneArgs {
     /// The settings this command reads; the others are unset.
     pub fn settings(&self) -> RawSettings {
-        RawSettings::of(&[&self.image, &self.state])
+        RawSettings::of(&[&self.image, &self.state, &self.keep])
     }
 }

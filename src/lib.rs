@@ -36,6 +36,7 @@ pub mod overlay;
 pub mod plan;
 pub mod prepare;
 pub mod progress;
+pub mod prune;
 pub mod registry;
 pub mod rootfs;
 pub mod run_dir;

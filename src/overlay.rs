@@ -7,8 +7,9 @@
 //! as its layers say (a layer above the first holds directories it does not list, see
 //! [`unpack::implicit_dir`]), a flattened copy in `rootfs/`, which is slower and said so (made
 //! afresh each start, so no start waits for its write-back). Leftovers of a previous start (a
-//! mount still there after a kill -9, an old upper dir, an old copy) are cleared first. It
-//! never changes a layer directory.
+//! mount still there after a kill -9, an old upper dir, an old copy) are cleared first; which
+//! layer directories a mounted overlay uses is read back from its lower links
+//! ([`layers_in_use`]). It never changes a layer directory.
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +54,8 @@ pub enum OverlayError {
     },
     #[error("flattening the image into {path}: {source}")]
     Flatten { path: PathBuf, source: UnpackError },
+    #[error(transparent)]
+    MountInfo(#[from] crate::mountinfo::MountInfoError),
 }
 
 fn io<'a>(
@@ -163,6 +166,30 @@ fn try_overlay(layout: &Layout, layer_dirs: &[PathBuf]) -> Result<Result<(), Err
         MsFlags::empty(),
         Some(options.as_str()),
     ))
+}
+
+/// The layer directories a mounted overlay rootfs under `state_dir` uses (whichever process
+/// mounted it, alive or not): empty when no overlay is mounted at `merged/` in this mount
+/// namespace. What a cleanup must never remove (`crate::prune`).
+pub fn layers_in_use(state_dir: &Path) -> Result<Vec<PathBuf>, OverlayError> {
+    let layout = Layout::new(state_dir);
+    let merged = std::fs::canonicalize(&layout.merged).unwrap_or(layout.merged.clone());
+    let table = crate::mountinfo::MountTable::read_self()?;
+    if !table
+        .entries
+        .iter()
+        .any(|m| m.mount_point == merged && m.fs_type == "overlay")
+    {
+        return Ok(Vec::new());
+    }
+    let mut dirs = Vec::new();
+    let entries =
+        std::fs::read_dir(&layout.lower_links).map_err(io("listing", &layout.lower_links))?;
+    for entry in entries {
+        let link = entry.map_err(io("listing", &layout.lower_links))?.path();
+        dirs.push(std::fs::read_link(&link).map_err(io("reading the link", &link))?);
+    }
+    Ok(dirs)
 }
 
 /// Assembles the rootfs for a start from the layers (bottom first).

@@ -358,6 +358,8 @@ const WORKSPACE_FLAGS: [&str; 15] = [
     "run-dir",
 ];
 const STATE_FLAGS: [&str; 1] = ["state-dir"];
+/// The flag of `KeepSettings`: the commands that may clean up the cache.
+const KEEP_FLAGS: [&str; 1] = ["keep-images"];
 const ENTRYPOINT_FLAGS: [&str; 9] = [
     "coder-url",
     "bootstrap-script",
@@ -389,6 +391,7 @@ fn help_cases() -> Vec<HelpCase> {
             &IMAGE_FLAGS,
             &WORKSPACE_FLAGS,
             &STATE_FLAGS,
+            &KEEP_FLAGS,
             &ENTRYPOINT_FLAGS,
         ]),
         required: &[("image", "Required"), ("username", "Required")],
@@ -405,13 +408,13 @@ fn help_cases() -> Vec<HelpCase> {
         HelpCase {
             command: &["pull"],
             own: &[],
-            settings: groups(&[&IMAGE_FLAGS, &STATE_FLAGS]),
+            settings: groups(&[&IMAGE_FLAGS, &STATE_FLAGS, &KEEP_FLAGS]),
             required: &[],
         },
         HelpCase {
             command: &["prepare"],
             own: &["as", "output", "no-sync"],
-            settings: groups(&[&IMAGE_FLAGS, &STATE_FLAGS, &WORKSPACE_FLAGS]),
+            settings: groups(&[&IMAGE_FLAGS, &STATE_FLAGS, &KEEP_FLAGS, &WORKSPACE_FLAGS]),
             required: &[
                 ("image", "Required"),
                 ("username", "Required with --output"),
@@ -426,8 +429,8 @@ fn help_cases() -> Vec<HelpCase> {
         HelpCase {
             command: &["cache", "prune"],
             own: &[],
-            settings: groups(&[&IMAGE_FLAGS, &STATE_FLAGS]),
-            required: &[("image", "Required")],
+            settings: groups(&[&IMAGE_FLAGS, &STATE_FLAGS, &KEEP_FLAGS]),
+            required: &[],
         },
     ]
 }

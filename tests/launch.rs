@@ -621,6 +621,61 @@ fn a_second_start_after_kill_9_of_the_first_starts_cleanly() {
 }
 
 #[test]
+fn the_image_cache_is_cleaned_up_in_the_background_once_the_workspace_is_up() {
+    if !launch_requirements_met("envbox docker cache cleanup test") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (registry, image) = registry_with_busybox();
+    let layout = tempfile::tempdir().unwrap();
+    let other = support::image::ImageSpec::new("amd64")
+        .layer(Layer::new(vec![Entry::file("/other", 0o644, "other")]));
+    let info = write_layout(layout.path(), "v1", &[other]);
+    registry.push(layout.path(), "v1", "envbox/other:v1");
+    let dirs = Dirs::new("cleanup");
+    let mut env = dirs.base_env(&image, &registry, "echo bootstrap-ran; sleep 600");
+    env.push(dirs.home_mount());
+    env.push(("ENVBOX_KEEP_IMAGES".to_owned(), "0".to_owned()));
+    let state = dirs.path("state");
+    let prepared = Command::new(ENVBOX)
+        .args([
+            "prepare",
+            "--image",
+            &format!("{}/envbox/other:v1", registry.host),
+        ])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args(["--insecure-registries", &registry.host])
+        .output()
+        .unwrap();
+    assert!(prepared.status.success(), "{prepared:?}");
+    let other_layer = state
+        .join("layers")
+        .join(info.diff_ids[0][0].trim_start_matches("sha256:"));
+    assert!(other_layer.is_dir());
+
+    let mut envbox = Envbox::start(&env);
+    envbox.wait_for("bootstrap-ran", Duration::from_secs(120));
+    envbox.wait_for("Image cache cleaned up", Duration::from_secs(60));
+    let log = envbox.log();
+    assert!(
+        !other_layer.exists(),
+        "the other image's layer was removed:\n{log}"
+    );
+    // The workspace's own layers stay (its overlay uses them).
+    assert_eq!(
+        entries(&state.join("layers"))
+            .iter()
+            .filter(|n| !n.starts_with('.'))
+            .count(),
+        3,
+        "{log}"
+    );
+    envbox.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = envbox.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", envbox.log());
+}
+
+#[test]
 fn a_failed_network_attach_stops_cleanly_and_names_the_plugin() {
     if !launch_requirements_met("envbox docker failed network test") {
         return;

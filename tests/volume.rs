@@ -181,3 +181,211 @@ fn a_kill_9_releases_the_locks_its_process_held() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(state.path().join("blobs/sha256").join(&layer).is_file());
 }
+
+/// The names of the layer directories in the store.
+fn layer_dirs(state: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state.join("layers"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The references `envbox cache ls` lists as pinned.
+fn pinned(env: &[(&str, &str)]) -> Vec<String> {
+    let out = run(&["cache", "ls"], env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut pins: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("pin  "))
+        .map(|l| l.split(" -> ").next().unwrap().to_owned())
+        .collect();
+    pins.sort();
+    pins
+}
+
+/// The layer directory names of an image.
+fn dirs_of(info: &LayoutInfo) -> Vec<String> {
+    info.diff_ids[0].iter().map(|d| hex(d).to_owned()).collect()
+}
+
+#[test]
+fn cleanup_keeps_the_current_image_and_the_most_recently_used_before_it() {
+    if !requirements_met("cache cleanup rule", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let names = ["a", "b", "c", "d"];
+    let infos: Vec<LayoutInfo> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            push(
+                &registry,
+                random_image(10 + i as u64, 2, 64),
+                &format!("team/{n}:1"),
+            )
+        })
+        .collect();
+    let host = registry.host.clone();
+    let reference = |n: &str| format!("{host}/team/{n}:1");
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let env = [
+        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", host.as_str()),
+    ];
+    // Used in the order a, b, c, d; then a again: a is the most recently used.
+    for n in ["a", "b", "c", "d", "a"] {
+        let out = run(&["prepare", "--image", &reference(n)], &env);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        // Last use is the pin's modification time: apart by more than a kernel tick.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // Current: c; kept besides it: the 2 most recently used others, a and d.
+    let out = run(
+        &[
+            "cache",
+            "prune",
+            "--image",
+            &reference("c"),
+            "--keep-images",
+            "2",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("and 2 unpacked layer(s); kept 3 image(s)"),
+        "{said}"
+    );
+    let mut expected: Vec<String> = [&infos[0], &infos[2], &infos[3]]
+        .into_iter()
+        .flat_map(dirs_of)
+        .collect();
+    expected.sort();
+    assert_eq!(layer_dirs(state.path()), expected, "{said}");
+    let mut pins: Vec<String> = ["a", "c", "d"].iter().map(|n| reference(n)).collect();
+    pins.sort();
+    assert_eq!(pinned(&env), pins);
+    // b's blobs are gone, the others' are all there.
+    let blob = |d: &str| state.path().join("blobs/sha256").join(hex(d));
+    assert!(!blob(&infos[1].layer_digests[0][0]).exists());
+    assert!(!blob(&infos[1].config_digests[0]).exists());
+    for info in [&infos[0], &infos[2], &infos[3]] {
+        assert!(blob(&info.config_digests[0]).is_file());
+        assert!(blob(&info.manifest_digests[0]).is_file());
+        for layer in &info.layer_digests[0] {
+            assert!(blob(layer).is_file());
+        }
+    }
+
+    // Without --image the most recently used (a) is current; the default keeps 1 more (d,
+    // used after c).
+    let out = run(&["cache", "prune"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut expected: Vec<String> = [&infos[0], &infos[3]]
+        .into_iter()
+        .flat_map(dirs_of)
+        .collect();
+    expected.sort();
+    assert_eq!(layer_dirs(state.path()), expected, "{}", text(&out.stdout));
+    let mut pins: Vec<String> = ["a", "d"].iter().map(|n| reference(n)).collect();
+    pins.sort();
+    assert_eq!(pinned(&env), pins);
+    // What was kept starts without the network.
+    drop(registry);
+    let out = run(&["prepare", "--image", &reference("d")], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("0 of 2 layer(s) unpacked"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_bad_keep_images_is_refused_naming_the_variable() {
+    let state = tempfile::tempdir().unwrap();
+    let out = run(
+        &["cache", "prune"],
+        &[
+            ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+            ("ENVBOX_KEEP_IMAGES", "-1"),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("invalid ENVBOX_KEEP_IMAGES (--keep-images) \"-1\": expected a whole number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cleanup_never_removes_the_layers_a_mounted_overlay_uses() {
+    if !requirements_met("cache cleanup beside a mounted overlay", false) {
+        return;
+    }
+    let registry = Registry::http();
+    let a = push(&registry, random_image(20, 2, 64), "team/a:1");
+    let b = push(&registry, random_image(21, 1, 64), "team/b:1");
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let env = [
+        ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", registry.host.as_str()),
+    ];
+    for n in ["a", "b"] {
+        let out = run(
+            &[
+                "prepare",
+                "--image",
+                &format!("{}/team/{n}:1", registry.host),
+            ],
+            &env,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    // a's rootfs as envbox docker mounts it (its envbox gone: only the mount tells).
+    let container = state.path().join("container");
+    for dir in ["l", "upper", "work", "merged"] {
+        std::fs::create_dir_all(container.join(dir)).unwrap();
+    }
+    let dirs = dirs_of(&a);
+    let mut lowers = Vec::new();
+    for (i, dir) in dirs.iter().rev().enumerate() {
+        let link = container.join("l").join(i.to_string());
+        std::os::unix::fs::symlink(state.path().join("layers").join(dir), &link).unwrap();
+        lowers.push(link.display().to_string());
+    }
+    let merged = container.join("merged");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        container.join("upper").display(),
+        container.join("work").display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(&merged);
+    let out = run(&["cache", "prune", "--keep-images", "0"], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut expected: Vec<String> = dirs.iter().cloned().chain(dirs_of(&b)).collect();
+    expected.sort();
+    assert_eq!(layer_dirs(state.path()), expected, "{}", text(&out.stdout));
+    assert!(merged.join("s20-l1.bin").is_file());
+}

@@ -328,8 +328,25 @@ impl BlobStore {
         pins::pinned(&self.refs_dir(), reference)
     }
 
-    /// Every pin as `(reference, manifest digest)`, sorted by reference; corrupt pins are skipped.
+    /// Every pin as `(reference, manifest digest)`, the most recently used first (see
+    /// [`Self::used`]); corrupt pins are skipped.
     pub fn pins(&self) -> Result<Vec<(String, Digest)>, CacheError> {
         pins::list(&self.refs_dir())
+    }
+
+    /// Records that `reference` (as normalised text) was used now as manifest `digest`: its pin
+    /// is written again, so it comes first in [`Self::pins`].
+    pub fn used(&self, reference: &str, digest: &Digest) -> Result<(), CacheError> {
+        self.pin(reference, digest)
+    }
+
+    /// Removes the pin of `reference` (absent is fine).
+    pub fn unpin(&self, reference: &str) -> Result<(), CacheError> {
+        pins::unpin(&self.refs_dir(), reference)
+    }
+
+    /// The volume's locks (see `crate::lock`).
+    pub fn locks(&self) -> &VolumeLocks {
+        &self.locks
     }
 }

@@ -6,6 +6,11 @@
 //! file system is cut and suffixed with `~` and the sha256 of the reference. The reference
 //! itself is kept inside the file, so listing needs no decoding and a lookup can check it. A
 //! pin is written to a staging file, fsync'd, renamed into `refs/`, and `refs/` fsync'd.
+//!
+//! Last use: a pin is written again (the same way) each time its image is used, so the pin
+//! file's modification time says when its image was last used; [`list`] orders by it, most
+//! recent first (what the cleanup rule, `crate::prune`, keeps). The file's format stays what
+//! older envboxes read.
 
 use std::fs;
 use std::io::{self, Write};
@@ -90,6 +95,16 @@ pub(super) fn pinned(refs: &Path, reference: &str) -> Result<Option<Digest>, Cac
     }
 }
 
+pub(super) fn unpin(refs: &Path, reference: &str) -> Result<(), CacheError> {
+    let path = refs.join(file_name(reference));
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing pin", &path)(e)),
+        _ => sync_dir(refs),
+    }
+}
+
+/// Every pin as `(reference, manifest digest)`, the most recently used first (then by
+/// reference); corrupt pins are skipped.
 pub(super) fn list(refs: &Path) -> Result<Vec<(String, Digest)>, CacheError> {
     let mut pins = Vec::new();
     for entry in fs::read_dir(refs).map_err(io_err("listing pins in", refs))? {
@@ -108,15 +123,19 @@ pub(super) fn list(refs: &Path) -> Result<Vec<(String, Digest)>, CacheError> {
             }
             Err(e) => return Err(io_err("reading pin", &path)(e)),
         };
+        let used = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
         match parse(&bytes) {
             Some((digest, reference))
                 if entry.file_name().to_str() == Some(&file_name(&reference)) =>
             {
-                pins.push((reference, digest));
+                pins.push((std::cmp::Reverse(used), reference, digest));
             }
             _ => {}
         }
     }
     pins.sort();
-    Ok(pins)
+    Ok(pins.into_iter().map(|(_, r, d)| (r, d)).collect())
 }

@@ -298,8 +298,34 @@ fn pin_round_trip() {
         })
         .collect();
     expected.sort();
-    assert_eq!(store.pins().unwrap(), expected);
+    let mut pins = store.pins().unwrap();
+    pins.sort();
+    assert_eq!(pins, expected);
     assert!(staging_names(&store).is_empty());
+}
+
+#[test]
+fn pins_list_the_most_recently_used_first_and_unpin_removes_one() {
+    let (_dir, store) = store();
+    let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+    // Apart by more than the file system's timestamp granularity (a kernel tick).
+    let tick = || std::thread::sleep(std::time::Duration::from_millis(30));
+    store.pin("a:1", &a).unwrap();
+    tick();
+    store.pin("b:1", &b).unwrap();
+    assert_eq!(
+        store.pins().unwrap(),
+        [("b:1".to_owned(), b.clone()), ("a:1".to_owned(), a.clone())]
+    );
+    tick();
+    store.used("a:1", &a).unwrap();
+    assert_eq!(
+        store.pins().unwrap(),
+        [("a:1".to_owned(), a.clone()), ("b:1".to_owned(), b.clone())]
+    );
+    store.unpin("a:1").unwrap();
+    store.unpin("a:1").unwrap();
+    assert_eq!(store.pins().unwrap(), [("b:1".to_owned(), b)]);
 }
 
 #[test]

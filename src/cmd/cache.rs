@@ -1,24 +1,17 @@
-//! `envbox cache ls` and `envbox cache prune`.
+//! `envbox cache ls` and `envbox cache prune` (the cleanup rule of `crate::prune`, with the
+//! `--image` given as the current image).
 
-use std::collections::BTreeSet;
-
-use super::{outer_subsystem, runtime};
+use super::{mb, outer_subsystem, runtime, ImageCache};
 use crate::cache::BlobStore;
 use crate::cli::{CacheCommand, LsArgs, PruneArgs};
 use crate::config::{names, Purpose, RawSettings, Settings};
-use crate::digest::Digest;
-use crate::registry::{self, RegistryConfig};
+use crate::prune;
 use crate::source::ImageSource;
-use crate::unpack::LayerStore;
 
 fn open(raw: &RawSettings) -> anyhow::Result<(Settings, BlobStore)> {
     let settings = Settings::from_raw(raw, outer_subsystem().as_deref(), Purpose::Pull)?;
     let store = BlobStore::open(&settings.state_dir)?;
     Ok((settings, store))
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 pub fn run(command: &CacheCommand) -> anyhow::Result<()> {
@@ -48,45 +41,54 @@ fn ls(args: &LsArgs) -> anyhow::Result<()> {
 }
 
 fn prune(args: &PruneArgs) -> anyhow::Result<()> {
-    let (settings, store) = open(&args.settings())?;
-    let text = settings.image.clone().ok_or_else(|| {
-        anyhow::anyhow!(
-            "{} is required: prune keeps the blobs of that image",
-            names::IMAGE
-        )
-    })?;
-    let reference = match ImageSource::parse(&text)? {
-        ImageSource::Registry(reference) => reference,
-        ImageSource::Local(_) => anyhow::bail!(
-            "cache prune keeps the blobs of an image reference; {text} is a local image: name the reference it was recorded as (envbox cache ls lists them)"
-        ),
+    let settings = Settings::from_raw(
+        &args.settings(),
+        outer_subsystem().as_deref(),
+        Purpose::Pull,
+    )?;
+    let cache = ImageCache::open(&settings)?;
+    let runtime = runtime()?;
+    let current = match &settings.image {
+        None => None,
+        Some(text) => {
+            let reference = match ImageSource::parse(text)? {
+                ImageSource::Registry(reference) => reference,
+                ImageSource::Local(_) => anyhow::bail!(
+                    "cache prune keeps the blobs of an image reference; {text} is a local image: name the reference it was recorded as (envbox cache ls lists them)"
+                ),
+            };
+            let digest = match reference.digest() {
+                Some(digest) => Some(digest),
+                None => cache.blobs.pinned(&reference.normalized())?,
+            };
+            let kept = match &digest {
+                Some(digest) => runtime.block_on(prune::of_image(
+                    &cache.config,
+                    &cache.blobs,
+                    &cache.layers,
+                    &reference,
+                    digest,
+                ))?,
+                None => None,
+            };
+            let Some(kept) = kept else {
+                anyhow::bail!(
+                    "{} {reference} is not in the cache (envbox cache ls lists what is): pull it first, or leave {} unset to keep the most recently used image",
+                    names::IMAGE,
+                    names::IMAGE
+                );
+            };
+            Some(kept)
+        }
     };
-    let (config, _) = RegistryConfig::from_settings(&settings)?;
-    let cached = runtime()?.block_on(registry::cached_blobs(&config, &store, &reference))?;
-    let keep: BTreeSet<Digest> = cached.blobs.into_iter().collect();
-    let keep_layers: BTreeSet<Digest> = cached.diff_ids.into_iter().collect();
-    let mut freed = 0;
-    let mut removed = 0;
-    for blob in store.list()? {
-        if !keep.contains(&blob.digest) {
-            store.remove(&blob.digest)?;
-            freed += blob.size;
-            removed += 1;
-        }
-    }
-    let layers = LayerStore::open(&settings.state_dir)?;
-    let mut layers_removed = 0;
-    for diff_id in layers.list()? {
-        if !keep_layers.contains(&diff_id) {
-            layers.remove(&diff_id)?;
-            layers_removed += 1;
-        }
-    }
+    let pruned = runtime.block_on(cache.prune(current))?;
     println!(
-        "removed {removed} blob(s) ({}) and {layers_removed} unpacked layer(s); kept {} blob(s) and {} layer(s) of {reference}",
-        mb(freed),
-        keep.len(),
-        keep_layers.len()
+        "removed {} blob(s) ({}) and {} unpacked layer(s); kept {} image(s): {}",
+        pruned.blobs_removed,
+        mb(pruned.bytes_freed),
+        pruned.layers_removed,
+        pruned.kept.len(),
+        pruned.kept.join(", ")
     );
     Ok(())
 }

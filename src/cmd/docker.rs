@@ -2,8 +2,9 @@
 //!
 //! Validates the settings, starts sending the progress log to Coder when the agent's URL and
 //! token are set ([`crate::agentlog`]), then hands over to [`crate::launch`], giving it the
-//! image preparation step (registry wiring lives here, at the top). Errors end up in the progress
-//! log, `/dev/termination-log` and the exit status (see `main.rs`).
+//! image preparation step (registry wiring lives here, at the top) and the cleanup of the image
+//! cache once the workspace is up. Errors end up in the progress log, `/dev/termination-log` and
+//! the exit status (see `main.rs`).
 
 use super::{outer_subsystem, runtime, ImageCache};
 use crate::agentlog::{self, AgentLog};
@@ -46,12 +47,16 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let image = settings.image.clone().unwrap_or_default();
     let source = ImageSource::parse(&image)?;
     let cache = ImageCache::open(&settings)?;
+    let after_up: launch::AfterUpFn = {
+        let cache = cache.clone();
+        Box::new(move |prepared| clean_up(&cache, prepared))
+    };
     let prepare: launch::PrepareFn = Box::new(move || Box::pin(prepare(cache, source)));
     let coder = agentlog::Target::from_settings(&settings)?;
     let runtime = runtime()?;
     let result = runtime.block_on(async {
         let agent_log = coder.map(AgentLog::start);
-        let result = launch::run(&settings, prepare)
+        let result = launch::run(&settings, prepare, after_up)
             .await
             .map_err(anyhow::Error::from);
         match &result {
@@ -92,4 +97,30 @@ async fn prepare(cache: ImageCache, source: ImageSource) -> anyhow::Result<Prepa
     );
     progress::emit(Kind::Info, &line);
     Ok(prepared)
+}
+
+/// The cleanup once the workspace is up (see `crate::prune`), on a blocking thread of the
+/// runtime: the current image is the one prepared; a failure is a warning (the next start
+/// tries again).
+fn clean_up(cache: &ImageCache, prepared: PreparedImage) {
+    let current = crate::prune::Kept::of_prepared(&prepared);
+    // Its hold on the store goes with it: the cleanup waits for every hold.
+    drop(prepared);
+    let started = std::time::Instant::now();
+    match tokio::runtime::Handle::current().block_on(cache.prune(Some(current))) {
+        Ok(pruned) if pruned.blobs_removed + pruned.layers_removed > 0 => progress::emit(
+            Kind::Info,
+            &format!(
+                "Image cache cleaned up: removed {} blob(s) ({}) and {} unpacked layer(s) of images other than {} (the current one and the {} most recently used before it, {})",
+                pruned.blobs_removed,
+                super::mb(pruned.bytes_freed),
+                pruned.layers_removed,
+                pruned.kept.join(", "),
+                cache.keep_images,
+                crate::config::names::KEEP_IMAGES.env,
+            ),
+        ),
+        Ok(_) => tracing::debug!(elapsed = ?started.elapsed(), "image cache: nothing to clean up"),
+        Err(e) => progress::warn_all([format!("{e} (the next start tries again)")]),
+    }
 }

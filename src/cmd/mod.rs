@@ -27,10 +27,13 @@ fn outer_subsystem() -> Option<String> {
 use crate::progress::warn_all;
 
 /// The image cache on the volume of some settings, with the registry configuration to fill it.
+#[derive(Clone)]
 struct ImageCache {
     config: RegistryConfig,
     blobs: BlobStore,
     layers: LayerStore,
+    /// `ENVBOX_KEEP_IMAGES`.
+    keep_images: usize,
 }
 
 impl ImageCache {
@@ -42,13 +45,16 @@ impl ImageCache {
             config,
             blobs: BlobStore::open(&settings.state_dir)?,
             layers: LayerStore::open(&settings.state_dir)?,
+            keep_images: settings.keep_images,
         })
     }
 
-    /// `source` fetched and unpacked into the cache, warnings logged.
+    /// `source` fetched and unpacked into the cache, warnings logged; no cleanup runs while
+    /// the result (or a clone) lives (see [`PreparedImage::hold`]).
     async fn prepare(&self, source: &ImageSource) -> anyhow::Result<PreparedImage> {
         crate::memory::keep_freed_memory();
-        let prepared = crate::prepare::prepare(
+        let hold = self.hold().await?;
+        let mut prepared = crate::prepare::prepare(
             &self.config,
             &self.blobs,
             &self.layers,
@@ -56,9 +62,61 @@ impl ImageCache {
             &Limits::default(),
         )
         .await?;
+        self.used(&prepared.names, &prepared.pulled.digest)?;
+        prepared.hold = Some(std::sync::Arc::new(hold));
         warn_all(&prepared.warnings);
         Ok(prepared)
     }
+
+    /// `source`'s blobs fetched into the cache (no unpack).
+    async fn fetch(&self, source: &ImageSource) -> anyhow::Result<crate::source::Fetched> {
+        let _hold = self.hold().await?;
+        let fetched = crate::source::fetch(
+            source,
+            &self.config,
+            &self.blobs,
+            &crate::registry::LayerFeed::default(),
+        )
+        .await?;
+        self.used(&fetched.names, &fetched.image.digest)?;
+        Ok(fetched)
+    }
+
+    /// The shared hold on the store a preparing process keeps (see `crate::prune`).
+    async fn hold(&self) -> anyhow::Result<crate::lock::Held> {
+        let blobs = self.blobs.clone();
+        Ok(tokio::task::spawn_blocking(move || crate::prune::hold_for_preparing(&blobs)).await??)
+    }
+
+    /// Records the use of the image `digest` known by `names` (what the cleanup rule orders
+    /// images by).
+    fn used(&self, names: &[ImageRef], digest: &Digest) -> anyhow::Result<()> {
+        for name in names {
+            self.blobs.used(&name.normalized(), digest)?;
+        }
+        Ok(())
+    }
+
+    /// Removes what the cleanup rule does not keep (see `crate::prune`); `current`: what the
+    /// current image keeps, else the most recently used image is current.
+    async fn prune(
+        &self,
+        current: Option<crate::prune::Kept>,
+    ) -> Result<crate::prune::Pruned, crate::prune::PruneError> {
+        crate::prune::prune(
+            &self.config,
+            &self.blobs,
+            &self.layers,
+            current,
+            self.keep_images,
+        )
+        .await
+    }
+}
+
+/// `bytes` in MB, for messages.
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 /// `source` fetched and unpacked into the cache on the volume of `settings`, warnings logged.

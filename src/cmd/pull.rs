@@ -3,13 +3,11 @@
 
 use anyhow::Context;
 
-use super::{outer_subsystem, printable, runtime, warn_all};
-use crate::cache::BlobStore;
+use super::{outer_subsystem, printable, runtime, warn_all, ImageCache};
 use crate::cli::PullArgs;
 use crate::config::{names, Purpose, Settings};
 use crate::progress::{self, Kind};
-use crate::registry::{LayerFeed, RegistryConfig};
-use crate::source::{self, ImageSource};
+use crate::source::ImageSource;
 
 pub fn run(args: &PullArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(
@@ -23,18 +21,11 @@ pub fn run(args: &PullArgs) -> anyhow::Result<()> {
         .or_else(|| settings.image.clone())
         .with_context(|| format!("no image: give one, or set {}", names::IMAGE))?;
     let source = ImageSource::parse(&text)?;
-    let (config, warnings) = RegistryConfig::from_settings(&settings)?;
-    warn_all(warnings);
-    let store = BlobStore::open(&settings.state_dir)?;
+    let cache = ImageCache::open(&settings)?;
     let started = std::time::Instant::now();
-    let fetched = runtime()?.block_on(source::fetch(
-        &source,
-        &config,
-        &store,
-        &LayerFeed::default(),
-    ))?;
+    let fetched = runtime()?.block_on(cache.fetch(&source))?;
     // The cache a pull fills is meant to outlive the machine: on disk before the exit.
-    store.sync()?;
+    cache.blobs.sync()?;
     let image = &fetched.image;
     warn_all(&image.warnings);
     progress::emit(

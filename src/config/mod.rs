@@ -15,7 +15,8 @@ use std::path::PathBuf;
 
 pub use names::Name;
 pub use raw::{
-    EntrypointSettings, ImageSettings, RawSettings, SettingsGroup, StateSettings, WorkspaceSettings,
+    EntrypointSettings, ImageSettings, KeepSettings, RawSettings, SettingsGroup, StateSettings,
+    WorkspaceSettings,
 };
 pub use secret::Secret;
 use value::Problem;
@@ -32,6 +33,8 @@ pub mod defaults {
     /// How long a stop waits for the agent and the inner init before killing everything.
     pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
     pub const CNI_PATH: &str = "/usr/lib/cni";
+    /// Images kept in the cache besides the current one.
+    pub const KEEP_IMAGES: usize = 1;
 }
 
 /// The OCI runtime the shim runs.
@@ -116,6 +119,9 @@ pub struct Settings {
     pub runtime: Runtime,
     /// `ENVBOX_STATE_DIR`; default `/var/lib/coder/envbox` (on the persistent volume).
     pub state_dir: PathBuf,
+    /// `ENVBOX_KEEP_IMAGES`: images kept in the cache besides the current one, the most
+    /// recently used first; default 1.
+    pub keep_images: usize,
     /// `ENVBOX_RUN_DIR`; default `/run/envbox`.
     pub run_dir: PathBuf,
     /// `ENVBOX_CNI_PATH`: where the CNI plugins are; default `/usr/lib/cni`.
@@ -286,6 +292,8 @@ impl Settings {
                 .unwrap_or(Runtime::SysboxRunc),
             state_dir: parse_path(names::STATE_DIR, &raw.state_dir)?
                 .unwrap_or_else(|| defaults::STATE_DIR.into()),
+            keep_images: parse_opt(names::KEEP_IMAGES, &raw.keep_images, value::parse_count)?
+                .unwrap_or(defaults::KEEP_IMAGES),
             run_dir: parse_path(names::RUN_DIR, &raw.run_dir)?
                 .unwrap_or_else(|| defaults::RUN_DIR.into()),
             cni_path: parse_path(names::CNI_PATH, &raw.cni_path)?

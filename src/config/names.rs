@@ -55,6 +55,7 @@ names! {
     ETHLINK = "ethlink", "ENVBOX_ETHLINK";
     RUNTIME = "runtime", "ENVBOX_RUNTIME";
     STATE_DIR = "state-dir", "ENVBOX_STATE_DIR";
+    KEEP_IMAGES = "keep-images", "ENVBOX_KEEP_IMAGES";
     RUN_DIR = "run-dir", "ENVBOX_RUN_DIR";
     STOP_TIMEOUT = "stop-timeout", "ENVBOX_STOP_TIMEOUT";
     INSECURE_REGISTRIES = "insecure-registries", "ENVBOX_INSECURE_REGISTRIES";

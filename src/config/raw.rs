@@ -2,7 +2,7 @@
 //!
 //! Owns: the flag/variable surface of every command, with the environment fallbacks `--help`
 //! shows, defined once here in groups by what reads them ([`ImageSettings`],
-//! [`WorkspaceSettings`], [`StateSettings`], [`EntrypointSettings`]). Each command flattens the
+//! [`WorkspaceSettings`], [`StateSettings`], [`KeepSettings`], [`EntrypointSettings`]). Each command flattens the
 //! groups it reads (`envbox docker` all of them), so its `--help` lists only those, a flag of
 //! another group is an unexpected argument there, and the variables of the other groups are not
 //! read at all (pods set every `CODER_*` variable for every command). The groups are gathered into
@@ -168,6 +168,15 @@ settings_groups! {
         /// Image cache and state, on the persistent volume [default: /var/lib/coder/envbox].
         #[arg(long = names::STATE_DIR.flag, env = names::STATE_DIR.env, value_name = "DIR")]
         pub state_dir: Option<String>,
+    }
+
+    /// What stays in the image cache: what every command that may clean it up reads.
+    pub struct KeepSettings {
+        /// Images kept in the cache besides the current one, the most recently used first;
+        /// the blobs and unpacked layers of the others are removed once the workspace is up,
+        /// by `envbox cache prune`, and when the volume is full [default: 1].
+        #[arg(long = names::KEEP_IMAGES.flag, env = names::KEEP_IMAGES.env, value_name = "COUNT")]
+        pub keep_images: Option<String>,
     }
 
     /// How the workspace is started, run and stopped: what only `envbox docker` reads.

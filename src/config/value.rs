@@ -38,6 +38,16 @@ pub fn parse_duration(text: &str) -> Parsed<std::time::Duration> {
     Ok(std::time::Duration::from_secs(seconds))
 }
 
+/// A count: a whole number, 0 or more.
+pub fn parse_count(text: &str) -> Parsed<usize> {
+    match text.parse::<u32>() {
+        Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(n as usize),
+        _ => Err(Problem::new(
+            "expected a whole number, 0 or more (how many earlier images to keep, e.g. 1)",
+        )),
+    }
+}
+
 /// Go's `strconv.ParseBool` forms, which existing templates use.
 pub fn parse_bool(text: &str) -> Parsed<bool> {
     match text {

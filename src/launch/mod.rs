@@ -10,7 +10,7 @@
 //! mirrored, the bootstrap exec started with its output in the progress log, `done`, and the
 //! blobs fetched and layers unpacked for this start synced to disk in the background (they are
 //! crash-safe meanwhile, see `crate::cache` and `crate::unpack`: the workspace need not wait for
-//! the disk). An init that exits (at once, so the bootstrap exec meets a stopped container, or
+//! the disk), then the caller's cleanup of the image cache, still in the background. An init that exits (at once, so the bootstrap exec meets a stopped container, or
 //! later) is reported as such: which init, its status, its last output, a hint for systemd under
 //! runc ([`init_exit`]). Then it waits for a signal, a daemon's death or the init's exit, and stops
 //! ([`stop`]): agent and init signalled, grace period, everything killed, CNI DEL, task and
@@ -103,6 +103,10 @@ pub enum LaunchError {
 pub type PrepareFn =
     Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<PreparedImage>>>>>;
 
+/// What runs in the background once the workspace is up and the volume synced (the cache's
+/// cleanup), on a blocking thread: given by the caller (`cmd`).
+pub type AfterUpFn = Box<dyn FnOnce(PreparedImage) + Send>;
+
 /// The bootstrap process while it runs: a handle to signal it, and its exit.
 struct RunningBootstrap {
     signaller: ExecSignaller,
@@ -129,13 +133,17 @@ struct Workspace {
 }
 
 /// Runs the workspace until a signal stops it. `Ok` after a clean stop on SIGTERM/SIGINT.
-pub async fn run(settings: &Settings, prepare: PrepareFn) -> Result<(), LaunchError> {
+pub async fn run(
+    settings: &Settings,
+    prepare: PrepareFn,
+    after_up: AfterUpFn,
+) -> Result<(), LaunchError> {
     let mut signals = Signals::new()?;
     let run_dir = RunLayout::new(&settings.run_dir);
     let made_run_dir = !run_dir.root().exists();
     let mut ws = Workspace::default();
     let started = tokio::select! {
-        result = ws.start(settings, prepare) => result,
+        result = ws.start(settings, prepare, after_up) => result,
         name = signals.next() => Err(LaunchError::Interrupted(name)),
     };
     let outcome = match started {
@@ -203,7 +211,12 @@ impl Signals {
 }
 
 impl Workspace {
-    async fn start(&mut self, settings: &Settings, prepare: PrepareFn) -> Result<(), LaunchError> {
+    async fn start(
+        &mut self,
+        settings: &Settings,
+        prepare: PrepareFn,
+        after_up: AfterUpFn,
+    ) -> Result<(), LaunchError> {
         let begun = Instant::now();
         // The daemons start while the image is prepared and, unless a container of an earlier
         // run may still use the rootfs, while the rootfs and spec are laid on top of it.
@@ -384,7 +397,12 @@ impl Workspace {
         // Also when nothing was fetched or unpacked now: an earlier start of this boot that was
         // killed before its sync left blobs or layers marked (a directory listing each when
         // there are none).
-        tokio::task::spawn_blocking(move || sync_volume(&prepared));
+        // Then the caller's cleanup, which the image's hold on the store (`prepared.hold`)
+        // kept waiting until its overlay was mounted.
+        tokio::task::spawn_blocking(move || {
+            sync_volume(&prepared);
+            after_up(prepared);
+        });
         Ok(())
     }
 

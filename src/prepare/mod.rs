@@ -46,6 +46,9 @@ pub struct PreparedImage {
     /// [`PreparedImage::sync`] (see `crate::unpack`).
     pub store: LayerStore,
     pub warnings: Vec<String>,
+    /// The shared hold on the volume's store of the process that prepared it, when it took
+    /// one (`crate::prune::hold_for_preparing`): no cleanup runs until every clone is gone.
+    pub hold: Option<std::sync::Arc<crate::lock::Held>>,
 }
 
 /// What [`PreparedImage::sync`] made durable.
@@ -214,7 +217,13 @@ pub async fn prepare(
         }
     }
     Ok(PreparedImage {
-        layer_dirs: sources.iter().map(|s| layers.path(&s.diff_id)).collect(),
+        layer_dirs: layers.image_dirs(
+            &pulled
+                .layers
+                .iter()
+                .map(|l| l.diff_id.clone())
+                .collect::<Vec<_>>(),
+        ),
         config: pulled.config.config.clone().unwrap_or_default(),
         layers_unpacked: reports.iter().flatten().filter(|r| !r.reused).count(),
         warnings: pulled
@@ -228,5 +237,6 @@ pub async fn prepare(
         names,
         blobs: blobs.clone(),
         store: layers.clone(),
+        hold: None,
     })
 }

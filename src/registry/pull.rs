@@ -46,12 +46,20 @@ struct LazyClient<'a> {
     config: &'a RegistryConfig,
     reference: &'a ImageRef,
     client: Option<Arc<Client>>,
+    /// Never opens one: what is not in the store is not found.
+    offline: bool,
 }
 
 impl LazyClient<'_> {
     async fn get(&mut self) -> Result<Arc<Client>, RegistryError> {
         if let Some(s) = &self.client {
             return Ok(s.clone());
+        }
+        if self.offline {
+            return Err(RegistryError::NotFound {
+                reference: self.reference.to_string(),
+                detail: "a manifest of it is not in the cache".into(),
+            });
         }
         let s = Arc::new(Client::open(self.config, self.reference).await?);
         self.client = Some(s.clone());
@@ -121,6 +129,7 @@ async fn top_manifest(
         config: &quick,
         reference,
         client: lazy.client.clone(),
+        offline: false,
     };
     match resolve_tag(&mut quick_lazy, store, reference).await {
         Ok(found) => {
@@ -289,6 +298,7 @@ pub async fn pull_feeding(
         config,
         reference,
         client: None,
+        offline: false,
     };
     let mut warnings = Vec::new();
     let Resolved {
@@ -402,7 +412,8 @@ pub async fn pull_feeding(
 }
 
 /// Every blob of `reference` that is in the store, found without the network (pinned digest,
-/// stored manifests): the top manifest, the platform's manifest, the config and the layers.
+/// stored manifests; a manifest missing from the store is [`RegistryError::NotFound`]): the
+/// top manifest, the platform's manifest, the config and the layers.
 pub async fn cached_blobs(
     config: &RegistryConfig,
     store: &BlobStore,
@@ -423,6 +434,7 @@ pub async fn cached_blobs(
         config,
         reference: &pinned,
         client: None,
+        offline: true,
     };
     let Resolved {
         top,

@@ -351,13 +351,22 @@ impl LayerStore {
         Ok(layers)
     }
 
-    /// Removes a layer directory (absent is fine). It must not be in use by a mounted rootfs.
+    /// The layer directories of an image whose layers have these diff IDs (bottom first),
+    /// complete or not: the one place that names them from an image (what a cleanup keeps).
+    pub fn image_dirs(&self, diff_ids: &[Digest]) -> Vec<PathBuf> {
+        diff_ids.iter().map(|id| self.path(id)).collect()
+    }
+
+    /// Removes a layer directory (absent is fine): moved into staging first (gone at once,
+    /// atomically: a removal cut short leaves a stale staging entry, never a partial layer),
+    /// then removed. It must not be in use by a mounted rootfs.
     pub fn remove(&self, diff_id: &Digest) -> Result<(), UnpackError> {
         let path = self.path(diff_id);
-        if let Err(e) = remove_any(&path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(store_err("removing layer", &path)(e));
-            }
+        let aside = self.staging_dir().join(staging::fresh_name(diff_id.hex()));
+        match fs::rename(&path, &aside) {
+            Ok(()) => remove_any(&aside).map_err(store_err("removing layer", &aside))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(store_err("moving aside layer", &path)(e)),
         }
         self.unsynced
             .forget_entry(diff_id.hex())
