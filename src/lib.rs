@@ -38,6 +38,7 @@ pub mod prepare;
 pub mod progress;
 pub mod prune;
 pub mod registry;
+pub mod room;
 pub mod rootfs;
 pub mod run_dir;
 pub mod runtime;

@@ -389,3 +389,191 @@ fn cleanup_never_removes_the_layers_a_mounted_overlay_uses() {
     assert_eq!(layer_dirs(state.path()), expected, "{}", text(&out.stdout));
     assert!(merged.join("s20-l1.bin").is_file());
 }
+
+/// A small ext4 file system of `mb` MiB on a loop device, mounted on a temporary directory;
+/// unmounted and removed when dropped.
+struct SmallVolume {
+    mount: tempfile::TempDir,
+    _image: tempfile::TempDir,
+}
+
+impl SmallVolume {
+    fn new(mb: u64) -> SmallVolume {
+        let image = tempfile::tempdir_in("/var/tmp").unwrap();
+        let file = image.path().join("volume.img");
+        let ok = |mut c: Command| {
+            let out = c.output().unwrap();
+            assert!(out.status.success(), "{c:?}: {}", text(&out.stderr));
+        };
+        let mut truncate = Command::new("truncate");
+        truncate.arg("-s").arg(format!("{mb}M")).arg(&file);
+        ok(truncate);
+        // No blocks reserved for root: what is free is what envbox gets.
+        let mut mkfs = Command::new("mkfs.ext4");
+        mkfs.args(["-q", "-F", "-m", "0"]).arg(&file);
+        ok(mkfs);
+        let mount = tempfile::tempdir_in("/var/tmp").unwrap();
+        let mut mnt = Command::new("mount");
+        mnt.args(["-o", "loop"]).arg(&file).arg(mount.path());
+        ok(mnt);
+        SmallVolume {
+            mount,
+            _image: image,
+        }
+    }
+
+    /// The state dir on it.
+    fn state(&self) -> std::path::PathBuf {
+        self.mount.path().join("envbox")
+    }
+}
+
+impl Drop for SmallVolume {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.mount.path()).status();
+    }
+}
+
+fn small_volume_requirements(what: &str) -> bool {
+    requirements_met(what, false)
+        && support::host::root_and_tools_met(what, &[("mkfs.ext4", "e2fsprogs")])
+}
+
+/// Nothing half-written: no staging file or directory, and no layer directory of `info`'s.
+fn assert_nothing_half_written(state: &Path, info: &LayoutInfo) {
+    for dir in ["staging", "layers/.staging"] {
+        let left: Vec<_> = std::fs::read_dir(state.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+    for dir in dirs_of(info) {
+        assert!(!state.join("layers").join(dir).exists());
+    }
+}
+
+#[test]
+fn a_volume_too_small_for_a_download_fails_naming_need_free_and_what_to_do() {
+    if !small_volume_requirements("no space left during a pull") {
+        return;
+    }
+    let volume = SmallVolume::new(24);
+    let registry = Registry::http();
+    // 40 MiB that do not compress.
+    let info = push(&registry, random_image(30, 1, 40 << 10), "team/big:1");
+    let state = volume.state();
+    let reference = format!("{}/team/big:1", registry.host);
+    let env = [
+        ("ENVBOX_STATE_DIR", state.to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", registry.host.as_str()),
+        ("CODER_INNER_IMAGE", reference.as_str()),
+    ];
+    let out = run(&["prepare"], &env);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("it will not fit unless other images are removed"),
+        "the check before the pull:\n{err}"
+    );
+    assert!(
+        err.contains("is full (") && err.contains("then trying again"),
+        "{err}"
+    );
+    let volume_name = format!("the volume at {}", volume.mount.path().display());
+    assert!(
+        err.contains(&format!(
+            "error: {volume_name} (ENVBOX_STATE_DIR {}) is full: the image needs about",
+            state.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("to download, about") && err.contains("is free after removing"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Make room: give the volume more space, lower ENVBOX_KEEP_IMAGES"),
+        "{err}"
+    );
+    assert!(err.contains("No space left on device"), "the cause: {err}");
+    assert_nothing_half_written(&state, &info);
+    assert!(!state
+        .join("blobs/sha256")
+        .join(hex(&info.layer_digests[0][0]))
+        .exists());
+}
+
+#[test]
+fn a_volume_too_small_to_unpack_fails_and_keeps_no_partial_layer() {
+    if !small_volume_requirements("no space left during an unpack") {
+        return;
+    }
+    let volume = SmallVolume::new(24);
+    let registry = Registry::http();
+    // 64 MiB of zeros: a tiny blob, a large file.
+    let image = ImageSpec::new("amd64").layer(Layer::new(vec![Entry::file(
+        "/zeros.bin",
+        0o644,
+        vec![0u8; 64 << 20],
+    )]));
+    let info = push(&registry, image, "team/zeros:1");
+    let state = volume.state();
+    let reference = format!("{}/team/zeros:1", registry.host);
+    let env = [
+        ("ENVBOX_STATE_DIR", state.to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", registry.host.as_str()),
+        ("CODER_INNER_IMAGE", reference.as_str()),
+    ];
+    let out = run(&["prepare"], &env);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is full: the image needs about"), "{err}");
+    assert!(
+        err.contains("writing \"zeros.bin\""),
+        "the cause names the file: {err}"
+    );
+    assert_nothing_half_written(&state, &info);
+    // The blob itself was verified and stays.
+    assert!(state
+        .join("blobs/sha256")
+        .join(hex(&info.layer_digests[0][0]))
+        .is_file());
+}
+
+#[test]
+fn a_full_volume_removes_the_images_the_rule_does_not_keep_and_tries_again() {
+    if !small_volume_requirements("no space left, cleaned up, tried again") {
+        return;
+    }
+    let volume = SmallVolume::new(40);
+    let registry = Registry::http();
+    let a = push(&registry, random_image(40, 1, 12 << 10), "team/a:1");
+    let b = push(&registry, random_image(41, 1, 12 << 10), "team/b:1");
+    let state = volume.state();
+    let env = [
+        ("ENVBOX_STATE_DIR", state.to_str().unwrap()),
+        ("ENVBOX_INSECURE_REGISTRIES", registry.host.as_str()),
+    ];
+    let image = |n: &str| format!("{}/team/{n}:1", registry.host);
+    let out = run(&["prepare", "--image", &image("a")], &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Kept by the default rule (the one image used before b), a leaves no room for b.
+    let out = run(&["prepare", "--image", &image("b")], &env);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("ENVBOX_KEEP_IMAGES=1"), "{err}");
+    assert_eq!(layer_dirs(&state), dirs_of(&a), "{err}");
+    // With none kept besides the current image, a goes and b fits.
+    let out = run(
+        &["prepare", "--image", &image("b"), "--keep-images", "0"],
+        &env,
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("is full (") && err.contains("Removed 3 blob(s)"),
+        "{err}"
+    );
+    assert_eq!(layer_dirs(&state), dirs_of(&b), "{err}");
+}

@@ -21,6 +21,7 @@ use crate::cache::{BlobStore, CacheError};
 use crate::image::ImageConfig;
 use crate::image::{ImageRef, PulledImage, PulledLayer};
 use crate::registry::{LayerFeed, RegistryConfig};
+use crate::room::Need;
 use crate::source::{self, Fetched, ImageSource, SourceError};
 use crate::unpack::{LayerSource, LayerStore, Limits, UnpackError, UnpackReport};
 use dispatch::{unpack_as_fed, Arrival};
@@ -78,6 +79,26 @@ pub enum PrepareError {
     Unpack(#[from] UnpackError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The volume was full (told by the error's kind, `crate::room::is_full`); `need` is what
+    /// the image still needed, when the fetch got as far as telling.
+    #[error("{source}")]
+    Full {
+        need: Option<Need>,
+        source: Box<PrepareError>,
+    },
+}
+
+impl PrepareError {
+    /// `self`, as [`PrepareError::Full`] when the volume was full.
+    fn told_full(self, need: Option<Need>) -> PrepareError {
+        match crate::room::is_full(&self) {
+            true => PrepareError::Full {
+                need,
+                source: Box::new(self),
+            },
+            false => self,
+        }
+    }
 }
 
 /// A layer as an unpack source.
@@ -126,13 +147,39 @@ pub fn unpack_all(
 }
 
 /// Fetches `source` (blobs already cached are not fetched again) and unpacks its layers, each
-/// as soon as its blob is in the store.
+/// as soon as its blob is in the store. Before the layers of a registry pull download, says in
+/// the progress log when what the image needs will not fit in the free space; a full volume is
+/// [`PrepareError::Full`].
 pub async fn prepare(
     config: &RegistryConfig,
     blobs: &BlobStore,
     layers: &LayerStore,
     source: &ImageSource,
     limits: &Limits,
+) -> Result<PreparedImage, PrepareError> {
+    let need = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let planned = {
+        let (need, store, state_dir) = (need.clone(), layers.clone(), blobs.root().to_owned());
+        move |image_layers: &[PulledLayer], download: u64| {
+            let estimate = Need::of(image_layers, download, &store);
+            if let Some(line) = crate::room::will_not_fit(&state_dir, &estimate) {
+                crate::progress::emit(crate::progress::Kind::Info, &line);
+            }
+            *need.lock().unwrap_or_else(|p| p.into_inner()) = Some(estimate);
+        }
+    };
+    prepare_planned(config, blobs, layers, source, limits, planned)
+        .await
+        .map_err(|e| e.told_full(*need.lock().unwrap_or_else(|p| p.into_inner())))
+}
+
+async fn prepare_planned(
+    config: &RegistryConfig,
+    blobs: &BlobStore,
+    layers: &LayerStore,
+    source: &ImageSource,
+    limits: &Limits,
+    planned: impl Fn(&[PulledLayer], u64) + Send + Sync + 'static,
 ) -> Result<PreparedImage, PrepareError> {
     let begun = Instant::now();
     let (send, arrivals) = mpsc::channel();
@@ -148,6 +195,7 @@ pub async fn prepare(
             let _ = send.send(Arrival::Ready(index, layer_source(&blobs, layer)));
         })
     }
+    .with_planned(planned)
     .with_downloading({
         let blobs = blobs.clone();
         move |index, layer| {

@@ -6,8 +6,10 @@
 //! the manifest's digest and size) and the image config (its diff IDs) is known;
 //! `downloading`, when a fetch reports it, before that, as soon as the layer's transfer has
 //! its writer in the store (the blob can be followed as it arrives, `BlobStore::follow`; a
-//! transfer that starts over says nothing more, and `ready` still follows its success); `stop`
-//! asks the fetch to start no new transfer (those in flight finish). It never fetches, stores
+//! transfer that starts over says nothing more, and `ready` still follows its success);
+//! `planned`, when a registry pull reports it, once before the first layer transfer: every layer
+//! of the image and how many bytes of blobs are still to download; `stop` asks the fetch to
+//! start no new transfer (those in flight finish). It never fetches, stores
 //! or unpacks anything itself.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use crate::image::PulledLayer;
 
 type Report = dyn Fn(usize, &PulledLayer) + Send + Sync;
+type Plan = dyn Fn(&[PulledLayer], u64) + Send + Sync;
 
 /// Where a fetch reports each verified layer (and each layer it starts downloading), and the
 /// shared stop flag. Cheap to clone; the default feed reports nowhere.
@@ -23,6 +26,7 @@ type Report = dyn Fn(usize, &PulledLayer) + Send + Sync;
 pub struct LayerFeed {
     ready: Option<Arc<Report>>,
     downloading: Option<Arc<Report>>,
+    planned: Option<Arc<Plan>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -40,6 +44,7 @@ impl LayerFeed {
         LayerFeed {
             ready: Some(Arc::new(ready)),
             downloading: None,
+            planned: None,
             stop: Arc::default(),
         }
     }
@@ -53,12 +58,30 @@ impl LayerFeed {
         self
     }
 
+    /// Also calls `planned(layers, download)` before the first layer transfer: every layer of
+    /// the image, and the bytes of the blobs still to download.
+    pub fn with_planned(
+        mut self,
+        planned: impl Fn(&[PulledLayer], u64) + Send + Sync + 'static,
+    ) -> LayerFeed {
+        self.planned = Some(Arc::new(planned));
+        self
+    }
+
+    /// Reports what the fetch is about to do (see [`Self::with_planned`]).
+    pub fn planned(&self, layers: &[PulledLayer], download: u64) {
+        if let Some(planned) = &self.planned {
+            planned(layers, download);
+        }
+    }
+
     /// The same stop flag without the reporting (a consumer holds this one, so that the
     /// reporting closure, and what it owns, goes away with the fetch).
     pub fn stop_handle(&self) -> LayerFeed {
         LayerFeed {
             ready: None,
             downloading: None,
+            planned: None,
             stop: self.stop.clone(),
         }
     }

@@ -375,6 +375,7 @@ pub async fn pull_feeding(
         manifest_digest,
         &image,
     )?;
+    feed.planned(&pulled.layers, layer_blobs.iter().map(|r| r.size).sum());
     for (i, layer) in pulled.layers.iter().enumerate() {
         if !layer_blobs.iter().any(|r| r.digest == layer.digest) {
             feed.ready(i, layer);
