@@ -4,8 +4,10 @@
 //! download plus their unpacked size, estimated from the compressed size), the free space of the
 //! state dir's filesystem (`statvfs`), telling a full volume apart from other failures by the
 //! error's kind (`io::ErrorKind::StorageFull`, or raw `ENOSPC`, anywhere in a typed error's
-//! chain: never by its text), and [`VolumeFull`], the error that says which volume, how much is
-//! needed and free, and what to do. It removes nothing (`crate::prune` does) and never retries.
+//! chain: never by its text), [`VolumeFull`], the error that says which volume, how much is
+//! needed and free, and what to do, and the warning at start when the volume is nearly full and
+//! the workspace's own Docker (and Podman) data on it is part of why ([`nearly_full`]). It
+//! removes nothing (`crate::prune` does) and never retries.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -187,6 +189,79 @@ impl VolumeFull {
     }
 }
 
+/// Above this share of the volume in use at start, [`nearly_full`] speaks.
+pub const NEARLY_FULL_PERCENT: u64 = 90;
+
+/// When the volume of `state_dir` is more than `percent` full: a line saying so, how much of
+/// it each of `data` (the workspace's data directories on the volume, as `(outer path, path
+/// inside)`; those on another file system are left out) uses, and how to reclaim it. Walks
+/// those directories, so it runs off the start's path.
+pub fn nearly_full(state_dir: &Path, data: &[(&str, &str)], percent: u64) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let space = Space::of(state_dir).ok()?;
+    if space.used_percent() <= percent {
+        return None;
+    }
+    let device = std::fs::metadata(state_dir).ok()?.dev();
+    let used: Vec<String> = data
+        .iter()
+        .filter(|(outer, _)| std::fs::metadata(outer).is_ok_and(|m| m.dev() == device))
+        .map(|(outer, inner)| {
+            format!(
+                "{} ({inner} inside the workspace) uses {}",
+                outer,
+                human(usage(Path::new(outer)))
+            )
+        })
+        .collect();
+    let data = match used.is_empty() {
+        true => String::new(),
+        false => format!("; {}", used.join(", ")),
+    };
+    Some(format!(
+        "{} is {}% full ({} free of {}){data}: `docker system prune` inside the workspace removes the Docker images, containers and build cache no container uses (`docker system df` shows them; `podman system prune` for Podman's), and {} lowers how many earlier images envbox keeps",
+        volume_name(state_dir),
+        space.used_percent(),
+        human(space.free),
+        human(space.size),
+        names::KEEP_IMAGES.env,
+    ))
+}
+
+/// The disk space the tree at `dir` uses (allocated blocks; a file with several links counted
+/// once; other file systems below it left out). What cannot be read counts as nothing.
+pub fn usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let device = top.dev();
+    let mut seen = std::collections::HashSet::new();
+    let mut total = top.blocks() * 512;
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.dev() != device {
+                continue;
+            }
+            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert(meta.ino()) {
+                continue;
+            }
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +300,40 @@ mod tests {
         let space = Space::of(dir.path()).unwrap();
         assert!(space.size >= space.free && space.size > 0);
         assert!(space.used_percent() <= 100);
+    }
+
+    #[test]
+    fn usage_counts_blocks_once_per_file_and_nearly_full_names_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("docker");
+        std::fs::create_dir_all(data.join("overlay2/l")).unwrap();
+        std::fs::write(data.join("overlay2/l/big"), vec![1u8; 3 << 20]).unwrap();
+        std::fs::hard_link(data.join("overlay2/l/big"), data.join("big-again")).unwrap();
+        let used = usage(&data);
+        assert!((3 << 20..4 << 20).contains(&used), "{used}");
+        assert_eq!(usage(&dir.path().join("absent")), 0);
+
+        let outer = data.to_str().unwrap();
+        assert_eq!(
+            nearly_full(dir.path(), &[(outer, "/var/lib/docker")], 100),
+            None
+        );
+        let line = nearly_full(
+            dir.path(),
+            &[(outer, "/var/lib/docker"), ("/nonexistent", "/x")],
+            0,
+        )
+        .expect("over 0% full");
+        assert!(
+            line.contains(&format!(
+                "{outer} (/var/lib/docker inside the workspace) uses 3."
+            )),
+            "{line}"
+        );
+        assert!(!line.contains("/nonexistent"), "{line}");
+        assert!(
+            line.contains("`docker system prune` inside the workspace"),
+            "{line}"
+        );
     }
 }

@@ -577,3 +577,32 @@ fn a_full_volume_removes_the_images_the_rule_does_not_keep_and_tries_again() {
     );
     assert_eq!(layer_dirs(&state), dirs_of(&b), "{err}");
 }
+
+#[test]
+fn a_nearly_full_volume_names_what_inner_docker_uses_and_how_to_reclaim_it() {
+    if !small_volume_requirements("nearly full volume warning") {
+        return;
+    }
+    let volume = SmallVolume::new(24);
+    let state = volume.state();
+    std::fs::create_dir_all(&state).unwrap();
+    let docker = volume.mount.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let outer = docker.to_str().unwrap();
+    let data = [(outer, "/var/lib/docker")];
+    let threshold = envbox::room::NEARLY_FULL_PERCENT;
+    assert_eq!(envbox::room::nearly_full(&state, &data, threshold), None);
+    std::fs::write(docker.join("layer.tar"), vec![7u8; 20 << 20]).unwrap();
+    let line = envbox::room::nearly_full(&state, &data, threshold).expect("over 90% full");
+    assert!(line.contains("% full ("), "{line}");
+    assert!(
+        line.contains(&format!(
+            "{outer} (/var/lib/docker inside the workspace) uses 21.0 MB"
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains("`docker system prune` inside the workspace"),
+        "{line}"
+    );
+}

@@ -56,6 +56,14 @@ pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let runtime = runtime()?;
     let result = runtime.block_on(async {
         let agent_log = coder.map(AgentLog::start);
+        // Off the start's path: it walks the workspace's data directories.
+        let state_dir = settings.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let data = crate::spec::STATE_MOUNTS;
+            let nearly_full =
+                crate::room::nearly_full(&state_dir, &data, crate::room::NEARLY_FULL_PERCENT);
+            progress::warn_all(nearly_full);
+        });
         let result = launch::run(&settings, prepare, after_up)
             .await
             .map_err(anyhow::Error::from);

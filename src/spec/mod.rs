@@ -14,6 +14,7 @@ mod etc_files;
 pub mod invariants;
 mod linux;
 mod mounts;
+pub use mounts::STATE_MOUNTS;
 mod process;
 pub mod render;
 pub mod seccomp;
