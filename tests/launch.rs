@@ -676,6 +676,50 @@ fn the_image_cache_is_cleaned_up_in_the_background_once_the_workspace_is_up() {
 }
 
 #[test]
+fn a_full_volume_is_told_in_the_progress_log_and_to_coder() {
+    if !launch_requirements_met("envbox docker on a full volume") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let registry = Registry::http();
+    let layout = tempfile::tempdir().unwrap();
+    let big = support::image::prng_bytes(77, 40 << 20);
+    let image = busybox_image("amd64").layer(Layer::new(vec![Entry::file("/big.bin", 0o644, big)]));
+    write_layout(layout.path(), "v1", &[image]);
+    registry.push(layout.path(), "v1", "envbox/big:v1");
+    let image = format!("{}/envbox/big:v1", registry.host);
+    let volume = support::volume::SmallVolume::new(24);
+    let dirs = Dirs::new("full");
+    let coder = StandInCoder::start();
+    let mut env = dirs.base_env(&image, &registry, "echo never");
+    env.retain(|(k, _)| k != "ENVBOX_STATE_DIR");
+    env.push((
+        "ENVBOX_STATE_DIR".to_owned(),
+        volume.state().display().to_string(),
+    ));
+    env.push(("CODER_AGENT_URL".to_owned(), coder.url.clone()));
+    let mut envbox = Envbox::start(&env);
+    let status = envbox.wait_exit(Duration::from_secs(120));
+    assert!(!status.success());
+    let log = envbox.log();
+    let told = "is full: the image needs about";
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"type\":\"error\"") && l.contains(told)),
+        "{log}"
+    );
+    assert!(
+        coder
+            .outputs()
+            .iter()
+            .any(|o| o.contains(told) && o.contains("Make room")),
+        "{:?}",
+        coder.outputs()
+    );
+    assert_no_process_left(&dirs.root.join("run"));
+}
+
+#[test]
 fn a_failed_network_attach_stops_cleanly_and_names_the_plugin() {
     if !launch_requirements_met("envbox docker failed network test") {
         return;

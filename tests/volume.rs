@@ -12,6 +12,7 @@ use support::host::requirements_met;
 use support::image::{write_layout, Entry, ImageSpec, Layer, LayoutInfo};
 use support::proxy::{Fault, FaultProxy};
 use support::registry::Registry;
+use support::volume::SmallVolume;
 
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
 
@@ -390,50 +391,6 @@ fn cleanup_never_removes_the_layers_a_mounted_overlay_uses() {
     assert!(merged.join("s20-l1.bin").is_file());
 }
 
-/// A small ext4 file system of `mb` MiB on a loop device, mounted on a temporary directory;
-/// unmounted and removed when dropped.
-struct SmallVolume {
-    mount: tempfile::TempDir,
-    _image: tempfile::TempDir,
-}
-
-impl SmallVolume {
-    fn new(mb: u64) -> SmallVolume {
-        let image = tempfile::tempdir_in("/var/tmp").unwrap();
-        let file = image.path().join("volume.img");
-        let ok = |mut c: Command| {
-            let out = c.output().unwrap();
-            assert!(out.status.success(), "{c:?}: {}", text(&out.stderr));
-        };
-        let mut truncate = Command::new("truncate");
-        truncate.arg("-s").arg(format!("{mb}M")).arg(&file);
-        ok(truncate);
-        // No blocks reserved for root: what is free is what envbox gets.
-        let mut mkfs = Command::new("mkfs.ext4");
-        mkfs.args(["-q", "-F", "-m", "0"]).arg(&file);
-        ok(mkfs);
-        let mount = tempfile::tempdir_in("/var/tmp").unwrap();
-        let mut mnt = Command::new("mount");
-        mnt.args(["-o", "loop"]).arg(&file).arg(mount.path());
-        ok(mnt);
-        SmallVolume {
-            mount,
-            _image: image,
-        }
-    }
-
-    /// The state dir on it.
-    fn state(&self) -> std::path::PathBuf {
-        self.mount.path().join("envbox")
-    }
-}
-
-impl Drop for SmallVolume {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.mount.path()).status();
-    }
-}
-
 fn small_volume_requirements(what: &str) -> bool {
     requirements_met(what, false)
         && support::host::root_and_tools_met(what, &[("mkfs.ext4", "e2fsprogs")])
@@ -480,7 +437,7 @@ fn a_volume_too_small_for_a_download_fails_naming_need_free_and_what_to_do() {
         err.contains("is full (") && err.contains("then trying again"),
         "{err}"
     );
-    let volume_name = format!("the volume at {}", volume.mount.path().display());
+    let volume_name = format!("the volume at {}", volume.path().display());
     assert!(
         err.contains(&format!(
             "error: {volume_name} (ENVBOX_STATE_DIR {}) is full: the image needs about",
@@ -586,7 +543,7 @@ fn a_nearly_full_volume_names_what_inner_docker_uses_and_how_to_reclaim_it() {
     let volume = SmallVolume::new(24);
     let state = volume.state();
     std::fs::create_dir_all(&state).unwrap();
-    let docker = volume.mount.path().join("docker");
+    let docker = volume.path().join("docker");
     std::fs::create_dir_all(&docker).unwrap();
     let outer = docker.to_str().unwrap();
     let data = [(outer, "/var/lib/docker")];

@@ -30,6 +30,7 @@
 //! - [`debian`]: `user_image_layout`, a Debian image (debootstrap + umoci) with a user in extra
 //!   groups, passwordless sudo and a directory with ACLs.
 //! - [`coder`]: `StandInCoder`, the agent log endpoints of Coder (which cannot run here).
+//! - [`volume`]: `SmallVolume`, a loop-mounted ext4 of a few MiB (real ENOSPC).
 #![allow(dead_code)]
 
 pub mod coder;
@@ -41,3 +42,4 @@ pub mod registry;
 pub mod server;
 pub mod tls;
 pub mod token;
+pub mod volume;
