@@ -40,7 +40,7 @@ impl Need {
             .zip(dirs)
             .filter(|(_, dir)| !dir.is_dir())
             .map(|(layer, _)| match layer.compression {
-                crate::registry::manifest::Compression::None => layer.size,
+                crate::image::Compression::None => layer.size,
                 _ => layer.size.saturating_mul(UNPACKED_PER_COMPRESSED),
             })
             .sum();
