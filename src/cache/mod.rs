@@ -334,9 +334,19 @@ impl BlobStore {
         pins::list(&self.refs_dir())
     }
 
-    /// Records that `reference` (as normalised text) was used now as manifest `digest`: its pin
-    /// is written again, so it comes first in [`Self::pins`].
+    /// Records that `reference` (as normalised text) was used now as manifest `digest`, so it
+    /// comes first in [`Self::pins`]: a pin naming `digest` already has its modification time
+    /// set to now (no sync: the order of use is worth no wait on a start's path), any other is
+    /// written ([`Self::pin`]).
     pub fn used(&self, reference: &str, digest: &Digest) -> Result<(), CacheError> {
+        if self.pinned(reference)?.as_ref() == Some(digest) {
+            let path = self.refs_dir().join(pins::file_name(reference));
+            return fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|file| file.set_modified(std::time::SystemTime::now()))
+                .map_err(io_err("marking the use of pin", &path));
+        }
         self.pin(reference, digest)
     }
 

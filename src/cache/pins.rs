@@ -7,8 +7,8 @@
 //! itself is kept inside the file, so listing needs no decoding and a lookup can check it. A
 //! pin is written to a staging file, fsync'd, renamed into `refs/`, and `refs/` fsync'd.
 //!
-//! Last use: a pin is written again (the same way) each time its image is used, so the pin
-//! file's modification time says when its image was last used; [`list`] orders by it, most
+//! Last use: each time its image is used, a pin's modification time is set to now (or the pin
+//! written, when it named another digest), so it says when its image was last used; [`list`] orders by it, most
 //! recent first (what the cleanup rule, `crate::prune`, keeps). The file's format stays what
 //! older envboxes read.
 
