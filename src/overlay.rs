@@ -3,13 +3,13 @@
 //! Owns: `<state_dir>/container/`: an overlay of the image's read-only layer directories plus
 //! a fresh, empty upper directory each start (changes outside mounts do not persist, as with
 //! the Go envbox's fresh container per start), mounted at `merged/`; or, where overlayfs is
-//! not usable (the volume is itself overlayfs, the kernel refuses) or would not show the image
-//! as its layers say (a layer above the first holds directories it does not list, see
-//! [`unpack::implicit_dir`]), a flattened copy in `rootfs/`, which is slower and said so (made
-//! afresh each start, so no start waits for its write-back). Leftovers of a previous start (a
-//! mount still there after a kill -9, an old upper dir, an old copy) are cleared first; which
-//! layer directories a mounted overlay uses is read back from its lower links
-//! ([`layers_in_use`]). It never changes a layer directory.
+//! not usable (the volume is itself overlayfs, the kernel refuses), a flattened copy in
+//! `rootfs/`, which is slower and said so (made afresh each start, so no start waits for its
+//! write-back). The layer directories show the image as its layers say stacked in any case:
+//! each was applied onto the view of the layers below it (see `crate::unpack`). Leftovers of a
+//! previous start (a mount still there after a kill -9, an old upper dir, an old copy) are
+//! cleared first; which layer directories a mounted overlay uses is read back from its lower
+//! links ([`layers_in_use`]). It never changes a layer directory.
 
 use std::path::{Path, PathBuf};
 
@@ -204,18 +204,7 @@ pub fn assemble(
     clear(&layout)?;
     mkdir(&layout.root)?;
     let mut warnings = Vec::new();
-    // The bottom layer's implicit directories are what any unpacker makes (0755 root).
-    let implicit = layer_dirs
-        .iter()
-        .enumerate()
-        .skip(1)
-        .find_map(|(i, dir)| unpack::implicit_dir(dir).map(|path| (i, path)));
-    if let (Mode::Auto, Some((index, path))) = (mode, &implicit) {
-        warnings.push(format!(
-            "layer {index} of the image writes into {path:?} without listing that directory (or through a lower layer's symlink): an overlay would show it with the wrong owner, mode or type, so a flattened copy of the image is used; start-up will be slower"
-        ));
-    }
-    if mode == Mode::Auto && implicit.is_none() {
+    if mode == Mode::Auto {
         match try_overlay(&layout, layer_dirs)? {
             Ok(()) => {
                 return Ok(Rootfs {

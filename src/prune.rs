@@ -3,7 +3,7 @@
 //! Owns: the cleanup rule. Kept: the current image and the `keep_images` (`ENVBOX_KEEP_IMAGES`)
 //! most recently used other images, by their pins' last use (`crate::cache`'s pins), each with
 //! every blob of it in the store (manifests, config, layers, found offline) and its layer
-//! directories (named by the layer store, `LayerStore::image_dirs`); and every layer directory
+//! directories (named by the layer store, `LayerStore::image_layer_dirs`); and every layer directory
 //! a mounted overlay rootfs uses (`crate::overlay::layers_in_use`, read from its lower links: a
 //! workspace whose envbox died still has its layers). Removed: every other blob, layer
 //! directory and pin, and the lock files (`crate::lock`). Without a current image, the most
@@ -121,7 +121,10 @@ pub async fn of_image(
         Ok(cached) => Ok(Some(Kept {
             images: BTreeSet::from([digest.clone()]),
             blobs: cached.blobs.into_iter().collect(),
-            layer_dirs: layers.image_dirs(&cached.diff_ids).into_iter().collect(),
+            layer_dirs: layers
+                .image_layer_dirs(&cached.diff_ids)
+                .into_iter()
+                .collect(),
         })),
         Err(RegistryError::NotFound { .. }) => Ok(None),
         Err(source) => Err(PruneError::Image {
@@ -202,6 +205,8 @@ pub async fn prune(
         .iter()
         .filter_map(|dir| dir.file_name().map(ToOwned::to_owned))
         .collect();
+    // The earlier layout's layer directories (keyed by diff ID) are used by no image.
+    pruned.layers_removed += layers.remove_legacy()?;
     for layer in layers.list()? {
         let dir = layers.path(&layer);
         if !dir.file_name().is_some_and(|name| kept_dirs.contains(name)) {

@@ -34,7 +34,7 @@ impl Need {
     /// fetched and the layers not complete in `store` still to be unpacked.
     pub fn of(layers: &[PulledLayer], download: u64, store: &LayerStore) -> Need {
         let diff_ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();
-        let dirs = store.image_dirs(&diff_ids);
+        let dirs = store.image_layer_dirs(&diff_ids);
         let unpack = layers
             .iter()
             .zip(dirs)

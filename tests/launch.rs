@@ -443,7 +443,7 @@ while :; do sleep 1; done
     // The blobs fetched and layers unpacked for this start were synced once the workspace was
     // up: none is left marked as not on disk (a marker is removed only after the syncfs).
     // (`done` was seen above; the sync runs beside the workspace, so give it a moment.)
-    for store in ["blobs", "layers"] {
+    for store in ["blobs", "layers/chain"] {
         let unsynced = dirs.root.join("state").join(store).join(".unsynced");
         let marked = || fs::read_dir(&unsynced).map(|d| d.count()).unwrap_or(99);
         let end = Instant::now() + Duration::from_secs(10);
@@ -648,8 +648,9 @@ fn the_image_cache_is_cleaned_up_in_the_background_once_the_workspace_is_up() {
         .output()
         .unwrap();
     assert!(prepared.status.success(), "{prepared:?}");
+    // One layer: its chain ID is its diff ID.
     let other_layer = state
-        .join("layers")
+        .join("layers/chain")
         .join(info.diff_ids[0][0].trim_start_matches("sha256:"));
     assert!(other_layer.is_dir());
 
@@ -663,7 +664,7 @@ fn the_image_cache_is_cleaned_up_in_the_background_once_the_workspace_is_up() {
     );
     // The workspace's own layers stay (its overlay uses them).
     assert_eq!(
-        entries(&state.join("layers"))
+        entries(&state.join("layers/chain"))
             .iter()
             .filter(|n| !n.starts_with('.'))
             .count(),

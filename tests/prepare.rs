@@ -86,7 +86,7 @@ fn prepare_fills_the_cache_and_a_later_run_needs_no_network() {
         "{}",
         text(&first.stderr)
     );
-    let layers: Vec<_> = std::fs::read_dir(volume.state().join("layers"))
+    let layers: Vec<_> = std::fs::read_dir(volume.state().join("layers/chain"))
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
@@ -104,7 +104,8 @@ fn prepare_fills_the_cache_and_a_later_run_needs_no_network() {
     assert!(err.contains("0 blob(s) downloaded"), "{err}");
 }
 
-/// The unsynced markers `envbox prepare --no-sync` leaves in a store (`layers` or `blobs`).
+/// The unsynced markers `envbox prepare --no-sync` leaves in a store (`layers/chain` or
+/// `blobs`).
 fn markers(state: &std::path::Path, store: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(state.join(store).join(".unsynced"))
         .unwrap()
@@ -141,7 +142,7 @@ fn layers_left_unsynced_are_redone_after_a_restart_and_prepare_leaves_none_unsyn
     // with a marker naming this boot (the manifest is fsync'd as it is stored, never marked).
     let quick = envbox(&["prepare", "--no-sync"], &env);
     assert!(quick.status.success(), "{}", text(&quick.stderr));
-    let marked = markers(volume.state(), "layers");
+    let marked = markers(volume.state(), "layers/chain");
     assert_eq!(marked.len(), 3, "{marked:?}");
     let blobs = markers(volume.state(), "blobs");
     assert_eq!(blobs.len(), 4, "{blobs:?}");
@@ -161,10 +162,10 @@ fn layers_left_unsynced_are_redone_after_a_restart_and_prepare_leaves_none_unsyn
     // next prepare unpacks those layers again (from the cached blobs: the registry is gone)
     // and leaves everything synced, no marker.
     volume.offline();
-    restart(volume.state(), "layers");
+    restart(volume.state(), "layers/chain");
     let torn = volume
         .state()
-        .join("layers")
+        .join("layers/chain")
         .join(marked[0].split_once('.').unwrap().0);
     let file = walk_files(&torn)
         .into_iter()
@@ -178,7 +179,10 @@ fn layers_left_unsynced_are_redone_after_a_restart_and_prepare_leaves_none_unsyn
     assert!(err.contains("3 of 3 layer(s) unpacked"), "{err}");
     assert!(err.contains("0 blob(s) downloaded"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), before);
-    assert_eq!(markers(volume.state(), "layers"), Vec::<String>::new());
+    assert_eq!(
+        markers(volume.state(), "layers/chain"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
@@ -197,14 +201,17 @@ fn blobs_left_unsynced_are_fetched_again_after_a_restart() {
     // the next prepare fetches the config and layer blobs again (not the fsync'd manifest)
     // and unpacks every layer again; then nothing is left marked.
     restart(volume.state(), "blobs");
-    restart(volume.state(), "layers");
+    restart(volume.state(), "layers/chain");
     let after = envbox(&["prepare"], &env);
     let err = text(&after.stderr);
     assert!(after.status.success(), "{err}");
     assert!(err.contains("3 of 3 layer(s) unpacked"), "{err}");
     assert!(err.contains("4 blob(s) downloaded"), "{err}");
     assert_eq!(markers(volume.state(), "blobs"), Vec::<String>::new());
-    assert_eq!(markers(volume.state(), "layers"), Vec::<String>::new());
+    assert_eq!(
+        markers(volume.state(), "layers/chain"),
+        Vec::<String>::new()
+    );
     for name in blobs {
         let (hex, _) = name.split_once('.').unwrap();
         assert!(volume.state().join("blobs/sha256").join(hex).is_file());
@@ -414,19 +421,21 @@ fn cache_prune_removes_the_blobs_and_layers_of_other_images() {
         let out = envbox(&["prepare", "--image", image], &env);
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    let b_layer_dir = state
-        .path()
-        .join("layers")
-        .join(info.diff_ids[0][0].trim_start_matches("sha256:"));
+    let b_layer_dir = layer_dir(state.path(), &info.diff_ids[0], 0);
     assert!(b_layer_dir.is_dir());
+    // A layer directory of the earlier layout (keyed by diff ID, unpacked without its lower
+    // layers): no image uses it, prune removes it.
+    let legacy = state.path().join("layers").join(hex(&info.diff_ids[0][0]));
+    std::fs::create_dir_all(legacy.join("etc")).unwrap();
     // b was used after a: with one earlier image kept (the default), b would stay.
     let out = envbox(
         &["cache", "prune", "--image", &a, "--keep-images", "0"],
         &env,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!legacy.exists(), "the earlier layout's layer was pruned");
     assert!(
-        text(&out.stdout).contains("1 unpacked layer(s)"),
+        text(&out.stdout).contains("2 unpacked layer(s)"),
         "{}",
         text(&out.stdout)
     );
@@ -450,7 +459,7 @@ fn a_kill_9_mid_unpack_leaves_nothing_a_later_start_takes_as_complete() {
     registry.push(layout.path(), "t", "team/big:1");
     let reference = format!("{}/team/big:1", registry.host);
     let state = tempfile::tempdir_in("/var/tmp").unwrap();
-    let staging = state.path().join("layers/.staging");
+    let staging = state.path().join("layers/chain/.staging");
     let mut child = Command::new(ENVBOX)
         .args([
             "prepare",
@@ -481,15 +490,8 @@ fn a_kill_9_mid_unpack_leaves_nothing_a_later_start_takes_as_complete() {
     .unwrap();
     child.wait().unwrap();
     assert!(unpacking(), "the killed unpack left its staging directory");
-    let complete: Vec<_> = info.diff_ids[0]
-        .iter()
-        .filter(|id| {
-            state
-                .path()
-                .join("layers")
-                .join(id.trim_start_matches("sha256:"))
-                .exists()
-        })
+    let complete: Vec<_> = (0..info.diff_ids[0].len())
+        .filter(|i| layer_dir(state.path(), &info.diff_ids[0], *i).exists())
         .collect();
     assert!(
         complete.len() < info.diff_ids[0].len(),
@@ -510,12 +512,8 @@ fn a_kill_9_mid_unpack_leaves_nothing_a_later_start_takes_as_complete() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!unpacking(), "the stale staging directory was swept");
-    for id in &info.diff_ids[0] {
-        assert!(state
-            .path()
-            .join("layers")
-            .join(id.trim_start_matches("sha256:"))
-            .is_dir());
+    for i in 0..info.diff_ids[0].len() {
+        assert!(layer_dir(state.path(), &info.diff_ids[0], i).is_dir());
     }
 }
 
@@ -528,6 +526,17 @@ fn small_layers(count: usize) -> support::image::ImageSpec {
         ]));
     }
     image
+}
+
+/// Where the layer store keeps layer `index` of an image with these diff IDs: keyed by the
+/// layer's chain ID.
+fn layer_dir(state: &std::path::Path, diff_ids: &[String], index: usize) -> std::path::PathBuf {
+    let diff_ids: Vec<envbox::digest::Digest> = diff_ids
+        .iter()
+        .map(|d| envbox::digest::Digest::parse(d).unwrap())
+        .collect();
+    let chain = &envbox::unpack::chain_ids(&diff_ids)[index];
+    state.join("layers/chain").join(chain.hex())
 }
 
 fn hex(digest: &str) -> &str {
@@ -580,7 +589,7 @@ fn a_layer_is_unpacked_while_later_blobs_are_still_downloading() {
     registry.push(layout.path(), "t", "team/two:1");
     let proxy = FaultProxy::start(&registry);
     let state = tempfile::tempdir_in("/var/tmp").unwrap();
-    let first_layer_dir = state.path().join("layers").join(hex(&info.diff_ids[0][0]));
+    let first_layer_dir = layer_dir(state.path(), &info.diff_ids[0], 0);
     let second = info.layer_digests[0][1].clone();
     proxy.inject(Fault::Hold {
         path_contains: second.clone(),
@@ -625,8 +634,8 @@ fn a_layer_is_unpacked_while_its_own_blob_downloads_and_published_only_once_veri
         at_most: std::time::Duration::from_secs(30),
     });
     let diff = hex(&info.diff_ids[0][0]).to_owned();
-    let layer_dir = state.path().join("layers").join(&diff);
-    let staging = state.path().join("layers/.staging");
+    let layer_dir = layer_dir(state.path(), &info.diff_ids[0], 0);
+    let staging = state.path().join("layers/chain/.staging");
     let prepared = std::thread::scope(|scope| {
         let preparing = scope.spawn(|| prepare_via(&proxy, "team/one:1", state.path(), 4));
         // While the rest of the blob is held back, its first files appear in the layer's
@@ -695,12 +704,12 @@ fn a_blob_that_fails_its_digest_after_an_unpack_as_it_downloaded_publishes_nothi
         err.to_string().contains(hex(&info.layer_digests[0][1])),
         "{err}"
     );
-    let second = state.path().join("layers").join(hex(&info.diff_ids[0][1]));
+    let second = layer_dir(state.path(), &info.diff_ids[0], 1);
     assert!(
         !second.exists(),
         "a layer of an unverified blob was published"
     );
-    let staging: Vec<_> = std::fs::read_dir(state.path().join("layers/.staging"))
+    let staging: Vec<_> = std::fs::read_dir(state.path().join("layers/chain/.staging"))
         .unwrap()
         .collect();
     assert!(staging.is_empty(), "staging left: {staging:?}");
@@ -773,7 +782,7 @@ fn an_unpack_failure_stops_new_downloads_lets_those_in_flight_finish_and_is_the_
         store.size_of(&second).is_some(),
         "the transfer in flight finished and its blob is stored whole"
     );
-    for dir in ["staging", "layers/.staging"] {
+    for dir in ["staging", "layers/chain/.staging"] {
         assert_eq!(
             std::fs::read_dir(state.path().join(dir)).unwrap().count(),
             0,
@@ -781,11 +790,7 @@ fn an_unpack_failure_stops_new_downloads_lets_those_in_flight_finish_and_is_the_
         );
     }
     assert!(
-        !state
-            .path()
-            .join("layers")
-            .join(hex(&info.diff_ids[0][0]))
-            .exists(),
+        !layer_dir(state.path(), &info.diff_ids[0], 0).exists(),
         "no layer directory for the layer that failed"
     );
 }

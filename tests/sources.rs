@@ -106,9 +106,9 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
-/// The unpacked layer directories of a state dir, by diff ID hex, with their trees.
+/// The unpacked layer directories of a state dir, by chain ID hex, with their trees.
 fn layers(state: &Path) -> BTreeMap<String, BTreeMap<PathBuf, String>> {
-    std::fs::read_dir(state.join("layers"))
+    std::fs::read_dir(state.join("layers/chain"))
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))

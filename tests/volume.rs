@@ -185,7 +185,7 @@ fn a_kill_9_releases_the_locks_its_process_held() {
 
 /// The names of the layer directories in the store.
 fn layer_dirs(state: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(state.join("layers"))
+    let mut names: Vec<String> = std::fs::read_dir(state.join("layers/chain"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| !n.starts_with('.'))
@@ -207,9 +207,16 @@ fn pinned(env: &[(&str, &str)]) -> Vec<String> {
     pins
 }
 
-/// The layer directory names of an image.
+/// The layer directory names of an image (its chain IDs).
 fn dirs_of(info: &LayoutInfo) -> Vec<String> {
-    info.diff_ids[0].iter().map(|d| hex(d).to_owned()).collect()
+    let diff_ids: Vec<envbox::digest::Digest> = info.diff_ids[0]
+        .iter()
+        .map(|d| envbox::digest::Digest::parse(d).unwrap())
+        .collect();
+    envbox::unpack::chain_ids(&diff_ids)
+        .iter()
+        .map(|c| c.hex().to_owned())
+        .collect()
 }
 
 #[test]
@@ -358,7 +365,7 @@ fn cleanup_never_removes_the_layers_a_mounted_overlay_uses() {
     let mut lowers = Vec::new();
     for (i, dir) in dirs.iter().rev().enumerate() {
         let link = container.join("l").join(i.to_string());
-        std::os::unix::fs::symlink(state.path().join("layers").join(dir), &link).unwrap();
+        std::os::unix::fs::symlink(state.path().join("layers/chain").join(dir), &link).unwrap();
         lowers.push(link.display().to_string());
     }
     let merged = container.join("merged");
@@ -398,7 +405,7 @@ fn small_volume_requirements(what: &str) -> bool {
 
 /// Nothing half-written: no staging file or directory, and no layer directory of `info`'s.
 fn assert_nothing_half_written(state: &Path, info: &LayoutInfo) {
-    for dir in ["staging", "layers/.staging"] {
+    for dir in ["staging", "layers/chain/.staging"] {
         let left: Vec<_> = std::fs::read_dir(state.join(dir))
             .unwrap()
             .map(|e| e.unwrap().path())
@@ -406,7 +413,7 @@ fn assert_nothing_half_written(state: &Path, info: &LayoutInfo) {
         assert!(left.is_empty(), "{dir}: {left:?}");
     }
     for dir in dirs_of(info) {
-        assert!(!state.join("layers").join(dir).exists());
+        assert!(!state.join("layers/chain").join(dir).exists());
     }
 }
 

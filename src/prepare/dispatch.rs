@@ -1,27 +1,32 @@
 //! Which layer unpacks when, on which thread, while the fetch is still running.
 //!
-//! Owns: turning the fetch's reports into unpacks. A layer whose transfer starts is unpacked
-//! at once from its download as it arrives ([`Arrival::Downloading`]: the bytes are followed
-//! in the store, and the layer is published only once the blob is verified, see
-//! `crate::cache::Follower`, which also checks the blob's digest for its writer). Every unpack,
-//! from a download or from a blob already verified ([`Arrival::Ready`]: cached blobs, local
-//! imports, or a download-time unpack that failed), takes one of at most one slot per core. A
-//! download-time unpack that fails for any reason (the transfer started over or failed, or the
-//! content is bad) is not an error: the layer is unpacked again from the verified blob, which
-//! then reports the real error if there is one. A diff ID already started under another index
-//! is reported as reused, not unpacked twice. After a failure, or `feed.stop()` by the fetch,
-//! nothing new starts and what runs finishes. It never fetches and never decides what a layer
-//! directory holds (`crate::unpack` does).
+//! Owns: turning the fetch's reports into unpacks. A layer is keyed by its chain ID, so an
+//! arrival waits until the diff IDs of the layers below it are known (they are named by
+//! their own arrivals, which come as soon as the config is read). A layer whose transfer
+//! starts is staged at once from its download as it arrives ([`Arrival::Downloading`]: the
+//! bytes are followed in the store, and the layer is staged only once the blob is verified,
+//! see `crate::cache::Follower`, which also checks the blob's digest for its writer). Every
+//! staging, from a download or from a blob already verified ([`Arrival::Ready`]: cached blobs,
+//! local imports, or a download-time unpack that failed), takes one of at most one slot per
+//! core. A download-time unpack that fails for any reason (the transfer started over or
+//! failed, or the content is bad) is not an error: the layer is unpacked again from the
+//! verified blob, which then reports the real error if there is one. Staged layers are
+//! published in order by one thread of their own (`publish`: settled against the layers
+//! below, which are published by then, see `crate::unpack`), without holding a slot. After a
+//! failure, or `feed.stop()` by the fetch, nothing new starts, what runs finishes, and the
+//! layers above a failed one are not published. It never fetches and never decides what a
+//! layer directory holds (`crate::unpack` does).
 
-use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::{Receiver, Sender};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use crate::cache::Follower;
 use crate::digest::Digest;
 use crate::registry::LayerFeed;
-use crate::unpack::{LayerSource, LayerStore, Limits, UnpackError, UnpackReport};
+use crate::unpack::{chain_ids, LayerSource, LayerStore, Limits, Stage, UnpackError, UnpackReport};
 
 /// What the unpacker is told about layer `index`.
 pub(super) enum Arrival {
@@ -89,7 +94,7 @@ impl Shared<'_> {
             from_ms = ms(started),
             to_ms = ms(Instant::now()),
             entries = report.entries,
-            "prepare: layer unpacked {what}"
+            "prepare: layer {what}"
         );
     }
 
@@ -98,6 +103,80 @@ impl Shared<'_> {
             *lock(&self.stopped_first) = true;
         }
         lock(&self.results).push((index, result));
+    }
+}
+
+/// A layer staged (or found complete), for the publishing thread.
+struct Done {
+    index: usize,
+    chain: Digest,
+    stage: Stage,
+}
+
+/// Publishes staged layers in index order, each once every layer below it is complete, until
+/// every sender of `done` is gone. A layer above one that failed (or never came) is dropped
+/// unpublished (its staging directory goes with it).
+fn publish_in_order(shared: &Shared<'_>, done: Receiver<Done>) {
+    let mut waiting: BTreeMap<usize, Done> = BTreeMap::new();
+    let mut below: Vec<PathBuf> = Vec::new();
+    for arrived in done {
+        waiting.insert(arrived.index, arrived);
+        while let Some(next) = waiting.remove(&below.len()) {
+            let at = Instant::now();
+            let index = next.index;
+            let path = shared.layers.path(&next.chain);
+            let result = match next.stage {
+                Stage::Complete => Ok(UnpackReport {
+                    reused: true,
+                    ..UnpackReport::default()
+                }),
+                Stage::Staged(staged) => shared.layers.publish(staged, &below),
+            };
+            match &result {
+                Ok(report) if !report.reused => {
+                    shared.debug(index, at, report, "settled and published")
+                }
+                _ => {}
+            }
+            let failed = result.is_err();
+            shared.record(index, result);
+            if failed {
+                return;
+            }
+            below.push(path);
+        }
+    }
+}
+
+/// The chain IDs known so far: those of the layers whose diff ID, and every one below, is.
+#[derive(Default)]
+struct Chains {
+    diff_ids: Vec<Option<Digest>>,
+    chains: Vec<Digest>,
+}
+
+impl Chains {
+    /// Notes layer `index`'s diff ID.
+    fn learn(&mut self, index: usize, diff_id: &Digest) {
+        if self.diff_ids.len() <= index {
+            self.diff_ids.resize(index + 1, None);
+        }
+        self.diff_ids[index].get_or_insert_with(|| diff_id.clone());
+        let known: Vec<Digest> = self.diff_ids.iter().map_while(Clone::clone).collect();
+        if known.len() > self.chains.len() {
+            self.chains = chain_ids(&known);
+        }
+    }
+
+    fn of(&self, index: usize) -> Option<&Digest> {
+        self.chains.get(index)
+    }
+}
+
+fn index_of(arrival: &Arrival) -> (usize, &LayerSource) {
+    match arrival {
+        Arrival::Downloading { index, source, .. } => (*index, source),
+        Arrival::Ready(index, source) | Arrival::Missed(index, source) => (*index, source),
     }
 }
 
@@ -123,8 +202,13 @@ pub(super) fn unpack_as_fed(
     let max = threads();
     std::thread::scope(|scope| {
         let shared = &shared;
-        // Diff IDs started (a second index with one is reused, not unpacked again).
-        let mut started: HashSet<Digest> = HashSet::new();
+        let (done, staged) = mpsc::channel::<Done>();
+        scope.spawn(move || publish_in_order(shared, staged));
+        let mut chains = Chains::default();
+        // Arrivals whose chain ID is not known yet, by index.
+        let mut early: BTreeMap<usize, Vec<Arrival>> = BTreeMap::new();
+        // Layers started (each index is staged once).
+        let mut started: HashSet<usize> = HashSet::new();
         // Layers being unpacked from their download: whether their blob is ready since.
         let mut following: HashMap<usize, bool> = HashMap::new();
         // Waits for a free slot and takes it.
@@ -142,30 +226,40 @@ pub(super) fn unpack_as_fed(
                 finished: &shared.finished,
             }
         };
-        let from_blob = |index: usize, source: LayerSource, started: &mut HashSet<Digest>| {
-            if !started.insert(source.diff_id.clone()) {
-                let reused = UnpackReport {
-                    reused: true,
-                    ..UnpackReport::default()
-                };
-                lock(&shared.results).push((index, Ok(reused)));
-                return;
-            }
-            let slot = slot();
-            scope.spawn(move || {
-                let _slot = slot;
-                let at = Instant::now();
-                let result = shared.layers.unpack(&source, shared.limits);
-                if let Ok(report) = &result {
-                    shared.debug(index, at, report, "from its blob");
+        let from_blob =
+            |index: usize, source: LayerSource, chain: Digest, started: &mut HashSet<usize>| {
+                if !started.insert(index) {
+                    return;
                 }
-                shared.record(index, result);
-            });
-        };
-        for arrival in arrivals {
-            if feed.stopped() {
-                continue;
-            }
+                let slot = slot();
+                let done = done.clone();
+                scope.spawn(move || {
+                    let _slot = slot;
+                    let at = Instant::now();
+                    match shared.layers.stage(&source, &chain, shared.limits) {
+                        Ok(stage) => {
+                            if let Stage::Staged(_) = stage {
+                                shared.debug(
+                                    index,
+                                    at,
+                                    &UnpackReport::default(),
+                                    "staged from its blob",
+                                );
+                            }
+                            let _ = done.send(Done {
+                                index,
+                                chain,
+                                stage,
+                            });
+                        }
+                        Err(error) => shared.record(index, Err(error)),
+                    }
+                });
+            };
+        let handle = |arrival: Arrival,
+                      chain: Digest,
+                      started: &mut HashSet<usize>,
+                      following: &mut HashMap<usize, bool>| {
             match arrival {
                 Arrival::Downloading {
                     index,
@@ -173,20 +267,21 @@ pub(super) fn unpack_as_fed(
                     follower,
                     missed,
                 } => {
-                    // Started already under another index: its `Ready` reports it reused.
-                    if started.contains(&source.diff_id) || layers.is_complete(&source.diff_id) {
-                        continue;
+                    // Complete already: its `Ready` reports it.
+                    if started.contains(&index) || layers.is_complete(&chain) {
+                        return;
                     }
-                    started.insert(source.diff_id.clone());
+                    started.insert(index);
                     following.insert(index, false);
                     let slot = slot();
+                    let done = done.clone();
                     scope.spawn(move || {
                         let _slot = slot;
                         let at = Instant::now();
-                        match shared.layers.unpack_following(&source, follower, shared.limits) {
-                            Ok(report) => {
-                                shared.debug(index, at, &report, "as it downloaded");
-                                shared.record(index, Ok(report));
+                        match shared.layers.stage_following(&source, &chain, follower, shared.limits) {
+                            Ok(stage) => {
+                                shared.debug(index, at, &UnpackReport::default(), "staged as it downloaded");
+                                let _ = done.send(Done { index, chain, stage });
                             }
                             Err(error) => {
                                 tracing::debug!(layer = index, %error, "prepare: unpacking a layer as it downloaded failed; it is unpacked from its verified blob");
@@ -198,17 +293,35 @@ pub(super) fn unpack_as_fed(
                 Arrival::Ready(index, source) => match following.get_mut(&index) {
                     // The download-time unpack reports it, or asks for it again.
                     Some(ready) => *ready = true,
-                    None => from_blob(index, source, &mut started),
+                    None => from_blob(index, source, chain, started),
                 },
                 Arrival::Missed(index, source) => {
-                    started.remove(&source.diff_id);
+                    started.remove(&index);
                     if following.remove(&index) == Some(true) {
-                        from_blob(index, source, &mut started);
+                        from_blob(index, source, chain, started);
                     }
                     // Otherwise its `Ready` is still to come, and unpacks it.
                 }
             }
+        };
+        for arrival in arrivals {
+            if feed.stopped() {
+                continue;
+            }
+            let (index, source) = index_of(&arrival);
+            chains.learn(index, &source.diff_id);
+            early.entry(index).or_default().push(arrival);
+            // Everything whose chain is known now, lowest first.
+            while let Some(entry) = early.first_entry() {
+                let Some(chain) = chains.of(*entry.key()).cloned() else {
+                    break;
+                };
+                for arrival in entry.remove() {
+                    handle(arrival, chain.clone(), &mut started, &mut following);
+                }
+            }
         }
+        drop(done);
     });
     let failed_first = *lock(&shared.stopped_first);
     Unpacked {

@@ -4,7 +4,8 @@
 //! layers side by side: a layer starts unpacking as soon as its download starts (once the config
 //! has named its diff ID), following the bytes as they arrive and published only once its blob is
 //! verified, or as soon as its blob is verified in the store when it was there already; each layer
-//! goes into its own directory keyed by diff ID (reused when already complete). Module `dispatch`
+//! goes into its own directory keyed by chain ID (reused when already complete), published
+//! once the layers below it are. Module `dispatch`
 //! decides which unpack runs when. The first failure wins: the other side starts nothing new, and
 //! what is in flight (transfers, unpacks) finishes, so no staging file or directory is left being
 //! written and no layer directory is ever half-complete (see `crate::unpack`). Both `envbox docker`
@@ -120,7 +121,8 @@ pub fn layer_sources(blobs: &BlobStore, pulled: &PulledImage) -> Vec<LayerSource
         .collect()
 }
 
-/// Unpacks every source not yet complete, up to one thread per core. The first error wins;
+/// Unpacks every layer of an image (`sources`, bottom first) not yet complete, up to one
+/// thread per core, each published once the layers below it are. The first error wins;
 /// layers already finished stay (they are complete and verified).
 pub fn unpack_all(
     layers: &LayerStore,
@@ -255,23 +257,19 @@ async fn prepare_planned(
         .map(|(i, _)| (i, sources[i].clone()))
         .collect();
     if !left.is_empty() {
-        let (store, limits) = (layers.clone(), *limits);
-        let work: Vec<LayerSource> = left.iter().map(|(_, s)| s.clone()).collect();
-        let done = tokio::task::spawn_blocking(move || unpack_all(&store, &work, &limits))
+        // The whole image: a layer is published onto the layers below it (complete ones are
+        // reused at once).
+        let (store, limits, all) = (layers.clone(), *limits, sources.clone());
+        let done = tokio::task::spawn_blocking(move || unpack_all(&store, &all, &limits))
             .await
             .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))?;
-        for ((index, _), report) in left.iter().zip(done) {
-            reports[*index] = Some(report);
+        for (index, _) in &left {
+            reports[*index] = done.get(*index).cloned();
         }
     }
+    let diff_ids: Vec<_> = sources.iter().map(|s| s.diff_id.clone()).collect();
     Ok(PreparedImage {
-        layer_dirs: layers.image_dirs(
-            &pulled
-                .layers
-                .iter()
-                .map(|l| l.diff_id.clone())
-                .collect::<Vec<_>>(),
-        ),
+        layer_dirs: layers.image_layer_dirs(&diff_ids),
         config: pulled.config.config.clone().unwrap_or_default(),
         layers_unpacked: reports.iter().flatten().filter(|r| !r.reused).count(),
         warnings: pulled

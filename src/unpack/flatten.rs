@@ -3,7 +3,7 @@
 //!
 //! Owns: the target's staging directory (`.<target name>.<staging name>` beside the target, see
 //! `crate::cache::staging`; stale ones of dead processes are swept first), applying every
-//! layer in order through the same stream reader and entry writer as [`LayerStore::unpack`]
+//! layer in order through the same stream reader and entry writer as [`LayerStore::stage`]
 //! (same in-root resolution, ownership shift, budgets per layer and diff-ID check per layer),
 //! with whiteouts in [`Whiteouts::Flatten`] mode, and the final rename. It must never replace
 //! an existing target, never leave a partial tree at the target's name, and never create an
@@ -15,7 +15,7 @@
 //! overlayfs cannot be used waits for no disk at all, since every start clears it and flattens
 //! afresh (the wait was the length of the image's write-back: ~0.9 s for 590 MB here).
 //!
-//! [`LayerStore::unpack`]: super::LayerStore::unpack
+//! [`LayerStore::stage`]: super::LayerStore::stage
 
 use std::fs::{self, File};
 use std::io;

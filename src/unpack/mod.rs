@@ -1,26 +1,17 @@
 //! The layer store: verified layer blobs unpacked, once each, into uid-shifted directories.
 //!
-//! Owns: `<state_dir>/layers/<diff-id hex>` (a complete layer, only ever created by renaming a
-//! finished staging directory) and `<state_dir>/layers/.staging/` (layers being unpacked, named
-//! and swept by the blob store's staging rule, see `crate::cache::staging`). A layer directory
-//! holds the layer's tree with every uid/gid shifted by [`ID_SHIFT`] and OCI whiteouts turned
-//! into overlayfs ones, ready to be a read-only `lowerdir` (a layer that needed directories it
-//! does not list is marked so, see [`implicit_dir`]). It must never create, change or
-//! follow anything outside the staging directory it is writing (every path of a layer is
-//! resolved in-root, see [`tree`]), never unpack a layer another process of the volume is
-//! unpacking (it waits on the layer's lock, `crate::lock`, and then finds it complete), never
-//! keep a directory whose uncompressed content does not hash to the layer's diff ID, and never
-//! fetch, verify compressed blobs or mount anything: the
-//! caller hands it a blob already verified against the manifest.
-//!
-//! Durability: no fsync per file (it would dominate the unpack time), and no sync before a
-//! layer is published either: the layer is marked unsynced first (`crate::cache::unsynced`: a
-//! marker naming the boot, made durable before the rename), so a layer a power loss may have
-//! torn is recognised after the restart and unpacked again from its blob (itself fetched again
-//! if it had not reached the disk either, see `crate::cache`). [`LayerStore::sync`] makes the
-//! layers of this boot durable with one `syncfs` (`envbox prepare` before it exits, `envbox
-//! docker` once the workspace is up). A kill -9 needs no sync at all: it leaves only a
-//! staging directory, which the next [`LayerStore::open`] removes.
+//! Owns: turning an image's layers into directories that overlayfs stacks as `lowerdir`s
+//! (module `store`: one directory per layer chain, see [`chain_ids`]). A layer directory holds
+//! the layer applied onto the view of the layers below it, as containerd's snapshots do: every
+//! uid/gid shifted by [`ID_SHIFT`], OCI whiteouts turned into overlayfs ones where the layers
+//! below have something, the directories the layer needs but does not list given the lower
+//! layers' owner, mode and xattrs, hard links to lower files copied up (module `settle`, over
+//! module `lower`). It must never create, change or follow anything outside the staging
+//! directory it is writing (every path of a layer is resolved in-root, see [`tree`]), never
+//! change a published layer directory, never unpack a layer another process of the volume is
+//! unpacking (it waits on the layer's lock, `crate::lock`, and then finds it complete), never keep a directory whose uncompressed content does
+//! not hash to the layer's diff ID, and never fetch, verify compressed blobs or mount anything:
+//! the caller hands it a blob already verified against the manifest.
 //!
 //! [`flatten()`] applies an image's layers, in order, onto one merged directory with the same
 //! reader and writer (module `flatten`; whiteouts then act on the tree, see `tree::merge`).
@@ -32,6 +23,9 @@ mod decode;
 mod flatten;
 mod gzip;
 mod header;
+mod lower;
+mod settle;
+mod store;
 mod stream;
 mod tree;
 
@@ -40,21 +34,16 @@ pub use flatten::{flatten, Durability, FlattenReport};
 #[cfg(test)]
 mod flatten_tests;
 #[cfg(test)]
+mod settle_tests;
+#[cfg(test)]
 mod tests;
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-
-use crate::cache::unsynced::{self, Unsynced};
-use crate::cache::{staging, Follower};
 use crate::digest::Digest;
 use crate::image::Compression;
-use crate::lock::{Mode, VolumeLocks};
 
 /// What every uid and gid of a layer is shifted by: the inner container's user namespace maps
 /// its 0..65536 onto 100000..165536 (the spec's mapping), so sysbox-runc finds nothing to shift.
@@ -207,302 +196,25 @@ pub struct UnpackReport {
     pub reused: bool,
     /// Things skipped that the caller may want to log: device nodes, dropped xattrs.
     pub warnings: Vec<String>,
-    /// Directories the layer needed but does not list (see [`implicit_dir`]); empty when the
-    /// layer was reused.
-    pub implicit_dirs: Vec<PathBuf>,
 }
 
-/// The xattr on a layer directory's top that names the first of its implicit directories.
-const IMPLICIT_XATTR: &std::ffi::CStr = c"trusted.envbox.implicit-dir";
-
-/// The first directory that the complete layer directory `layer_dir` holds only because an
-/// entry needed it (the layer does not list it: writes into a lower layer's directory, or
-/// through a lower layer's symlink). Such a layer is not a faithful overlay `lowerdir` above
-/// other layers: that directory's owner, mode and mtime (or the symlink) of the layers below
-/// would be hidden. `None` for a self-contained layer, as image builders write them.
-pub fn implicit_dir(layer_dir: &Path) -> Option<PathBuf> {
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
-    let path = std::ffi::CString::new(layer_dir.as_os_str().as_bytes()).ok()?;
-    let mut value = vec![0u8; 4096];
-    // SAFETY: both strings are NUL-terminated; value is a writable buffer of its length.
-    let n = unsafe {
-        libc::lgetxattr(
-            path.as_ptr(),
-            IMPLICIT_XATTR.as_ptr(),
-            value.as_mut_ptr().cast(),
-            value.len(),
-        )
-    };
-    let n = usize::try_from(n).ok()?;
-    value.truncate(n);
-    Some(PathBuf::from(std::ffi::OsString::from_vec(value)))
-}
-
-/// Marks the staging directory `dir` with its first implicit directory.
-fn mark_implicit(dir: &File, first: &Path) -> io::Result<()> {
-    use std::os::fd::AsFd;
-    use std::os::unix::ffi::OsStrExt;
-    tree::set_xattr(dir.as_fd(), IMPLICIT_XATTR, first.as_os_str().as_bytes())
-}
-
-/// The layer store. Cheap to clone; layers may be unpacked from several threads at once (each
-/// unpack writes its own staging directory).
-#[derive(Debug, Clone)]
-pub struct LayerStore {
-    root: PathBuf,
-    unsynced: Unsynced,
-    locks: VolumeLocks,
-}
-
-impl LayerStore {
-    /// Opens (creating if needed) `<state_dir>/layers`, removing stale staging directories and
-    /// the layers a machine restart may have torn (published unsynced in an earlier boot).
-    pub fn open(state_dir: &Path) -> Result<Self, UnpackError> {
-        Self::open_in_boot(state_dir, unsynced::current_boot())
-    }
-
-    /// [`Self::open`] as if the kernel's boot ID were `boot` (tests play restarts with it).
-    pub(crate) fn open_in_boot(
-        state_dir: &Path,
-        boot: Option<String>,
-    ) -> Result<Self, UnpackError> {
-        let root = crate::volume::VolumeLayout::new(state_dir).layers();
-        let staging_dir = root.join(".staging");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&staging_dir)
-            .map_err(store_err("creating layer store directory", &staging_dir))?;
-        let unsynced =
-            Unsynced::open(&root, boot).map_err(store_err("creating directory in", &root))?;
-        let store = LayerStore {
-            root,
-            unsynced,
-            locks: VolumeLocks::new(state_dir),
+/// The chain IDs of an image's layers, bottom first (diff IDs bottom first): the bottom
+/// layer's is its diff ID, each other's the sha256 of `<chain ID below> <diff ID>`, as the
+/// OCI image spec defines them and containerd keys its snapshots. A layer directory is the
+/// layer applied onto the layers below it, so it is keyed by its chain ID.
+pub fn chain_ids(diff_ids: &[Digest]) -> Vec<Digest> {
+    let mut chains: Vec<Digest> = Vec::with_capacity(diff_ids.len());
+    for diff_id in diff_ids {
+        let chain = match chains.last() {
+            None => diff_id.clone(),
+            Some(below) => Digest::of(format!("{below} {diff_id}").as_bytes()),
         };
-        store.drop_torn_layers()?;
-        let stale = staging::stale_entries(&staging_dir)
-            .map_err(store_err("listing staging directory", &staging_dir))?;
-        for path in stale {
-            // A stale entry that cannot be removed is logged and left: it must not stop the
-            // store from opening, and nothing ever takes a staging directory as complete.
-            if let Err(e) = remove_any(&path) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove stale layer staging directory");
-            }
-        }
-        Ok(store)
+        chains.push(chain);
     }
-
-    /// Moves every layer published unsynced in an earlier boot into staging (gone at once,
-    /// atomically), then removes it and its marker: a later unpack redoes it from its blob.
-    fn drop_torn_layers(&self) -> Result<(), UnpackError> {
-        let dir = self.unsynced.dir();
-        let torn = self
-            .unsynced
-            .of_earlier_boots()
-            .map_err(store_err("listing", dir))?;
-        for (layer, marker) in torn {
-            let path = self.root.join(&layer);
-            if path.exists() {
-                tracing::warn!(layer = %path.display(), "this layer was unpacked before the machine restarted and may not have reached the disk: unpacking it again");
-                let aside = self.staging_dir().join(staging::fresh_name(&layer));
-                fs::rename(&path, &aside)
-                    .map_err(store_err("moving aside the possibly torn layer", &path))?;
-                if let Err(e) = remove_any(&aside) {
-                    tracing::warn!(path = %aside.display(), error = %e, "cannot remove a possibly torn layer moved aside");
-                }
-            }
-            self.unsynced
-                .forget(&marker)
-                .map_err(store_err("removing", &marker))?;
-        }
-        Ok(())
-    }
-
-    /// Makes every layer this boot published durable (one `syncfs` of the store's
-    /// filesystem) and forgets that they were not. Returns how many layers that covered.
-    pub fn sync(&self) -> Result<usize, UnpackError> {
-        self.unsynced
-            .sync(&self.root)
-            .map_err(store_err("syncing unpacked layers in", &self.root))
-    }
-
-    fn staging_dir(&self) -> PathBuf {
-        self.root.join(".staging")
-    }
-
-    /// Where the layer with this diff ID lives (whether or not it is complete).
-    pub fn path(&self, diff_id: &Digest) -> PathBuf {
-        self.root.join(diff_id.hex())
-    }
-
-    /// Whether the layer is complete: its directory exists (it is only created by a rename).
-    /// Every complete layer directory (name = diff ID hex), sorted.
-    pub fn list(&self) -> Result<Vec<Digest>, UnpackError> {
-        let entries =
-            fs::read_dir(&self.root).map_err(store_err("listing layer store", &self.root))?;
-        let mut layers: Vec<Digest> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok()
-            })
-            .collect();
-        layers.sort();
-        Ok(layers)
-    }
-
-    /// The layer directories of an image whose layers have these diff IDs (bottom first),
-    /// complete or not: the one place that names them from an image (what a cleanup keeps).
-    pub fn image_dirs(&self, diff_ids: &[Digest]) -> Vec<PathBuf> {
-        diff_ids.iter().map(|id| self.path(id)).collect()
-    }
-
-    /// Removes a layer directory (absent is fine): moved into staging first (gone at once,
-    /// atomically: a removal cut short leaves a stale staging entry, never a partial layer),
-    /// then removed. It must not be in use by a mounted rootfs.
-    pub fn remove(&self, diff_id: &Digest) -> Result<(), UnpackError> {
-        let path = self.path(diff_id);
-        let aside = self.staging_dir().join(staging::fresh_name(diff_id.hex()));
-        match fs::rename(&path, &aside) {
-            Ok(()) => remove_any(&aside).map_err(store_err("removing layer", &aside))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(store_err("moving aside layer", &path)(e)),
-        }
-        self.unsynced
-            .forget_entry(diff_id.hex())
-            .map_err(store_err("removing the unsynced marker of", &path))
-    }
-
-    pub fn is_complete(&self, diff_id: &Digest) -> bool {
-        fs::symlink_metadata(self.path(diff_id)).is_ok_and(|m| m.is_dir())
-    }
-
-    /// Unpacks the layer into its directory, unless it is complete already. On any error the
-    /// staging directory is removed and no layer directory exists.
-    pub fn unpack(
-        &self,
-        source: &LayerSource,
-        limits: &Limits,
-    ) -> Result<UnpackReport, UnpackError> {
-        self.unpack_input(source, None, limits)
-    }
-
-    /// [`Self::unpack`] from `input`, the blob's bytes as they download, instead of the blob
-    /// file: a follower of the blob's writer (`crate::cache::Follower`), which ends only once
-    /// the blob is verified against the manifest and fails if its transfer is abandoned. The
-    /// layer is published only once the input has ended and the diff ID matched, so both
-    /// digests are checked before it is complete, as for [`Self::unpack`]. A follower that
-    /// checks its blob's digest hashes it beside the diff ID, in one pass.
-    pub fn unpack_following(
-        &self,
-        source: &LayerSource,
-        input: Follower,
-        limits: &Limits,
-    ) -> Result<UnpackReport, UnpackError> {
-        self.unpack_input(source, Some(Box::new(input)), limits)
-    }
-
-    fn unpack_input(
-        &self,
-        source: &LayerSource,
-        input: Option<stream::Input>,
-        limits: &Limits,
-    ) -> Result<UnpackReport, UnpackError> {
-        let reused = || UnpackReport {
-            reused: true,
-            ..UnpackReport::default()
-        };
-        if self.is_complete(&source.diff_id) {
-            return Ok(reused());
-        }
-        // One process of the volume unpacks it; the others wait, then find it complete.
-        let target = self.path(&source.diff_id);
-        let name = target.file_name().unwrap_or_default().to_string_lossy();
-        let (_held, waited) = self
-            .locks
-            .take(
-                &format!("layer-{name}"),
-                Mode::Exclusive,
-                &format!("unpacking layer {}", source.digest),
-            )
-            .map_err(UnpackError::Lock)?;
-        if waited && self.is_complete(&source.diff_id) {
-            return Ok(reused());
-        }
-        let staging = self
-            .staging_dir()
-            .join(staging::fresh_name(source.diff_id.hex()));
-        let result = self.unpack_staged(source, input, limits, &staging);
-        if result.is_err() || staging.exists() {
-            if let Err(e) = remove_any(&staging) {
-                if e.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(path = %staging.display(), error = %e, "cannot remove layer staging directory");
-                }
-            }
-        }
-        result
-    }
-
-    fn unpack_staged(
-        &self,
-        source: &LayerSource,
-        input: Option<stream::Input>,
-        limits: &Limits,
-        staging: &Path,
-    ) -> Result<UnpackReport, UnpackError> {
-        tree::create_root(staging).map_err(store_err("creating staging directory", staging))?;
-        let input = match input {
-            Some(input) => input,
-            None => stream::open_blob(source)?,
-        };
-        let mut report = stream::unpack_stream(source, input, limits, staging)?;
-
-        let dir = File::open(staging).map_err(store_err("opening staging directory", staging))?;
-        if let Some(first) = report.implicit_dirs.first() {
-            mark_implicit(&dir, first)
-                .map_err(store_err("marking implicit directories of", staging))?;
-        }
-        // Durability (module doc): the marker is on disk before the rename can be; without a
-        // boot ID to mark with, the files are synced before the rename instead.
-        let marked = self
-            .unsynced
-            .mark(source.diff_id.hex())
-            .map_err(store_err("marking unsynced in", self.unsynced.dir()))?;
-        if !marked {
-            nix::unistd::syncfs(&dir)
-                .map_err(io::Error::from)
-                .map_err(store_err("syncing filesystem of", staging))?;
-        }
-        drop(dir);
-
-        let target = self.path(&source.diff_id);
-        match renameat2(
-            AT_FDCWD,
-            staging,
-            AT_FDCWD,
-            &target,
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
-            Ok(()) => {}
-            // Another unpack of the same layer finished first: its directory is as good.
-            Err(Errno::EEXIST | Errno::ENOTEMPTY) => {
-                report.reused = true;
-                return Ok(report);
-            }
-            Err(e) => {
-                return Err(store_err("renaming staging directory to", &target)(
-                    e.into(),
-                ))
-            }
-        }
-        if !marked {
-            File::open(&self.root)
-                .and_then(|d| d.sync_all())
-                .map_err(store_err("syncing directory", &self.root))?;
-        }
-        Ok(report)
-    }
+    chains
 }
+
+pub use store::{LayerStore, Stage, Staged};
 
 /// Removes a staging entry: a directory tree (never following a symlink inside it) or a file.
 fn remove_any(path: &Path) -> io::Result<()> {

@@ -18,6 +18,7 @@ use super::archive::Archive;
 use super::decode;
 use super::gzip;
 use super::header::{self, Kind};
+use super::settle::Pending;
 use super::tree::{Tree, Whiteouts};
 use super::{LayerSource, Limits, UnpackError, UnpackReport};
 use crate::cache::Follower;
@@ -104,22 +105,21 @@ fn decoder(source: &LayerSource, input: Input) -> Result<Decoder, UnpackError> {
 }
 
 /// Unpacks `input` (the bytes of `source`'s blob) into the (existing, empty) directory `root`
-/// and checks the diff ID.
+/// and checks the diff ID. Returns what is left to settle against the lower layers.
 pub(super) fn unpack_stream(
     source: &LayerSource,
     input: Input,
     limits: &Limits,
     root: &Path,
-) -> Result<UnpackReport, UnpackError> {
+) -> Result<(UnpackReport, Pending), UnpackError> {
     let mut tree =
         Tree::open(&source.digest, root, Whiteouts::Overlay).map_err(|e| UnpackError::Store {
             action: "opening staging directory",
             path: root.to_owned(),
             source: e,
         })?;
-    let mut report = apply_stream(source, input, limits, &mut tree)?;
-    report.implicit_dirs = tree.implicit_dirs();
-    Ok(report)
+    let report = apply_stream(source, input, limits, &mut tree)?;
+    Ok((report, tree.into_pending()))
 }
 
 /// Applies `input` (the bytes of `source`'s blob) to `tree` (whose current layer is `source`)

@@ -127,11 +127,11 @@ pub(super) fn gzip(data: &[u8]) -> Vec<u8> {
 
 // ---- the workspace: a state dir and a sentinel beside it ----
 
-struct Work {
+pub(super) struct Work {
     _tmp: tempfile::TempDir,
-    state: PathBuf,
-    sentinel: PathBuf,
-    store: LayerStore,
+    pub(super) state: PathBuf,
+    pub(super) sentinel: PathBuf,
+    pub(super) store: LayerStore,
     sentinel_before: (Vec<String>, SystemTime),
 }
 
@@ -145,8 +145,43 @@ fn listing(dir: &Path) -> (Vec<String>, SystemTime) {
     (names, mtime)
 }
 
+/// Unpacks an image's layers one after another: each staged, then published onto the ones
+/// below it (what `prepare::unpack_all` does in parallel).
+pub(super) fn unpack_image(
+    store: &LayerStore,
+    sources: &[LayerSource],
+    limits: &Limits,
+) -> Result<Vec<UnpackReport>, UnpackError> {
+    let diff_ids: Vec<Digest> = sources.iter().map(|s| s.diff_id.clone()).collect();
+    let mut below = Vec::new();
+    let mut reports = Vec::new();
+    for (source, chain) in sources.iter().zip(chain_ids(&diff_ids)) {
+        let report = match store.stage(source, &chain, limits)? {
+            Stage::Complete => UnpackReport {
+                reused: true,
+                ..UnpackReport::default()
+            },
+            Stage::Staged(staged) => store.publish(staged, &below)?,
+        };
+        below.push(store.path(&chain));
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// One layer as a whole image (its chain ID is its diff ID).
+pub(super) trait UnpackOne {
+    fn unpack(&self, source: &LayerSource, limits: &Limits) -> Result<UnpackReport, UnpackError>;
+}
+
+impl UnpackOne for LayerStore {
+    fn unpack(&self, source: &LayerSource, limits: &Limits) -> Result<UnpackReport, UnpackError> {
+        unpack_image(self, std::slice::from_ref(source), limits).map(|mut r| r.remove(0))
+    }
+}
+
 impl Work {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         needs_root();
         // The temp dir's filesystem must take user.* and trusted.* xattrs (ext4 here).
         let tmp = tempfile::Builder::new()
@@ -181,19 +216,33 @@ impl Work {
         }
     }
 
-    fn unpack_tar(&self, tar: &[u8]) -> (Result<UnpackReport, UnpackError>, PathBuf) {
+    /// Unpacks layers (bottom first) as one image; the layer directories, bottom first.
+    pub(super) fn unpack_layers(
+        &self,
+        tars: &[Vec<u8>],
+    ) -> (Result<Vec<UnpackReport>, UnpackError>, Vec<PathBuf>) {
+        let sources: Vec<LayerSource> = tars
+            .iter()
+            .map(|tar| self.source(&gzip(tar), Compression::Gzip, tar))
+            .collect();
+        let diff_ids: Vec<Digest> = sources.iter().map(|s| s.diff_id.clone()).collect();
+        let result = unpack_image(&self.store, &sources, &Limits::default());
+        (result, self.store.image_layer_dirs(&diff_ids))
+    }
+
+    pub(super) fn unpack_tar(&self, tar: &[u8]) -> (Result<UnpackReport, UnpackError>, PathBuf) {
         let source = self.source(&gzip(tar), Compression::Gzip, tar);
         let result = self.store.unpack(&source, &Limits::default());
         (result, self.store.path(&source.diff_id))
     }
 
-    fn unpack_ok(&self, tar: &[u8]) -> (UnpackReport, PathBuf) {
+    pub(super) fn unpack_ok(&self, tar: &[u8]) -> (UnpackReport, PathBuf) {
         let (result, path) = self.unpack_tar(tar);
         (result.expect("unpack"), path)
     }
 
     /// Nothing outside the store changed; no staging directory is left.
-    fn check_contained(&self) {
+    pub(super) fn check_contained(&self) {
         assert_eq!(
             listing(&self.sentinel),
             self.sentinel_before,
@@ -208,19 +257,19 @@ impl Work {
             .next()
             .is_none());
         assert!(!Path::new("/etc/envbox-unpack-test").exists());
-        let staging: Vec<_> = fs::read_dir(self.state.join("layers/.staging"))
+        let staging: Vec<_> = fs::read_dir(self.state.join("layers/chain/.staging"))
             .expect("list")
             .collect();
         assert!(staging.is_empty(), "staging left: {staging:?}");
     }
 
     /// The state dir's path without its leading `/`, to aim absolute names at the sentinel.
-    fn sentinel_abs(&self) -> String {
+    pub(super) fn sentinel_abs(&self) -> String {
         self.sentinel.to_string_lossy().into_owned()
     }
 }
 
-fn lstat(path: &Path) -> fs::Metadata {
+pub(super) fn lstat(path: &Path) -> fs::Metadata {
     fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -243,7 +292,7 @@ pub(super) fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     })
 }
 
-fn assert_owner(path: &Path, uid: u32, gid: u32) {
+pub(super) fn assert_owner(path: &Path, uid: u32, gid: u32) {
     let m = lstat(path);
     assert_eq!(
         (m.uid(), m.gid()),
@@ -253,7 +302,7 @@ fn assert_owner(path: &Path, uid: u32, gid: u32) {
     );
 }
 
-fn is_whiteout(path: &Path) -> bool {
+pub(super) fn is_whiteout(path: &Path) -> bool {
     let m = lstat(path);
     m.file_type().is_char_device() && m.rdev() == 0 && m.uid() == ID_SHIFT && m.gid() == ID_SHIFT
 }
@@ -475,9 +524,18 @@ fn whiteouts_become_overlay_whiteouts() {
         .dir("dd/", M)
         .dir("de/", M)
         .file(".wh.de", M, b"");
-    let (_, root) = w.unpack_ok(&l.finish());
+    // Whiteouts are written only where the layers below have something.
+    let lower = Layer::new()
+        .file("gone", M, b"")
+        .dir("d/", Meta { mode: 0o750, ..M })
+        .file("d/x", M, b"")
+        .finish();
+    let (result, dirs) = w.unpack_layers(&[lower, l.finish()]);
+    result.expect("unpack");
+    let root = &dirs[1];
     assert!(is_whiteout(&root.join("gone")));
     assert!(is_whiteout(&root.join("d/x")));
+    assert_eq!(lstat(&root.join("d")).mode() & 0o7777, 0o750, "d as below");
     for dir in ["o1", "o2", "dd", "de"] {
         let dir = root.join(dir);
         assert_eq!(
@@ -532,7 +590,10 @@ fn owners_and_modes_are_exact_whether_set_at_creation_or_after() {
     )
     .symlink("open/l", "rw")
     .file("plain", M, b"p");
-    let (_, root) = w.unpack_ok(&l.finish());
+    let lower = Layer::new().dir("sg/", M).file("sg/gone", M, b"").finish();
+    let (result, dirs) = w.unpack_layers(&[lower, l.finish()]);
+    result.expect("unpack");
+    let root = &dirs[1];
     for (path, uid, gid, mode) in [
         ("sg", 0, 50, 0o2775),
         ("sg/f", 0, 0, 0o644),
@@ -568,7 +629,8 @@ fn a_default_acl_on_the_cache_does_not_reach_the_layer() {
         acl.extend_from_slice(&perm.to_le_bytes());
         acl.extend_from_slice(&u32::MAX.to_le_bytes());
     }
-    let staging = CString::new(w.state.join("layers/.staging").as_os_str().as_bytes()).unwrap();
+    let staging =
+        CString::new(w.state.join("layers/chain/.staging").as_os_str().as_bytes()).unwrap();
     // SAFETY: valid C strings and a value slice of the given length.
     let rc = unsafe {
         libc::lsetxattr(
@@ -676,34 +738,6 @@ fn a_relisted_directory_keeps_only_the_later_xattrs_and_its_opaque_marker() {
     w.check_contained();
 }
 
-/// A layer that needs directories it does not list is marked with the first of them (a layer
-/// directory an overlay cannot show faithfully above others); a layer listing all of them, in
-/// any order, is not.
-#[test]
-fn implicit_directories_are_marked() {
-    let w = Work::new();
-    let mut l = Layer::new();
-    l.file("a/b/f", M, b"f")
-        .dir("a/", M)
-        .file("c/.wh.x", M, b"");
-    let (report, root) = w.unpack_ok(&l.finish());
-    assert_eq!(
-        report.implicit_dirs,
-        [PathBuf::from("a/b"), PathBuf::from("c")]
-    );
-    assert_eq!(implicit_dir(&root), Some(PathBuf::from("a/b")));
-
-    let mut l = Layer::new();
-    l.file("x/y", M, b"y")
-        .dir("x/", M)
-        .dir("z/", M)
-        .file("z/.wh.q", M, b"");
-    let (report, root) = w.unpack_ok(&l.finish());
-    assert!(report.implicit_dirs.is_empty(), "{report:?}");
-    assert_eq!(implicit_dir(&root), None);
-    w.check_contained();
-}
-
 // ---- malicious layers ----
 
 #[test]
@@ -736,38 +770,58 @@ fn traversal_names_are_contained() {
     );
     assert_eq!(fs::read(root.join("x")).expect("read"), b"4");
     assert_eq!(fs::read(root.join("y")).expect("read"), b"5");
-    assert!(is_whiteout(&root.join("passwd")));
+    // A whiteout with nothing below it is not written (this is a bottom layer).
+    assert!(fs::symlink_metadata(root.join("passwd")).is_err());
     assert!(!Path::new("/etc/envbox-unpack-test2").exists());
     assert!(!Path::new("/etc/envbox-unpack-test3").exists());
     w.check_contained();
 
-    // Aimed at the sentinel by its absolute path: resolves in-root, where it does not exist.
-    for tar in [
-        Layer::new()
-            .symlink("s", &abs)
-            .file("s/file", M, b"pwned")
-            .finish(),
-        Layer::new()
-            .symlink("s", &abs)
-            .dir("s/inside/new/", M)
-            .finish(),
-        Layer::new()
-            .symlink("evil", &abs)
-            .file("evil/.wh.file", M, b"")
-            .finish(),
-        Layer::new()
-            .symlink("evil", &abs)
-            .file("evil/.wh..wh..opq", M, b"")
-            .finish(),
-        Layer::new()
-            .symlink("evil", &format!("{abs}/inside"))
-            .file("evil/.wh.x", M, b"")
-            .finish(),
+    // Aimed at the sentinel by its absolute path: resolves in-root, where it does not exist,
+    // and what is below the symlink is written there, as containerd does.
+    let in_root = PathBuf::from(abs.trim_start_matches('/'));
+    for (tar, written) in [
+        (
+            Layer::new()
+                .symlink("s", &abs)
+                .file("s/file", M, b"pwned")
+                .finish(),
+            Some(in_root.join("file")),
+        ),
+        (
+            Layer::new()
+                .symlink("s", &abs)
+                .dir("s/inside/new/", M)
+                .finish(),
+            Some(in_root.join("inside/new")),
+        ),
+        (
+            Layer::new()
+                .symlink("evil", &abs)
+                .file("evil/.wh.file", M, b"")
+                .finish(),
+            None,
+        ),
+        (
+            Layer::new()
+                .symlink("evil", &abs)
+                .file("evil/.wh..wh..opq", M, b"")
+                .finish(),
+            Some(in_root.clone()),
+        ),
+        (
+            Layer::new()
+                .symlink("evil", &format!("{abs}/inside"))
+                .file("evil/.wh.x", M, b"")
+                .finish(),
+            None,
+        ),
     ] {
-        let (result, path) = w.unpack_tar(&tar);
-        match result {
-            Err(UnpackError::ParentNotDir { .. }) => assert!(!path.exists()),
-            other => panic!("expected ParentNotDir, got {other:?}"),
+        let (_, root) = w.unpack_ok(&tar);
+        if let Some(written) = written {
+            assert!(
+                fs::symlink_metadata(root.join(&written)).is_ok(),
+                "{written:?}"
+            );
         }
         w.check_contained();
     }
@@ -920,7 +974,7 @@ fn failure_midway_leaves_no_layer_and_stale_staging_is_swept() {
 
     // What a kill -9 leaves: staging directories of a dead process, and of an earlier
     // incarnation of this pid. `open` removes both; a live process's is kept.
-    let staging = w.state.join("layers/.staging");
+    let staging = w.state.join("layers/chain/.staging");
     let hex = source.diff_id.hex();
     let dead = staging.join(format!("{hex}.999999999.0123456789abcdef-0.partial"));
     let earlier = staging.join(format!(
@@ -989,7 +1043,7 @@ fn removing_a_layer_removes_its_marker_so_a_restart_has_nothing_to_drop() {
     let w = Work::new();
     let tar = Layer::new().file("a", M, b"a").finish();
     let (_, dir) = w.unpack_ok(&tar);
-    let unsynced = w.state.join("layers/.unsynced");
+    let unsynced = w.state.join("layers/chain/.unsynced");
     assert_eq!(fs::read_dir(&unsynced).expect("list").count(), 1);
     w.store.remove(&Digest::of(&tar)).expect("remove");
     assert!(!dir.exists());

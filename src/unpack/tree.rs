@@ -22,19 +22,21 @@
 //!
 //! A duplicate path replaces a non-directory; a directory over a directory merges (the later
 //! metadata wins, its `user.*`, capability and ACL xattrs replacing the earlier ones); a
-//! non-directory over a directory removes that tree. Whiteouts follow the OCI rule that a
-//! whiteout only hides lower layers: `.wh.<name>` becomes a 0:0 character device owned by
-//! 100000:100000 when `<name>` does not exist in this layer; when it does, the entry stays
-//! (and a directory there is made opaque, since the lower one is deleted); an entry arriving
-//! after its whiteout replaces the device (a directory doing so is made opaque). `.wh..wh..opq`
-//! sets `trusted.overlay.opaque=y` on its directory, created if missing, whatever the order.
+//! non-directory over a directory removes that tree. A parent reached through a symlink (the
+//! layer's own) is resolved in-root and what is missing below its target is created there, as
+//! containerd does. What needs the lower layers is recorded for `settle` instead
+//! ([`Tree::into_pending`]): whiteouts (`.wh.<name>`; settled into a 0:0 character device
+//! owned 100000:100000 where the layers below have `<name>`, or an opaque directory where this
+//! layer has one), the directories created because an entry needed them, and hard links to
+//! what this layer does not have. `.wh..wh..opq` sets `trusted.overlay.opaque=y` on its
+//! directory, created if missing, whatever the order.
 //!
 //! In [`Whiteouts::Flatten`] mode the same writer applies layer after layer onto one merged
 //! tree and whiteouts act on it instead (see [`merge`]): nothing overlay-specific is created,
 //! and a lower directory the layer changes without listing it keeps its mtime.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufRead, Write};
@@ -44,7 +46,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::AtFlags;
-use nix::fcntl::{openat, OFlag};
+use nix::fcntl::{openat, readlinkat, OFlag};
 use nix::sys::stat::{
     fchmod, fstat, fstatat, futimens, mkdirat, mknodat, utimensat, FileStat, Mode, SFlag,
     UtimensatFlags,
@@ -55,6 +57,7 @@ use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, Unlin
 use super::acl;
 use super::creds::{exact_at_creation, AsShiftedRoot};
 use super::header::{join, Entry, Kind};
+use super::settle::{symlink_path, Link, Pending, MAX_SYMLINKS};
 use super::{UnpackError, ID_SHIFT};
 use crate::digest::Digest;
 use crate::rootfs::inroot::InRoot;
@@ -62,8 +65,8 @@ use crate::rootfs::inroot::InRoot;
 mod merge;
 mod xattrs;
 
-pub(super) use xattrs::set_xattr;
-use xattrs::{drop_acls, drop_layer_xattrs};
+use xattrs::drop_layer_xattrs;
+pub(super) use xattrs::{copy_layer_xattrs, drop_acls, get_xattr, set_xattr};
 
 const OPAQUE_XATTR: &CStr = c"trusted.overlay.opaque";
 const DEFAULT_ACL_XATTR: &CStr = c"system.posix_acl_default";
@@ -140,8 +143,11 @@ pub(super) struct Tree<'a> {
     /// Set by every removal; a removal drops the cached parent.
     removed: Cell<bool>,
     /// Overlay mode: directories created because an entry needed them, that the layer has
-    /// not listed (yet); see [`Tree::implicit_dirs`].
-    implicit: RefCell<BTreeSet<PathBuf>>,
+    /// not listed (yet).
+    /// By inode, with the path the directory was created at.
+    implicit: RefCell<HashMap<u64, Vec<OsString>>>,
+    /// Overlay mode: whiteouts and hard links left to settle (see [`Tree::into_pending`]).
+    pending: Pending,
     /// Default ACLs of listed directories, by inode, with the path the layer listed them at:
     /// set only once nothing more is created in the tree (see [`Tree::set_default_acls`]).
     default_acls: RefCell<HashMap<u64, (PathBuf, Vec<u8>)>>,
@@ -180,6 +186,7 @@ enum Existing {
     Nothing,
     Dir,
     Whiteout,
+    Symlink,
     Other,
 }
 
@@ -190,6 +197,7 @@ fn classify(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Existing> {
                 SFlag::S_IFDIR => Existing::Dir,
                 // The layer's own device nodes are never created: a character device is a whiteout.
                 SFlag::S_IFCHR => Existing::Whiteout,
+                SFlag::S_IFLNK => Existing::Symlink,
                 _ => Existing::Other,
             },
         ),
@@ -216,7 +224,7 @@ fn open_dir_nofollow(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd
 }
 
 /// The entries of the directory `fd` (opened for reading): name and whether it is a directory.
-fn children(fd: BorrowedFd<'_>) -> io::Result<Vec<(OsString, bool)>> {
+pub(super) fn children(fd: BorrowedFd<'_>) -> io::Result<Vec<(OsString, bool)>> {
     let mut children = Vec::new();
     let mut dir = nix::dir::Dir::from_fd(fd.try_clone_to_owned()?)?;
     for item in dir.iter() {
@@ -235,7 +243,7 @@ fn children(fd: BorrowedFd<'_>) -> io::Result<Vec<(OsString, bool)>> {
 }
 
 /// Removes the directory `name` under `parent` and everything in it, never following a symlink.
-fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+pub(super) fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     let fd = open_dir_nofollow(parent, name)?;
     for (child, is_dir) in children(fd.as_fd())? {
         if is_dir {
@@ -260,7 +268,8 @@ impl<'a> Tree<'a> {
             touched_dirs: RefCell::new(HashMap::new()),
             parent: None,
             removed: Cell::new(false),
-            implicit: RefCell::new(BTreeSet::new()),
+            implicit: RefCell::new(HashMap::new()),
+            pending: Pending::default(),
             default_acls: RefCell::new(HashMap::new()),
         })
     }
@@ -354,6 +363,12 @@ impl<'a> Tree<'a> {
                 self.parent = None;
                 Ok(self.flatten_whiteout(parent_parts, name, entry)?)
             }
+            Kind::Whiteout => {
+                // Settled once the lower layers are in: it is written only where they have
+                // something, or makes this layer's own directory there opaque.
+                self.pending.whiteouts.push(entry.parts.clone());
+                Ok(())
+            }
             Kind::Opaque => {
                 self.parent = None;
                 let dir = self.ensure_dir(&entry.parts, &entry.path)?;
@@ -381,8 +396,7 @@ impl<'a> Tree<'a> {
                     }
                     Kind::Hardlink(target) => Ok(self.hardlink(parent, name, target, entry)?),
                     Kind::Fifo => Ok(self.fifo(parent, name, entry)?),
-                    Kind::Whiteout => Ok(self.whiteout(parent, name, entry, born_root)?),
-                    Kind::Skip | Kind::Device | Kind::Opaque => Ok(()),
+                    Kind::Skip | Kind::Device | Kind::Opaque | Kind::Whiteout => Ok(()),
                 };
                 if self.flatten() && result.is_ok() {
                     self.record_written(dir.ino, name);
@@ -395,12 +409,19 @@ impl<'a> Tree<'a> {
         }
     }
 
-    /// Overlay mode: the directories the layer needed (for an entry below them, a whiteout or
-    /// an opaque marker) but does not list. They exist in the layer directory as 0755 root
-    /// with the unpack time, so in an overlay they would hide the owner, mode and mtime of the
-    /// lower layers' directory, or replace a lower layer's symlink that the path went through.
-    pub(super) fn implicit_dirs(&self) -> Vec<PathBuf> {
-        self.implicit.borrow().iter().cloned().collect()
+    /// Overlay mode: what needs the lower layers' view (module `settle`): the directories the
+    /// layer needed (for an entry below them or an opaque marker) but does not list, which
+    /// exist in the staging directory as 0755 root; its whiteouts; its hard links to what it
+    /// does not have.
+    pub(super) fn into_pending(self) -> Pending {
+        let mut pending = self.pending;
+        pending.implicit = self
+            .implicit
+            .into_inner()
+            .into_iter()
+            .map(|(ino, path)| (path, ino))
+            .collect();
+        pending
     }
 
     /// Sets the directories' mtimes, after all their contents were written (in flatten mode,
@@ -529,8 +550,10 @@ impl<'a> Tree<'a> {
         })
     }
 
-    /// Opens the directory `parts` (in-root), creating missing components (0755, 100000:100000;
-    /// a whiteout in the way becomes an opaque directory).
+    /// Opens the directory `parts` (in-root), creating missing components (0755, 100000:100000).
+    /// A symlink on the way (this layer's, or in flatten mode a lower layer's) is followed
+    /// in-root (`..` stops at the root), and what is missing below its target is created
+    /// there, as containerd resolves a parent.
     fn ensure_dir(&self, parts: &[OsString], path: &Path) -> Result<OwnedFd, UnpackError> {
         let rel = join(parts);
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
@@ -539,42 +562,50 @@ impl<'a> Tree<'a> {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
             Err(e) => return Err(self.err("opening parent of", path)(e)),
         }
-        // Slow path: one component at a time, each resolved in-root from the top.
-        let mut dir = self
-            .root
-            .open_at(Path::new("."), flags)
-            .map_err(self.err("opening root for", path))?;
-        for (i, part) in parts.iter().enumerate() {
-            let prefix = join(&parts[..=i]);
-            match self.root.open_at(&prefix, flags) {
-                Ok(fd) => {
-                    dir = fd;
+        // Slow path: one component at a time from the top, symlinks followed by hand.
+        let open_root = || {
+            self.root
+                .open_at(Path::new("."), flags)
+                .map_err(self.err("opening root for", path))
+        };
+        let mut dir = open_root()?;
+        let mut todo: VecDeque<OsString> = parts.iter().cloned().collect();
+        let mut cur: Vec<OsString> = Vec::new();
+        let mut links = 0;
+        while let Some(part) = todo.pop_front() {
+            match classify(dir.as_fd(), &part).map_err(self.err("inspecting parent of", path))? {
+                Existing::Nothing => {}
+                Existing::Dir => {
+                    dir = self.open_child_dir(dir.as_fd(), &part, path)?;
+                    cur.push(part);
                     continue;
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {}
-                Err(e) => return Err(self.err("opening parent of", path)(e)),
-            }
-            let opaque = match classify(dir.as_fd(), part)
-                .map_err(self.err("inspecting parent of", path))?
-            {
-                Existing::Nothing => false,
-                Existing::Whiteout => {
-                    self.removed.set(true);
-                    unlinkat(dir.as_fd(), part.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                Existing::Symlink => {
+                    links += 1;
+                    let target = readlinkat(dir.as_fd(), part.as_os_str())
                         .map_err(io::Error::from)
-                        .map_err(self.err("replacing whiteout in parent of", path))?;
-                    true
+                        .map_err(self.err("reading symlink in parent of", path))?;
+                    if links > MAX_SYMLINKS {
+                        return Err(self.err("resolving parent of", path)(Errno::ELOOP.into()));
+                    }
+                    let mut resolved: VecDeque<OsString> = symlink_path(&cur, &target).into();
+                    resolved.extend(todo.drain(..));
+                    todo = resolved;
+                    cur.clear();
+                    dir = open_root()?;
+                    continue;
                 }
-                // A dangling symlink, a file, or a symlink to one.
-                Existing::Dir | Existing::Other => {
+                // A file (a layer's device nodes and whiteouts are never created here).
+                Existing::Whiteout | Existing::Other => {
+                    cur.push(part);
                     return Err(UnpackError::ParentNotDir {
                         layer: self.layer.clone(),
                         path: path.to_owned(),
-                        parent: prefix,
-                    })
+                        parent: join(&cur),
+                    });
                 }
-            };
-            let dir_ino = self.dir_ino(dir.as_fd(), &parts[..i], path)?;
+            }
+            let dir_ino = self.dir_ino(dir.as_fd(), &cur, path)?;
             mkdirat(
                 dir.as_fd(),
                 part.as_os_str(),
@@ -582,23 +613,21 @@ impl<'a> Tree<'a> {
             )
             .map_err(io::Error::from)
             .map_err(self.err("creating parent of", path))?;
+            let fd = self.open_child_dir(dir.as_fd(), &part, path)?;
+            cur.push(part);
             if self.flatten() {
                 // Created by this layer: an opaque marker of an ancestor keeps it.
-                self.record_written(dir_ino, part);
+                self.record_written(dir_ino, cur.last().expect("just pushed"));
             } else {
-                self.implicit.borrow_mut().insert(prefix.clone());
+                let ino = self.stat_dir(fd.as_fd(), path)?.st_ino;
+                self.implicit.borrow_mut().insert(ino, cur.clone());
             }
-            let fd = self.open_child_dir(dir.as_fd(), part, path)?;
             self.forget_default_acl(fd.as_fd(), path)?;
             let (uid, gid) = shifted(0, 0);
             fchown(&fd, uid, gid)
                 .and_then(|()| fchmod(&fd, Mode::from_bits_truncate(0o755)))
                 .map_err(io::Error::from)
                 .map_err(self.err("setting up parent of", path))?;
-            if opaque && !self.flatten() {
-                set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
-                    .map_err(self.err("marking opaque", path))?;
-            }
             dir = fd;
         }
         Ok(dir)
@@ -629,7 +658,7 @@ impl<'a> Tree<'a> {
         let result = match existing {
             Existing::Nothing => Ok(()),
             Existing::Dir => remove_tree(parent, name),
-            Existing::Whiteout | Existing::Other => {
+            Existing::Whiteout | Existing::Symlink | Existing::Other => {
                 unlinkat(parent, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from)
             }
         };
@@ -773,7 +802,11 @@ impl<'a> Tree<'a> {
         let path = join(&entry.parts);
         // Also forgets a record of an earlier inode of the same number, if the directory is new.
         self.note_default_acl(fd.as_fd(), entry, &path)?;
-        self.implicit.get_mut().remove(&path);
+        if !self.flatten() && !self.implicit.get_mut().is_empty() {
+            // Listed by the layer, wherever the layer's symlinks put it.
+            let ino = self.stat_dir(fd.as_fd(), &entry.path)?.st_ino;
+            self.implicit.get_mut().remove(&ino);
+        }
         self.dir_times.push((path, entry.mtime));
         Ok(())
     }
@@ -823,10 +856,7 @@ impl<'a> Tree<'a> {
         entry: &Entry,
     ) -> Result<(), UnpackError> {
         let target_path = join(target);
-        let missing = match self.whiteouts {
-            Whiteouts::Overlay => "does not exist in this layer",
-            Whiteouts::Flatten => "does not exist in the tree",
-        };
+        let missing = "does not exist in the tree";
         let refuse = |reason| UnpackError::HardlinkTarget {
             layer: self.layer.clone(),
             path: entry.path.clone(),
@@ -841,16 +871,29 @@ impl<'a> Tree<'a> {
             return Ok(());
         }
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
-        let target_dir = self
+        let found = self
             .root
             .open_at(&join(target_parent), flags)
-            .map_err(|_| refuse(missing))?;
-        let st = fstatat(
-            target_dir.as_fd(),
-            target_name.as_os_str(),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|_| refuse(missing))?;
+            .ok()
+            .and_then(|dir| {
+                let nofollow = AtFlags::AT_SYMLINK_NOFOLLOW;
+                let st = fstatat(dir.as_fd(), target_name.as_os_str(), nofollow).ok()?;
+                Some((dir, st))
+            });
+        let (target_dir, st) = match found {
+            Some(found) => found,
+            // A lower layer's, perhaps: settled once they are in (copied up, then linked).
+            None if !self.flatten() => {
+                self.clear(parent, name, &entry.path)?;
+                self.pending.links.push(Link {
+                    path: entry.path.clone(),
+                    parts: entry.parts.clone(),
+                    target: target.to_vec(),
+                });
+                return Ok(());
+            }
+            None => return Err(refuse(missing)),
+        };
         match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
             // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never what it points to.
             SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO => {}
@@ -888,35 +931,5 @@ impl<'a> Tree<'a> {
             .map_err(io::Error::from)
             .map_err(self.err("opening", &entry.path))?;
         self.finish_fd(fd.as_fd(), entry, Born::NOTHING, true)
-    }
-
-    fn whiteout(
-        &mut self,
-        parent: BorrowedFd<'_>,
-        name: &OsStr,
-        entry: &Entry,
-        born_root: bool,
-    ) -> Result<(), UnpackError> {
-        match classify(parent, name).map_err(self.err("inspecting", &entry.path))? {
-            Existing::Nothing => {}
-            // This layer's own entry stays; its lower counterpart is deleted, so a directory
-            // must not merge with it.
-            Existing::Dir => {
-                let fd = self.open_child_dir(parent, name, &entry.path)?;
-                return set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y")
-                    .map_err(self.err("marking opaque", &entry.path));
-            }
-            Existing::Whiteout | Existing::Other => return Ok(()),
-        }
-        mknodat(parent, name, SFlag::S_IFCHR, Mode::empty(), 0)
-            .map_err(io::Error::from)
-            .map_err(self.err("creating whiteout", &entry.path))?;
-        if born_root {
-            return Ok(());
-        }
-        let (uid, gid) = shifted(0, 0);
-        fchownat(parent, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(io::Error::from)
-            .map_err(self.err("changing owner of whiteout", &entry.path))
     }
 }

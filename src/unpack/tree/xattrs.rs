@@ -39,7 +39,7 @@ pub(in crate::unpack) fn set_xattr(
 /// Removes the POSIX ACLs of `fd` (a layer root just created, which inherits the cache
 /// directory's default ACL if it has one): the layer's tree gets only the modes it lists, and a
 /// new inode's mode is then what was asked minus the umask (see `creds::exact_at_creation`).
-pub(super) fn drop_acls(fd: BorrowedFd<'_>) -> io::Result<()> {
+pub(in crate::unpack) fn drop_acls(fd: BorrowedFd<'_>) -> io::Result<()> {
     for name in [c"system.posix_acl_default", c"system.posix_acl_access"] {
         // SAFETY: name is NUL-terminated; fremovexattr only reads it.
         if unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) } != 0 {
@@ -72,6 +72,64 @@ pub(super) fn drop_layer_xattrs(fd: BorrowedFd<'_>, entry: &Entry) -> io::Result
         // SAFETY: name is NUL-terminated; fremovexattr only reads it.
         if unsafe { libc::fremovexattr(fd.as_raw_fd(), name.as_ptr()) } != 0 {
             return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The names of `fd`'s xattrs.
+fn list_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<std::ffi::CString>> {
+    let mut names = vec![0u8; 64 << 10];
+    // SAFETY: names is a writable buffer of the given length; flistxattr writes within it.
+    let n = unsafe { libc::flistxattr(fd.as_raw_fd(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    names.truncate(n as usize);
+    names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|n| std::ffi::CString::new(n).map_err(io::Error::other))
+        .collect()
+}
+
+/// The value of xattr `name` of `fd`, `None` when it has none.
+pub(in crate::unpack) fn get_xattr(fd: BorrowedFd<'_>, name: &CStr) -> io::Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; 64 << 10];
+    // SAFETY: name is NUL-terminated; value is a writable buffer of its length.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODATA | libc::EOPNOTSUPP) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    value.truncate(n as usize);
+    Ok(Some(value))
+}
+
+/// Copies onto `to` (a fresh inode, its inherited ACLs dropped first) the xattrs of `from` a
+/// layer may carry (see `header::keep_xattr`): a copy up from a lower layer, whose xattrs are
+/// already as the layer store writes them (ACL ids shifted).
+pub(in crate::unpack) fn copy_layer_xattrs(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+) -> io::Result<()> {
+    drop_acls(to)?;
+    for name in list_xattrs(from)? {
+        if !keep_xattr(name.as_bytes()) {
+            continue;
+        }
+        if let Some(value) = get_xattr(from, &name)? {
+            set_xattr(to, &name, &value)?;
         }
     }
     Ok(())
