@@ -478,3 +478,25 @@ fn a_synced_flatten_reaches_the_device_and_a_scratch_one_does_not_wait() {
         "a synced flatten returned with only {synced_kib} KiB on the device"
     );
 }
+
+/// An entry below a lower layer's file replaces the file with a directory (0755 root), as
+/// containerd applies a layer; below a file of the same layer it is refused.
+#[test]
+fn an_entry_below_a_lower_file_replaces_it_with_a_directory() {
+    let lower = Layer::new().file("f", M, b"a file").finish();
+    let upper = Layer::new().file("f/inside", M, b"inside").finish();
+    let image = Image::new(vec![lower, upper]);
+    let (_, root) = image.flatten();
+    let f = fs::symlink_metadata(root.join("f")).expect("lstat");
+    assert!(f.is_dir());
+    assert_eq!((f.uid(), f.mode() & 0o7777), (ID_SHIFT, 0o755));
+    assert_eq!(fs::read(root.join("f/inside")).expect("read"), b"inside");
+
+    let own = Layer::new()
+        .file("g", M, b"a file")
+        .file("g/inside", M, b"inside")
+        .finish();
+    let image = Image::new(vec![own]);
+    let err = flatten_synced(&image.sources, &image.dir.join("rootfs")).expect_err("refused");
+    assert!(matches!(err, UnpackError::ParentNotDir { .. }), "{err}");
+}

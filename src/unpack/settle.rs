@@ -23,7 +23,7 @@
 //! without following symlinks. A directory this step changes keeps the mtime it had (or
 //! gets the lower view's, for an implicit one). It never changes a lower layer.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -105,6 +105,7 @@ pub(super) fn settle(
         lower,
         implicit: pending.implicit,
         times: HashMap::new(),
+        deleted: HashSet::new(),
     };
     let whiteouts = settler.own_whiteouts(pending.whiteouts)?;
     while let Some((dir, ino)) = settler.implicit.pop_first() {
@@ -138,6 +139,8 @@ struct Settler<'a> {
     implicit: BTreeMap<Vec<OsString>, u64>,
     /// Directories changed, by inode: their path and the mtime they get in the end.
     times: HashMap<u64, (Vec<OsString>, TimeSpec)>,
+    /// This layer's directories that it also whites out: new, nothing of the lower ones.
+    deleted: HashSet<Vec<OsString>>,
 }
 
 fn is_gone(e: &io::Error) -> bool {
@@ -197,12 +200,19 @@ impl Settler<'_> {
         }
     }
 
-    /// Whether this layer hides the lower view at `parts`: it or an ancestor is an opaque
-    /// directory of this layer.
+    /// Whether this layer hides the lower view at `parts`: it deleted what is there (a
+    /// whiteout of its own directory there), or an ancestor is an opaque directory of this
+    /// layer. (An opaque directory itself is the lower one, its lower entries hidden.)
     fn hidden(&self, parts: &[OsString]) -> io::Result<bool> {
+        if self.deleted.contains(parts) {
+            return Ok(true);
+        }
+        let Some((_, ancestors)) = parts.split_last() else {
+            return Ok(false);
+        };
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mut fd = self.root.try_clone()?;
-        for part in parts {
+        for part in ancestors {
             fd = match openat(fd.as_fd(), part.as_os_str(), flags, Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => return Ok(false),
@@ -400,6 +410,7 @@ impl Settler<'_> {
                             .and_then(|fd| set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y"))
                             .map_err(self.err("marking opaque", &hidden));
                         fd?;
+                        self.deleted.insert(hidden);
                     }
                 }
                 None => rest.push(hidden),

@@ -595,7 +595,19 @@ impl<'a> Tree<'a> {
                     dir = open_root()?;
                     continue;
                 }
-                // A file (a layer's device nodes and whiteouts are never created here).
+                // A lower layer's file in flatten mode: replaced by a directory, as containerd
+                // applies a layer (see `settle` for the overlay mode).
+                Existing::Whiteout | Existing::Other
+                    if self.flatten()
+                        && !self.is_written(self.dir_ino(dir.as_fd(), &cur, path)?, &part) =>
+                {
+                    self.removed.set(true);
+                    unlinkat(dir.as_fd(), part.as_os_str(), UnlinkatFlags::NoRemoveDir)
+                        .map_err(io::Error::from)
+                        .map_err(self.err("replacing a lower file in parent of", path))?;
+                }
+                // This layer's own file (a layer's device nodes and whiteouts are never
+                // created here).
                 Existing::Whiteout | Existing::Other => {
                     cur.push(part);
                     return Err(UnpackError::ParentNotDir {

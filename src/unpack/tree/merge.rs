@@ -38,7 +38,7 @@ impl Tree<'_> {
         self.written.borrow_mut().insert((dir_ino, name.to_owned()));
     }
 
-    fn is_written(&self, dir_ino: u64, name: &OsStr) -> bool {
+    pub(super) fn is_written(&self, dir_ino: u64, name: &OsStr) -> bool {
         // A lookup by a borrowed name needs an owned key: the set is small and hashing cheap.
         self.written
             .borrow()
