@@ -409,10 +409,9 @@ pub fn long_names() -> Vec<Vec<u8>> {
 
 /// Layers no image builder writes, applied as the OCI rules say: a layer writing through a
 /// lower layer's symlink (`lib/x`) and into directories it does not list (`etc/passwd`,
-/// `home/u/g`, an opaque marker without its directory). In an overlay of the layer
-/// directories `lib` would become a directory and `home/u` root's 0755, so envbox flattens
-/// such an image at start. The opaque marker comes after the layer's own entries in its
-/// directory when `opaque_after`.
+/// `home/u/g`, an opaque marker without its directory). The layer directories are settled
+/// against the layers below them, so the overlay shows what umoci's merged tree holds. The
+/// opaque marker comes after the layer's own entries in its directory when `opaque_after`.
 pub fn handmade(opaque_after: bool) -> Vec<Vec<u8>> {
     let f = meta(FILE);
     let d = meta(DIR);
@@ -452,17 +451,125 @@ pub fn handmade(opaque_after: bool) -> Vec<Vec<u8>> {
     vec![l1.finish(), l2.finish(), l3.finish()]
 }
 
-/// A layer hard-linking to a lower layer's file. The layer store refuses it (each layer
-/// directory is unpacked on its own, without the lower ones), so only the flattened tree is
-/// compared.
+/// Hard links to lower layers' files (issue 21, case 1): one beside entries of the layer's
+/// own, one into a directory the layer does not list, one to the link itself, one to a lower
+/// symlink. envbox copies the lower file up into the layer and links to the copy, so the
+/// merged view holds one inode under every name, as umoci's tree does. (containerd's overlay
+/// snapshotter applies a layer onto its upper directory only and fails on these links; where
+/// it applies onto a merged tree, as umoci, it links.)
 pub fn lower_hardlink() -> Vec<Vec<u8>> {
     let mut l1 = LayerTar::new(LongNames::Pax);
     l1.dir("usr", &meta(DIR))
-        .file("usr/libc.so", &meta(0o755), b"libc");
+        .file("usr/libc.so", &meta(0o755), b"libc")
+        .dir("usr/lib", &meta(0o750).owner(0, 42))
+        .file(
+            "usr/lib/ld.so",
+            &meta(0o4755).owner(7, 8).xattr("user.origin", b"lower"),
+            b"ld",
+        )
+        .symlink("usr/sh", "libc.so", &meta(FILE));
     let mut l2 = LayerTar::new(LongNames::Pax);
     l2.hardlink("hl", "usr/libc.so")
         .dir("usr", &meta(DIR))
-        .file("usr/other", &meta(FILE), b"o");
+        .file("usr/other", &meta(FILE), b"o")
+        .hardlink("hl2", "hl")
+        .dir("bin", &meta(DIR))
+        .hardlink("bin/ld", "usr/lib/ld.so")
+        .hardlink("sh", "usr/sh");
+    vec![l1.finish(), l2.finish()]
+}
+
+/// Whiteouts of what the lower layers do not have as a directory's entry (issue 21, case 2):
+/// below a lower regular file, below a missing path, of a missing name; beside a whiteout of
+/// a real lower entry in a directory the layer does not list. They change nothing: no
+/// directory appears where the lower file is. (containerd's overlay apply makes `f` a
+/// directory holding a whiteout device there; umoci's tree, and the issue, keep `f` a file.)
+pub fn whiteout_under_lower_file() -> Vec<Vec<u8>> {
+    let f = meta(FILE);
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.file("f", &f, b"a file")
+        .dir("d", &meta(0o711).owner(3, 4))
+        .file("d/x", &f, b"x")
+        .file("d/y", &f, b"y");
+    let mut l2 = LayerTar::new(LongNames::Pax);
+    l2.whiteout("f/x")
+        .whiteout("missing/y")
+        .whiteout("nothing")
+        .whiteout("d/x");
+    vec![l1.finish(), l2.finish()]
+}
+
+/// A usr-merge conversion (issue 21, case 3): a layer deletes `bin`, makes it a symlink to
+/// `usr/bin` and writes `bin/ls` after it, which lands below the symlink's target; it also
+/// writes below a lower layer's symlink (`lib/new.so`, landing in `usr/lib`) and below
+/// symlinks that climb out of the root or are absolute (resolved in-root). umoci and
+/// containerd agree on the layer's own symlinks. Below a lower layer's symlink containerd's
+/// overlay apply makes a directory in the upper layer that hides the symlink (and all of
+/// `usr/lib` through it); envbox follows the symlink as umoci does and as issue 21 asks
+/// (the parent resolves through this layer and the lower view).
+pub fn below_symlinks() -> Vec<Vec<u8>> {
+    let f = meta(FILE);
+    let d = meta(DIR);
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.dir("bin", &d)
+        .file("bin/ls", &meta(0o755), b"old ls")
+        .dir("usr", &d)
+        .dir("usr/bin", &meta(0o751))
+        .file("usr/bin/env", &meta(0o755), b"env")
+        .dir("usr/lib", &meta(0o750))
+        .file("usr/lib/libc.so", &f, b"libc")
+        .symlink("lib", "usr/lib", &f)
+        .dir("usr/share", &d);
+    let mut l2 = LayerTar::new(LongNames::Pax);
+    l2.whiteout("bin")
+        .symlink("bin", "usr/bin", &f)
+        .file("bin/ls", &meta(0o755), b"new ls")
+        .file("lib/new.so", &f, b"new")
+        .symlink("up", "../../../usr/share", &f)
+        .file("up/doc", &f, b"doc")
+        .symlink("abs", "/usr/share", &f)
+        .file("abs/doc2", &f, b"doc2");
+    vec![l1.finish(), l2.finish()]
+}
+
+/// Directories a layer needs and does not list (issue 21's implicit directories, what `umoci
+/// repack` writes for every directory whose own metadata did not change): in the overlay
+/// they show the lower directory's owner, mode, xattrs and mtime; one the lower layers do
+/// not have is 0755 root.
+pub fn implicit_dirs() -> Vec<Vec<u8>> {
+    let f = meta(FILE);
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.dir(
+        "etc",
+        &meta(0o751)
+            .owner(3, 4)
+            .xattr("user.tag", b"etc")
+            .mtime(1_400_000_000, 0),
+    )
+    .dir("etc/systemd", &meta(0o700).mtime(1_400_000_100, 0))
+    .dir("etc/systemd/system", &meta(DIR))
+    .file("etc/systemd/system/old.service", &f, b"old");
+    let mut l2 = LayerTar::new(LongNames::Pax);
+    l2.file("etc/systemd/system/new.service", &f, b"new");
+    let mut l3 = LayerTar::new(LongNames::Pax);
+    l3.file("etc/systemd/user/x.service", &f, b"x")
+        .file("srv/new/file", &f, b"file");
+    vec![l1.finish(), l2.finish(), l3.finish()]
+}
+
+/// An entry below a lower layer's regular file: containerd's overlay apply makes a directory
+/// there (0755 root) that replaces the file, and so does envbox. The reference is that tree:
+/// umoci's unpack of the same layers with an explicit whiteout of the file first, since umoci
+/// refuses the original (`explicit`).
+pub fn below_lower_file(explicit: bool) -> Vec<Vec<u8>> {
+    let f = meta(FILE);
+    let mut l1 = LayerTar::new(LongNames::Pax);
+    l1.file("file", &f, b"a file");
+    let mut l2 = LayerTar::new(LongNames::Pax);
+    if explicit {
+        l2.whiteout("file");
+    }
+    l2.file("file/inside", &f, b"inside");
     vec![l1.finish(), l2.finish()]
 }
 
