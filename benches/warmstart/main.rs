@@ -24,8 +24,9 @@
 //! envbox at a time (they share the bridge `envbox0`). A start varies by a tenth from run to run
 //! (the baseline's most: containerd and ctr), so a median of 7 moved the ratio by 0.15 between
 //! benches; of 15 it holds. `ENVBOX_BENCH_MB` (64): data added to
-//! the busybox image; `ENVBOX_BENCH_BASELINE=/path/to/envbox`: another build timed beside this
-//! one. Needs root and the launch test's tools, and `ctr`.
+//! the busybox image; `ENVBOX_BENCH_IMAGE=debian`: a Debian image whose layers `umoci repack`
+//! committed (issue 21's; needs debootstrap and the Debian mirror once) instead of busybox;
+//! `ENVBOX_BENCH_BASELINE=/path/to/envbox`: another build timed beside this one. Needs root and the launch test's tools, and `ctr`.
 
 mod baseline;
 mod fallback;
@@ -103,15 +104,48 @@ fn run_ok(cmd: &mut Command) {
     );
 }
 
-/// The image: busybox with a `coder` user, plus `mb` MiB of data in two layers (so a copy of
-/// the image at start would show in the state directory's growth).
-fn push_image(work: &Path, mb: u64) -> (Registry, String) {
-    let mut image = busybox_image("amd64");
-    if mb > 0 {
-        image.layers.extend(big_image(mb, 2).layers);
+/// Which image the bench starts (`ENVBOX_BENCH_IMAGE`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BenchImage {
+    /// busybox with a `coder` user, plus `ENVBOX_BENCH_MB` MiB of data in two layers (so a
+    /// copy of the image at start would show in the state directory's growth).
+    Busybox,
+    /// A Debian minbase built as users build theirs: layers committed by `umoci repack` of a
+    /// chroot (`support::debian`), whose layers write into directories they do not list.
+    Debian,
+}
+
+impl BenchImage {
+    fn from_env() -> BenchImage {
+        match std::env::var("ENVBOX_BENCH_IMAGE").as_deref() {
+            Err(_) | Ok("busybox") => BenchImage::Busybox,
+            Ok("debian") => BenchImage::Debian,
+            Ok(other) => {
+                eprintln!("ENVBOX_BENCH_IMAGE={other}: expected busybox or debian");
+                std::process::exit(2);
+            }
+        }
     }
+}
+
+/// Writes the image into a registry; its reference there.
+fn push_image(work: &Path, which: BenchImage, mb: u64) -> (Registry, String) {
     let layout = work.join("layout");
-    write_layout(&layout, "warm", &[image]);
+    match which {
+        BenchImage::Busybox => {
+            let mut image = busybox_image("amd64");
+            if mb > 0 {
+                image.layers.extend(big_image(mb, 2).layers);
+            }
+            write_layout(&layout, "warm", &[image]);
+        }
+        BenchImage::Debian => {
+            if !support::debian::user_image_layout(&layout, "warm") {
+                eprintln!("the Debian image needs debootstrap, umoci and the Debian mirror");
+                std::process::exit(1);
+            }
+        }
+    }
     let registry = Registry::http();
     registry.push(&layout, "warm", "bench/warm:1");
     let reference = format!("{}/bench/warm:1", registry.host);
@@ -136,7 +170,8 @@ fn main() {
         .expect("work dir");
     // The workspace's root (uid 100000 outside) must reach the rootfs under it.
     fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).expect("chmod work");
-    let (registry, reference) = push_image(work.path(), mb);
+    let which = BenchImage::from_env();
+    let (registry, reference) = push_image(work.path(), which, mb);
     let state = work.path().join("state");
     let home = work.path().join("home");
     fs::create_dir_all(&home).expect("home");
@@ -181,8 +216,12 @@ fn main() {
     }
     baseline.run("warmup");
 
+    let name = match which {
+        BenchImage::Busybox => format!("busybox + {mb} MiB"),
+        BenchImage::Debian => "Debian minbase (umoci repack layers)".to_owned(),
+    };
     println!(
-        "\nwarm start: busybox + {mb} MiB image ({:.1} MiB unpacked) in the cache, runc, {runs} runs each, order rotated",
+        "\nwarm start: {name} image ({:.1} MiB unpacked) in the cache, runc, {runs} runs each, order rotated",
         image_bytes as f64 / 1048576.0
     );
     let mut envbox: Vec<Vec<EnvboxRun>> = builds.iter().map(|_| Vec::new()).collect();
