@@ -332,3 +332,76 @@ pub(super) fn unpack_as_fed(
         failed_first,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::image::Compression;
+
+    /// A layer tar of `(path, contents, hard link target)` entries, and its source.
+    fn layer(dir: &std::path::Path, entries: &[(&str, &[u8], Option<&str>)]) -> LayerSource {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, data, link) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            h.set_mtime(1_600_000_000);
+            match link {
+                Some(target) => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    tar.append_link(&mut h, path, target).expect("link");
+                }
+                None => {
+                    h.set_size(data.len() as u64);
+                    tar.append_data(&mut h, path, *data).expect("file");
+                }
+            }
+        }
+        let tar = tar.into_inner().expect("tar");
+        let diff_id = Digest::of(&tar);
+        let blob = dir.join(diff_id.hex());
+        std::fs::File::create(&blob)
+            .and_then(|mut f| f.write_all(&tar))
+            .expect("blob");
+        LayerSource {
+            blob,
+            compression: Compression::None,
+            digest: diff_id.clone(),
+            diff_id,
+        }
+    }
+
+    /// Layers reported top first still publish bottom first: the upper one, which links to a
+    /// file of the lower one, is settled against it.
+    #[test]
+    fn layers_arriving_out_of_order_are_published_onto_the_layers_below() {
+        assert!(nix::unistd::Uid::effective().is_root(), "needs root");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LayerStore::open(dir.path()).expect("store");
+        let lower = layer(dir.path(), &[("f", b"lower", None)]);
+        let upper = layer(dir.path(), &[("h", b"", Some("f"))]);
+        let (send, arrivals) = mpsc::channel();
+        send.send(Arrival::Ready(1, upper.clone())).expect("send");
+        send.send(Arrival::Ready(0, lower.clone())).expect("send");
+        drop(send);
+        let unpacked = unpack_as_fed(
+            &store,
+            arrivals,
+            &Limits::default(),
+            &LayerFeed::default(),
+            Instant::now(),
+        );
+        assert_eq!(unpacked.results.len(), 2);
+        for (index, result) in unpacked.results {
+            result.unwrap_or_else(|e| panic!("layer {index}: {e}"));
+        }
+        let dirs = store.image_layer_dirs(&[lower.diff_id, upper.diff_id]);
+        let top = &dirs[1];
+        assert_eq!(std::fs::read(top.join("h")).expect("linked"), b"lower");
+        let ino = |p: &str| std::fs::metadata(top.join(p)).expect("stat").ino();
+        assert_eq!(ino("h"), ino("f"), "linked to the copy up");
+    }
+}
