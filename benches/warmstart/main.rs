@@ -111,7 +111,8 @@ enum BenchImage {
     /// copy of the image at start would show in the state directory's growth).
     Busybox,
     /// A Debian minbase built as users build theirs: layers committed by `umoci repack` of a
-    /// chroot (`support::debian`), whose layers write into directories they do not list.
+    /// chroot after `apt-get install` steps (`support::debian::APT_STEPS`), which write into
+    /// directories they do not list.
     Debian,
 }
 
@@ -140,7 +141,8 @@ fn push_image(work: &Path, which: BenchImage, mb: u64) -> (Registry, String) {
             write_layout(&layout, "warm", &[image]);
         }
         BenchImage::Debian => {
-            if !support::debian::user_image_layout(&layout, "warm") {
+            let steps = support::debian::APT_STEPS;
+            if !support::debian::layered_image_layout(&layout, "warm", &steps) {
                 eprintln!("the Debian image needs debootstrap, umoci and the Debian mirror");
                 std::process::exit(1);
             }
@@ -218,7 +220,7 @@ fn main() {
 
     let name = match which {
         BenchImage::Busybox => format!("busybox + {mb} MiB"),
-        BenchImage::Debian => "Debian minbase (umoci repack layers)".to_owned(),
+        BenchImage::Debian => "Debian + apt-get install (umoci repack layers)".to_owned(),
     };
     println!(
         "\nwarm start: {name} image ({:.1} MiB unpacked) in the cache, runc, {runs} runs each, order rotated",

@@ -48,10 +48,30 @@ fn cache_path() -> PathBuf {
         ))
 }
 
+/// Packages installed with apt-get in the chroot, one `RUN` step each, for the warm-start
+/// bench's image (issue 21: layers `umoci repack` commits after `apt-get install` write into
+/// directories they do not list). Needs the Debian mirror from the chroot.
+pub const APT_STEPS: [(&str, &str); 2] = [
+    (
+        "systemd",
+        "apt-get update -qq\nDEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd >/dev/null\n",
+    ),
+    (
+        "tools",
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends procps less ca-certificates >/dev/null\napt-get clean\nrm -rf /var/lib/apt/lists/*\n",
+    ),
+];
+
 /// Writes the image as `tag` into a new OCI layout at `layout`, which must not exist yet (three
 /// layers: the Debian tree, the users, the ACL'd directory). False when the test is to be
 /// skipped (never in CI).
 pub fn user_image_layout(layout: &Path, tag: &str) -> bool {
+    layered_image_layout(layout, tag, &[])
+}
+
+/// [`user_image_layout`] with more `RUN` steps after the ACL step, each a layer (`extra`:
+/// name and script; the host's `/etc/resolv.conf` is copied in first, for apt).
+pub fn layered_image_layout(layout: &Path, tag: &str, extra: &[(&str, &str)]) -> bool {
     if !root_and_tools_met(
         "the Debian user image",
         &[("debootstrap", "debootstrap"), ("umoci", "umoci")],
@@ -85,7 +105,16 @@ pub fn user_image_layout(layout: &Path, tag: &str) -> bool {
     let bundle_arg = bundle.display().to_string();
     run("umoci", &["unpack", "--image", &image("base"), &bundle_arg]);
     let rootfs = bundle.join("rootfs");
-    for (step, script, next) in [("users", USERS_STEP, "users"), ("acl", ACL_STEP, tag)] {
+    let mut steps = vec![("users", USERS_STEP), ("acl", ACL_STEP)];
+    steps.extend_from_slice(extra);
+    let last = steps.len() - 1;
+    for (i, (step, script)) in steps.into_iter().enumerate() {
+        let next = if i == last { tag } else { step };
+        if !extra.is_empty() {
+            let resolv = rootfs.join("etc/resolv.conf");
+            let _ = std::fs::remove_file(&resolv);
+            std::fs::copy("/etc/resolv.conf", &resolv).expect("copy resolv.conf");
+        }
         let out = Command::new("chroot")
             .arg(&rootfs)
             .args(["/bin/sh", "-euc", script])
