@@ -401,15 +401,11 @@ impl Settler<'_> {
                 .here(&hidden)
                 .map_err(self.err("inspecting", &hidden))?
             {
-                Some((parent, st)) => {
+                Some((_, st)) => {
                     if kind_of(st.st_mode) == SFlag::S_IFDIR {
-                        let name = hidden.last().expect("a whiteout names something");
-                        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW;
-                        let fd = openat(parent.as_fd(), name.as_os_str(), flags, Mode::empty())
-                            .map_err(io::Error::from)
+                        self.open_dir(&hidden)
                             .and_then(|fd| set_xattr(fd.as_fd(), OPAQUE_XATTR, b"y"))
-                            .map_err(self.err("marking opaque", &hidden));
-                        fd?;
+                            .map_err(self.err("marking opaque", &hidden))?;
                         self.deleted.insert(hidden);
                     }
                 }

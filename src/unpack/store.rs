@@ -65,12 +65,6 @@ pub struct Staged {
     _lock: Held,
 }
 
-impl Staged {
-    pub fn chain(&self) -> &Digest {
-        &self.chain
-    }
-}
-
 impl Drop for Staged {
     fn drop(&mut self) {
         if let Err(e) = remove_any(&self.staging) {
