@@ -137,7 +137,10 @@ pub fn parse_cpus(text: &str) -> Parsed<Option<u64>> {
             p.0.trim_end_matches('.')
         ))
     })?;
-    let scaled = q.num * 1000;
+    let scaled = q
+        .num
+        .checked_mul(1000)
+        .ok_or_else(|| Problem::new("value too large"))?;
     if scaled % q.den != 0 {
         return Err(Problem::new(
             "CPUs can be given to a precision of 1m (0.001) at most",
@@ -448,6 +451,19 @@ mod tests {
             assert!(parse_cpus(bad).is_err(), "{bad:?}");
         }
         assert!(parse_cpus("abc").unwrap_err().0.contains("1500m"));
+    }
+
+    /// Found by the `settings` fuzz target: a quantity that fits in u128 but not once scaled to
+    /// thousandths overflowed (a panic in debug builds, a wrapped limit in release ones).
+    #[test]
+    fn cpus_too_large_to_scale_are_refused() {
+        for huge in ["99999999999999999999E", "340282366920938463463e18"] {
+            assert_eq!(
+                parse_cpus(huge),
+                Err(Problem::new("value too large")),
+                "{huge:?}"
+            );
+        }
     }
 
     #[test]
