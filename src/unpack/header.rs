@@ -24,7 +24,7 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
 /// What an entry creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     File,
     Dir,
     Symlink(OsString),
@@ -43,7 +43,7 @@ pub(super) enum Kind {
 
 /// One decoded entry.
 #[derive(Debug)]
-pub(super) struct Entry {
+pub(crate) struct Entry {
     /// The name as written in the layer, for messages.
     pub path: PathBuf,
     /// The normalised components under the root; empty for the root itself.
@@ -70,7 +70,7 @@ impl Entry {
 }
 
 /// Decodes `header`, an entry of layer `layer`.
-pub(super) fn decode(layer: &Digest, header: archive::Header) -> Result<Entry, UnpackError> {
+pub(crate) fn decode(layer: &Digest, header: archive::Header) -> Result<Entry, UnpackError> {
     let path = PathBuf::from(OsString::from_vec(header.path));
     let bad = |reason| UnpackError::BadEntry {
         layer: layer.clone(),
@@ -290,15 +290,19 @@ fn parse_decimal(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// Parses a PAX time: `[-]seconds[.fraction]`.
+/// Parses a PAX time: `[-|+]seconds[.fraction]`.
 fn parse_pax_time(value: &[u8]) -> Option<TimeSpec> {
     let text = std::str::from_utf8(value).ok()?;
+    // One sign at most, as Go's `strconv.ParseInt` reads it.
     let (negative, text) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, text),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
     };
     let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
-    if secs.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only after the sign: `str::parse` would take a second one (`--1`), and its
+    // negation could overflow.
+    let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
+    if secs.is_empty() || !digits(secs) || !digits(frac) {
         return None;
     }
     let secs: i64 = secs.parse().ok()?;
@@ -386,5 +390,31 @@ mod unit {
         );
         assert_eq!(parse_pax_time(b"7"), Some(TimeSpec::new(7, 0)));
         assert_eq!(parse_pax_time(b"x"), None);
+    }
+
+    /// Found while writing the `tar` fuzz target (its seed `pax-mtime-two-signs.tar` crashed
+    /// it): a second sign was read as part of the seconds, and `--9223372036854775808`
+    /// overflowed on negation (a panic in debug builds, a wrapped mtime in release ones).
+    #[test]
+    fn pax_times_take_one_sign_only() {
+        for bad in [
+            &b"--9223372036854775808"[..],
+            b"--1",
+            b"-+1",
+            b"+-1",
+            b"1.-5",
+        ] {
+            assert_eq!(
+                parse_pax_time(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            parse_pax_time(b"-9223372036854775807.5"),
+            Some(TimeSpec::new(i64::MIN, 500_000_000))
+        );
+        assert_eq!(parse_pax_time(b"+7"), Some(TimeSpec::new(7, 0)));
     }
 }
