@@ -22,6 +22,9 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod digest;
+/// Entry points of the fuzz targets (`fuzz/`); only in `cargo fuzz` builds.
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod gpu;
 pub mod host;
 pub mod image;

@@ -4,7 +4,7 @@
 //! `@sha256:` digests, registries with ports) into a [`ImageRef`], and the normalised host that
 //! credentials are matched by. It never talks to a registry.
 
-mod plain;
+pub(crate) mod plain;
 
 use oci_spec::distribution::Reference;
 

@@ -9,7 +9,7 @@
 //! It never unpacks or runs anything.
 
 mod auth;
-mod challenge;
+pub(crate) mod challenge;
 mod client;
 mod credentials;
 mod feed;

@@ -59,7 +59,7 @@ impl From<TarError> for io::Error {
 
 /// One entry's header, with its long name, long link name and PAX records applied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Header {
+pub(crate) struct Header {
     /// PAX `path`, else a GNU long name, else the ustar prefix and name.
     pub path: Vec<u8>,
     /// PAX `linkpath`, else a GNU long link name, else the header's; empty when none.
@@ -88,7 +88,7 @@ enum Run {
 
 /// Reads a tar stream entry by entry. The caller reads each entry's [`Contents`] as far as it
 /// wants; [`Archive::next`] skips the rest.
-pub(super) struct Archive<R> {
+pub(crate) struct Archive<R> {
     input: R,
     /// The current entry's contents still to hand out.
     runs: VecDeque<Run>,
@@ -99,7 +99,7 @@ pub(super) struct Archive<R> {
 }
 
 impl<R: BufRead> Archive<R> {
-    pub(super) fn new(input: R) -> Archive<R> {
+    pub(crate) fn new(input: R) -> Archive<R> {
         Archive {
             input,
             runs: VecDeque::new(),
@@ -110,7 +110,7 @@ impl<R: BufRead> Archive<R> {
 
     /// The next entry's header, after skipping what is left of the current one; `None` at the
     /// end of the archive (a zero block, or the end of the stream on a block boundary).
-    pub(super) fn next(&mut self) -> io::Result<Option<Header>> {
+    pub(crate) fn next(&mut self) -> io::Result<Option<Header>> {
         if self.ended {
             return Ok(None);
         }
@@ -154,12 +154,12 @@ impl<R: BufRead> Archive<R> {
     }
 
     /// The current entry's contents (what of them is not read yet).
-    pub(super) fn contents(&mut self) -> Contents<'_, R> {
+    pub(crate) fn contents(&mut self) -> Contents<'_, R> {
         Contents { archive: self }
     }
 
     /// Everything after the end-of-archive block (its padding and whatever follows).
-    pub(super) fn into_rest(self) -> R {
+    pub(crate) fn into_rest(self) -> R {
         self.input
     }
 
@@ -342,7 +342,7 @@ impl<R: BufRead> Archive<R> {
 
 /// The current entry's contents, as a `BufRead` whose buffer is the input's own (a hole reads
 /// from a static zero buffer). Ends at the entry's end; a stream that ends before is an error.
-pub(super) struct Contents<'a, R> {
+pub(crate) struct Contents<'a, R> {
     archive: &'a mut Archive<R>,
 }
 

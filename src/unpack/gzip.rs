@@ -41,12 +41,12 @@ enum State<R: BufRead> {
 }
 
 /// A multi-member gzip stream, decompressed.
-pub(super) struct MultiGz<R: BufRead> {
+pub(crate) struct MultiGz<R: BufRead> {
     state: State<R>,
 }
 
 impl<R: BufRead> MultiGz<R> {
-    pub(super) fn new(input: R) -> MultiGz<R> {
+    pub(crate) fn new(input: R) -> MultiGz<R> {
         MultiGz {
             state: State::Header { input, first: true },
         }

@@ -17,12 +17,12 @@
 //! reader and writer (module `flatten`; whiteouts then act on the tree, see `tree::merge`).
 
 mod acl;
-mod archive;
+pub(crate) mod archive;
 mod creds;
 mod decode;
 mod flatten;
-mod gzip;
-mod header;
+pub(crate) mod gzip;
+pub(crate) mod header;
 mod lower;
 mod settle;
 mod store;
