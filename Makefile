@@ -5,7 +5,7 @@ SCHEMA_DIR ?= /usr/share/gocode/src/github.com/opencontainers/runtime-spec/schem
 # pyenv say, may not).
 PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 
-.PHONY: demo deps build release test unit conformance fmt lint specs bench clean image image-test
+.PHONY: demo deps build release test unit conformance fmt lint specs bench fuzz clean image image-test
 
 # envbox's main job on this machine (root): installs the Debian packages it needs, builds
 # envbox, starts a loopback registry with a small image, runs `envbox docker` with runc and a
@@ -57,6 +57,25 @@ bench:
 	$(CARGO) bench --locked --bench image
 	$(CARGO) bench --locked --bench daemons
 	$(CARGO) bench --locked --bench warmstart
+
+# Fuzzing (fuzz/: libFuzzer through cargo-fuzz, nightly Rust; `scripts/deps.sh test` installs
+# cargo-fuzz): every target in turn for FUZZ_TIME seconds (`make fuzz FUZZ_TIME=5`), from its
+# committed seeds (fuzz/seeds/<target>/) and what earlier runs found (fuzz/corpus/<target>/, not
+# committed). A crash stops it; the input is left in fuzz/artifacts/<target>/. FUZZ_FLAGS go to
+# `cargo fuzz build` and `run`: CI's `--dev` builds in a third of the CPU time of the default
+# (optimised) build, and 5 seconds need no speed.
+FUZZ_TIME ?= 600
+FUZZ_FLAGS ?=
+FUZZ_CARGO ?= cargo +nightly
+FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
+fuzz:
+	cd fuzz && $(FUZZ_CARGO) fuzz build $(FUZZ_FLAGS)
+	set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t; \
+		(cd fuzz && LSAN_OPTIONS=suppressions=$(CURDIR)/fuzz/lsan.supp \
+			$(FUZZ_CARGO) fuzz run $(FUZZ_FLAGS) $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_TIME) -timeout=30 -print_final_stats=1); \
+	done
 
 # The pod image (deploy/image/Dockerfile) built with buildah from local Debian bases (no image
 # registry needed; root, buildah, podman, mmdebstrap), then run with podman as the pod would run

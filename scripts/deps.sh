@@ -3,7 +3,8 @@
 # CI (`deps.sh test`) or `make image` and `make image-test` (`deps.sh image`) need, installed
 # when missing. As root it installs them with apt-get; as
 # another user it names what is missing and exits 1. It also checks the Rust toolchain, which
-# it does not install. For `test`, also the pinned PyPI packages of the deployment checks
+# it does not install (nor the nightly toolchain `make fuzz` needs; it installs cargo-fuzz as
+# root). For `test`, also the pinned PyPI packages of the deployment checks
 # (tests/deploy/requirements.txt) in a venv, target/deploy-venv (or $ENVBOX_DEPLOY_VENV): made by
 # root, named otherwise. Quiet when nothing is missing.
 set -euo pipefail
@@ -16,6 +17,9 @@ demo=(containerd runc busybox-static docker-registry skopeo umoci containernetwo
 # and check the deployment files in a Python venv (python3-venv; see the end).
 test=("${demo[@]}" debootstrap golang-github-opencontainers-specs-dev python3 python3-jsonschema
       python3-venv util-linux e2fsprogs make gcc libc6-dev)
+
+# cargo-fuzz for `make fuzz` (test only; a cargo tool, not a Debian package).
+cargo_fuzz=0.13.2
 
 # The pod image: built with buildah from local Debian bases (mmdebstrap), run with podman
 # beside a loopback registry (the demo's packages).
@@ -63,6 +67,21 @@ if [ "$1" = test ]; then
             exit 1
         fi
     done
+    # `make fuzz` (run by CI for a few seconds per target): nightly Rust, which it does not
+    # install either, and cargo-fuzz, pinned, installed as root when missing.
+    if ! cargo +nightly --version >/dev/null 2>&1; then
+        echo "deps.sh: no nightly Rust toolchain (make fuzz): rustup toolchain install nightly" >&2
+        exit 1
+    fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "deps.sh: cargo-fuzz is missing (make fuzz): cargo install cargo-fuzz --locked" \
+                 "--version $cargo_fuzz" >&2
+            exit 1
+        fi
+        echo "deps.sh: installing cargo-fuzz $cargo_fuzz" >&2
+        cargo install --quiet cargo-fuzz --locked --version "$cargo_fuzz"
+    fi
 fi
 
 if [ "$1" = test ]; then
