@@ -255,10 +255,10 @@ pub fn reference(data: &[u8]) {
 /// Manifests, indexes and image configs (`image::manifest`, `image::describe`,
 /// `image::config`): parsed as the first byte's content type says, then taken apart as a pull would.
 pub fn manifest(data: &[u8]) {
-    use crate::image::{ImageConfig, ImageDocument};
     use crate::image::describe::{self, Target};
     use crate::image::manifest::{self, Manifest, ACCEPTED};
     use crate::image::Platform;
+    use crate::image::{ImageConfig, ImageDocument};
     let Some((&which, json)) = data.split_first() else {
         return;
     };

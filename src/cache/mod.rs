@@ -143,7 +143,10 @@ impl BlobStore {
             growing: Growing::default(),
         };
         store.drop_torn_blobs()?;
-        staging::sweep(&store.staging_dir())?;
+        let locks = store.locks.clone();
+        staging::sweep(&store.staging_dir(), &|hex| {
+            locks.is_held(&format!("blob-{hex}"))
+        })?;
         Ok(store)
     }
 

@@ -7,7 +7,10 @@
 //! staging file is stale, and removed, when its name does not parse, when its pid names no
 //! live process, or when it carries this process's pid with another token (a previous
 //! incarnation with the same pid: envbox is pid 1 after every container restart). Files of
-//! other live processes are left alone.
+//! other live processes are left alone, and so is every file whose blob or layer lock
+//! (`crate::lock`) someone holds: a restarted pod's envbox, pid 1 like the old pod's that still
+//! shuts down beside it on the same volume, must not take the old one's writes for its own
+//! earlier incarnation's.
 
 use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions};
@@ -66,8 +69,9 @@ pub(super) fn create(dir: &Path, prefix: &str) -> Result<(File, PathBuf), CacheE
 
 /// Removes the stale staging files in `dir` (see the module doc). A stale file that cannot be
 /// removed is logged and left: it must not stop the store from opening.
-pub(super) fn sweep(dir: &Path) -> Result<(), CacheError> {
-    for path in stale_entries(dir).map_err(io_err("listing staging directory", dir))? {
+/// `held` says whether the lock of a staging name's prefix is held (see the module doc).
+pub(super) fn sweep(dir: &Path, held: &dyn Fn(&str) -> bool) -> Result<(), CacheError> {
+    for path in stale_entries(dir, held).map_err(io_err("listing staging directory", dir))? {
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove stale staging file");
@@ -79,12 +83,18 @@ pub(super) fn sweep(dir: &Path) -> Result<(), CacheError> {
 }
 
 /// The entries of `dir` that are stale by the rule of the module doc (whatever their type: the
-/// caller removes them as files or as trees).
-pub(crate) fn stale_entries(dir: &Path) -> io::Result<Vec<PathBuf>> {
+/// caller removes them as files or as trees). `held(prefix)` says whether another process
+/// holds the lock of the blob or layer a staging name's prefix names.
+pub(crate) fn stale_entries(dir: &Path, held: &dyn Fn(&str) -> bool) -> io::Result<Vec<PathBuf>> {
     let mut stale = Vec::new();
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_str().is_none_or(is_stale) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            stale.push(entry.path());
+            continue;
+        };
+        if is_stale(name) && !name.split_once('.').is_some_and(|(prefix, _)| held(prefix)) {
             stale.push(entry.path());
         }
     }

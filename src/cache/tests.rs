@@ -192,6 +192,38 @@ fn open_removes_stale_staging_files_and_keeps_live_ones() {
 }
 
 #[test]
+fn open_keeps_a_staging_file_whose_blob_lock_another_process_holds() {
+    // A restarted pod's envbox is pid 1 like the old pod's, which may still be downloading on
+    // the same volume: its file looks like this process's earlier incarnation's (same pid,
+    // another token), but the blob's lock, held by the old one, says it is live.
+    let dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(dir.path()).unwrap();
+    let staging = dir.path().join("staging");
+    let digest = Digest::of(b"downloading elsewhere");
+    let theirs = format!(
+        "{}.{}.0123456789abcdef-0.partial",
+        digest.hex(),
+        std::process::id()
+    );
+    fs::write(staging.join(&theirs), b"partial").unwrap();
+    // Another holder: flock conflicts between open file descriptions, also in one process.
+    let other = crate::lock::VolumeLocks::new(dir.path());
+    let (held, _) = other
+        .take(
+            &format!("blob-{}", digest.hex()),
+            crate::lock::Mode::Exclusive,
+            "test",
+        )
+        .unwrap();
+    drop(store);
+    BlobStore::open(dir.path()).unwrap();
+    assert_eq!(names(&staging), [theirs]);
+    drop(held);
+    BlobStore::open(dir.path()).unwrap();
+    assert!(names(&staging).is_empty());
+}
+
+#[test]
 fn concurrent_writers_of_one_blob_both_commit() {
     let (_dir, store) = store();
     let content: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();

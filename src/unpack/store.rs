@@ -112,8 +112,10 @@ impl LayerStore {
             locks: VolumeLocks::new(state_dir),
         };
         store.drop_torn_layers()?;
-        let stale = staging::stale_entries(&staging_dir)
-            .map_err(store_err("listing staging directory", &staging_dir))?;
+        let stale = staging::stale_entries(&staging_dir, &|hex| {
+            store.locks.is_held(&format!("layer-{hex}"))
+        })
+        .map_err(store_err("listing staging directory", &staging_dir))?;
         for path in stale {
             // A stale entry that cannot be removed is logged and left: it must not stop the
             // store from opening, and nothing ever takes a staging directory as complete.
