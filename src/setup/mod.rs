@@ -8,6 +8,7 @@
 
 mod error;
 mod in_root;
+#[cfg(test)]
 mod recording;
 mod sys;
 
@@ -17,7 +18,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 
 pub use error::{SetupError, SetupWarning, Step};
-pub use recording::{Call, Op, RecordingSys};
+#[cfg(test)]
+pub(crate) use recording::{Call, Op, RecordingSys};
 pub use sys::{RealSys, Sys};
 
 /// One side effect. Paths are absolute in the outer container unless said otherwise.

@@ -2,7 +2,8 @@
 //! be told to fail chosen calls, so tests check the order, the arguments and the error paths of
 //! [`apply`](super::apply) without root.
 //!
-//! Owns: the [`Call`] log and failure injection. It must never touch the filesystem.
+//! Owns: the [`Call`] log and failure injection. It must never touch the filesystem. Compiled
+//! only in test builds.
 
 use std::cell::RefCell;
 use std::io;

@@ -15,6 +15,7 @@
 mod quota;
 #[cfg(test)]
 mod quota_tests;
+#[cfg(test)]
 mod recording;
 mod sys;
 #[cfg(test)]
@@ -28,7 +29,8 @@ use nix::errno::Errno;
 use crate::mountinfo::{MountInfoError, MountTable};
 
 pub use quota::{copy_cpu_quota, effective_quota, CpuQuota, QuotaWarning};
-pub use recording::{CgroupCall, RecordingCgroupSys};
+#[cfg(test)]
+pub(crate) use recording::{CgroupCall, RecordingCgroupSys};
 pub use sys::{CgroupSys, RealCgroupSys};
 
 /// Where the cgroup hierarchy is mounted.

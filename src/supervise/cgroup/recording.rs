@@ -3,7 +3,7 @@
 //! are tested without root or a cgroup v2 host.
 //!
 //! Owns: the fake files, the [`CgroupCall`] log and failure injection. It must never touch
-//! the real filesystem.
+//! the real filesystem. Compiled only in test builds.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
