@@ -24,7 +24,7 @@ const BATCH: usize = 100;
 /// How long the first line of a batch waits for company.
 const LINGER: Duration = Duration::from_millis(200);
 /// Lines kept while Coder cannot be reached; older ones are dropped (and counted).
-pub const MAX_PENDING: usize = 2000;
+pub(crate) const MAX_PENDING: usize = 2000;
 /// Backoff between failed attempts: doubles from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
 /// One request's limit.

@@ -38,7 +38,6 @@ pub enum BundleError {
 #[derive(Debug, Clone)]
 pub struct BundleReport {
     pub config: PathBuf,
-    pub rootfs: PathBuf,
     pub warnings: Vec<String>,
 }
 
@@ -98,9 +97,5 @@ pub fn write(
             .iter()
             .map(|w| w.to_string()),
     );
-    Ok(BundleReport {
-        config,
-        rootfs,
-        warnings,
-    })
+    Ok(BundleReport { config, warnings })
 }

@@ -152,7 +152,7 @@ pub struct SpecArgs {
 
 impl SpecArgs {
     /// The settings this command reads; the others are unset.
-    pub fn settings(&self) -> RawSettings {
+    pub(crate) fn settings(&self) -> RawSettings {
         RawSettings::of(&[&self.workspace])
     }
 }
@@ -176,7 +176,7 @@ pub struct PullArgs {
 
 impl PullArgs {
     /// The settings this command reads; the others are unset.
-    pub fn settings(&self) -> RawSettings {
+    pub(crate) fn settings(&self) -> RawSettings {
         RawSettings::of(&[&self.image, &self.state, &self.keep])
     }
 }
@@ -222,7 +222,7 @@ pub struct PrepareArgs {
 
 impl PrepareArgs {
     /// The settings this command reads; the others are unset.
-    pub fn settings(&self) -> RawSettings {
+    pub(crate) fn settings(&self) -> RawSettings {
         RawSettings::of(&[&self.image, &self.state, &self.keep, &self.workspace])
     }
 }
@@ -245,7 +245,7 @@ pub struct LsArgs {
 
 impl LsArgs {
     /// The settings this command reads; the others are unset.
-    pub fn settings(&self) -> RawSettings {
+    pub(crate) fn settings(&self) -> RawSettings {
         RawSettings::of(&[&self.state])
     }
 }
@@ -264,7 +264,7 @@ pub struct PruneArgs {
 
 impl PruneArgs {
     /// The settings this command reads; the others are unset.
-    pub fn settings(&self) -> RawSettings {
+    pub(crate) fn settings(&self) -> RawSettings {
         RawSettings::of(&[&self.image, &self.state, &self.keep])
     }
 }

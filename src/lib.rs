@@ -15,8 +15,8 @@
 //! place that changes the host (mknod, chown, write files, unmount).
 
 pub mod agentlog;
-pub mod bootstrap;
-pub mod bundle;
+pub(crate) mod bootstrap;
+pub(crate) mod bundle;
 pub mod cache;
 pub mod cli;
 pub mod cmd;
@@ -25,33 +25,33 @@ pub mod digest;
 /// Entry points of the fuzz targets (`fuzz/`); only in `cargo fuzz` builds.
 #[cfg(fuzzing)]
 pub mod fuzzing;
-pub mod gpu;
-pub mod host;
+pub(crate) mod gpu;
+pub(crate) mod host;
 pub mod image;
 pub mod launch;
-pub mod lock;
+pub(crate) mod lock;
 pub mod logging;
 pub mod memory;
-pub mod mountinfo;
+pub(crate) mod mountinfo;
 pub mod network;
-pub mod oom;
+pub(crate) mod oom;
 pub mod overlay;
 pub mod plan;
 pub mod prepare;
 pub mod progress;
-pub mod prune;
+pub(crate) mod prune;
 pub mod registry;
 pub mod room;
-pub mod rootfs;
-pub mod run_dir;
+pub(crate) mod rootfs;
+pub(crate) mod run_dir;
 pub mod runtime;
 pub mod setup;
 pub mod source;
 pub mod spec;
 pub mod supervise;
-pub mod tls;
+pub(crate) mod tls;
 pub mod unpack;
-pub mod volume;
+pub(crate) mod volume;
 
 #[cfg(test)]
 mod testing;

@@ -100,6 +100,7 @@ impl VolumeLocks {
     }
 
     /// The lock `name` in `mode` if no other process holds it in a conflicting mode now.
+    #[cfg(test)]
     pub fn try_take(&self, name: &str, mode: Mode) -> Result<Option<Held>, LockError> {
         let file = self.open(name)?;
         Ok(self

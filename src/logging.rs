@@ -19,7 +19,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use crate::progress::{self, Kind};
 
 /// The variable that sets the level.
-pub const VARIABLE: &str = "ENVBOX_LOG";
+pub(crate) const VARIABLE: &str = "ENVBOX_LOG";
 
 /// A bad `ENVBOX_LOG`.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub struct LevelError {
 }
 
 /// The level `value` names; empty means the default (`warn`).
-pub fn level(value: &str) -> Result<LevelFilter, LevelError> {
+pub(crate) fn level(value: &str) -> Result<LevelFilter, LevelError> {
     Ok(match value.trim().to_ascii_lowercase().as_str() {
         "" | "warn" | "warning" => LevelFilter::WARN,
         "off" => LevelFilter::OFF,
@@ -54,7 +54,7 @@ fn targets(level: LevelFilter) -> Targets {
 
 /// The level of `ENVBOX_LOG` (`value`), raised to `debug` at least when `debug` (the Go
 /// envbox's `--debug` / `CODER_DEBUG`); never lowered: `trace` stays.
-pub fn effective_level(value: &str, debug: bool) -> Result<LevelFilter, LevelError> {
+pub(crate) fn effective_level(value: &str, debug: bool) -> Result<LevelFilter, LevelError> {
     let level = level(value)?;
     Ok(if debug {
         level.max(LevelFilter::DEBUG)

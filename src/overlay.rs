@@ -171,7 +171,7 @@ fn try_overlay(layout: &Layout, layer_dirs: &[PathBuf]) -> Result<Result<(), Err
 /// The layer directories a mounted overlay rootfs under `state_dir` uses (whichever process
 /// mounted it, alive or not): empty when no overlay is mounted at `merged/` in this mount
 /// namespace. What a cleanup must never remove (`crate::prune`).
-pub fn layers_in_use(state_dir: &Path) -> Result<Vec<PathBuf>, OverlayError> {
+pub(crate) fn layers_in_use(state_dir: &Path) -> Result<Vec<PathBuf>, OverlayError> {
     let layout = Layout::new(state_dir);
     let merged = std::fs::canonicalize(&layout.merged).unwrap_or(layout.merged.clone());
     let table = crate::mountinfo::MountTable::read_self()?;

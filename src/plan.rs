@@ -26,7 +26,7 @@ pub enum PlanError {
 /// A plan with the rootfs facts it was built from (the inner user, whether the image has an
 /// init), which the launcher needs too.
 #[derive(Debug)]
-pub struct Planned {
+pub(crate) struct Planned {
     pub plan: ContainerPlan,
     pub facts: RootfsFacts,
 }
@@ -41,7 +41,7 @@ pub fn for_rootfs(
 }
 
 /// [`plan_container`], also returning the rootfs facts.
-pub fn with_facts(
+pub(crate) fn with_facts(
     settings: &Settings,
     rootfs_path: &Path,
     image: &ImageConfig,

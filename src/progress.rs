@@ -28,7 +28,7 @@ impl Kind {
 }
 
 /// RFC 3339 UTC timestamp with seconds, e.g. `2026-11-24T01:02:03Z`.
-pub fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     let secs = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -58,7 +58,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// One progress line (without newline).
-pub fn line(kind: Kind, output: &str, time: SystemTime) -> String {
+pub(crate) fn line(kind: Kind, output: &str, time: SystemTime) -> String {
     serde_json::json!({
         "output": output,
         "time": rfc3339(time),
@@ -82,7 +82,7 @@ pub fn emit(kind: Kind, output: &str) {
 }
 
 /// Writes one progress line to stderr only: for what the forwarder says about itself.
-pub fn emit_local(kind: Kind, output: &str) {
+pub(crate) fn emit_local(kind: Kind, output: &str) {
     write_stderr(kind, output, SystemTime::now());
 }
 
@@ -93,12 +93,12 @@ fn write_stderr(kind: Kind, output: &str, time: SystemTime) {
 }
 
 /// Hands every later line to `forward` too (replacing an earlier forwarder).
-pub fn forward(forward: Forward) {
+pub(crate) fn forward(forward: Forward) {
     *FORWARD.write().unwrap_or_else(|p| p.into_inner()) = Some(forward);
 }
 
 /// Lines go to stderr only from now on.
-pub fn stop_forwarding() {
+pub(crate) fn stop_forwarding() {
     *FORWARD.write().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
@@ -119,7 +119,7 @@ pub fn render_error(error: &anyhow::Error) -> String {
 }
 
 /// Logs each warning as an info progress line (`warning: ...`).
-pub fn warn_all<W: std::fmt::Display>(warnings: impl IntoIterator<Item = W>) {
+pub(crate) fn warn_all<W: std::fmt::Display>(warnings: impl IntoIterator<Item = W>) {
     for warning in warnings {
         emit(Kind::Info, &format!("warning: {warning}"));
     }

@@ -32,7 +32,7 @@ pub struct Need {
 impl Need {
     /// What an image with `layers` needs when `download` bytes of its blobs are still to be
     /// fetched and the layers not complete in `store` still to be unpacked.
-    pub fn of(layers: &[PulledLayer], download: u64, store: &LayerStore) -> Need {
+    pub(crate) fn of(layers: &[PulledLayer], download: u64, store: &LayerStore) -> Need {
         let diff_ids: Vec<_> = layers.iter().map(|l| l.diff_id.clone()).collect();
         let dirs = store.image_layer_dirs(&diff_ids);
         let unpack = layers
@@ -47,21 +47,21 @@ impl Need {
         Need { download, unpack }
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.download.saturating_add(self.unpack)
     }
 }
 
 /// The space on the filesystem holding `path`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Space {
+pub(crate) struct Space {
     /// Bytes available (what `df` shows as available).
     pub free: u64,
     pub size: u64,
 }
 
 impl Space {
-    pub fn of(path: &Path) -> io::Result<Space> {
+    pub(crate) fn of(path: &Path) -> io::Result<Space> {
         let stat = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
         let block = stat.fragment_size();
         Ok(Space {
@@ -71,14 +71,14 @@ impl Space {
     }
 
     /// The share of the filesystem in use, in percent (what `df` shows as Use%).
-    pub fn used_percent(&self) -> u64 {
+    pub(crate) fn used_percent(&self) -> u64 {
         let used = self.size.saturating_sub(self.free);
         used.saturating_mul(100).checked_div(self.size).unwrap_or(0)
     }
 }
 
 /// Whether `error`, or an error it was caused by, says the file system is full.
-pub fn is_full(error: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn is_full(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
         if let Some(io) = error.downcast_ref::<io::Error>() {
@@ -96,7 +96,7 @@ pub fn is_full(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Bytes for people: `1.2 GB`, `340.0 MB`.
-pub fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     match bytes {
         b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
         b => format!("{:.1} MB", b as f64 / 1e6),
@@ -104,7 +104,7 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// How the volume holding `state_dir` is named in messages: its mount point and the state dir.
-pub fn volume_name(state_dir: &Path) -> String {
+pub(crate) fn volume_name(state_dir: &Path) -> String {
     let dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_owned());
     let mount = crate::mountinfo::MountTable::read_self()
         .ok()
@@ -126,7 +126,7 @@ pub fn volume_name(state_dir: &Path) -> String {
 
 /// The progress line saying that `need` will not fit in the free space of `state_dir`'s volume,
 /// if it will not.
-pub fn will_not_fit(state_dir: &Path, need: &Need) -> Option<String> {
+pub(crate) fn will_not_fit(state_dir: &Path, need: &Need) -> Option<String> {
     let space = Space::of(state_dir).ok()?;
     (need.total() > space.free).then(|| {
         format!(
@@ -146,7 +146,7 @@ pub fn will_not_fit(state_dir: &Path, need: &Need) -> Option<String> {
 #[error(
     "{volume} is full: the image needs about {needed} more and {free} is free after removing the images the cleanup does not keep ({keep_name}={keep_images}). Make room: give the volume more space, lower {keep_name}, remove data inside the workspace (its Docker's, on the same volume: `docker system prune`), or use a smaller image"
 )]
-pub struct VolumeFull {
+pub(crate) struct VolumeFull {
     pub volume: String,
     pub needed: String,
     pub free: String,
@@ -160,7 +160,7 @@ pub struct VolumeFull {
 impl VolumeFull {
     /// The volume of `state_dir` had no room for `need` (`None`: not known) and failed with
     /// `source`.
-    pub fn new(
+    pub(crate) fn new(
         state_dir: &Path,
         need: Option<Need>,
         keep_images: usize,
@@ -230,7 +230,7 @@ pub fn nearly_full(state_dir: &Path, data: &[(&str, &str)], percent: u64) -> Opt
 
 /// The disk space the tree at `dir` uses (allocated blocks; a file with several links counted
 /// once; other file systems below it left out). What cannot be read counts as nothing.
-pub fn usage(dir: &Path) -> u64 {
+pub(crate) fn usage(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(top) = std::fs::symlink_metadata(dir) else {
         return 0;

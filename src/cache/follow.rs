@@ -182,7 +182,7 @@ struct Checking {
 /// A buffered reader of a blob being written (see the module doc). Obtained from
 /// [`super::BlobStore::follow`].
 #[derive(Debug)]
-pub struct Follower {
+pub(crate) struct Follower {
     file: File,
     progress: Arc<WriteProgress>,
     /// Bytes read from the staging file.
@@ -213,14 +213,15 @@ impl Follower {
     }
 
     /// Whether this follower checks the blob's digest for its writer.
-    pub fn checks(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn checks(&self) -> bool {
         self.checking.is_some()
     }
 
     /// Hashes `data` (the reader's own stream) into `hasher`; a checking follower hashes the
     /// bytes it has buffered and not yet hashed beside it, two streams in one pass
     /// ([`Hasher::update_beside`]), as far as `data` goes.
-    pub fn hash_beside(&mut self, hasher: &mut Hasher, data: &[u8]) {
+    pub(crate) fn hash_beside(&mut self, hasher: &mut Hasher, data: &[u8]) {
         match &mut self.checking {
             Some(check) => {
                 let take = (self.end - check.hashed).min(data.len());

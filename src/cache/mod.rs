@@ -43,8 +43,8 @@ use crate::digest::Digest;
 use follow::Growing;
 use unsynced::Unsynced;
 
-pub use follow::Follower;
-pub use writer::BlobWriter;
+pub(crate) use follow::Follower;
+pub(crate) use writer::BlobWriter;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -87,14 +87,14 @@ fn sync_dir(dir: &Path) -> Result<(), CacheError> {
 
 /// A blob present in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobInfo {
+pub(crate) struct BlobInfo {
     pub digest: Digest,
     pub size: u64,
 }
 
 /// The right to fetch one blob, see [`BlobStore::claim`].
 #[derive(Debug)]
-pub struct Claim {
+pub(crate) struct Claim {
     _held: Held,
     /// Another process held it first.
     pub waited: bool,
@@ -176,7 +176,7 @@ impl BlobStore {
 
     /// Makes every blob this boot published unsynced durable (one `syncfs` of the store's
     /// filesystem) and forgets that they were not. Returns how many blobs that covered.
-    pub fn sync(&self) -> Result<usize, CacheError> {
+    pub(crate) fn sync(&self) -> Result<usize, CacheError> {
         let dir = self.blob_dir();
         self.unsynced
             .sync(&dir)
@@ -184,7 +184,7 @@ impl BlobStore {
     }
 
     /// The state directory the store lives under.
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.volume.root()
     }
 
@@ -220,7 +220,11 @@ impl BlobStore {
     /// Allowed when the blob is already present: the existing blob is never touched before a
     /// verified commit. A write that would go past `expected_size` fails at once with
     /// [`CacheError::SizeMismatch`] (nothing past the expected size reaches the disk).
-    pub fn writer(&self, digest: &Digest, expected_size: u64) -> Result<BlobWriter, CacheError> {
+    pub(crate) fn writer(
+        &self,
+        digest: &Digest,
+        expected_size: u64,
+    ) -> Result<BlobWriter, CacheError> {
         let writer = self.fsyncing_writer(digest, expected_size)?;
         let progress = self.growing.register(digest, writer.staging());
         Ok(writer
@@ -244,7 +248,7 @@ impl BlobStore {
     /// held by one process of the volume at a time (see `crate::lock`), until dropped. Blocks
     /// while another process holds it; then [`Claim::waited`] is true, and the blob is likely
     /// in the store already (the caller checks).
-    pub fn claim(&self, digest: &Digest, what: &str) -> Result<Claim, CacheError> {
+    pub(crate) fn claim(&self, digest: &Digest, what: &str) -> Result<Claim, CacheError> {
         let (held, waited) = self.locks.take(
             &format!("blob-{}", digest.hex()),
             Mode::Exclusive,
@@ -258,7 +262,7 @@ impl BlobStore {
 
     /// Stores a small blob (a manifest) held in memory, verifying it; it is on disk when this
     /// returns.
-    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, CacheError> {
+    pub(crate) fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, CacheError> {
         let mut writer = self.fsyncing_writer(digest, bytes.len() as u64)?;
         writer.write(bytes)?;
         writer.commit()
@@ -267,18 +271,18 @@ impl BlobStore {
     /// A reader of the blob `digest` while this process writes it (see [`Follower`]): it ends
     /// only once the blob is verified, and fails if the write is abandoned. `None` when no
     /// writer of it is running.
-    pub fn follow(&self, digest: &Digest) -> Option<Follower> {
+    pub(crate) fn follow(&self, digest: &Digest) -> Option<Follower> {
         self.growing.follow(digest)
     }
 
     /// Reads a small blob (manifest, config) whole.
-    pub fn read(&self, digest: &Digest) -> Result<Vec<u8>, CacheError> {
+    pub(crate) fn read(&self, digest: &Digest) -> Result<Vec<u8>, CacheError> {
         let path = self.path(digest);
         fs::read(&path).map_err(io_err("reading blob", &path))
     }
 
     /// Every blob present, sorted by digest. Names that are not 64 lower-case hex are ignored.
-    pub fn list(&self) -> Result<Vec<BlobInfo>, CacheError> {
+    pub(crate) fn list(&self) -> Result<Vec<BlobInfo>, CacheError> {
         let dir = self.blob_dir();
         let mut blobs = Vec::new();
         for entry in fs::read_dir(&dir).map_err(io_err("listing blobs in", &dir))? {
@@ -307,7 +311,7 @@ impl BlobStore {
     }
 
     /// Removes a blob (absent is fine), and its unsynced marker.
-    pub fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
+    pub(crate) fn remove(&self, digest: &Digest) -> Result<(), CacheError> {
         let path = self.path(digest);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -321,19 +325,19 @@ impl BlobStore {
     }
 
     /// Records that `reference` (as normalised text) resolved to manifest `digest`.
-    pub fn pin(&self, reference: &str, digest: &Digest) -> Result<(), CacheError> {
+    pub(crate) fn pin(&self, reference: &str, digest: &Digest) -> Result<(), CacheError> {
         pins::pin(&self.refs_dir(), &self.staging_dir(), reference, digest)
     }
 
     /// The manifest digest `reference` last resolved to, if recorded. A corrupt pin is removed
     /// and reads as absent.
-    pub fn pinned(&self, reference: &str) -> Result<Option<Digest>, CacheError> {
+    pub(crate) fn pinned(&self, reference: &str) -> Result<Option<Digest>, CacheError> {
         pins::pinned(&self.refs_dir(), reference)
     }
 
     /// Every pin as `(reference, manifest digest)`, the most recently used first (see
     /// [`Self::used`]); corrupt pins are skipped.
-    pub fn pins(&self) -> Result<Vec<(String, Digest)>, CacheError> {
+    pub(crate) fn pins(&self) -> Result<Vec<(String, Digest)>, CacheError> {
         pins::list(&self.refs_dir())
     }
 
@@ -341,7 +345,7 @@ impl BlobStore {
     /// comes first in [`Self::pins`]: a pin naming `digest` already has its modification time
     /// set to now (no sync: the order of use is worth no wait on a start's path), any other is
     /// written ([`Self::pin`]).
-    pub fn used(&self, reference: &str, digest: &Digest) -> Result<(), CacheError> {
+    pub(crate) fn used(&self, reference: &str, digest: &Digest) -> Result<(), CacheError> {
         if self.pinned(reference)?.as_ref() == Some(digest) {
             let path = self.refs_dir().join(pins::file_name(reference));
             return fs::File::options()
@@ -354,12 +358,12 @@ impl BlobStore {
     }
 
     /// Removes the pin of `reference` (absent is fine).
-    pub fn unpin(&self, reference: &str) -> Result<(), CacheError> {
+    pub(crate) fn unpin(&self, reference: &str) -> Result<(), CacheError> {
         pins::unpin(&self.refs_dir(), reference)
     }
 
     /// The volume's locks (see `crate::lock`).
-    pub fn locks(&self) -> &VolumeLocks {
+    pub(crate) fn locks(&self) -> &VolumeLocks {
         &self.locks
     }
 }

@@ -48,7 +48,7 @@ enum Hashing {
 
 /// A blob being written. Dropping it without `commit` removes the staging file.
 #[derive(Debug)]
-pub struct BlobWriter {
+pub(crate) struct BlobWriter {
     /// `None` only while dropping.
     out: Option<BufWriter<File>>,
     hashing: Hashing,
@@ -178,13 +178,13 @@ impl BlobWriter {
     }
 
     /// Bytes written so far (where a resumed download continues from).
-    pub fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.written
     }
 
     /// Appends bytes, hashing and counting them. Fails with [`CacheError::SizeMismatch`] as soon
     /// as the total would exceed the expected size (those bytes are not written).
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), CacheError> {
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), CacheError> {
         let total = self.admit(bytes.len() as u64)?;
         let Some(out) = self.out.as_mut() else {
             return Err(self.poisoned_error(io::ErrorKind::Other));
@@ -203,7 +203,7 @@ impl BlobWriter {
 
     /// [`Self::write`] of several buffers at once (chunks as they came off the network),
     /// straight from them into the file with vectored writes: no copy into the write buffer.
-    pub fn write_chunks<B: AsRef<[u8]>>(&mut self, chunks: &[B]) -> Result<(), CacheError> {
+    pub(crate) fn write_chunks<B: AsRef<[u8]>>(&mut self, chunks: &[B]) -> Result<(), CacheError> {
         let len = chunks.iter().map(|c| c.as_ref().len() as u64).sum();
         let total = self.admit(len)?;
         let Some(out) = self.out.as_mut() else {
@@ -247,7 +247,7 @@ impl BlobWriter {
     ///
     /// If the blob is already in the store (another writer won), the staging file is removed
     /// and the blob's path returned. On any error nothing is stored and the staging file is gone.
-    pub fn commit(mut self) -> Result<PathBuf, CacheError> {
+    pub(crate) fn commit(mut self) -> Result<PathBuf, CacheError> {
         // On error, `self` drops at the end of this call and removes the staging file.
         self.check_poison()?;
         let Some(out) = self.out.as_mut() else {

@@ -14,7 +14,7 @@ fn open(raw: &RawSettings) -> anyhow::Result<(Settings, BlobStore)> {
     Ok((settings, store))
 }
 
-pub fn run(command: &CacheCommand) -> anyhow::Result<()> {
+pub(crate) fn run(command: &CacheCommand) -> anyhow::Result<()> {
     match command {
         CacheCommand::Ls(args) => ls(args),
         CacheCommand::Prune(args) => prune(args),

@@ -15,7 +15,7 @@ use crate::prepare::PreparedImage;
 use crate::progress::{self, Kind};
 use crate::source::ImageSource;
 
-pub fn run(args: &DockerArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &DockerArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(
         &args.settings(),
         outer_subsystem().as_deref(),

@@ -12,7 +12,7 @@ use crate::progress::{self, Kind};
 use crate::source::ImageSource;
 use crate::unpack::Limits;
 
-pub fn run(args: &PrepareArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &PrepareArgs) -> anyhow::Result<()> {
     // A bundle needs the workspace user (its spec reads /etc/passwd); filling the cache does not.
     let purpose = if args.output.is_some() {
         Purpose::Docker

@@ -9,7 +9,7 @@ use crate::config::{names, Purpose, Settings};
 use crate::progress::{self, Kind};
 use crate::source::ImageSource;
 
-pub fn run(args: &PullArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &PullArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(
         &args.settings(),
         outer_subsystem().as_deref(),

@@ -9,7 +9,7 @@ use crate::image::ImageConfig;
 use crate::plan;
 use crate::spec::render::{self, Secrets};
 
-pub fn run(args: &SpecArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &SpecArgs) -> anyhow::Result<()> {
     let settings = Settings::from_raw(
         &args.settings(),
         outer_subsystem().as_deref(),

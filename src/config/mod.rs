@@ -6,35 +6,35 @@
 //! touches the filesystem or the network: whether a path exists is checked by the stage that
 //! uses it.
 
-pub mod names;
+pub(crate) mod names;
 mod raw;
 mod secret;
-pub mod value;
+pub(crate) mod value;
 
 use std::path::PathBuf;
 
-pub use names::Name;
-pub use raw::{
-    EntrypointSettings, ImageSettings, KeepSettings, RawSettings, SettingsGroup, StateSettings,
-    WorkspaceSettings,
+pub(crate) use names::Name;
+pub use raw::RawSettings;
+pub(crate) use raw::{
+    EntrypointSettings, ImageSettings, KeepSettings, StateSettings, WorkspaceSettings,
 };
 pub use secret::Secret;
 use value::Problem;
-pub use value::{BridgeNet, EnvPattern, UserMount};
+pub(crate) use value::{BridgeNet, EnvPattern, UserMount};
 
 /// Defaults, in one place.
-pub mod defaults {
-    pub const HOSTNAME: &str = "workspace-cvm";
-    pub const BRIDGE_CIDR: &str = "172.19.0.1/30";
-    pub const DOCKER_CONFIG: &str = "/root/.docker/config.json";
-    pub const ETHLINK: &str = "eth0";
-    pub const STATE_DIR: &str = "/var/lib/coder/envbox";
-    pub const RUN_DIR: &str = "/run/envbox";
+pub(crate) mod defaults {
+    pub(crate) const HOSTNAME: &str = "workspace-cvm";
+    pub(crate) const BRIDGE_CIDR: &str = "172.19.0.1/30";
+    pub(crate) const DOCKER_CONFIG: &str = "/root/.docker/config.json";
+    pub(crate) const ETHLINK: &str = "eth0";
+    pub(crate) const STATE_DIR: &str = "/var/lib/coder/envbox";
+    pub(crate) const RUN_DIR: &str = "/run/envbox";
     /// How long a stop waits for the agent and the inner init before killing everything.
-    pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
-    pub const CNI_PATH: &str = "/usr/lib/cni";
+    pub(crate) const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+    pub(crate) const CNI_PATH: &str = "/usr/lib/cni";
     /// Images kept in the cache besides the current one.
-    pub const KEEP_IMAGES: usize = 1;
+    pub(crate) const KEEP_IMAGES: usize = 1;
 }
 
 /// The OCI runtime the shim runs.
@@ -48,7 +48,7 @@ pub enum Runtime {
 
 impl Runtime {
     /// The executable name (`BinaryName` of the runc shim).
-    pub fn binary(self) -> &'static str {
+    pub(crate) fn binary(self) -> &'static str {
         match self {
             Runtime::SysboxRunc => "sysbox-runc",
             Runtime::Runc => "runc",

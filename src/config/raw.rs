@@ -19,14 +19,14 @@ fn secret(text: &str) -> Result<Secret, std::convert::Infallible> {
 }
 
 /// A group of settings a command flattens into its arguments.
-pub trait SettingsGroup {
+pub(crate) trait SettingsGroup {
     /// Copies the group's settings into `raw`.
     fn fill(&self, raw: &mut RawSettings);
 }
 
 impl RawSettings {
     /// The settings of `groups`; those of the other groups are unset.
-    pub fn of(groups: &[&dyn SettingsGroup]) -> RawSettings {
+    pub(crate) fn of(groups: &[&dyn SettingsGroup]) -> RawSettings {
         let mut raw = RawSettings::default();
         for group in groups {
             group.fill(&mut raw);
@@ -40,7 +40,7 @@ impl RawSettings {
 macro_rules! settings_groups {
     ($(
         $(#[$group_meta:meta])*
-        pub struct $group:ident {
+        pub(crate) struct $group:ident {
             $(
                 $(#[$field_meta:meta])*
                 pub $field:ident: $ty:ty,
@@ -75,7 +75,7 @@ macro_rules! settings_groups {
 
 settings_groups! {
     /// The image and how to fetch it: what every command that fills the cache reads.
-    pub struct ImageSettings {
+    pub(crate) struct ImageSettings {
         /// Image of the workspace, e.g. `ubuntu` (= docker.io/library/ubuntu:latest), tags and
         /// `@sha256:` digests allowed; or a local image: oci:DIR[:NAME], oci-archive:FILE[:NAME],
         /// docker-archive:FILE[:NAME].
@@ -100,7 +100,7 @@ settings_groups! {
     }
 
     /// What the runtime spec is made of: what `envbox spec` and `envbox prepare --output` read.
-    pub struct WorkspaceSettings {
+    pub(crate) struct WorkspaceSettings {
         /// User of the image (looked up in its /etc/passwd) who owns the home mount, ~/.coder and
         /// runs the bootstrap script.
         #[arg(long = names::USERNAME.flag, env = names::USERNAME.env, value_name = "USER")]
@@ -164,14 +164,14 @@ settings_groups! {
     }
 
     /// Where the image cache is: what every command that uses the cache reads.
-    pub struct StateSettings {
+    pub(crate) struct StateSettings {
         /// Image cache and state, on the persistent volume [default: /var/lib/coder/envbox].
         #[arg(long = names::STATE_DIR.flag, env = names::STATE_DIR.env, value_name = "DIR")]
         pub state_dir: Option<String>,
     }
 
     /// What stays in the image cache: what every command that may clean it up reads.
-    pub struct KeepSettings {
+    pub(crate) struct KeepSettings {
         /// Images kept in the cache besides the current one, the most recently used first;
         /// the blobs and unpacked layers of the others are removed once the workspace is up,
         /// by `envbox cache prune`, and when the volume is full [default: 1].
@@ -180,7 +180,7 @@ settings_groups! {
     }
 
     /// How the workspace is started, run and stopped: what only `envbox docker` reads.
-    pub struct EntrypointSettings {
+    pub(crate) struct EntrypointSettings {
         /// Coder deployment URL, for the workspace's startup logs.
         #[arg(long = names::AGENT_URL.flag, env = names::AGENT_URL.env, value_name = "URL")]
         pub agent_url: Option<String>,

@@ -14,7 +14,7 @@ impl Secret {
     }
 
     /// The secret value. Callers must not log it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// Why a value was refused: what the setting expects, and optionally what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem(pub String);
+pub(crate) struct Problem(pub String);
 
 impl Problem {
     fn new(text: impl Into<String>) -> Self {
@@ -21,7 +21,7 @@ impl Problem {
 type Parsed<T> = Result<T, Problem>;
 
 /// A duration: whole seconds (`90`), or a number with `s`, `m` or `h` (`30s`, `2m`).
-pub fn parse_duration(text: &str) -> Parsed<std::time::Duration> {
+pub(crate) fn parse_duration(text: &str) -> Parsed<std::time::Duration> {
     let expected = || Problem::new("expected seconds, or a number with s, m or h (30s, 2m)");
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
@@ -39,7 +39,7 @@ pub fn parse_duration(text: &str) -> Parsed<std::time::Duration> {
 }
 
 /// A count: a whole number, 0 or more.
-pub fn parse_count(text: &str) -> Parsed<usize> {
+pub(crate) fn parse_count(text: &str) -> Parsed<usize> {
     match text.parse::<u32>() {
         Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) => Ok(n as usize),
         _ => Err(Problem::new(
@@ -49,7 +49,7 @@ pub fn parse_count(text: &str) -> Parsed<usize> {
 }
 
 /// Go's `strconv.ParseBool` forms, which existing templates use.
-pub fn parse_bool(text: &str) -> Parsed<bool> {
+pub(crate) fn parse_bool(text: &str) -> Parsed<bool> {
     match text {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
@@ -130,7 +130,7 @@ fn parse_quantity(text: &str) -> Parsed<Quantity> {
 }
 
 /// A CPU limit in thousandths of a CPU. `None` means no limit (`0`).
-pub fn parse_cpus(text: &str) -> Parsed<Option<u64>> {
+pub(crate) fn parse_cpus(text: &str) -> Parsed<Option<u64>> {
     let q = parse_quantity(text).map_err(|p| {
         Problem::new(format!(
             "{}; CPUs are written like 2, 1.5 or 1500m",
@@ -157,10 +157,10 @@ pub fn parse_cpus(text: &str) -> Parsed<Option<u64>> {
 }
 
 /// Smallest memory limit a container can start with (Docker's minimum as well).
-pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+pub(crate) const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
 
 /// A memory limit in bytes, rounded up to a whole byte. `None` means no limit (`0`).
-pub fn parse_memory(text: &str) -> Parsed<Option<u64>> {
+pub(crate) fn parse_memory(text: &str) -> Parsed<Option<u64>> {
     let q = parse_quantity(text).map_err(|p| {
         Problem::new(format!(
             "{}; memory is written in bytes or like 512Mi, 4Gi, 4G",
@@ -188,7 +188,7 @@ pub struct BridgeNet {
 
 impl BridgeNet {
     /// The address host-local leases first: the inner container's.
-    pub fn first_lease(&self) -> Ipv4Addr {
+    pub(crate) fn first_lease(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.network) + 2)
     }
 }
@@ -200,7 +200,7 @@ impl std::fmt::Display for BridgeNet {
 }
 
 /// Parses an IPv4 CIDR with room for a gateway and one container (prefix 30 or shorter).
-pub fn parse_cidr(text: &str) -> Parsed<BridgeNet> {
+pub(crate) fn parse_cidr(text: &str) -> Parsed<BridgeNet> {
     const FORM: &str = "expected an IPv4 CIDR such as 172.19.0.1/30";
     let (addr, prefix) = text.split_once('/').ok_or_else(|| Problem::new(FORM))?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| Problem::new(FORM))?;
@@ -232,7 +232,7 @@ pub struct UserMount {
 }
 
 /// Parses `src:dst[:ro],src:dst[:ro]`. Options: `ro` or `rw` (the default).
-pub fn parse_mounts(text: &str) -> Parsed<Vec<UserMount>> {
+pub(crate) fn parse_mounts(text: &str) -> Parsed<Vec<UserMount>> {
     text.split(',')
         .enumerate()
         .map(|(index, item)| {
@@ -290,7 +290,7 @@ fn parse_mount_item(item: &str) -> Parsed<UserMount> {
 }
 
 /// An absolute path with `.` components and repeated or trailing slashes removed; `..` refused.
-pub fn absolute_clean(text: &str) -> Parsed<PathBuf> {
+pub(crate) fn absolute_clean(text: &str) -> Parsed<PathBuf> {
     if !text.starts_with('/') {
         return Err(Problem::new(format!("{text:?} is not an absolute path")));
     }
@@ -316,7 +316,7 @@ pub enum EnvPattern {
 }
 
 impl EnvPattern {
-    pub fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         match self {
             EnvPattern::Exact(exact) => name == exact,
             EnvPattern::Prefix(prefix) => name.starts_with(prefix.as_str()),
@@ -326,7 +326,7 @@ impl EnvPattern {
 
 /// Parses a comma list of names; `NAME*` is a prefix match. Blank items (`A,,B`, a trailing
 /// comma) are refused, since they usually hide a typo.
-pub fn parse_env_patterns(text: &str) -> Parsed<Vec<EnvPattern>> {
+pub(crate) fn parse_env_patterns(text: &str) -> Parsed<Vec<EnvPattern>> {
     text.split(',')
         .map(str::trim)
         .map(|item| {
@@ -355,7 +355,7 @@ pub fn parse_env_patterns(text: &str) -> Parsed<Vec<EnvPattern>> {
 /// A hostname the kernel and resolvers accept: 1 to 64 bytes of letters, digits, `-`, `_` and
 /// `.`, no empty label. (`_` is not RFC 1123 but the Go envbox's default used it, so existing
 /// templates may too.)
-pub fn parse_hostname(text: &str) -> Parsed<String> {
+pub(crate) fn parse_hostname(text: &str) -> Parsed<String> {
     let ok_chars = text
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -368,7 +368,7 @@ pub fn parse_hostname(text: &str) -> Parsed<String> {
 }
 
 /// A comma list of `host[:port]` names.
-pub fn parse_hosts(text: &str) -> Parsed<Vec<String>> {
+pub(crate) fn parse_hosts(text: &str) -> Parsed<Vec<String>> {
     text.split(',')
         .map(str::trim)
         .map(|host| {
@@ -389,7 +389,7 @@ pub fn parse_hosts(text: &str) -> Parsed<Vec<String>> {
 
 /// The inner `CODER_AGENT_SUBSYSTEM`: the outer comma list plus `envbox`, trimmed, without
 /// blanks or duplicates, sorted.
-pub fn agent_subsystem(outer: Option<&str>) -> String {
+pub(crate) fn agent_subsystem(outer: Option<&str>) -> String {
     let mut items: Vec<&str> = outer
         .unwrap_or("")
         .split(',')

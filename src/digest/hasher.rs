@@ -20,7 +20,7 @@ const BLOCK: usize = 64;
 
 /// A running sha256 (see the module doc).
 #[derive(Clone)]
-pub struct Hasher {
+pub(crate) struct Hasher {
     state: [u32; 8],
     /// Whole blocks compressed so far.
     blocks: u64,
@@ -44,7 +44,7 @@ impl Default for Hasher {
 }
 
 impl Hasher {
-    pub fn new() -> Hasher {
+    pub(crate) fn new() -> Hasher {
         Hasher {
             state: IV,
             blocks: 0,
@@ -54,12 +54,12 @@ impl Hasher {
     }
 
     /// Bytes hashed so far.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.blocks * BLOCK as u64 + self.partial_len as u64
     }
 
     /// Hashes `data`.
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         let data = self.top_up(data);
         let whole = data.len() / BLOCK * BLOCK;
         compress(&mut self.state, &data[..whole]);
@@ -69,7 +69,7 @@ impl Hasher {
 
     /// Hashes `data` into `self` and `other_data` into `other`, the blocks they both have at
     /// once (see the module doc); the same digests as two [`Self::update`]s.
-    pub fn update_beside(&mut self, data: &[u8], other: &mut Hasher, other_data: &[u8]) {
+    pub(crate) fn update_beside(&mut self, data: &[u8], other: &mut Hasher, other_data: &[u8]) {
         let (data, other_data) = (self.top_up(data), other.top_up(other_data));
         let both = data.len().min(other_data.len()) / BLOCK * BLOCK;
         compress2(
@@ -86,7 +86,7 @@ impl Hasher {
     }
 
     /// The digest of everything hashed.
-    pub fn finish(mut self) -> Digest {
+    pub(crate) fn finish(mut self) -> Digest {
         let bits = self.bytes().wrapping_mul(8);
         let mut tail = [0u8; 2 * BLOCK];
         let len = self.partial_len;

@@ -10,7 +10,7 @@ mod hasher;
 #[cfg(target_arch = "x86_64")]
 mod shani;
 
-pub use hasher::Hasher;
+pub(crate) use hasher::Hasher;
 
 /// A sha256 content digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,7 +51,7 @@ impl Digest {
     }
 
     /// The digest a finished hasher computed.
-    pub fn from_hasher(hasher: Sha256) -> Digest {
+    pub(crate) fn from_hasher(hasher: Sha256) -> Digest {
         Digest::from_bytes(&hasher.finalize().into())
     }
 

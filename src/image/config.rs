@@ -49,7 +49,7 @@ pub struct RootfsSection {
 
 impl ImageDocument {
     /// Parses an image configuration document. `origin` names it in errors.
-    pub fn from_json(json: &[u8], origin: &str) -> Result<ImageDocument, ImageConfigError> {
+    pub(crate) fn from_json(json: &[u8], origin: &str) -> Result<ImageDocument, ImageConfigError> {
         serde_json::from_slice(json).map_err(|source| ImageConfigError::Parse {
             path: origin.to_owned(),
             source,
@@ -74,14 +74,14 @@ pub enum ImageConfigError {
 
 impl ImageConfig {
     /// Parses an image configuration document. `origin` names it in errors.
-    pub fn from_json(json: &str, origin: &str) -> Result<ImageConfig, ImageConfigError> {
+    pub(crate) fn from_json(json: &str, origin: &str) -> Result<ImageConfig, ImageConfigError> {
         Ok(ImageDocument::from_json(json.as_bytes(), origin)?
             .config
             .unwrap_or_default())
     }
 
     /// Reads and parses an image configuration file.
-    pub fn read(path: &Path) -> Result<ImageConfig, ImageConfigError> {
+    pub(crate) fn read(path: &Path) -> Result<ImageConfig, ImageConfigError> {
         let origin = path.display().to_string();
         let json = std::fs::read_to_string(path).map_err(|source| ImageConfigError::Read {
             path: origin.clone(),

@@ -13,19 +13,20 @@ use serde_json::Value;
 
 use super::ImageError;
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
-pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub(crate) const DOCKER_SCHEMA1_SIGNED: &str =
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// Longest manifest, index or image config read (containerd's limit, `MaxManifestSize`):
 /// anything longer is refused before it is read whole.
-pub const MAX_DOCUMENT_SIZE: u64 = 4 << 20;
+pub(crate) const MAX_DOCUMENT_SIZE: u64 = 4 << 20;
 
 /// What envbox asks registries for (schema 1 included, to refuse it by name).
-pub const ACCEPTED: [&str; 6] = [
+pub(crate) const ACCEPTED: [&str; 6] = [
     OCI_INDEX,
     OCI_MANIFEST,
     DOCKER_LIST,
@@ -48,7 +49,7 @@ pub enum Compression {
 }
 
 /// The compression of a layer media type, or `None` when envbox cannot unpack it.
-pub fn layer_compression(media_type: &str) -> Option<Compression> {
+pub(crate) fn layer_compression(media_type: &str) -> Option<Compression> {
     match media_type {
         "application/vnd.oci.image.layer.v1.tar"
         | "application/vnd.docker.image.rootfs.diff.tar"
@@ -66,7 +67,7 @@ pub fn layer_compression(media_type: &str) -> Option<Compression> {
 /// A descriptor (OCI image-spec `descriptor.md`): what a manifest or index points to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Descriptor {
+pub(crate) struct Descriptor {
     pub media_type: String,
     pub digest: String,
     pub size: i64,
@@ -82,7 +83,7 @@ pub struct Descriptor {
 
 /// `platform` of an index entry.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct DescriptorPlatform {
+pub(crate) struct DescriptorPlatform {
     #[serde(default)]
     pub architecture: String,
     #[serde(default)]
@@ -94,7 +95,7 @@ pub struct DescriptorPlatform {
 /// An image index or Docker manifest list.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ImageIndex {
+pub(crate) struct ImageIndex {
     #[serde(default)]
     pub media_type: Option<String>,
     pub manifests: Vec<Descriptor>,
@@ -103,7 +104,7 @@ pub struct ImageIndex {
 /// An image manifest (OCI or Docker schema 2).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ImageManifest {
+pub(crate) struct ImageManifest {
     #[serde(default)]
     pub media_type: Option<String>,
     pub config: Descriptor,
@@ -112,7 +113,7 @@ pub struct ImageManifest {
 
 /// A manifest as served.
 #[derive(Debug, Clone)]
-pub enum Manifest {
+pub(crate) enum Manifest {
     Index(ImageIndex),
     Image(Box<ImageManifest>),
 }
@@ -125,7 +126,7 @@ fn malformed(reference: &str, detail: impl Into<String>) -> ImageError {
 }
 
 /// Classifies and parses a manifest. `content_type` is the response's, if known.
-pub fn parse(
+pub(crate) fn parse(
     bytes: &[u8],
     content_type: Option<&str>,
     reference: &str,

@@ -9,11 +9,11 @@
 //! store, and never unpacks: `crate::registry` and `crate::source` fetch, `crate::unpack`
 //! unpacks, both by these rules.
 
-pub mod config;
-pub mod describe;
-pub mod manifest;
-pub mod platform;
-pub mod reference;
+pub(crate) mod config;
+pub(crate) mod describe;
+pub(crate) mod manifest;
+pub(crate) mod platform;
+pub(crate) mod reference;
 pub(crate) mod walk;
 
 pub use config::{ImageConfig, ImageConfigError, ImageDocument};
@@ -25,7 +25,7 @@ pub use reference::{normalize_host, ImageRef};
 /// Container ids 0..65536 map to host ids 100000..165536.
 pub const ID_SHIFT: u32 = 100_000;
 /// Size of the id mapping.
-pub const ID_RANGE: u32 = 65_536;
+pub(crate) const ID_RANGE: u32 = 65_536;
 
 fn size_text(size: &Option<u64>, limit: &u64) -> String {
     match size {

@@ -17,7 +17,7 @@ pub struct Platform {
 
 impl Platform {
     /// The platform of this machine.
-    pub fn host() -> Platform {
+    pub(crate) fn host() -> Platform {
         let (architecture, variant) = match std::env::consts::ARCH {
             "x86_64" => ("amd64", None),
             "aarch64" => ("arm64", Some("v8")),
@@ -44,7 +44,7 @@ impl Platform {
     }
 
     /// True when an entry for `os/architecture/variant` runs here.
-    pub fn accepts(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
+    pub(crate) fn accepts(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
         os == self.os && architecture == self.architecture && self.variant_matches(variant)
     }
 }
@@ -73,7 +73,7 @@ pub(crate) fn describe(entry: &Descriptor) -> String {
 }
 
 /// The entry for `wanted`, or the list of platforms offered.
-pub fn choose<'a>(
+pub(crate) fn choose<'a>(
     entries: &'a [Descriptor],
     wanted: &Platform,
 ) -> Result<&'a Descriptor, Vec<String>> {

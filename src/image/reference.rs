@@ -48,12 +48,12 @@ impl ImageRef {
     }
 
     /// The normalised reference, e.g. `docker.io/library/ubuntu:latest`.
-    pub fn normalized(&self) -> String {
+    pub(crate) fn normalized(&self) -> String {
         self.reference.whole()
     }
 
     /// `registry/repository` without tag or digest.
-    pub fn normalized_repository(&self) -> String {
+    pub(crate) fn normalized_repository(&self) -> String {
         format!(
             "{}/{}",
             self.reference.registry(),
@@ -62,17 +62,17 @@ impl ImageRef {
     }
 
     /// The registry host credentials are looked up by (`docker.io` for Docker Hub).
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         normalize_host(self.reference.registry())
     }
 
     /// The digest the reference pins, if any.
-    pub fn digest(&self) -> Option<Digest> {
+    pub(crate) fn digest(&self) -> Option<Digest> {
         self.reference.digest().and_then(|d| Digest::parse(d).ok())
     }
 
     /// The same repository at `digest`.
-    pub fn at(&self, digest: &Digest) -> ImageRef {
+    pub(crate) fn at(&self, digest: &Digest) -> ImageRef {
         ImageRef {
             reference: Reference::with_digest(
                 self.reference.registry().to_owned(),

@@ -14,7 +14,7 @@ use super::manifest::{self, Descriptor, ImageIndex, Manifest};
 use super::{platform, ImageError, Platform};
 
 /// Deepest nesting of image indexes followed (the top index is level 1).
-pub const MAX_DEPTH: usize = 4;
+pub(crate) const MAX_DEPTH: usize = 4;
 
 /// Marks buildkit's attestation manifests in an index (`vnd.docker.reference.type`).
 const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
@@ -54,7 +54,7 @@ fn is_attestation(entry: &Descriptor) -> bool {
 
 impl Walk {
     /// A walk of `index`, the top-level index `reference` names.
-    pub fn new(index: ImageIndex, wanted: &Platform, reference: &str) -> Walk {
+    pub(crate) fn new(index: ImageIndex, wanted: &Platform, reference: &str) -> Walk {
         let mut walk = Walk {
             wanted: wanted.clone(),
             reference: reference.to_owned(),
@@ -80,7 +80,7 @@ impl Walk {
 
     /// The next step; once every entry is seen without a match, the platform-less manifest
     /// if there was one, else [`ImageError::NoMatchingPlatform`] listing what is offered.
-    pub fn next(&mut self) -> Result<Next, ImageError> {
+    pub(crate) fn next(&mut self) -> Result<Next, ImageError> {
         while let Some(level) = self.levels.last_mut() {
             let Some(entry) = level.pop() else {
                 self.levels.pop();
@@ -133,7 +133,7 @@ impl Walk {
     }
 
     /// The bytes of the nested index `target` that [`Walk::next`] asked for.
-    pub fn index(&mut self, target: &Target, bytes: &[u8]) -> Result<(), ImageError> {
+    pub(crate) fn index(&mut self, target: &Target, bytes: &[u8]) -> Result<(), ImageError> {
         describe::check_length(bytes, target, &self.reference)?;
         match manifest::parse(bytes, Some(&target.media_type), &self.reference)? {
             Manifest::Index(index) => {

@@ -46,7 +46,7 @@ impl InitWatch {
     /// The report on the init's end with `status`. `before_bootstrap`: the bootstrap script
     /// could not start because of it. Waits a moment for the shim to finish copying the
     /// init's last output.
-    pub async fn ended(&self, status: ExitStatus, before_bootstrap: bool) -> InitEnded {
+    pub(crate) async fn ended(&self, status: ExitStatus, before_bootstrap: bool) -> InitEnded {
         let log = self.log.clone();
         let last_output = tokio::task::spawn_blocking(move || {
             log.settle();
@@ -84,7 +84,7 @@ pub(super) struct InitLog {
 
 impl InitLog {
     /// Marks the current end of `path` (absent: 0): the init started next writes after it.
-    pub fn mark(path: &Path) -> InitLog {
+    pub(crate) fn mark(path: &Path) -> InitLog {
         InitLog {
             path: path.to_owned(),
             from: std::fs::metadata(path).map_or(0, |m| m.len()),
@@ -108,7 +108,7 @@ impl InitLog {
 
     /// The last `n` non-empty lines written since the mark, read as daemon logs are (at most
     /// [`crate::supervise::log::TAIL_BYTES`] of the end), each cut to [`LINE_CHARS`].
-    pub fn last_lines(&self, n: usize) -> std::io::Result<Vec<String>> {
+    pub(crate) fn last_lines(&self, n: usize) -> std::io::Result<Vec<String>> {
         match crate::supervise::log::tail_since(&self.path, self.from, n) {
             Ok(lines) => Ok(lines.iter().map(|l| cut(l)).collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
@@ -127,7 +127,7 @@ fn cut(line: &str) -> String {
 
 /// Why the workspace ended: its init exited.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InitEnded {
+pub(crate) struct InitEnded {
     /// The init's command line (`/sbin/init`).
     pub init: String,
     pub status: ExitStatus,

@@ -21,7 +21,7 @@ mod groundwork;
 mod init_exit;
 mod netns;
 mod outer;
-pub mod stop;
+pub(crate) mod stop;
 mod teardown;
 
 use std::future::Future;
@@ -46,9 +46,9 @@ use crate::setup;
 use crate::supervise::{self, Daemons};
 
 use groundwork::{Groundwork, WorkspacePlan};
-pub use init_exit::InitEnded;
+pub(crate) use init_exit::InitEnded;
 use init_exit::{InitLog, InitWatch};
-pub use netns::NetnsHold;
+pub(crate) use netns::NetnsHold;
 
 /// The inner container's ID (and name), as in the Go envbox.
 pub const CONTAINER_ID: &str = "workspace_cvm";
@@ -59,7 +59,7 @@ const INIT_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Errors of this module: which stage failed, with its cause.
 #[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
+pub(crate) enum LaunchError {
     #[error("starting the supervised daemons: {0}")]
     Daemons(#[from] supervise::SuperviseError),
     #[error("preparing the image: {0}")]
@@ -100,12 +100,12 @@ pub enum LaunchError {
 }
 
 /// How the image is made ready: given by the caller (`cmd`), which owns registry wiring.
-pub type PrepareFn =
+pub(crate) type PrepareFn =
     Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = anyhow::Result<PreparedImage>>>>>;
 
 /// What runs in the background once the workspace is up and the volume synced (the cache's
 /// cleanup), on a blocking thread: given by the caller (`cmd`).
-pub type AfterUpFn = Box<dyn FnOnce(PreparedImage) + Send>;
+pub(crate) type AfterUpFn = Box<dyn FnOnce(PreparedImage) + Send>;
 
 /// The bootstrap process while it runs: a handle to signal it, and its exit.
 struct RunningBootstrap {
@@ -133,7 +133,7 @@ struct Workspace {
 }
 
 /// Runs the workspace until a signal stops it. `Ok` after a clean stop on SIGTERM/SIGINT.
-pub async fn run(
+pub(crate) async fn run(
     settings: &Settings,
     prepare: PrepareFn,
     after_up: AfterUpFn,

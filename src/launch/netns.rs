@@ -11,20 +11,20 @@ use std::path::PathBuf;
 
 /// An open network namespace.
 #[derive(Debug)]
-pub struct NetnsHold {
+pub(crate) struct NetnsHold {
     file: File,
 }
 
 impl NetnsHold {
     /// Holds the network namespace of process `pid`.
-    pub fn of_pid(pid: u32) -> std::io::Result<NetnsHold> {
+    pub(crate) fn of_pid(pid: u32) -> std::io::Result<NetnsHold> {
         Ok(NetnsHold {
             file: File::open(format!("/proc/{pid}/ns/net"))?,
         })
     }
 
     /// A path to the namespace that stays valid while this hold lives.
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),

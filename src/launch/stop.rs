@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// What is running when a stop begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Running {
+pub(crate) struct Running {
     /// The bootstrap process (the agent) is still running.
     pub bootstrap: bool,
     /// The inner init is the image's `/sbin/init` (which handles its stop signal), not
@@ -23,7 +23,7 @@ pub struct Running {
 
 /// The stop, step by step.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StopPlan {
+pub(crate) struct StopPlan {
     /// Signals to send first: to the bootstrap process, then to the init.
     pub signal_bootstrap: Option<i32>,
     pub signal_init: i32,
@@ -36,7 +36,7 @@ pub struct StopPlan {
 }
 
 /// The stop for `running`, with `grace` before everything is killed.
-pub fn plan(running: Running, grace: Duration) -> StopPlan {
+pub(crate) fn plan(running: Running, grace: Duration) -> StopPlan {
     StopPlan {
         signal_bootstrap: running.bootstrap.then_some(libc::SIGTERM),
         signal_init: running.init_signal,

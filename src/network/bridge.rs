@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 const SIOCBRDELBR: libc::Ioctl = 0x89a1;
 
 /// Takes `name` down and deletes it. `Ok(false)` when there is no such bridge.
-pub fn delete(name: &str) -> io::Result<bool> {
+pub(crate) fn delete(name: &str) -> io::Result<bool> {
     let cname = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     if name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));

@@ -15,7 +15,7 @@ pub enum CniCommand {
 }
 
 impl CniCommand {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CniCommand::Add => "ADD",
             CniCommand::Del => "DEL",
@@ -110,7 +110,7 @@ fn details_suffix(details: &str) -> String {
 impl NetworkError {
     /// A plugin's way of saying the thing to delete is already gone: CNI error code 3 (unknown
     /// container) or a "not found"/"no such"/"does not exist" message.
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         match self {
             NetworkError::Plugin { code, msg, .. } => {
                 let msg = msg.to_ascii_lowercase();

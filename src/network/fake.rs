@@ -10,11 +10,11 @@ use serde_json::{json, Value};
 
 use super::{Invocation, NetSys, NetnsId, Outcome};
 
-pub type Respond = Box<dyn Fn(&Invocation) -> Option<io::Result<Outcome>> + Send + Sync>;
+pub(crate) type Respond = Box<dyn Fn(&Invocation) -> Option<io::Result<Outcome>> + Send + Sync>;
 
 /// Records every run; answers like the real plugins (and a `nat` table) unless `respond` says
 /// otherwise. The network and the masquerade run on their own threads.
-pub struct FakeSys {
+pub(crate) struct FakeSys {
     pub calls: Mutex<Vec<Invocation>>,
     pub netns: Mutex<HashMap<PathBuf, NetnsId>>,
     /// User chains of the `nat` table.
@@ -24,7 +24,7 @@ pub struct FakeSys {
     respond: Respond,
 }
 
-pub fn ok(stdout: &[u8]) -> io::Result<Outcome> {
+pub(crate) fn ok(stdout: &[u8]) -> io::Result<Outcome> {
     Ok(Outcome {
         success: true,
         status: "exit status: 0".into(),
@@ -33,7 +33,7 @@ pub fn ok(stdout: &[u8]) -> io::Result<Outcome> {
     })
 }
 
-pub fn failed(stdout: &str, stderr: &str) -> io::Result<Outcome> {
+pub(crate) fn failed(stdout: &str, stderr: &str) -> io::Result<Outcome> {
     Ok(Outcome {
         success: false,
         status: "exit status: 1".into(),
@@ -42,11 +42,11 @@ pub fn failed(stdout: &str, stderr: &str) -> io::Result<Outcome> {
     })
 }
 
-pub fn stdin(inv: &Invocation) -> Value {
+pub(crate) fn stdin(inv: &Invocation) -> Value {
     serde_json::from_slice(&inv.stdin).unwrap_or(Value::Null)
 }
 
-pub fn kind(inv: &Invocation) -> String {
+pub(crate) fn kind(inv: &Invocation) -> String {
     let name = inv.program.file_name().unwrap().to_string_lossy();
     match inv.env_var("CNI_COMMAND") {
         Some(command) => format!("{name} {command}"),
@@ -56,7 +56,7 @@ pub fn kind(inv: &Invocation) -> String {
 }
 
 impl FakeSys {
-    pub fn new(
+    pub(crate) fn new(
         respond: impl Fn(&Invocation) -> Option<io::Result<Outcome>> + Send + Sync + 'static,
     ) -> Self {
         let netns = HashMap::from([(PathBuf::from(NETNS), NetnsId { dev: 4, ino: 77 })]);
@@ -69,22 +69,22 @@ impl FakeSys {
         }
     }
 
-    pub fn plain() -> Self {
+    pub(crate) fn plain() -> Self {
         FakeSys::new(|_| None)
     }
 
-    pub fn kinds(&self) -> Vec<String> {
+    pub(crate) fn kinds(&self) -> Vec<String> {
         self.calls.lock().unwrap().iter().map(kind).collect()
     }
 
-    pub fn call(&self, kind_prefix: &str) -> Invocation {
+    pub(crate) fn call(&self, kind_prefix: &str) -> Invocation {
         let calls = self.calls.lock().unwrap();
         let found = calls.iter().find(|i| kind(i).starts_with(kind_prefix));
         found.unwrap_or_else(|| panic!("no {kind_prefix}")).clone()
     }
 
     /// What the real plugins answer.
-    pub fn behave(&self, inv: &Invocation) -> io::Result<Outcome> {
+    pub(crate) fn behave(&self, inv: &Invocation) -> io::Result<Outcome> {
         let name = inv.program.file_name().unwrap().to_string_lossy();
         if name == "iptables-restore" {
             let rules = String::from_utf8_lossy(&inv.stdin).into_owned();
@@ -180,4 +180,4 @@ impl NetSys for FakeSys {
     }
 }
 
-pub const NETNS: &str = "/proc/4242/ns/net";
+pub(crate) const NETNS: &str = "/proc/4242/ns/net";

@@ -17,7 +17,7 @@ use super::sys::{Invocation, NetSys, Outcome};
 use super::{CniCommand, NetworkError};
 
 /// The environment of one plugin call.
-pub fn plugin_env(
+pub(crate) fn plugin_env(
     command: CniCommand,
     record: &Record,
     netns: &str,
@@ -38,7 +38,7 @@ pub fn plugin_env(
 
 /// The stdin of plugin `plugin` of `conflist`: the plugin object with the list's `cniVersion`
 /// and `name`, the runtime arguments its capabilities ask for, and `prevResult`.
-pub fn plugin_stdin(
+pub(crate) fn plugin_stdin(
     conflist: &Value,
     plugin: &Value,
     runtime_config: &Value,
@@ -88,7 +88,7 @@ fn plugins(conflist: &Value) -> Result<Vec<(String, &Value)>, NetworkError> {
 }
 
 /// The type of the last plugin of a conflist: the one whose result is final.
-pub fn last_plugin(conflist: &Value) -> String {
+pub(crate) fn last_plugin(conflist: &Value) -> String {
     let last = conflist["plugins"].as_array().and_then(|p| p.last());
     last.and_then(|p| p["type"].as_str())
         .unwrap_or("(none)")
@@ -179,7 +179,7 @@ fn failure(kind: &str, command: CniCommand, outcome: Outcome) -> NetworkError {
 /// Attaches: the network and the masquerade of `subnet`, both at once (they touch different
 /// things: the bridge and veth, the `nat` table). Returns the final ADD result; the first error
 /// (network, masquerade) otherwise.
-pub fn add(
+pub(crate) fn add(
     sys: &(dyn NetSys + Sync),
     record: &Record,
     subnet: &str,
@@ -213,7 +213,7 @@ fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
 
 /// Whether DEL treats "already gone" plugin errors as done (after a crash) or as errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Missing {
+pub(crate) enum Missing {
     Report,
     Ignore,
 }
@@ -221,7 +221,7 @@ pub enum Missing {
 /// Detaches: every plugin of the network in reverse order with the cached final ADD result as
 /// `prevResult`, then the masquerade. Every step runs even when one fails; the first error not
 /// ignored is returned, the ignored ones are listed.
-pub fn del(
+pub(crate) fn del(
     sys: &dyn NetSys,
     record: &Record,
     missing: Missing,

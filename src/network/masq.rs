@@ -21,7 +21,7 @@ const MAX_CHAIN: usize = 28;
 
 /// The chain of `network`: `<NETWORK>-MASQ` upper-cased (`ENVBOX-MASQ`), or a digest of the
 /// name when that would be too long for iptables.
-pub fn chain_name(network: &str) -> String {
+pub(crate) fn chain_name(network: &str) -> String {
     let plain = format!("{}-MASQ", network.to_ascii_uppercase());
     if plain.len() <= MAX_CHAIN {
         return plain;
@@ -33,7 +33,7 @@ pub fn chain_name(network: &str) -> String {
 
 /// The `iptables-restore --noflush` input that (re)writes the chain: declaring it creates it
 /// or flushes it, so a repeat never duplicates a rule.
-pub fn chain_rules(chain: &str, subnet: &str) -> String {
+pub(crate) fn chain_rules(chain: &str, subnet: &str) -> String {
     format!(
         "*nat\n:{chain} - [0:0]\n-A {chain} -d {subnet} -j ACCEPT\n-A {chain} ! -d 224.0.0.0/4 -j MASQUERADE\nCOMMIT\n"
     )
@@ -114,7 +114,7 @@ fn jumps_to(sys: &dyn NetSys, chain: &str) -> Result<Vec<Vec<String>>, NetworkEr
 }
 
 /// Installs (or repairs) the masquerade of `subnet` (canonical `a.b.c.d/p`) for `network`.
-pub fn install(sys: &dyn NetSys, network: &str, subnet: &str) -> Result<(), NetworkError> {
+pub(crate) fn install(sys: &dyn NetSys, network: &str, subnet: &str) -> Result<(), NetworkError> {
     let chain = chain_name(network);
     let outcome = run(
         sys,
@@ -142,7 +142,7 @@ pub fn install(sys: &dyn NetSys, network: &str, subnet: &str) -> Result<(), Netw
 }
 
 /// Removes the jumps to `network`'s chain and the chain. True when there was something.
-pub fn remove(sys: &dyn NetSys, network: &str) -> Result<bool, NetworkError> {
+pub(crate) fn remove(sys: &dyn NetSys, network: &str) -> Result<bool, NetworkError> {
     let chain = chain_name(network);
     let jumps = jumps_to(sys, &chain)?;
     for rule in &jumps {

@@ -49,14 +49,16 @@ use std::path::{Path, PathBuf};
 
 pub use error::{CniCommand, NetworkError};
 pub use plan::{LinkMtu, NetworkPlan, CNI_VERSION, FALLBACK_MTU};
-pub use sys::{read_link_mtu, read_link_mtu_in, Invocation, NetSys, NetnsId, Outcome, RealNetSys};
+pub(crate) use sys::{read_link_mtu, NetSys, RealNetSys};
+#[cfg(test)]
+use sys::{Invocation, NetnsId, Outcome};
 
 use invoke::Missing;
 use state::Record;
 
 /// Whether a CNI state dir (a plan's `state_dir`) still caches an attachment: its DEL is owed,
 /// and the next start's [`Network::cleanup_stale`] reads it from there.
-pub fn attachment_cached(state_dir: &std::path::Path) -> bool {
+pub(crate) fn attachment_cached(state_dir: &std::path::Path) -> bool {
     std::fs::read_dir(state_dir).is_ok_and(|dir| {
         dir.flatten()
             .any(|e| e.path().extension().is_some_and(|x| x == "json"))
@@ -107,12 +109,8 @@ impl Network<RealNetSys> {
 }
 
 impl<S: NetSys + Sync> Network<S> {
-    pub fn with_sys(plan: NetworkPlan, sys: S) -> Self {
+    pub(crate) fn with_sys(plan: NetworkPlan, sys: S) -> Self {
         Network { plan, sys }
-    }
-
-    pub fn plan(&self) -> &NetworkPlan {
-        &self.plan
     }
 
     /// Attaches the namespace at `netns`. Refuses while a previous attachment is cached (run
@@ -177,7 +175,7 @@ impl<S: NetSys + Sync> Network<S> {
 
     /// Deletes the bridge (after the last [`Network::del`]): the plugins never do, and a
     /// bridge left with another subnet breaks the next start on a machine that keeps it.
-    pub fn remove_bridge(&self) -> Result<bool, NetworkError> {
+    pub(crate) fn remove_bridge(&self) -> Result<bool, NetworkError> {
         bridge::delete(&self.plan.bridge).map_err(|source| NetworkError::Bridge {
             bridge: self.plan.bridge.clone(),
             source,

@@ -18,15 +18,15 @@ use crate::config::{names, BridgeNet, Settings};
 /// The CNI spec version envbox speaks (containernetworking-plugins 1.1.1 supports it).
 pub const CNI_VERSION: &str = "1.0.0";
 /// Network name: keys host-local's lease directory and the masquerade chain.
-pub const NETWORK_NAME: &str = "envbox";
+pub(crate) const NETWORK_NAME: &str = "envbox";
 /// The outer side of the workspace network.
-pub const BRIDGE_NAME: &str = "envbox0";
+pub(crate) const BRIDGE_NAME: &str = "envbox0";
 /// The workspace's interface.
-pub const IFNAME: &str = "eth0";
+pub(crate) const IFNAME: &str = "eth0";
 /// The MTU when the link to copy from cannot be read (the kernel's Ethernet default).
 pub const FALLBACK_MTU: u32 = 1500;
 /// `PATH` given to the plugins: bridge and portmap run `iptables`.
-pub const PLUGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const PLUGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The MTU of `ENVBOX_ETHLINK`, as read at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,12 +164,12 @@ impl NetworkPlan {
     }
 
     /// The lock every CNI call of this network holds.
-    pub fn lock_path(&self) -> PathBuf {
+    pub(crate) fn lock_path(&self) -> PathBuf {
         self.state_dir.join(format!("{}.lock", self.name))
     }
 
     /// The network configuration list: bridge (with host-local IPAM), then portmap.
-    pub fn conflist(&self) -> Value {
+    pub(crate) fn conflist(&self) -> Value {
         json!({
             "cniVersion": CNI_VERSION,
             "name": self.name,
@@ -218,7 +218,7 @@ impl NetworkPlan {
     }
 
     /// Runtime arguments, handed to plugins that declare the capability: the one address.
-    pub fn runtime_config(&self) -> Value {
+    pub(crate) fn runtime_config(&self) -> Value {
         json!({"ips": [format!("{}/{}", self.address, self.net.prefix)]})
     }
 }

@@ -37,7 +37,7 @@ struct IpConfig {
 
 /// What a result says about the workspace's interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AddFacts {
+pub(crate) struct AddFacts {
     /// `address/prefix` as the plugin gave it.
     pub cidr: String,
     pub address: Ipv4Addr,
@@ -49,7 +49,7 @@ pub struct AddFacts {
 }
 
 /// Reads the facts of `ifname` from a final ADD result; the error says what is missing.
-pub fn add_facts(result: &Value, ifname: &str, bridge: &str) -> Result<AddFacts, String> {
+pub(crate) fn add_facts(result: &Value, ifname: &str, bridge: &str) -> Result<AddFacts, String> {
     let parsed: CniResult =
         serde_json::from_value(result.clone()).map_err(|e| format!("not a CNI result: {e}"))?;
     let index = parsed
@@ -95,7 +95,7 @@ pub fn add_facts(result: &Value, ifname: &str, bridge: &str) -> Result<AddFacts,
 
 /// A plugin's error object.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct PluginError {
+pub(crate) struct PluginError {
     pub code: u64,
     pub msg: String,
     #[serde(default)]
@@ -103,7 +103,7 @@ pub struct PluginError {
 }
 
 /// Reads a plugin's error from its stdout, `None` when it printed none.
-pub fn plugin_error(stdout: &[u8]) -> Option<PluginError> {
+pub(crate) fn plugin_error(stdout: &[u8]) -> Option<PluginError> {
     serde_json::from_slice(stdout).ok()
 }
 

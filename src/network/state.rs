@@ -19,12 +19,12 @@ use super::NetworkError;
 use crate::setup::{RealSys, Sys};
 
 /// The state format; a record of another version is refused, not guessed at.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 
 /// One attachment, as cached.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Record {
+pub(crate) struct Record {
     pub version: u32,
     pub container_id: String,
     pub netns: PathBuf,
@@ -41,7 +41,7 @@ pub struct Record {
 
 impl Record {
     /// The network name of the main conflist.
-    pub fn network_name(&self) -> &str {
+    pub(crate) fn network_name(&self) -> &str {
         self.conflist["name"].as_str().unwrap_or_default()
     }
 }
@@ -58,12 +58,12 @@ fn state_error<'a>(
 }
 
 /// Holds the lock until dropped.
-pub struct Lock {
+pub(crate) struct Lock {
     _file: Flock<File>,
 }
 
 /// Creates the state directory and takes the exclusive lock at `path` (waiting for it).
-pub fn lock(path: &Path) -> Result<Lock, NetworkError> {
+pub(crate) fn lock(path: &Path) -> Result<Lock, NetworkError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(state_error("creating", dir))?;
     }
@@ -79,7 +79,7 @@ pub fn lock(path: &Path) -> Result<Lock, NetworkError> {
 }
 
 /// The cached record, `None` when there is none.
-pub fn read(path: &Path) -> Result<Option<Record>, NetworkError> {
+pub(crate) fn read(path: &Path) -> Result<Option<Record>, NetworkError> {
     let text = match std::fs::read(path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -107,7 +107,7 @@ pub fn read(path: &Path) -> Result<Option<Record>, NetworkError> {
 }
 
 /// Writes the record atomically.
-pub fn write(path: &Path, record: &Record) -> Result<(), NetworkError> {
+pub(crate) fn write(path: &Path, record: &Record) -> Result<(), NetworkError> {
     let text = serde_json::to_vec_pretty(record).expect("a record serialises");
     RealSys
         .write_file_atomic(path, &text)
@@ -115,7 +115,7 @@ pub fn write(path: &Path, record: &Record) -> Result<(), NetworkError> {
 }
 
 /// Removes the record (already gone is fine).
-pub fn remove(path: &Path) -> Result<(), NetworkError> {
+pub(crate) fn remove(path: &Path) -> Result<(), NetworkError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(state_error("removing", path)(e)),
         _ => Ok(()),

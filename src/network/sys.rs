@@ -24,9 +24,10 @@ pub struct Invocation {
     pub stdin: Vec<u8>,
 }
 
+#[cfg(test)]
 impl Invocation {
     /// The value of one environment variable.
-    pub fn env_var(&self, name: &str) -> Option<&str> {
+    pub(crate) fn env_var(&self, name: &str) -> Option<&str> {
         self.env
             .iter()
             .find(|(k, _)| k == name)
@@ -99,7 +100,7 @@ impl NetSys for RealNetSys {
 }
 
 /// Reads the MTU of `link` under `sys_class_net` (normally `/sys/class/net`).
-pub fn read_link_mtu_in(sys_class_net: &Path, link: &str) -> LinkMtu {
+pub(crate) fn read_link_mtu_in(sys_class_net: &Path, link: &str) -> LinkMtu {
     let unavailable = |reason: String| LinkMtu::Unavailable {
         link: link.to_owned(),
         reason,
@@ -129,7 +130,7 @@ pub fn read_link_mtu_in(sys_class_net: &Path, link: &str) -> LinkMtu {
 }
 
 /// Reads the MTU of `link` from `/sys/class/net`.
-pub fn read_link_mtu(link: &str) -> LinkMtu {
+pub(crate) fn read_link_mtu(link: &str) -> LinkMtu {
     read_link_mtu_in(Path::new("/sys/class/net"), link)
 }
 

@@ -55,7 +55,7 @@ pub struct PreparedImage {
 
 /// What [`PreparedImage::sync`] made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Synced {
+pub(crate) struct Synced {
     pub blobs: usize,
     pub layers: usize,
 }
@@ -63,7 +63,7 @@ pub struct Synced {
 impl PreparedImage {
     /// Makes the blobs and layers this boot wrote to the volume durable (both stores are on
     /// the state directory's filesystem: the first `syncfs` does the writing).
-    pub fn sync(&self) -> Result<Synced, PrepareError> {
+    pub(crate) fn sync(&self) -> Result<Synced, PrepareError> {
         Ok(Synced {
             blobs: self.blobs.sync()?,
             layers: self.store.sync()?,
@@ -113,7 +113,7 @@ fn layer_source(blobs: &BlobStore, layer: &PulledLayer) -> LayerSource {
 }
 
 /// The layers of a pulled image as unpack sources.
-pub fn layer_sources(blobs: &BlobStore, pulled: &PulledImage) -> Vec<LayerSource> {
+pub(crate) fn layer_sources(blobs: &BlobStore, pulled: &PulledImage) -> Vec<LayerSource> {
     pulled
         .layers
         .iter()

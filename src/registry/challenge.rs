@@ -16,7 +16,7 @@ pub(crate) struct Challenge {
 
 impl Challenge {
     /// The value of parameter `name` (lower-case).
-    pub fn param(&self, name: &str) -> Option<&str> {
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(key, _)| key == name)
@@ -27,7 +27,7 @@ impl Challenge {
 /// Why a header does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed WWW-Authenticate header at byte {at}: {what}")]
-pub struct ChallengeError {
+pub(crate) struct ChallengeError {
     pub at: usize,
     pub what: &'static str,
 }

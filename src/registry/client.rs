@@ -49,7 +49,7 @@ pub(crate) fn authority(url: &Url) -> String {
 
 impl Client {
     /// Connects, probes and authenticates.
-    pub async fn open(
+    pub(crate) async fn open(
         config: &RegistryConfig,
         reference: &ImageRef,
     ) -> Result<Client, RegistryError> {
@@ -89,12 +89,12 @@ impl Client {
     }
 
     /// Whether the registry is reached over plain HTTP (`ENVBOX_INSECURE_REGISTRIES`).
-    pub fn plain_http(&self) -> bool {
+    pub(crate) fn plain_http(&self) -> bool {
         self.base.scheme() == "http"
     }
 
     /// The `Authorization` value for the registry's own URLs, if any.
-    pub fn authorization(&self) -> Option<Secret> {
+    pub(crate) fn authorization(&self) -> Option<Secret> {
         self.authorization
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -113,7 +113,7 @@ impl Client {
 
     /// Runs the probe and the token dance again (a token expired during a long download),
     /// unless another transfer did so since `seen` was the `Authorization` in use.
-    pub async fn reauthenticate(
+    pub(crate) async fn reauthenticate(
         &self,
         config: &RegistryConfig,
         seen: Option<&Secret>,
@@ -174,7 +174,7 @@ impl Client {
     }
 
     /// Fetches a manifest (raw bytes), retrying transient failures.
-    pub async fn manifest(
+    pub(crate) async fn manifest(
         &self,
         config: &RegistryConfig,
         reference: &ImageRef,
@@ -243,13 +243,13 @@ impl Client {
     }
 
     /// Where the registry serves blob `digest`.
-    pub fn blob_url(&self, digest: &Digest) -> Url {
+    pub(crate) fn blob_url(&self, digest: &Digest) -> Url {
         self.repository_url(&["blobs", &digest.to_string()])
     }
 
     /// A transport error (no HTTP answer) of one attempt: TLS failures are fatal, the rest is
     /// retried within its budget.
-    pub fn transport_step<S, T>(
+    pub(crate) fn transport_step<S, T>(
         &self,
         error: &reqwest::Error,
         config: &RegistryConfig,
@@ -262,7 +262,7 @@ impl Client {
     }
 
     /// A transport error that no retry helps.
-    pub fn fatal(&self, error: &reqwest::Error) -> RegistryError {
+    pub(crate) fn fatal(&self, error: &reqwest::Error) -> RegistryError {
         let detail = chain(error);
         match tls_error(error) {
             Some(TlsError::Certificate) => RegistryError::Certificate {
@@ -277,7 +277,7 @@ impl Client {
         }
     }
 
-    pub fn protocol(&self, detail: String) -> RegistryError {
+    pub(crate) fn protocol(&self, detail: String) -> RegistryError {
         RegistryError::Protocol {
             reference: self.reference.to_string(),
             registry: self.registry.clone(),
@@ -286,7 +286,12 @@ impl Client {
     }
 
     /// The error of a request the registry refused with `status` (not 429 or 5xx).
-    pub fn refused(&self, status: u16, reference: &ImageRef, detail: String) -> RegistryError {
+    pub(crate) fn refused(
+        &self,
+        status: u16,
+        reference: &ImageRef,
+        detail: String,
+    ) -> RegistryError {
         let reference = reference.to_string();
         match status {
             401 => self.unauthorized(detail),
@@ -297,7 +302,7 @@ impl Client {
     }
 
     /// The error of a request whose retries are spent.
-    pub fn gave_up(&self, what: String, gave_up: GaveUp) -> RegistryError {
+    pub(crate) fn gave_up(&self, what: String, gave_up: GaveUp) -> RegistryError {
         RegistryError::Transfer {
             reference: self.reference.to_string(),
             what,
@@ -308,7 +313,7 @@ impl Client {
         }
     }
 
-    pub fn unauthorized(&self, detail: String) -> RegistryError {
+    pub(crate) fn unauthorized(&self, detail: String) -> RegistryError {
         match self.credential.is_some() {
             true => RegistryError::Unauthorized {
                 reference: self.reference.to_string(),

@@ -122,7 +122,7 @@ impl Credentials {
     }
 
     /// Merges: entries of `self` win over `other`'s for the same host.
-    pub fn merged_over(mut self, other: Credentials) -> Credentials {
+    pub(crate) fn merged_over(mut self, other: Credentials) -> Credentials {
         for (host, credential) in other.by_host {
             self.by_host.entry(host).or_insert(credential);
         }
@@ -131,13 +131,8 @@ impl Credentials {
     }
 
     /// The credential for exactly this (normalised) host.
-    pub fn for_host(&self, host: &str) -> Option<&Credential> {
+    pub(crate) fn for_host(&self, host: &str) -> Option<&Credential> {
         self.by_host.get(&normalize_host(host))
-    }
-
-    /// Hosts with credentials (for the log).
-    pub fn hosts(&self) -> impl Iterator<Item = &str> {
-        self.by_host.keys().map(String::as_str)
     }
 }
 

@@ -40,7 +40,7 @@ impl std::fmt::Debug for LayerFeed {
 
 impl LayerFeed {
     /// A feed that calls `ready(index, layer)` for each layer as it lands in the store.
-    pub fn new(ready: impl Fn(usize, &PulledLayer) + Send + Sync + 'static) -> LayerFeed {
+    pub(crate) fn new(ready: impl Fn(usize, &PulledLayer) + Send + Sync + 'static) -> LayerFeed {
         LayerFeed {
             ready: Some(Arc::new(ready)),
             downloading: None,
@@ -50,7 +50,7 @@ impl LayerFeed {
     }
 
     /// Also calls `downloading(index, layer)` when the transfer of a layer's blob starts.
-    pub fn with_downloading(
+    pub(crate) fn with_downloading(
         mut self,
         downloading: impl Fn(usize, &PulledLayer) + Send + Sync + 'static,
     ) -> LayerFeed {
@@ -60,7 +60,7 @@ impl LayerFeed {
 
     /// Also calls `planned(layers, download)` before the first layer transfer: every layer of
     /// the image, and the bytes of the blobs still to download.
-    pub fn with_planned(
+    pub(crate) fn with_planned(
         mut self,
         planned: impl Fn(&[PulledLayer], u64) + Send + Sync + 'static,
     ) -> LayerFeed {
@@ -69,7 +69,7 @@ impl LayerFeed {
     }
 
     /// Reports what the fetch is about to do (see [`Self::with_planned`]).
-    pub fn planned(&self, layers: &[PulledLayer], download: u64) {
+    pub(crate) fn planned(&self, layers: &[PulledLayer], download: u64) {
         if let Some(planned) = &self.planned {
             planned(layers, download);
         }
@@ -77,7 +77,7 @@ impl LayerFeed {
 
     /// The same stop flag without the reporting (a consumer holds this one, so that the
     /// reporting closure, and what it owns, goes away with the fetch).
-    pub fn stop_handle(&self) -> LayerFeed {
+    pub(crate) fn stop_handle(&self) -> LayerFeed {
         LayerFeed {
             ready: None,
             downloading: None,
@@ -87,14 +87,14 @@ impl LayerFeed {
     }
 
     /// Reports layer `index`, whose blob is now verified in the store.
-    pub fn ready(&self, index: usize, layer: &PulledLayer) {
+    pub(crate) fn ready(&self, index: usize, layer: &PulledLayer) {
         if let Some(ready) = &self.ready {
             ready(index, layer);
         }
     }
 
     /// Reports layer `index`, whose blob is now being downloaded into the store.
-    pub fn downloading(&self, index: usize, layer: &PulledLayer) {
+    pub(crate) fn downloading(&self, index: usize, layer: &PulledLayer) {
         if let Some(downloading) = &self.downloading {
             downloading(index, layer);
         }
@@ -102,11 +102,11 @@ impl LayerFeed {
 
     /// Asks the fetch and the consumer to start nothing new. True for the call that stopped it
     /// first (so a caller can tell whose failure came first).
-    pub fn stop(&self) -> bool {
+    pub(crate) fn stop(&self) -> bool {
         !self.stop.swap(true, Ordering::SeqCst)
     }
 
-    pub fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 pub use credentials::{Credential, Credentials};
 pub use feed::LayerFeed;
 pub use pull::{cached_blobs, pull, pull_feeding, CachedImage};
-pub use retry::Failure;
+pub(crate) use retry::Failure;
 
 use crate::cache::CacheError;
 use crate::config::Settings;
@@ -81,7 +81,7 @@ impl RegistryConfig {
     /// The registry settings of `settings`: the pull secret merged over the docker config file
     /// (read when it exists; a path set explicitly must exist), extra CA certificates, insecure
     /// registries. Returns warnings to log (unused credential helpers, ...).
-    pub fn from_settings(
+    pub(crate) fn from_settings(
         settings: &Settings,
     ) -> Result<(RegistryConfig, Vec<String>), RegistryError> {
         use crate::config::names;

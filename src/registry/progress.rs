@@ -29,7 +29,7 @@ fn mb(bytes: u64) -> String {
 }
 
 impl Progress {
-    pub fn new(blobs: impl IntoIterator<Item = (Digest, u64)>) -> Progress {
+    pub(crate) fn new(blobs: impl IntoIterator<Item = (Digest, u64)>) -> Progress {
         let blobs = blobs
             .into_iter()
             .map(|(digest, total)| Blob {
@@ -51,20 +51,20 @@ impl Progress {
         }
     }
 
-    pub fn advance(&self, digest: &Digest, bytes: u64) {
+    pub(crate) fn advance(&self, digest: &Digest, bytes: u64) {
         self.update(digest, |b| b.done = (b.done + bytes).min(b.total));
     }
 
-    pub fn restart(&self, digest: &Digest) {
+    pub(crate) fn restart(&self, digest: &Digest) {
         self.update(digest, |b| b.done = 0);
     }
 
-    pub fn cached(&self, digest: &Digest) {
+    pub(crate) fn cached(&self, digest: &Digest) {
         self.update(digest, |b| b.done = b.total);
     }
 
     /// (done, total) over all blobs.
-    pub fn totals(&self) -> (u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64) {
         self.blobs
             .lock()
             .map(|b| {
@@ -75,7 +75,7 @@ impl Progress {
     }
 
     /// One line: overall, then each unfinished blob.
-    pub fn line(&self, reference: &str) -> String {
+    pub(crate) fn line(&self, reference: &str) -> String {
         let (done, total) = self.totals();
         let percent = (done * 100).checked_div(total).unwrap_or(100);
         let mut text = format!(
@@ -106,7 +106,7 @@ pub(crate) struct Reporter {
 }
 
 impl Reporter {
-    pub fn start(progress: Progress, reference: String, interval: Duration) -> Reporter {
+    pub(crate) fn start(progress: Progress, reference: String, interval: Duration) -> Reporter {
         let terminal = std::io::stderr().is_terminal();
         let (shown, name) = (progress.clone(), reference.clone());
         let task = tokio::spawn(async move {

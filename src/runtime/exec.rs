@@ -18,7 +18,7 @@ use super::RuntimeError;
 
 /// What to exec.
 #[derive(Debug, Clone)]
-pub struct ExecDef<'a> {
+pub(crate) struct ExecDef<'a> {
     /// The exec ID (unique within the container while it runs).
     pub exec_id: &'a str,
     /// The process: args, env, user, cwd, capabilities.
@@ -34,7 +34,7 @@ pub struct ExecDef<'a> {
 /// task is still created and not started; [`PendingExec::start`] runs it. Dropped unstarted
 /// (e.g. the start was interrupted), it frees the threads waiting on its FIFOs.
 #[derive(Debug)]
-pub struct PendingExec {
+pub(crate) struct PendingExec {
     task: Task,
     exec_id: String,
     /// `None` once handed on or released.
@@ -75,11 +75,9 @@ impl Drop for PendingExec {
 
 /// A started exec'd process.
 #[derive(Debug)]
-pub struct Exec {
+pub(crate) struct Exec {
     task: Task,
     exec_id: String,
-    /// Its pid in envbox's pid namespace.
-    pub pid: u32,
     io: ExecIo,
     drains: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -87,7 +85,7 @@ pub struct Exec {
 impl Task {
     /// Registers `def` with containerd, its stdio FIFOs made and waited on; every output line
     /// will go to `sink`. Nothing runs until [`PendingExec::start`].
-    pub async fn register_exec(
+    pub(crate) async fn register_exec(
         &self,
         def: &ExecDef<'_>,
         sink: &OutputSink,
@@ -147,7 +145,7 @@ impl Task {
 
 impl PendingExec {
     /// Starts the process (the task must be running), feeds its stdin and closes it.
-    pub async fn start(mut self) -> Result<Exec, RuntimeError> {
+    pub(crate) async fn start(mut self) -> Result<Exec, RuntimeError> {
         let tasks = self.task.engine.tasks();
         let started = tasks
             .clone()
@@ -156,18 +154,15 @@ impl PendingExec {
                 exec_id: self.exec_id.clone(),
             }))
             .await;
-        let pid = match started {
-            Ok(response) => response.into_inner().pid,
-            Err(status) => {
-                self.forget().await;
-                self.release_stdio().await;
-                return Err(RuntimeError::Call {
-                    action: "start exec",
-                    id: self.exec_id.clone(),
-                    status,
-                });
-            }
-        };
+        if let Err(status) = started {
+            self.forget().await;
+            self.release_stdio().await;
+            return Err(RuntimeError::Call {
+                action: "start exec",
+                id: self.exec_id.clone(),
+                status,
+            });
+        }
         let Stdio { io, drains, feeder } = self.stdio.take().expect("released only here");
         if let Some(feeder) = feeder {
             let fed = feeder
@@ -190,7 +185,6 @@ impl PendingExec {
         Ok(Exec {
             task: self.task.clone(),
             exec_id: self.exec_id.clone(),
-            pid,
             io,
             drains,
         })
@@ -198,7 +192,7 @@ impl PendingExec {
 
     /// Forgets the process without running it (its task is not going to run), and frees its
     /// stdio.
-    pub async fn discard(mut self) {
+    pub(crate) async fn discard(mut self) {
         self.forget().await;
         self.release_stdio().await;
     }
@@ -216,13 +210,8 @@ impl PendingExec {
 }
 
 impl Exec {
-    /// The exec ID.
-    pub fn id(&self) -> &str {
-        &self.exec_id
-    }
-
     /// A handle that signals this process (usable while `wait` runs).
-    pub fn signaller(&self) -> ExecSignaller {
+    pub(crate) fn signaller(&self) -> ExecSignaller {
         ExecSignaller {
             task: self.task.clone(),
             exec_id: self.exec_id.clone(),
@@ -230,7 +219,7 @@ impl Exec {
     }
 
     /// Waits until the process exits and its output is drained, then deletes it.
-    pub async fn wait(self) -> Result<ExitStatus, RuntimeError> {
+    pub(crate) async fn wait(self) -> Result<ExitStatus, RuntimeError> {
         let status = self
             .task
             .engine
@@ -262,14 +251,14 @@ impl Exec {
 
 /// Sends signals to an exec'd process.
 #[derive(Debug, Clone)]
-pub struct ExecSignaller {
+pub(crate) struct ExecSignaller {
     task: Task,
     exec_id: String,
 }
 
 impl ExecSignaller {
     /// Sends `signal` to the process.
-    pub async fn kill(&self, signal: u32) -> Result<(), RuntimeError> {
+    pub(crate) async fn kill(&self, signal: u32) -> Result<(), RuntimeError> {
         self.task
             .engine
             .tasks()

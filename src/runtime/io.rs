@@ -17,13 +17,13 @@ use super::RuntimeError;
 
 /// Which output stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     Stdout,
     Stderr,
 }
 
 /// Receives each line a process writes (without its newline; invalid UTF-8 replaced).
-pub type OutputSink = Arc<dyn Fn(Stream, &str) + Send + Sync>;
+pub(crate) type OutputSink = Arc<dyn Fn(Stream, &str) + Send + Sync>;
 
 /// The FIFOs of one exec.
 #[derive(Debug)]
@@ -35,7 +35,11 @@ pub(super) struct ExecIo {
 
 impl ExecIo {
     /// Makes fresh FIFOs (0600) in `dir` for `exec_id`.
-    pub fn create(dir: &Path, exec_id: &str, with_stdin: bool) -> Result<ExecIo, RuntimeError> {
+    pub(crate) fn create(
+        dir: &Path,
+        exec_id: &str,
+        with_stdin: bool,
+    ) -> Result<ExecIo, RuntimeError> {
         std::fs::create_dir_all(dir).map_err(RuntimeError::io("creating", dir))?;
         let fifo = |name: &str| -> Result<PathBuf, RuntimeError> {
             let path = dir.join(format!("{exec_id}.{name}"));
@@ -60,7 +64,7 @@ impl ExecIo {
     }
 
     /// The paths as the shim takes them.
-    pub fn uris(&self) -> (String, String, String) {
+    pub(crate) fn uris(&self) -> (String, String, String) {
         let text = |p: &Path| p.display().to_string();
         (
             self.stdin.as_deref().map(text).unwrap_or_default(),
@@ -70,7 +74,7 @@ impl ExecIo {
     }
 
     /// Writes `data` into the stdin FIFO once the shim opens it, then closes it.
-    pub fn feed_stdin(&self, data: Vec<u8>) -> Option<JoinHandle<std::io::Result<()>>> {
+    pub(crate) fn feed_stdin(&self, data: Vec<u8>) -> Option<JoinHandle<std::io::Result<()>>> {
         let path = self.stdin.clone()?;
         Some(tokio::task::spawn_blocking(move || {
             let mut fifo = OpenOptions::new().write(true).open(&path)?;
@@ -79,7 +83,7 @@ impl ExecIo {
     }
 
     /// Forwards every line of stdout and stderr to `sink` until the process's end closes them.
-    pub fn drain(&self, sink: &OutputSink) -> Vec<JoinHandle<std::io::Result<()>>> {
+    pub(crate) fn drain(&self, sink: &OutputSink) -> Vec<JoinHandle<std::io::Result<()>>> {
         [
             (Stream::Stdout, &self.stdout),
             (Stream::Stderr, &self.stderr),
@@ -106,7 +110,7 @@ impl ExecIo {
 
     /// Opens the other end of each FIFO for a moment, so threads blocked opening them go on
     /// (readers see end of file, the writer a broken pipe).
-    pub fn release(&self) {
+    pub(crate) fn release(&self) {
         let nonblocking = libc::O_NONBLOCK;
         if let Some(stdin) = &self.stdin {
             let _ = OpenOptions::new()
@@ -123,7 +127,7 @@ impl ExecIo {
     }
 
     /// Removes the FIFOs.
-    pub fn remove(&self) {
+    pub(crate) fn remove(&self) {
         for path in self.stdin.iter().chain([&self.stdout, &self.stderr]) {
             let _ = std::fs::remove_file(path);
         }

@@ -9,19 +9,19 @@
 
 mod exec;
 mod io;
-pub mod options;
+pub(crate) mod options;
 mod task;
 
 use std::path::{Path, PathBuf};
 
 use containerd_client::tonic::{self, transport::Channel, Request};
 
-pub use exec::{Exec, ExecDef, ExecSignaller, PendingExec};
-pub use io::{OutputSink, Stream};
-pub use task::{ContainerDef, ExitStatus, Task};
+pub(crate) use exec::{ExecDef, ExecSignaller};
+pub(crate) use io::OutputSink;
+pub(crate) use task::{ContainerDef, ExitStatus, Task};
 
 /// The containerd namespace envbox's container lives in.
-pub const NAMESPACE: &str = "envbox";
+pub(crate) const NAMESPACE: &str = "envbox";
 
 /// Where the OCI runtime keeps the state of container `id` while it exists: the shim runs
 /// it with `--root <runtime root>/<namespace>`, and runc and sysbox-runc keep `<root>/<id>/`
@@ -32,7 +32,7 @@ pub fn state_dir(runtime_root: &Path, id: &str) -> PathBuf {
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub(crate) enum RuntimeError {
     #[error("containerd could not {action} {id}: {status}", status = .status.message())]
     Call {
         action: &'static str,
@@ -54,7 +54,7 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     /// Whether containerd answered "not found" (the object is already gone).
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, RuntimeError::Call { status, .. } if status.code() == tonic::Code::NotFound)
     }
 
@@ -75,14 +75,14 @@ impl RuntimeError {
 
 /// A connection to containerd, scoped to envbox's namespace. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Engine {
+pub(crate) struct Engine {
     channel: Channel,
     namespace: String,
 }
 
 impl Engine {
     /// An engine over an already connected channel.
-    pub fn with_channel(channel: Channel) -> Engine {
+    pub(crate) fn with_channel(channel: Channel) -> Engine {
         Engine {
             channel,
             namespace: NAMESPACE.to_owned(),

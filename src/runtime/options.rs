@@ -13,15 +13,16 @@ use prost::Message;
 use prost_types::Any;
 
 /// Type URL of a runtime spec carried in `Container.spec`.
-pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+pub(crate) const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// Type URL of an exec's process carried in `ExecProcessRequest.spec`.
-pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
+pub(crate) const PROCESS_TYPE_URL: &str =
+    "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// Type URL of [`RuncOptions`] (bare: see the module doc).
-pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+pub(crate) const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 
 /// The runc shim's options (`containerd.runc.v1.Options`), the fields envbox sets.
 #[derive(Clone, PartialEq, Message)]
-pub struct RuncOptions {
+pub(crate) struct RuncOptions {
     /// The OCI runtime executable the shim runs (`runc`, `sysbox-runc`).
     #[prost(string, tag = "6")]
     pub binary_name: String,
@@ -34,7 +35,7 @@ pub struct RuncOptions {
 }
 
 /// The shim options selecting `binary` with its state under `root`.
-pub fn runc_options(binary: &str, root: &Path) -> Any {
+pub(crate) fn runc_options(binary: &str, root: &Path) -> Any {
     let options = RuncOptions {
         binary_name: binary.to_owned(),
         root: root.display().to_string(),
@@ -48,7 +49,7 @@ pub fn runc_options(binary: &str, root: &Path) -> Any {
 
 /// The runtime spec as containerd stores it (its JSON, secrets included: it goes to containerd
 /// only, never to a log).
-pub fn spec_any(spec: &Spec) -> Result<Any, serde_json::Error> {
+pub(crate) fn spec_any(spec: &Spec) -> Result<Any, serde_json::Error> {
     Ok(Any {
         type_url: SPEC_TYPE_URL.to_owned(),
         value: serde_json::to_vec(spec)?,
@@ -56,7 +57,7 @@ pub fn spec_any(spec: &Spec) -> Result<Any, serde_json::Error> {
 }
 
 /// An exec's process spec.
-pub fn process_any(process: &Process) -> Result<Any, serde_json::Error> {
+pub(crate) fn process_any(process: &Process) -> Result<Any, serde_json::Error> {
     Ok(Any {
         type_url: PROCESS_TYPE_URL.to_owned(),
         value: serde_json::to_vec(process)?,

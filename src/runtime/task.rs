@@ -14,11 +14,11 @@ use super::{Engine, RuntimeError};
 use std::path::PathBuf;
 
 /// containerd's runc shim (v2): the one shim envbox uses; the OCI runtime is its `BinaryName`.
-pub const SHIM: &str = "io.containerd.runc.v2";
+pub(crate) const SHIM: &str = "io.containerd.runc.v2";
 
 /// What to create.
 #[derive(Debug, Clone)]
-pub struct ContainerDef<'a> {
+pub(crate) struct ContainerDef<'a> {
     /// The container ID (`workspace_cvm`).
     pub id: &'a str,
     /// The runtime spec; its `root.path` is the absolute rootfs path.
@@ -33,7 +33,7 @@ pub struct ContainerDef<'a> {
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExitStatus(pub u32);
+pub(crate) struct ExitStatus(pub u32);
 
 impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +47,7 @@ impl std::fmt::Display for ExitStatus {
 /// A created task (the container's init process). Cheap to clone: `wait` in one task while
 /// signalling from another.
 #[derive(Debug, Clone)]
-pub struct Task {
+pub(crate) struct Task {
     pub(super) engine: Engine,
     pub(super) id: String,
     /// The init process's pid in envbox's pid namespace.
@@ -57,7 +57,7 @@ pub struct Task {
 impl Engine {
     /// Creates the container and its task (not started: the network is attached to its
     /// namespaces first).
-    pub async fn create(&self, def: &ContainerDef<'_>) -> Result<Task, RuntimeError> {
+    pub(crate) async fn create(&self, def: &ContainerDef<'_>) -> Result<Task, RuntimeError> {
         let container = Container {
             id: def.id.to_owned(),
             runtime: Some(Runtime {
@@ -95,7 +95,7 @@ impl Engine {
 
     /// Removes container `id` and its task if a previous run left them (the task killed
     /// first). Returns whether anything was there.
-    pub async fn remove_leftovers(&self, id: &str) -> Result<bool, RuntimeError> {
+    pub(crate) async fn remove_leftovers(&self, id: &str) -> Result<bool, RuntimeError> {
         let mut found = false;
         let task = self
             .tasks()
@@ -168,13 +168,8 @@ fn ignore_not_found(error: RuntimeError) -> Result<(), RuntimeError> {
 }
 
 impl Task {
-    /// The container ID.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// Starts the init process.
-    pub async fn start(&self) -> Result<(), RuntimeError> {
+    pub(crate) async fn start(&self) -> Result<(), RuntimeError> {
         self.engine
             .tasks()
             .start(self.engine.request(StartRequest {
@@ -187,7 +182,7 @@ impl Task {
     }
 
     /// Sends `signal` to the init process, or with `all` to every process of the container.
-    pub async fn kill(&self, signal: u32, all: bool) -> Result<(), RuntimeError> {
+    pub(crate) async fn kill(&self, signal: u32, all: bool) -> Result<(), RuntimeError> {
         self.engine
             .tasks()
             .kill(self.engine.request(KillRequest {
@@ -202,7 +197,7 @@ impl Task {
     }
 
     /// Waits until the init process exits.
-    pub async fn wait(&self) -> Result<ExitStatus, RuntimeError> {
+    pub(crate) async fn wait(&self) -> Result<ExitStatus, RuntimeError> {
         let response = self
             .engine
             .tasks()
@@ -219,7 +214,7 @@ impl Task {
     }
 
     /// Deletes the (stopped) task.
-    pub async fn delete(&self) -> Result<(), RuntimeError> {
+    pub(crate) async fn delete(&self) -> Result<(), RuntimeError> {
         self.engine
             .tasks()
             .delete(self.engine.request(DeleteTaskRequest {

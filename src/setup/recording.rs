@@ -15,7 +15,7 @@ use super::Sys;
 
 /// One recorded primitive call, with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Call {
+pub(crate) enum Call {
     MkdirAll {
         path: PathBuf,
     },
@@ -56,7 +56,7 @@ pub enum Call {
 
 /// The kind of a [`Call`], to aim an injected failure at one primitive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub(crate) enum Op {
     MkdirAll,
     Chown,
     Chmod,
@@ -69,7 +69,7 @@ pub enum Op {
 
 impl Call {
     /// The primitive called.
-    pub fn op(&self) -> Op {
+    pub(crate) fn op(&self) -> Op {
         match self {
             Call::MkdirAll { .. } => Op::MkdirAll,
             Call::Chown { .. } => Op::Chown,
@@ -83,7 +83,7 @@ impl Call {
     }
 
     /// The path operated on (for [`Call::SymlinkInRoot`], the path inside the rootfs).
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         match self {
             Call::MkdirAll { path }
             | Call::Chown { path, .. }
@@ -117,18 +117,18 @@ impl Failure {
 
 /// Records calls; fails those matching an injected failure (the failed call is recorded too).
 #[derive(Debug, Default)]
-pub struct RecordingSys {
+pub(crate) struct RecordingSys {
     calls: RefCell<Vec<Call>>,
     failures: Vec<Failure>,
 }
 
 impl RecordingSys {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Every primitive on `path` fails with `errno`.
-    pub fn fail_path(mut self, path: impl Into<PathBuf>, errno: Errno) -> Self {
+    pub(crate) fn fail_path(mut self, path: impl Into<PathBuf>, errno: Errno) -> Self {
         self.failures.push(Failure {
             op: None,
             path: path.into(),
@@ -140,7 +140,7 @@ impl RecordingSys {
     }
 
     /// The primitive `op` on `path` fails with `errno`.
-    pub fn fail_op(mut self, op: Op, path: impl Into<PathBuf>, errno: Errno) -> Self {
+    pub(crate) fn fail_op(mut self, op: Op, path: impl Into<PathBuf>, errno: Errno) -> Self {
         self.failures.push(Failure {
             op: Some(op),
             path: path.into(),
@@ -152,7 +152,7 @@ impl RecordingSys {
     }
 
     /// Only the first call of `op` on `path` fails with `errno`; later ones succeed.
-    pub fn fail_op_once(mut self, op: Op, path: impl Into<PathBuf>, errno: Errno) -> Self {
+    pub(crate) fn fail_op_once(mut self, op: Op, path: impl Into<PathBuf>, errno: Errno) -> Self {
         self.failures.push(Failure {
             op: Some(op),
             path: path.into(),
@@ -164,7 +164,7 @@ impl RecordingSys {
     }
 
     /// The calls made so far, in order.
-    pub fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.calls.borrow().clone()
     }
 

@@ -93,7 +93,7 @@ pub(crate) fn compression_of(head: &[u8]) -> Option<&'static str> {
 
 impl Archive {
     /// Opens `path` and indexes its members.
-    pub fn open(path: &Path) -> Result<Archive, SourceError> {
+    pub(crate) fn open(path: &Path) -> Result<Archive, SourceError> {
         let file = File::open(path).map_err(|source| SourceError::Open {
             path: path.to_owned(),
             source,
@@ -155,7 +155,7 @@ impl Archive {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -189,13 +189,16 @@ impl Archive {
     }
 
     /// The size of member `name`, or `None` when there is no such member.
-    pub fn size_of(&self, name: &str) -> Result<Option<u64>, SourceError> {
+    pub(crate) fn size_of(&self, name: &str) -> Result<Option<u64>, SourceError> {
         Ok(self.locate(name)?.map(|(_, size)| size))
     }
 
     /// A reader of member `name`'s bytes and their count, or `None` when there is no such
     /// member.
-    pub fn open_member(&self, name: &str) -> Result<Option<(Section<'_>, u64)>, SourceError> {
+    pub(crate) fn open_member(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Section<'_>, u64)>, SourceError> {
         Ok(self.locate(name)?.map(|(offset, size)| {
             (
                 Section {

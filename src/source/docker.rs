@@ -37,7 +37,7 @@ pub(crate) struct SavedImage {
 }
 
 impl SavedImage {
-    pub fn tags(&self) -> &[String] {
+    pub(crate) fn tags(&self) -> &[String] {
         self.repo_tags.as_deref().unwrap_or_default()
     }
 }

@@ -37,7 +37,7 @@ pub(crate) fn blob_name(digest: &Digest) -> String {
 
 impl Files {
     /// The directory or archive file, for messages.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         match self {
             Files::Dir(dir) => dir,
             Files::Tar(archive) => archive.path(),
@@ -61,7 +61,7 @@ impl Files {
     }
 
     /// Opens `name` for reading: the reader and the byte count, `None` when it is absent.
-    pub fn open(&self, name: &str) -> Result<Option<Opened<'_>>, SourceError> {
+    pub(crate) fn open(&self, name: &str) -> Result<Option<Opened<'_>>, SourceError> {
         let name = self.checked(name)?;
         match self {
             Files::Tar(archive) => Ok(archive
@@ -93,12 +93,12 @@ impl Files {
     }
 
     /// Whether `name` exists.
-    pub fn contains(&self, name: &str) -> Result<bool, SourceError> {
+    pub(crate) fn contains(&self, name: &str) -> Result<bool, SourceError> {
         Ok(self.size_of(name)?.is_some())
     }
 
     /// The size of `name`, `None` when it is absent.
-    pub fn size_of(&self, name: &str) -> Result<Option<u64>, SourceError> {
+    pub(crate) fn size_of(&self, name: &str) -> Result<Option<u64>, SourceError> {
         match self {
             Files::Tar(archive) => archive.size_of(&self.checked(name)?),
             Files::Dir(_) => Ok(self.open(name)?.map(|(_, size)| size)),
@@ -106,7 +106,7 @@ impl Files {
     }
 
     /// Reads `name` whole (at most [`MAX_DOCUMENT_SIZE`] bytes); `what` names it in errors.
-    pub fn read(&self, name: &str, what: &str) -> Result<Vec<u8>, SourceError> {
+    pub(crate) fn read(&self, name: &str, what: &str) -> Result<Vec<u8>, SourceError> {
         let (reader, size) = self.open(name)?.ok_or_else(|| SourceError::Missing {
             path: self.path().to_owned(),
             what: format!("{what} ({name})"),

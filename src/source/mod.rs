@@ -39,7 +39,7 @@ pub enum Format {
 
 impl Format {
     /// The skopeo transport name.
-    pub fn transport(self) -> &'static str {
+    pub(crate) fn transport(self) -> &'static str {
         match self {
             Format::OciLayout => "oci",
             Format::OciArchive => "oci-archive",
@@ -122,7 +122,7 @@ impl ImageSource {
 
     /// The same source, pinned under `reference` once imported (`--as`): local images only,
     /// and a tag, not a digest.
-    pub fn pinned_as(self, reference: Option<ImageRef>) -> Result<ImageSource, SourceError> {
+    pub(crate) fn pinned_as(self, reference: Option<ImageRef>) -> Result<ImageSource, SourceError> {
         let Some(reference) = reference else {
             return Ok(self);
         };

@@ -17,12 +17,12 @@ use crate::rootfs::RootfsFacts;
 use crate::setup::Action;
 
 /// `/dev/net/tun` and `/dev/fuse`: statically assigned misc devices (Linux devices.txt).
-pub const TUN: (u64, u64) = (10, 200);
-pub const FUSE: (u64, u64) = (10, 229);
+pub(crate) const TUN: (u64, u64) = (10, 200);
+pub(crate) const FUSE: (u64, u64) = (10, 229);
 
 /// A character device the container may use, and how it gets there.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceBind {
+pub(crate) struct DeviceBind {
     pub source: PathBuf,
     pub destination: PathBuf,
     pub major: u64,
@@ -30,14 +30,14 @@ pub struct DeviceBind {
     pub options: Vec<String>,
 }
 
-pub struct DevicePlan {
+pub(crate) struct DevicePlan {
     pub binds: Vec<DeviceBind>,
     pub actions: Vec<Action>,
     pub warnings: Vec<String>,
 }
 
 /// The GPU plan, when GPUs are asked for.
-pub fn gpu_plan(
+pub(crate) fn gpu_plan(
     settings: &Settings,
     rootfs: &RootfsFacts,
     host: &HostFacts,
@@ -81,7 +81,7 @@ fn own_node(
     (bind, action)
 }
 
-pub fn plan(
+pub(crate) fn plan(
     settings: &Settings,
     layout: &RunDirLayout,
     host: &HostFacts,

@@ -11,10 +11,11 @@ use crate::config::{names, Settings};
 use crate::image::ImageConfig;
 
 /// Docker's default `PATH`, used when the image sets none.
-pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The composed environment and what was dropped.
-pub struct Env {
+pub(crate) struct Env {
     pub vars: Vec<String>,
     pub warnings: Vec<String>,
 }
@@ -40,7 +41,7 @@ fn set(vars: &mut Vec<String>, name: &str, value: &str) {
 }
 
 /// Composes the environment. `environ` is the outer environment, `gpu` the GPU variables.
-pub fn compose(
+pub(crate) fn compose(
     settings: &Settings,
     image: &ImageConfig,
     environ: &[(String, String)],

@@ -14,7 +14,7 @@ use crate::host::HostFacts;
 use crate::setup::Action;
 
 /// The three files: where they are written, where they go inside.
-pub struct EtcFiles {
+pub(crate) struct EtcFiles {
     /// `(source under the run dir, destination inside)`, in mount order.
     pub binds: Vec<(PathBuf, PathBuf)>,
     pub actions: Vec<Action>,
@@ -23,7 +23,7 @@ pub struct EtcFiles {
 
 const FALLBACK_NAMESERVERS: &str = "nameserver 8.8.8.8\nnameserver 8.8.4.4\n";
 
-pub fn hosts(settings: &Settings) -> String {
+pub(crate) fn hosts(settings: &Settings) -> String {
     let bridge = &settings.bridge;
     format!(
         "127.0.0.1\tlocalhost\n\
@@ -50,7 +50,7 @@ fn is_loopback_nameserver(line: &str) -> bool {
 }
 
 /// The inner resolv.conf from the outer one, and a warning when it had to fall back.
-pub fn resolv_conf(outer: Option<&str>) -> (String, Option<String>) {
+pub(crate) fn resolv_conf(outer: Option<&str>) -> (String, Option<String>) {
     let Some(outer) = outer else {
         return (
             FALLBACK_NAMESERVERS.to_owned(),
@@ -81,7 +81,7 @@ pub fn resolv_conf(outer: Option<&str>) -> (String, Option<String>) {
     )
 }
 
-pub fn plan(settings: &Settings, host: &HostFacts, layout: &RunDirLayout) -> EtcFiles {
+pub(crate) fn plan(settings: &Settings, host: &HostFacts, layout: &RunDirLayout) -> EtcFiles {
     let (resolv, warning) = resolv_conf(host.resolv_conf.as_deref());
     let files = [
         ("hosts", hosts(settings)),

@@ -167,7 +167,7 @@ fn check_seccomp(spec: &Spec) -> Result<(), Violation> {
 }
 
 /// Refuses a spec that breaks the security model.
-pub fn check(spec: &Spec) -> Result<(), Violation> {
+pub(crate) fn check(spec: &Spec) -> Result<(), Violation> {
     check_id_mappings(spec)?;
     check_namespaces(spec)?;
     check_devices(spec)?;

@@ -18,9 +18,9 @@ use super::{SpecError, ID_RANGE, ID_SHIFT};
 use crate::config::Settings;
 
 /// CFS period: quota = CPUs x period.
-pub const CPU_PERIOD_US: u64 = 100_000;
+pub(crate) const CPU_PERIOD_US: u64 = 100_000;
 
-pub const NAMESPACES: [LinuxNamespaceType; 7] = [
+pub(crate) const NAMESPACES: [LinuxNamespaceType; 7] = [
     LinuxNamespaceType::Pid,
     LinuxNamespaceType::Ipc,
     LinuxNamespaceType::Uts,
@@ -30,7 +30,7 @@ pub const NAMESPACES: [LinuxNamespaceType; 7] = [
     LinuxNamespaceType::Cgroup,
 ];
 
-pub const MASKED_PATHS: [&str; 13] = [
+pub(crate) const MASKED_PATHS: [&str; 13] = [
     "/proc/asound",
     "/proc/acpi",
     "/proc/interrupts",
@@ -46,7 +46,7 @@ pub const MASKED_PATHS: [&str; 13] = [
     "/sys/kernel/security",
 ];
 
-pub const READONLY_PATHS: [&str; 5] = [
+pub(crate) const READONLY_PATHS: [&str; 5] = [
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",
@@ -102,7 +102,7 @@ fn device_rules(devices: &DevicePlan) -> Result<Vec<LinuxDeviceCgroup>, SpecErro
     Ok(rules)
 }
 
-pub fn build(
+pub(crate) fn build(
     settings: &Settings,
     devices: &DevicePlan,
     seccomp: LinuxSeccomp,

@@ -11,15 +11,15 @@
 mod devices;
 mod env;
 mod etc_files;
-pub mod invariants;
+pub(crate) mod invariants;
 mod linux;
 mod mounts;
-pub use mounts::STATE_MOUNTS;
+pub(crate) use mounts::STATE_MOUNTS;
 mod process;
 pub mod render;
-pub mod seccomp;
+pub(crate) mod seccomp;
 
-pub use process::user_gids;
+pub(crate) use process::user_gids;
 
 use std::path::{Path, PathBuf};
 
@@ -33,13 +33,13 @@ use crate::setup;
 
 use crate::image::{ID_RANGE, ID_SHIFT};
 /// The OCI runtime-spec version we write.
-pub const OCI_VERSION: &str = "1.0.2";
+pub(crate) const OCI_VERSION: &str = "1.0.2";
 /// Annotation carrying the signal that stops the inner init (`SIGRTMIN+3` for systemd).
-pub const STOP_SIGNAL_ANNOTATION: &str = "io.coder.envbox.stop-signal";
+pub(crate) const STOP_SIGNAL_ANNOTATION: &str = "io.coder.envbox.stop-signal";
 
 /// Everything the spec depends on.
 #[derive(Debug, Clone, Copy)]
-pub struct SpecInput<'a> {
+pub(crate) struct SpecInput<'a> {
     pub settings: &'a Settings,
     /// Absolute path of the root filesystem, as the runtime will see it.
     pub rootfs_path: &'a Path,
@@ -89,7 +89,7 @@ pub enum SpecError {
 
 /// Device nodes envbox makes live under the outer `/dev`: the one filesystem of a container
 /// that is sure to allow device nodes (the run dir or the volume may be mounted `nodev`).
-pub const DEVICE_DIR: &str = "/dev/envbox";
+pub(crate) const DEVICE_DIR: &str = "/dev/envbox";
 
 /// Where per-start files live.
 #[derive(Debug, Clone)]
@@ -124,7 +124,7 @@ fn action_rank(action: &setup::Action) -> u8 {
 }
 
 /// Builds the spec and its setup actions. Pure.
-pub fn build(input: &SpecInput<'_>) -> Result<ContainerPlan, SpecError> {
+pub(crate) fn build(input: &SpecInput<'_>) -> Result<ContainerPlan, SpecError> {
     let SpecInput {
         settings,
         rootfs_path,

@@ -21,12 +21,12 @@ use crate::rootfs::RootfsFacts;
 use crate::setup::Action;
 
 /// The inner dockerd and podman keep their state on the persistent volume (Go envbox contract).
-pub const STATE_MOUNTS: [(&str, &str); 2] = [
+pub(crate) const STATE_MOUNTS: [(&str, &str); 2] = [
     ("/var/lib/coder/docker", "/var/lib/docker"),
     ("/var/lib/coder/containers", "/var/lib/containers"),
 ];
 
-pub struct MountPlan {
+pub(crate) struct MountPlan {
     pub spec_mounts: Vec<Mount>,
     pub actions: Vec<Action>,
     pub warnings: Vec<String>,
@@ -107,7 +107,7 @@ fn kernel_mounts() -> Vec<Mount> {
 
 /// Options for a bind of `source`: `rbind`, `rprivate`, `ro` when asked or when the source's
 /// mount is read-only, and the flags that mount locks.
-pub fn bind_options(host: &HostFacts, source: &Path, read_only: bool) -> Vec<String> {
+pub(crate) fn bind_options(host: &HostFacts, source: &Path, read_only: bool) -> Vec<String> {
     let holder = host.mounts.containing(source);
     let mut options = strings(&["rbind", "rprivate"]);
     if read_only || holder.is_some_and(|m| m.is_read_only()) {
@@ -121,7 +121,7 @@ pub fn bind_options(host: &HostFacts, source: &Path, read_only: bool) -> Vec<Str
 
 /// Owner of a bind source: the workspace user for a source `/root` or `/home/<name>` (the Go
 /// envbox's rule) and for any source mounted at the user's home directory, else root.
-pub fn source_owner(source: &Path, destination: &Path, rootfs: &RootfsFacts) -> (u32, u32) {
+pub(crate) fn source_owner(source: &Path, destination: &Path, rootfs: &RootfsFacts) -> (u32, u32) {
     let is_home = source == Path::new("/root")
         || (source.starts_with("/home") && source.components().count() == 3)
         || destination == rootfs.user.home;
@@ -132,7 +132,7 @@ pub fn source_owner(source: &Path, destination: &Path, rootfs: &RootfsFacts) -> 
     }
 }
 
-pub fn plan(
+pub(crate) fn plan(
     settings: &Settings,
     rootfs_path: &Path,
     rootfs: &RootfsFacts,

@@ -25,7 +25,7 @@ use crate::image::ImageConfig;
 use crate::rootfs::RootfsFacts;
 
 /// Every capability up to CAP_CHECKPOINT_RESTORE (Linux 5.9).
-pub const ALL_CAPABILITIES: [&str; 41] = [
+pub(crate) const ALL_CAPABILITIES: [&str; 41] = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
@@ -78,7 +78,7 @@ fn all_capabilities() -> HashSet<Capability> {
 
 /// The `CAP_*` names of a process's bounding set, sorted (what dockerd hands its seccomp
 /// profile generator).
-pub fn bounding_names(process: &Process) -> Vec<String> {
+pub(crate) fn bounding_names(process: &Process) -> Vec<String> {
     let mut names: Vec<String> = process
         .capabilities()
         .as_ref()
@@ -95,7 +95,7 @@ pub fn bounding_names(process: &Process) -> Vec<String> {
 }
 
 /// PID 1's arguments.
-pub fn init_args(rootfs: &RootfsFacts) -> Vec<String> {
+pub(crate) fn init_args(rootfs: &RootfsFacts) -> Vec<String> {
     if rootfs.has_init {
         vec!["/sbin/init".to_owned()]
     } else {
@@ -109,7 +109,7 @@ pub fn init_args(rootfs: &RootfsFacts) -> Vec<String> {
 /// CVE-2023-25173), then the groups `/etc/group` lists the user in. A group whose gid is not
 /// below [`ID_RANGE`] cannot exist in the user namespace (setting it fails the exec): it is left
 /// out with a warning rather than refusing the workspace over a group it cannot use anyway.
-pub fn user_gids(rootfs: &RootfsFacts) -> (Vec<u32>, Vec<String>) {
+pub(crate) fn user_gids(rootfs: &RootfsFacts) -> (Vec<u32>, Vec<String>) {
     let user = &rootfs.user;
     let mut gids = vec![user.gid];
     let mut warnings = Vec::new();
@@ -129,7 +129,7 @@ pub fn user_gids(rootfs: &RootfsFacts) -> (Vec<u32>, Vec<String>) {
 /// The workspace gets all of the outer hard `RLIMIT_NOFILE`, soft and hard (IDEs and file
 /// watchers want many), since a user namespace can never raise it further; and its OOM score
 /// ([`crate::oom`]).
-pub fn build(
+pub(crate) fn build(
     settings: &Settings,
     rootfs: &RootfsFacts,
     image: &ImageConfig,

@@ -39,7 +39,7 @@ fn redact_env(value: &mut Value) {
 }
 
 /// The spec as a JSON value with deterministic order.
-pub fn to_value(spec: &Spec, secrets: Secrets) -> Value {
+pub(crate) fn to_value(spec: &Spec, secrets: Secrets) -> Value {
     // Serialising plain data structures into a Value cannot fail.
     let mut value = serde_json::to_value(spec).unwrap_or(Value::Null);
     sort_capabilities(&mut value);

@@ -5,7 +5,7 @@
 //! capabilities (all of them: `process.rs`) to the OCI [`LinuxSeccomp`], evaluated as moby's
 //! `setupSeccomp` does (arch map, rules kept by their capability and arch includes/excludes;
 //! the one kernel-version condition, 4.8 for `ptrace`, taken as met). `DOCKER_RULES` is
-//! moby's `profiles/seccomp/default_linux.go` as of [`MOBY_VERSION`], written out as a table:
+//! moby's `profiles/seccomp/default_linux.go` as of moby v26.0.0, written out as a table:
 //! to move to a newer moby, compare it rule by rule. Default action: EPERM.
 //!
 //! Under sysbox-runc (its `libsysbox/syscont/spec.go` `cfgSeccomp`) the profile must list
@@ -27,11 +27,8 @@ use oci_spec::runtime::{
 
 use super::SpecError;
 
-/// The moby release `DOCKER_RULES` follows.
-pub const MOBY_VERSION: &str = "v26.0.0";
-
 /// The errno of the default action and of every denied syscall.
-pub const EPERM: u32 = 1;
+pub(crate) const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +105,7 @@ const AF_VSOCK: u64 = 40;
 
 use LinuxSeccompOperator::{ScmpCmpEq as EQ, ScmpCmpMaskedEq as MASKED_EQ, ScmpCmpNe as NE};
 
-/// Docker's default profile (moby [`MOBY_VERSION`]), in its order.
+/// Docker's default profile (moby v26.0.0), in its order.
 const DOCKER_RULES: &[Rule] = &[
     allow(ALWAYS_ALLOWED, ANY),
     // `includes.minKernel: 4.8` in moby (taken as met).
@@ -599,7 +596,7 @@ const ALWAYS_ALLOWED: &[&str] = &[
 /// `syscontSyscallWhitelist` beyond Docker's list; sysbox user guide, security.md "System
 /// Calls"), that envbox writes into the profile so plain runc allows them too. Those the
 /// profile already allows without argument conditions are not repeated.
-pub const SYSBOX_ADDITIONS: &[&str] = &[
+pub(crate) const SYSBOX_ADDITIONS: &[&str] = &[
     "mount",
     "umount",
     "umount2",
@@ -667,7 +664,7 @@ fn syscall(names: Vec<String>, action: Action, args: &[Arg]) -> Result<LinuxSysc
 
 /// The seccomp profile for a process with these bounding capabilities (`CAP_*` names) on
 /// this host architecture (`std::env::consts::ARCH` names). Pure.
-pub fn profile<'a>(
+pub(crate) fn profile<'a>(
     arch: &str,
     bounding_caps: impl IntoIterator<Item = &'a str>,
 ) -> Result<LinuxSeccomp, SpecError> {

@@ -39,7 +39,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// What to run and where its traces go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildSpec {
+pub(crate) struct ChildSpec {
     /// Short name used in logs and errors (`containerd`).
     pub name: String,
     /// The executable: a path, or a name looked up in `PATH`.
@@ -80,7 +80,7 @@ pub struct Supervised {
 impl Supervised {
     /// Removes the spec's stale files, opens its log and spawns it. Must be called inside a
     /// tokio runtime (a task watches the child).
-    pub async fn start(spec: ChildSpec) -> Result<Supervised, SuperviseError> {
+    pub(crate) async fn start(spec: ChildSpec) -> Result<Supervised, SuperviseError> {
         for path in &spec.stale_files {
             remove_stale(&spec.name, path).await?;
         }
@@ -141,19 +141,20 @@ impl Supervised {
     }
 
     /// Its log file.
-    pub fn log(&self) -> &Path {
+    #[cfg(test)]
+    pub(crate) fn log(&self) -> &Path {
         &self.log
     }
 
     /// The last lines of its log.
-    pub fn log_tail(&self) -> Vec<String> {
+    pub(crate) fn log_tail(&self) -> Vec<String> {
         log::tail(&self.log, log::TAIL_LINES)
     }
 
     /// Polls `probe` every `interval` until it succeeds, the daemon exits
     /// ([`SuperviseError::Died`]) or `timeout` passes ([`SuperviseError::NotReady`], with the
     /// last probe error). A probe still running at the deadline is abandoned.
-    pub async fn wait_ready<T, E, F, Fut>(
+    pub(crate) async fn wait_ready<T, E, F, Fut>(
         &self,
         timeout: Duration,
         interval: Duration,
@@ -195,7 +196,7 @@ impl Supervised {
 
     /// Resolves when the daemon exits without a stop request; pending forever otherwise.
     /// Cancel-safe: call it again after a `select!` dropped it.
-    pub async fn died(&self) -> Death {
+    pub(crate) async fn died(&self) -> Death {
         match self.exit_matching(|e| !e.requested).await {
             Some(exit) => self.death(exit, Phase::Running),
             None => std::future::pending().await,
@@ -204,7 +205,7 @@ impl Supervised {
 
     /// SIGTERM, up to `grace` for the exit, then SIGKILL; always reaps. `Ok` carries the exit
     /// status after a timely exit.
-    pub async fn stop(mut self, grace: Duration) -> Result<ExitStatus, StopProblem> {
+    pub(crate) async fn stop(mut self, grace: Duration) -> Result<ExitStatus, StopProblem> {
         if let Some(stop) = self.stop.take() {
             // Refused when the daemon already exited by itself: reported below.
             let _ = stop.send(grace);

@@ -22,7 +22,7 @@ use super::child::{ChildSpec, Supervised};
 use super::error::SuperviseError;
 
 /// The daemon's name in logs and errors.
-pub const NAME: &str = "containerd";
+pub(crate) const NAME: &str = "containerd";
 
 /// Plugins disabled in the generated configuration. CRI: envbox is not a kubelet (and CRI
 /// would start its own CNI and image services). The snapshotters other than `native`: envbox
@@ -44,7 +44,7 @@ pub const DISABLED_PLUGINS: &[&str] = &[
 ];
 
 /// gRPC services (`io.containerd.grpc.v1.<id>`) envbox calls; a start without them fails.
-pub const REQUIRED_SERVICES: &[&str] = &["containers", "tasks", "version"];
+pub(crate) const REQUIRED_SERVICES: &[&str] = &["containers", "tasks", "version"];
 const GRPC_SERVICE_TYPE: &str = "io.containerd.grpc.v1";
 
 /// How often the socket is tried while containerd starts (it is usually ready in 30-50 ms,
@@ -76,7 +76,7 @@ pub struct ContainerdPaths {
 
 impl ContainerdPaths {
     /// The spec containerd writes into a container's bundle (its task's state).
-    pub fn bundle_config(&self, namespace: &str, id: &str) -> PathBuf {
+    pub(crate) fn bundle_config(&self, namespace: &str, id: &str) -> PathBuf {
         self.state
             .join("io.containerd.runtime.v2.task")
             .join(namespace)
@@ -85,7 +85,7 @@ impl ContainerdPaths {
     }
 
     /// The metadata database, which holds every container's spec.
-    pub fn metadata_db(&self) -> PathBuf {
+    pub(crate) fn metadata_db(&self) -> PathBuf {
         self.root
             .join("io.containerd.metadata.v1.bolt")
             .join("meta.db")
@@ -230,7 +230,7 @@ pub fn render_config(
 
 /// Why one readiness probe failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("connecting to {path}: {source}")]
     Connect {
         path: PathBuf,
@@ -242,7 +242,7 @@ pub enum ProbeError {
 
 /// A ready containerd.
 #[derive(Debug)]
-pub struct Containerd {
+pub(crate) struct Containerd {
     pub child: Supervised,
     pub channel: Channel,
     /// What `Version` answered, e.g. `1.6.20~ds1`.
@@ -253,7 +253,7 @@ pub struct Containerd {
 
 /// Writes the configuration, starts containerd (stale sockets removed) and waits until it
 /// answers and has loaded [`REQUIRED_SERVICES`].
-pub async fn start(
+pub(crate) async fn start(
     paths: &ContainerdPaths,
     options: &ContainerdOptions,
 ) -> Result<Containerd, SuperviseError> {

@@ -11,13 +11,13 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Lines of the log quoted when a daemon dies.
-pub const TAIL_LINES: usize = 20;
+pub(crate) const TAIL_LINES: usize = 20;
 
 /// At most this much of the end of the log is read for the tail.
 pub(crate) const TAIL_BYTES: u64 = 16 * 1024;
 
 /// `<log>.1`: where the previous run's log is kept.
-pub fn previous_path(log: &Path) -> PathBuf {
+pub(crate) fn previous_path(log: &Path) -> PathBuf {
     let mut name = log.as_os_str().to_owned();
     name.push(".1");
     PathBuf::from(name)
@@ -26,7 +26,7 @@ pub fn previous_path(log: &Path) -> PathBuf {
 /// Opens `log` for a new run: creates its directory, moves an existing log to `<log>.1`
 /// (replacing an older one), creates the file empty and writes `header` as its first line.
 /// The returned file is in append mode, to be shared by the daemon's stdout and stderr.
-pub fn open_for_run(log: &Path, header: &str) -> io::Result<File> {
+pub(crate) fn open_for_run(log: &Path, header: &str) -> io::Result<File> {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir)?;
     }
@@ -45,13 +45,13 @@ pub fn open_for_run(log: &Path, header: &str) -> io::Result<File> {
 }
 
 /// The last `n` lines of `log` (empty when it cannot be read), decoded lossily.
-pub fn tail(log: &Path, n: usize) -> Vec<String> {
+pub(crate) fn tail(log: &Path, n: usize) -> Vec<String> {
     tail_since(log, 0, n).unwrap_or_default()
 }
 
 /// The last `n` non-empty lines of what `log` holds from byte `from` on (all of it when the
 /// file has shrunk below `from`), read from at most its last [`TAIL_BYTES`].
-pub fn tail_since(log: &Path, from: u64, n: usize) -> io::Result<Vec<String>> {
+pub(crate) fn tail_since(log: &Path, from: u64, n: usize) -> io::Result<Vec<String>> {
     read_end(log, from).map(|bytes| tail_lines(&bytes, n))
 }
 
@@ -72,7 +72,7 @@ fn read_end(log: &Path, from: u64) -> io::Result<Vec<u8>> {
 }
 
 /// The last `n` non-empty lines of `bytes`, without their line ends.
-pub fn tail_lines(bytes: &[u8], n: usize) -> Vec<String> {
+pub(crate) fn tail_lines(bytes: &[u8], n: usize) -> Vec<String> {
     let text = String::from_utf8_lossy(bytes);
     let lines: Vec<&str> = text
         .lines()

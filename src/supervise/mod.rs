@@ -20,9 +20,9 @@
 //! ```
 //!
 //! After the container started, [`cgroup::copy_cpu_quota`] copies the outer CPU limit into its
-//! cgroup (non-fatal: a [`cgroup::QuotaWarning`]).
+//! cgroup (non-fatal: a cgroup `QuotaWarning`).
 
-pub mod cgroup;
+pub(crate) mod cgroup;
 mod child;
 mod containerd;
 mod error;
@@ -44,10 +44,10 @@ use tonic::transport::Channel;
 use crate::config::{Runtime, Settings};
 use crate::progress::{self, Kind};
 
-pub use child::{ChildSpec, Supervised};
-pub use containerd::{
-    render_config, ContainerdOptions, ContainerdPaths, DISABLED_PLUGINS, REQUIRED_SERVICES,
-};
+#[cfg(test)]
+pub(crate) use child::ChildSpec;
+pub(crate) use child::Supervised;
+pub use containerd::{render_config, ContainerdOptions, ContainerdPaths, DISABLED_PLUGINS};
 pub use error::{Death, Phase, StopProblem, SuperviseError};
 pub use spawner::SpawnerError;
 pub use sysbox::{SysboxOptions, HINT as SYSBOX_HINT};
@@ -64,7 +64,7 @@ pub enum CgroupSetup {
 
 impl CgroupSetup {
     /// `Prepare` only for PID 1, the pod's entrypoint.
-    pub fn for_pid(pid: u32) -> CgroupSetup {
+    pub(crate) fn for_pid(pid: u32) -> CgroupSetup {
         if pid == 1 {
             CgroupSetup::Prepare
         } else {
@@ -94,7 +94,7 @@ impl DaemonConfig {
     /// The production configuration: real binaries from `PATH`; cgroups prepared only when
     /// envbox is PID 1, i.e. the pod's entrypoint (the preparation moves every process of its
     /// cgroup and may remount `/sys/fs/cgroup`: never on a developer's machine or a CI host).
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub(crate) fn from_settings(settings: &Settings) -> Self {
         DaemonConfig {
             runtime: settings.runtime,
             state_dir: settings.state_dir.clone(),
@@ -110,7 +110,7 @@ impl DaemonConfig {
     }
 
     /// `<run_dir>/log`.
-    pub fn log_dir(&self) -> PathBuf {
+    pub(crate) fn log_dir(&self) -> PathBuf {
         crate::run_dir::RunLayout::new(&self.run_dir).logs()
     }
 }

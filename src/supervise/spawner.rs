@@ -52,7 +52,7 @@ fn queue() -> Result<Sender<Job>, SpawnerError> {
 }
 
 /// Runs `job` on the spawner thread and returns its result.
-pub async fn on_spawner_thread<R, F>(job: F) -> Result<R, SpawnerError>
+pub(crate) async fn on_spawner_thread<R, F>(job: F) -> Result<R, SpawnerError>
 where
     R: Send + 'static,
     F: FnOnce() -> R + Send + 'static,
@@ -70,7 +70,7 @@ where
 /// Spawns `command` from the spawner thread, killed (SIGKILL) when envbox dies, in its own
 /// process group (a terminal's Ctrl-C reaches envbox only, which then stops it in order), and
 /// killed when its [`Child`] is dropped. Must be called inside a tokio runtime.
-pub async fn spawn(mut command: Command) -> Result<io::Result<Child>, SpawnerError> {
+pub(crate) async fn spawn(mut command: Command) -> Result<io::Result<Child>, SpawnerError> {
     let parent = std::process::id() as libc::pid_t;
     command.process_group(0).kill_on_drop(true);
     // SAFETY: the closure runs between fork and exec and makes only async-signal-safe calls

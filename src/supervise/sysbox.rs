@@ -15,8 +15,8 @@ use tokio::net::UnixStream;
 use super::child::{ChildSpec, Supervised};
 use super::error::SuperviseError;
 
-pub const MGR_NAME: &str = "sysbox-mgr";
-pub const FS_NAME: &str = "sysbox-fs";
+pub(crate) const MGR_NAME: &str = "sysbox-mgr";
+pub(crate) const FS_NAME: &str = "sysbox-fs";
 
 /// Why a sysbox daemon usually dies (behaviour doc §3).
 pub const HINT: &str = "the node's kernel may be unsupported (sysbox needs Linux >= 5.12 \
@@ -67,7 +67,7 @@ impl SysboxOptions {
 }
 
 /// sysbox-mgr's command line; its log goes to `<log_dir>/sysbox-mgr.log`.
-pub fn mgr_spec(options: &SysboxOptions, log_dir: &Path) -> ChildSpec {
+pub(crate) fn mgr_spec(options: &SysboxOptions, log_dir: &Path) -> ChildSpec {
     let mut args = Vec::new();
     if options.disable_idmapped_mount {
         args.push("--disable-idmapped-mount".into());
@@ -84,7 +84,7 @@ pub fn mgr_spec(options: &SysboxOptions, log_dir: &Path) -> ChildSpec {
 }
 
 /// sysbox-fs's command line (it takes no flags from envbox).
-pub fn fs_spec(options: &SysboxOptions, log_dir: &Path) -> ChildSpec {
+pub(crate) fn fs_spec(options: &SysboxOptions, log_dir: &Path) -> ChildSpec {
     ChildSpec {
         name: FS_NAME.into(),
         program: options.fs_binary.clone(),
@@ -102,7 +102,7 @@ pub fn fs_spec(options: &SysboxOptions, log_dir: &Path) -> ChildSpec {
 
 /// Both sysbox daemons, ready.
 #[derive(Debug)]
-pub struct Sysbox {
+pub(crate) struct Sysbox {
     pub mgr: Supervised,
     pub fs: Supervised,
 }
@@ -110,7 +110,10 @@ pub struct Sysbox {
 /// Starts sysbox-mgr and sysbox-fs side by side and waits until each socket accepts a
 /// connection. If either dies or times out, both are killed and the error names the one that
 /// failed, with [`HINT`] and its log's tail.
-pub async fn start(options: &SysboxOptions, log_dir: &Path) -> Result<Sysbox, SuperviseError> {
+pub(crate) async fn start(
+    options: &SysboxOptions,
+    log_dir: &Path,
+) -> Result<Sysbox, SuperviseError> {
     std::fs::create_dir_all(&options.run_dir).map_err(|source| SuperviseError::CreateDir {
         name: MGR_NAME.into(),
         path: options.run_dir.clone(),

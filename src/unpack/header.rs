@@ -64,7 +64,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     /// Owned by `0:0` in the layer (`100000:100000` once shifted).
-    pub fn is_root_owned(&self) -> bool {
+    pub(crate) fn is_root_owned(&self) -> bool {
         (self.uid, self.gid) == (0, 0)
     }
 }

@@ -50,7 +50,7 @@ use crate::image::Compression;
 pub use crate::image::ID_SHIFT;
 
 /// A uid or gid at or above this in a layer is refused: it has no place in the mapping.
-pub const ID_RANGE: u64 = crate::image::ID_RANGE as u64;
+pub(crate) const ID_RANGE: u64 = crate::image::ID_RANGE as u64;
 
 /// Errors of this module. `layer` is the compressed (manifest) digest of the layer; `path` is
 /// the entry's name as written in the layer's tar stream.

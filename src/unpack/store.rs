@@ -154,7 +154,7 @@ impl LayerStore {
 
     /// Makes every layer this boot published durable (one `syncfs` of the store's
     /// filesystem) and forgets that they were not. Returns how many layers that covered.
-    pub fn sync(&self) -> Result<usize, UnpackError> {
+    pub(crate) fn sync(&self) -> Result<usize, UnpackError> {
         self.unsynced
             .sync(&self.root)
             .map_err(store_err("syncing unpacked layers in", &self.root))
@@ -165,7 +165,7 @@ impl LayerStore {
     }
 
     /// Where the layer with this chain ID lives (whether or not it is complete).
-    pub fn path(&self, chain: &Digest) -> PathBuf {
+    pub(crate) fn path(&self, chain: &Digest) -> PathBuf {
         self.root.join(chain.hex())
     }
 
@@ -176,7 +176,7 @@ impl LayerStore {
     }
 
     /// Every complete layer directory, by chain ID, sorted.
-    pub fn list(&self) -> Result<Vec<Digest>, UnpackError> {
+    pub(crate) fn list(&self) -> Result<Vec<Digest>, UnpackError> {
         let entries =
             fs::read_dir(&self.root).map_err(store_err("listing layer store", &self.root))?;
         let mut layers: Vec<Digest> = entries
@@ -192,7 +192,7 @@ impl LayerStore {
     /// Removes a layer directory (absent is fine): moved into staging first (gone at once,
     /// atomically: a removal cut short leaves a stale staging entry, never a partial layer),
     /// then removed. It must not be in use by a mounted rootfs.
-    pub fn remove(&self, chain: &Digest) -> Result<(), UnpackError> {
+    pub(crate) fn remove(&self, chain: &Digest) -> Result<(), UnpackError> {
         let path = self.path(chain);
         let aside = self.staging_dir().join(staging::fresh_name(chain.hex()));
         match fs::rename(&path, &aside) {
@@ -208,7 +208,7 @@ impl LayerStore {
     /// Removes what the earlier layout left in `<state_dir>/layers` (directories named by a
     /// diff ID, each unpacked without its lower layers, their staging and unsynced markers):
     /// no image uses them. Returns how many layer directories that was.
-    pub fn remove_legacy(&self) -> Result<usize, UnpackError> {
+    pub(crate) fn remove_legacy(&self) -> Result<usize, UnpackError> {
         let entries =
             fs::read_dir(&self.legacy).map_err(store_err("listing layer store", &self.legacy))?;
         let mut removed = 0;
@@ -227,7 +227,7 @@ impl LayerStore {
     }
 
     /// Whether the layer is complete: its directory exists (it is only created by a rename).
-    pub fn is_complete(&self, chain: &Digest) -> bool {
+    pub(crate) fn is_complete(&self, chain: &Digest) -> bool {
         fs::symlink_metadata(self.path(chain)).is_ok_and(|m| m.is_dir())
     }
 
@@ -247,7 +247,7 @@ impl LayerStore {
     /// the blob is verified against the manifest and fails if its transfer is abandoned. Both
     /// digests are checked before the layer is staged; a follower that checks its blob's
     /// digest hashes it beside the diff ID, in one pass.
-    pub fn stage_following(
+    pub(crate) fn stage_following(
         &self,
         source: &LayerSource,
         chain: &Digest,

@@ -90,7 +90,7 @@ fn split_domain(name: &str) -> (String, String) {
 }
 
 /// The reference for `text` when it has one of the common forms, else `None`.
-pub fn parse(text: &str) -> Option<Reference> {
+pub(crate) fn parse(text: &str) -> Option<Reference> {
     let (rest, digest) = match text.split_once('@') {
         Some((rest, digest)) => (rest, Some(digest)),
         None => (text, None),

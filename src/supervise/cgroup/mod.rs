@@ -28,21 +28,23 @@ use nix::errno::Errno;
 
 use crate::mountinfo::{MountInfoError, MountTable};
 
-pub use quota::{copy_cpu_quota, effective_quota, CpuQuota, QuotaWarning};
+pub(crate) use quota::copy_cpu_quota;
+#[cfg(test)]
+pub(crate) use quota::{effective_quota, CpuQuota, QuotaWarning};
 #[cfg(test)]
 pub(crate) use recording::{CgroupCall, RecordingCgroupSys};
-pub use sys::{CgroupSys, RealCgroupSys};
+pub(crate) use sys::{CgroupSys, RealCgroupSys};
 
 /// Where the cgroup hierarchy is mounted.
-pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub(crate) const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The child group every process is moved into.
-pub const INIT_GROUP: &str = "init";
+pub(crate) const INIT_GROUP: &str = "init";
 const MOUNTINFO: &str = "/proc/self/mountinfo";
 const SELF_CGROUP: &str = "/proc/self/cgroup";
 
 /// What `/sys/fs/cgroup` is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hierarchy {
+pub(crate) enum Hierarchy {
     /// A cgroup2 mount (pure cgroup v2).
     Unified {
         read_only: bool,
@@ -54,7 +56,7 @@ pub enum Hierarchy {
 }
 
 /// What `mounts` says about the mount at exactly `root` (the last one stacked there).
-pub fn hierarchy(mounts: &MountTable, root: &Path) -> Hierarchy {
+pub(crate) fn hierarchy(mounts: &MountTable, root: &Path) -> Hierarchy {
     match mounts.entries.iter().rev().find(|e| e.mount_point == root) {
         Some(entry) if entry.fs_type == "cgroup2" => Hierarchy::Unified {
             read_only: entry.is_read_only(),
@@ -69,7 +71,7 @@ pub fn hierarchy(mounts: &MountTable, root: &Path) -> Hierarchy {
 }
 
 /// The cgroup v2 path (`0::<path>` line) in `/proc/self/cgroup` text.
-pub fn unified_path(proc_self_cgroup: &str) -> Option<&str> {
+pub(crate) fn unified_path(proc_self_cgroup: &str) -> Option<&str> {
     proc_self_cgroup
         .lines()
         .find_map(|line| line.strip_prefix("0::"))
@@ -131,7 +133,7 @@ impl std::fmt::Display for Step {
 /// view (`/`), or in `/init` of a previous run, the mount already shows envbox's tree;
 /// anywhere else (host cgroup namespace) envbox needs a namespace rooted at its group and a
 /// cgroup2 mount made inside it. Nothing on [`Hierarchy::Legacy`].
-pub fn plan_mount(root: &Path, hierarchy: &Hierarchy, own: &str) -> Vec<Step> {
+pub(crate) fn plan_mount(root: &Path, hierarchy: &Hierarchy, own: &str) -> Vec<Step> {
     let Hierarchy::Unified {
         read_only,
         locked_flags,
@@ -158,7 +160,7 @@ pub fn plan_mount(root: &Path, hierarchy: &Hierarchy, own: &str) -> Vec<Step> {
 
 /// The root group's state, read after [`plan_mount`]'s steps.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TreeFacts {
+pub(crate) struct TreeFacts {
     /// `cgroup.controllers`: what may be enabled.
     pub controllers: Vec<String>,
     /// `cgroup.subtree_control`: what is enabled.
@@ -170,7 +172,7 @@ pub struct TreeFacts {
 
 /// Moves every process of the root group into `init`, then enables every controller not yet
 /// enabled.
-pub fn plan_delegation(root: &Path, facts: &TreeFacts) -> Vec<Step> {
+pub(crate) fn plan_delegation(root: &Path, facts: &TreeFacts) -> Vec<Step> {
     let mut steps = Vec::new();
     if !facts.procs.is_empty() {
         let init = root.join(INIT_GROUP);
@@ -211,7 +213,7 @@ pub enum CgroupError {
 
 /// A best-effort step that did not happen; preparation went on.
 #[derive(Debug, thiserror::Error)]
-pub enum CgroupWarning {
+pub(crate) enum CgroupWarning {
     #[error("process {pid} could not be moved into {procs}: {source}")]
     ProcessNotMoved {
         pid: u32,
@@ -228,7 +230,7 @@ pub enum CgroupWarning {
 
 /// What [`prepare`] found and did.
 #[derive(Debug)]
-pub struct CgroupReport {
+pub(crate) struct CgroupReport {
     pub hierarchy: Hierarchy,
     /// The steps carried out (a failed best-effort step is in `warnings` instead).
     pub applied: Vec<Step>,
@@ -238,7 +240,7 @@ pub struct CgroupReport {
 /// Reads the facts and carries out both plans on `/sys/fs/cgroup`. On cgroup v1 or hybrid it
 /// only reads the mount table. With [`RealCgroupSys`], call it on the thread that forks the
 /// daemons (the namespace is per thread).
-pub fn prepare(sys: &dyn CgroupSys) -> Result<CgroupReport, CgroupError> {
+pub(crate) fn prepare(sys: &dyn CgroupSys) -> Result<CgroupReport, CgroupError> {
     let root = Path::new(CGROUP_ROOT);
     let mounts = MountTable::parse(&read(sys, Path::new(MOUNTINFO))?)?;
     let hierarchy = hierarchy(&mounts, root);

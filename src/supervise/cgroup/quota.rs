@@ -16,7 +16,7 @@ use super::{unified_path, CgroupSys, CGROUP_ROOT, MOUNTINFO, SELF_CGROUP};
 
 /// A CPU bandwidth limit: `quota_us` of CPU time per `period_us`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CpuQuota {
+pub(crate) struct CpuQuota {
     pub quota_us: u64,
     pub period_us: u64,
 }
@@ -24,7 +24,7 @@ pub struct CpuQuota {
 impl CpuQuota {
     /// `cpu.max` text: `max 100000` is no limit (`None`). `None` outside for text that is
     /// neither.
-    pub fn parse_cpu_max(text: &str) -> Option<Option<CpuQuota>> {
+    pub(crate) fn parse_cpu_max(text: &str) -> Option<Option<CpuQuota>> {
         let mut fields = text.split_whitespace();
         let quota = fields.next()?;
         let period = fields.next().map_or(Some(100_000), |p| p.parse().ok())?;
@@ -41,7 +41,7 @@ impl CpuQuota {
     }
 
     /// cgroup v1 `cpu.cfs_quota_us` and `cpu.cfs_period_us`: a quota of `-1` is no limit.
-    pub fn parse_cfs(quota: &str, period: &str) -> Option<Option<CpuQuota>> {
+    pub(crate) fn parse_cfs(quota: &str, period: &str) -> Option<Option<CpuQuota>> {
         let quota: i64 = quota.trim().parse().ok()?;
         let period: u64 = period.trim().parse().ok()?;
         if quota < 0 {
@@ -54,7 +54,7 @@ impl CpuQuota {
     }
 
     /// True when this limit allows less CPU than `other`.
-    pub fn is_stricter_than(&self, other: &CpuQuota) -> bool {
+    pub(crate) fn is_stricter_than(&self, other: &CpuQuota) -> bool {
         u128::from(self.quota_us) * u128::from(other.period_us)
             < u128::from(other.quota_us) * u128::from(self.period_us)
     }
@@ -62,7 +62,7 @@ impl CpuQuota {
 
 /// The CPU limit could not be read or copied; the container runs without it.
 #[derive(Debug, thiserror::Error)]
-pub enum QuotaWarning {
+pub(crate) enum QuotaWarning {
     #[error("CPU limit not copied: {0}")]
     MountInfo(#[from] MountInfoError),
     #[error("CPU limit not copied: reading {path}: {source}")]
@@ -198,7 +198,8 @@ fn find_groups(sys: &dyn CgroupSys) -> Result<CpuGroups, QuotaWarning> {
 
 /// The strictest CPU limit on envbox's group and its parents up to the top of the mount;
 /// `None` when there is none.
-pub fn effective_quota(sys: &dyn CgroupSys) -> Result<Option<CpuQuota>, QuotaWarning> {
+#[cfg(test)]
+pub(crate) fn effective_quota(sys: &dyn CgroupSys) -> Result<Option<CpuQuota>, QuotaWarning> {
     strictest_limit(sys, &find_groups(sys)?)
 }
 
@@ -227,7 +228,10 @@ fn strictest_limit(
 /// OCI spec's `cgroupsPath` (`/envbox/workspace_cvm`: from the top of the mounted
 /// hierarchy). Returns the limit written, `None` when the outer one is unlimited (nothing is
 /// written then).
-pub fn copy_cpu_quota(sys: &dyn CgroupSys, inner: &Path) -> Result<Option<CpuQuota>, QuotaWarning> {
+pub(crate) fn copy_cpu_quota(
+    sys: &dyn CgroupSys,
+    inner: &Path,
+) -> Result<Option<CpuQuota>, QuotaWarning> {
     let groups = find_groups(sys)?;
     let Some(limit) = strictest_limit(sys, &groups)? else {
         return Ok(None);

@@ -16,7 +16,7 @@ use super::CgroupSys;
 
 /// One recorded change, with its arguments (reads are not recorded).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CgroupCall {
+pub(crate) enum CgroupCall {
     Write { path: PathBuf, contents: String },
     Mkdir { path: PathBuf },
     UnshareCgroupNamespace,
@@ -40,7 +40,7 @@ impl CgroupCall {
 
 /// Fake files, recorded changes, injected failures. Writes do not change the fake files.
 #[derive(Debug)]
-pub struct RecordingCgroupSys {
+pub(crate) struct RecordingCgroupSys {
     files: BTreeMap<PathBuf, String>,
     pid: u32,
     calls: RefCell<Vec<CgroupCall>>,
@@ -50,7 +50,7 @@ pub struct RecordingCgroupSys {
 
 impl RecordingCgroupSys {
     /// No files; envbox's pid is `pid`.
-    pub fn new(pid: u32) -> Self {
+    pub(crate) fn new(pid: u32) -> Self {
         RecordingCgroupSys {
             files: BTreeMap::new(),
             pid,
@@ -60,32 +60,37 @@ impl RecordingCgroupSys {
     }
 
     /// A file `read` answers with `contents`.
-    pub fn file(mut self, path: impl Into<PathBuf>, contents: &str) -> Self {
+    pub(crate) fn file(mut self, path: impl Into<PathBuf>, contents: &str) -> Self {
         self.files.insert(path.into(), contents.to_owned());
         self
     }
 
     /// Every change on `path` fails with `errno`.
-    pub fn fail(mut self, path: impl Into<PathBuf>, errno: Errno) -> Self {
+    pub(crate) fn fail(mut self, path: impl Into<PathBuf>, errno: Errno) -> Self {
         self.failures.push((Some(path.into()), None, errno));
         self
     }
 
     /// Writing exactly `contents` to `path` fails with `errno`.
-    pub fn fail_write(mut self, path: impl Into<PathBuf>, contents: &str, errno: Errno) -> Self {
+    pub(crate) fn fail_write(
+        mut self,
+        path: impl Into<PathBuf>,
+        contents: &str,
+        errno: Errno,
+    ) -> Self {
         self.failures
             .push((Some(path.into()), Some(contents.to_owned()), errno));
         self
     }
 
     /// The unshare fails with `errno`.
-    pub fn fail_unshare(mut self, errno: Errno) -> Self {
+    pub(crate) fn fail_unshare(mut self, errno: Errno) -> Self {
         self.failures.push((None, None, errno));
         self
     }
 
     /// The changes made so far, in order.
-    pub fn calls(&self) -> Vec<CgroupCall> {
+    pub(crate) fn calls(&self) -> Vec<CgroupCall> {
         self.calls.borrow().clone()
     }
 

@@ -15,7 +15,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use crate::mountinfo::locked_ms_flags;
 
 /// One method per primitive.
-pub trait CgroupSys {
+pub(crate) trait CgroupSys {
     /// Reads a whole (small) file.
     fn read(&self, path: &Path) -> io::Result<String>;
     /// Writes `contents` to an existing file in one `write(2)` (cgroup files take one value per
@@ -41,7 +41,7 @@ pub trait CgroupSys {
 /// The real primitives. [`CgroupSys::unshare_cgroup_namespace`] affects the calling thread
 /// only: call [`prepare`](super::prepare) on the thread that forks the daemons.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RealCgroupSys;
+pub(crate) struct RealCgroupSys;
 
 impl CgroupSys for RealCgroupSys {
     fn read(&self, path: &Path) -> io::Result<String> {
