@@ -35,6 +35,7 @@ const ICON: &str = "/icon/docker.svg";
 /// Errors of this module: reading the settings' certificates, building the client (a warning
 /// then: sending never fails the start).
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum AgentLogError {
     #[error("startup logs to Coder: {0}")]
     Certificates(#[from] crate::tls::CertsError),

@@ -36,6 +36,7 @@ fn required(ids: &'static [&'static str]) -> impl FnMut(Arg) -> Arg {
     }
 }
 
+/// The parsed command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "envbox",
@@ -44,10 +45,12 @@ fn required(ids: &'static [&'static str]) -> impl FnMut(Arg) -> Arg {
     propagate_version = true
 )]
 pub struct Cli {
+    /// The command to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the workspace container (the pod's entrypoint; compatible with the Go envbox).
@@ -95,21 +98,27 @@ REF, else under the full reference it carries (repo tag, io.containerd.image.nam
 ref name like registry.example.com/team/dev:1.0), so a later `envbox docker --image REF` on the
 same volume starts without network.";
 
+/// `envbox docker`'s arguments.
 #[derive(Debug, Args)]
 #[command(mut_args(required(&["image", "username"])))]
 pub struct DockerArgs {
+    /// The image and how to fetch it.
     #[command(flatten)]
     pub image: ImageSettings,
 
+    /// What the runtime spec is made of.
     #[command(flatten)]
     pub workspace: WorkspaceSettings,
 
+    /// Where the image cache is.
     #[command(flatten)]
     pub state: StateSettings,
 
+    /// What stays in the image cache.
     #[command(flatten)]
     pub keep: KeepSettings,
 
+    /// How the workspace is started, run and stopped.
     #[command(flatten)]
     pub entrypoint: EntrypointSettings,
 }
@@ -127,6 +136,7 @@ impl DockerArgs {
     }
 }
 
+/// `envbox spec`'s arguments.
 #[derive(Debug, Args)]
 #[command(mut_args(required(&["username"])))]
 pub struct SpecArgs {
@@ -146,6 +156,7 @@ pub struct SpecArgs {
     #[arg(long)]
     pub show_actions: bool,
 
+    /// What the runtime spec is made of.
     #[command(flatten)]
     pub workspace: WorkspaceSettings,
 }
@@ -157,6 +168,7 @@ impl SpecArgs {
     }
 }
 
+/// `envbox pull`'s arguments.
 #[derive(Debug, Args)]
 #[command(mut_arg("image", |a| note(a, "Used when IMAGE is not given")))]
 pub struct PullArgs {
@@ -164,12 +176,15 @@ pub struct PullArgs {
     #[arg(value_name = "IMAGE")]
     pub reference: Option<String>,
 
+    /// The image and how to fetch it.
     #[command(flatten)]
     pub image: ImageSettings,
 
+    /// Where the image cache is.
     #[command(flatten)]
     pub state: StateSettings,
 
+    /// What stays in the image cache.
     #[command(flatten)]
     pub keep: KeepSettings,
 }
@@ -181,6 +196,7 @@ impl PullArgs {
     }
 }
 
+/// `envbox prepare`'s arguments.
 #[derive(Debug, Args)]
 #[command(
     mut_args(required(&["image"])),
@@ -206,12 +222,15 @@ pub struct PrepareArgs {
     #[arg(long)]
     pub no_sync: bool,
 
+    /// The image and how to fetch it.
     #[command(flatten)]
     pub image: ImageSettings,
 
+    /// Where the image cache is.
     #[command(flatten)]
     pub state: StateSettings,
 
+    /// What stays in the image cache.
     #[command(flatten)]
     pub keep: KeepSettings,
 
@@ -227,6 +246,7 @@ impl PrepareArgs {
     }
 }
 
+/// `envbox cache`'s subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
     /// List cached blobs and which references they were pulled for.
@@ -237,8 +257,10 @@ pub enum CacheCommand {
     Prune(PruneArgs),
 }
 
+/// `envbox cache ls`'s arguments.
 #[derive(Debug, Args)]
 pub struct LsArgs {
+    /// Where the image cache is.
     #[command(flatten)]
     pub state: StateSettings,
 }
@@ -250,14 +272,18 @@ impl LsArgs {
     }
 }
 
+/// `envbox cache prune`'s arguments.
 #[derive(Debug, Args)]
 pub struct PruneArgs {
+    /// The image and how to fetch it.
     #[command(flatten)]
     pub image: ImageSettings,
 
+    /// Where the image cache is.
     #[command(flatten)]
     pub state: StateSettings,
 
+    /// What stays in the image cache.
     #[command(flatten)]
     pub keep: KeepSettings,
 }

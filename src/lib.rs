@@ -14,6 +14,8 @@
 //! Everything left of `spec::build` only reads; `spec::build` is pure; `setup::apply` is the one
 //! place that changes the host (mknod, chown, write files, unmount).
 
+#![warn(missing_docs)]
+
 pub mod agentlog;
 pub(crate) mod bootstrap;
 pub(crate) mod bundle;

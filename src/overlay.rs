@@ -21,7 +21,9 @@ use crate::unpack::{self, Durability, LayerSource, Limits, UnpackError};
 /// How the rootfs was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RootfsKind {
+    /// An overlay mount of the layer directories.
     Overlay,
+    /// A flattened copy of the layers.
     Flattened,
 }
 
@@ -37,7 +39,9 @@ pub enum Mode {
 /// An assembled root filesystem.
 #[derive(Debug, Clone)]
 pub struct Rootfs {
+    /// The root filesystem directory.
     pub path: PathBuf,
+    /// How it was made.
     pub kind: RootfsKind,
     /// Why a flattened copy was used, for the log.
     pub warnings: Vec<String>,
@@ -45,6 +49,7 @@ pub struct Rootfs {
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum OverlayError {
     #[error("{action} {path}: {source}")]
     Io {

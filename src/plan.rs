@@ -14,6 +14,7 @@ use crate::spec::{self, ContainerPlan, SpecError, SpecInput};
 
 /// Errors of this module, each naming the stage.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum PlanError {
     #[error("reading the image's root filesystem {path}: {source}")]
     Rootfs { path: PathBuf, source: RootfsError },

@@ -12,8 +12,11 @@ use std::time::SystemTime;
 /// Kind of a progress line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A step in progress.
     Info,
+    /// A fatal error.
     Error,
+    /// The workspace is ready.
     Done,
 }
 

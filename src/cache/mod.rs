@@ -48,6 +48,7 @@ pub(crate) use writer::BlobWriter;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum CacheError {
     #[error("blob {expected}: content has digest {actual}, its descriptor says {expected}; nothing was stored")]
     DigestMismatch { expected: Digest, actual: Digest },

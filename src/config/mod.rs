@@ -60,8 +60,11 @@ impl Runtime {
 /// and `cache` need no user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
+    /// `envbox docker`.
     Docker,
+    /// `envbox spec`.
     Spec,
+    /// `envbox pull` (and `cache`).
     Pull,
 }
 
@@ -140,6 +143,7 @@ pub struct Settings {
 
 /// A setting that could not be accepted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum ConfigError {
     #[error("{name} is required: {hint}")]
     Missing { name: Name, hint: &'static str },

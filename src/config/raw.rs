@@ -68,7 +68,10 @@ macro_rules! settings_groups {
         /// there).
         #[derive(Debug, Clone, Default)]
         pub struct RawSettings {
-            $($(pub $field: $ty,)*)*
+            $($(
+                #[doc = concat!("`", stringify!($field), "`, as given (see its group's field).")]
+                pub $field: $ty,
+            )*)*
         }
     };
 }

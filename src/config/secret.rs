@@ -9,6 +9,7 @@
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value`; it is printed only as `<redacted>` from here on.
     pub fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }

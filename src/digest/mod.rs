@@ -20,6 +20,7 @@ pub struct Digest {
 
 /// Why a digest string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum DigestError {
     #[error("digest {0:?} uses an unsupported algorithm (only sha256 is supported)")]
     Algorithm(String),

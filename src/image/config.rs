@@ -11,16 +11,22 @@ use serde::Deserialize;
 /// `config` of an OCI image configuration. Absent fields are empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct ImageConfig {
+    /// `Env`: `NAME=value` pairs.
     #[serde(rename = "Env", default)]
     pub env: Vec<String>,
+    /// `WorkingDir`.
     #[serde(rename = "WorkingDir", default)]
     pub working_dir: Option<String>,
+    /// `User`: a name or uid, optionally `:group`.
     #[serde(rename = "User", default)]
     pub user: Option<String>,
+    /// `Entrypoint`.
     #[serde(rename = "Entrypoint", default)]
     pub entrypoint: Option<Vec<String>>,
+    /// `Cmd`.
     #[serde(rename = "Cmd", default)]
     pub cmd: Option<Vec<String>>,
+    /// `StopSignal`, as a name or number.
     #[serde(rename = "StopSignal", default)]
     pub stop_signal: Option<String>,
 }
@@ -28,14 +34,19 @@ pub struct ImageConfig {
 /// The whole image configuration document: platform, run config, layer diff IDs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct ImageDocument {
+    /// The OS the image is for (`linux`).
     #[serde(default)]
     pub os: String,
+    /// The CPU architecture (`amd64`, `arm64`, ...).
     #[serde(default)]
     pub architecture: String,
+    /// The architecture variant (`v8`), if any.
     #[serde(default)]
     pub variant: Option<String>,
+    /// The run configuration.
     #[serde(default)]
     pub config: Option<ImageConfig>,
+    /// The layers' diff IDs.
     #[serde(default)]
     pub rootfs: RootfsSection,
 }
@@ -59,6 +70,7 @@ impl ImageDocument {
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum ImageConfigError {
     #[error("reading image config {path}: {source}")]
     Read {

@@ -14,9 +14,13 @@ use crate::digest::Digest;
 /// A layer of the image, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PulledLayer {
+    /// The compressed blob's digest, as in the manifest.
     pub digest: Digest,
+    /// The blob's size in bytes.
     pub size: u64,
+    /// The manifest's media type for the layer.
     pub media_type: String,
+    /// How the blob is compressed.
     pub compression: Compression,
     /// The digest of the uncompressed tar, from the image config.
     pub diff_id: Digest,
@@ -31,8 +35,11 @@ pub struct PulledImage {
     pub digest: Digest,
     /// The image manifest for this platform.
     pub manifest_digest: Digest,
+    /// The config blob's digest.
     pub config_digest: Digest,
+    /// The parsed image configuration.
     pub config: ImageDocument,
+    /// The layers, bottom first.
     pub layers: Vec<PulledLayer>,
     /// Blobs that had to be copied into the store: downloaded, or imported from an archive
     /// (0 on a warm cache).

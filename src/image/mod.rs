@@ -37,6 +37,7 @@ fn size_text(size: &Option<u64>, limit: &u64) -> String {
 /// Errors of the image model: a reference, manifest, index or config that is not a usable
 /// image for this node. Messages say what to do where there is something to do.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum ImageError {
     #[error("image reference {reference:?}: {reason}")]
     Reference { reference: String, reason: String },

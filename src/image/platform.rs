@@ -10,8 +10,11 @@ use super::manifest::Descriptor;
 /// An OS/architecture/variant triple in OCI terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platform {
+    /// The OS (`linux`).
     pub os: String,
+    /// The CPU architecture (`amd64`, `arm64`, ...).
     pub architecture: String,
+    /// The architecture variant (`v8`), if any.
     pub variant: Option<String>,
 }
 

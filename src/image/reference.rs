@@ -14,6 +14,7 @@ use crate::digest::Digest;
 /// A parsed, normalised image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
+    /// The normalised reference (registry, repository, tag or digest).
     pub reference: Reference,
 }
 

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 /// A CNI command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CniCommand {
+    /// `ADD`: attach.
     Add,
+    /// `DEL`: detach.
     Del,
 }
 
@@ -29,7 +31,9 @@ impl std::fmt::Display for CniCommand {
     }
 }
 
+/// Why attaching a namespace to the workspace network, or detaching it, failed.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum NetworkError {
     #[error("invalid {what} {value:?} for CNI: expected {expected}")]
     InvalidName {

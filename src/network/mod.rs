@@ -68,15 +68,21 @@ pub(crate) fn attachment_cached(state_dir: &std::path::Path) -> bool {
 /// A namespace attached to the workspace network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attachment {
+    /// The container the namespace belongs to.
     pub container_id: String,
+    /// The network namespace file.
     pub netns: PathBuf,
     /// Inside: `eth0`.
     pub interface: String,
+    /// The address leased to the namespace.
     pub address: Ipv4Addr,
+    /// Its prefix length.
     pub prefix: u8,
     /// The bridge's address: `host.docker.internal` and the default route.
     pub gateway: Ipv4Addr,
+    /// The interface MTU.
     pub mtu: u32,
+    /// The interface's MAC address, if the plugin reported one.
     pub mac: Option<String>,
     /// The outer end of the veth pair.
     pub host_veth: Option<String>,
@@ -86,7 +92,9 @@ pub struct Attachment {
 /// What [`Network::cleanup_stale`] found and removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleCleanup {
+    /// The container the leftover attachment belonged to.
     pub container_id: String,
+    /// Its network namespace file.
     pub netns: PathBuf,
     /// Whether the namespace still existed (else only the lease and iptables rules were left).
     pub netns_existed: bool,
@@ -103,6 +111,7 @@ pub struct Network<S: NetSys = RealNetSys> {
 }
 
 impl Network<RealNetSys> {
+    /// A network for `plan` that makes the real CNI calls.
     pub fn new(plan: NetworkPlan) -> Self {
         Network::with_sys(plan, RealNetSys)
     }

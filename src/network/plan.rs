@@ -31,13 +31,18 @@ pub(crate) const PLUGIN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/
 /// The MTU of `ENVBOX_ETHLINK`, as read at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkMtu {
+    /// The link's MTU was read.
     Read {
+        /// The link's name.
         link: String,
+        /// Its MTU.
         mtu: u32,
     },
     /// The link is absent or its MTU unreadable: the plan falls back to [`FALLBACK_MTU`].
     Unavailable {
+        /// The link's name.
         link: String,
+        /// Why its MTU could not be read.
         reason: String,
     },
 }
@@ -58,6 +63,7 @@ pub struct NetworkPlan {
     pub net: BridgeNet,
     /// The address asked of host-local: the bridge's first lease.
     pub address: Ipv4Addr,
+    /// The MTU of the bridge and the veth pairs.
     pub mtu: u32,
     /// `ENVBOX_CNI_PATH`: where the plugin executables are.
     pub cni_path: PathBuf,

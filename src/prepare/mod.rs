@@ -30,6 +30,7 @@ use dispatch::{unpack_as_fed, Arrival};
 /// An image whose layers are all unpacked.
 #[derive(Debug, Clone)]
 pub struct PreparedImage {
+    /// The image as fetched (manifest, config, layer blobs).
     pub pulled: PulledImage,
     /// The references the image is known by in the store (see [`Fetched::names`]).
     pub names: Vec<ImageRef>,
@@ -47,6 +48,7 @@ pub struct PreparedImage {
     /// The store the layers are in: layers unpacked now are not on disk yet either, until
     /// [`PreparedImage::sync`] (see `crate::unpack`).
     pub store: LayerStore,
+    /// Non-fatal problems met, for the log.
     pub warnings: Vec<String>,
     /// The shared hold on the volume's store of the process that prepared it, when it took
     /// one (`crate::prune::hold_for_preparing`): no cleanup runs until every clone is gone.
@@ -73,6 +75,7 @@ impl PreparedImage {
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum PrepareError {
     #[error(transparent)]
     Fetch(#[from] SourceError),

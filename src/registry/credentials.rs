@@ -18,8 +18,11 @@ use crate::image::normalize_host;
 /// Credentials for one registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
+    /// HTTP basic credentials (also exchanged for a bearer token).
     Basic {
+        /// The user name.
         username: String,
+        /// The password or token.
         password: Secret,
     },
     /// An OAuth2 refresh token (`identitytoken`), exchanged at the registry's token realm.

@@ -130,6 +130,7 @@ impl RegistryConfig {
 
 /// Errors of this module. Messages say what to do where there is something to do.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum RegistryError {
     #[error("registry credentials in {origin}: {reason}")]
     Credentials { origin: String, reason: String },

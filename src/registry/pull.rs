@@ -471,6 +471,8 @@ pub async fn cached_blobs(
 /// What of an image is in the cache: its blobs, and the diff IDs of its layers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedImage {
+    /// Every blob of the image: manifests, config and layers.
     pub blobs: Vec<Digest>,
+    /// The diff IDs of its layers, bottom first.
     pub diff_ids: Vec<Digest>,
 }

@@ -21,9 +21,17 @@ pub enum Step {
     /// `mknod` (after removing a non-directory already there).
     Mknod,
     /// `lchown` to the given owner.
-    Chown { uid: u32, gid: u32 },
+    Chown {
+        /// The owner.
+        uid: u32,
+        /// The group.
+        gid: u32,
+    },
     /// `chmod` to the given mode.
-    Chmod { mode: u32 },
+    Chmod {
+        /// The permission bits.
+        mode: u32,
+    },
 }
 
 impl fmt::Display for Step {
@@ -41,6 +49,7 @@ impl fmt::Display for Step {
 
 /// A setup action that failed; the remaining actions were not run.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum SetupError {
     #[error("creating directory {path}: {step}: {source}")]
     CreateDir {
@@ -80,6 +89,7 @@ pub enum SetupError {
 
 /// A best-effort action that did not happen; setup went on.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum SetupWarning {
     #[error("{path} was not mounted (or does not exist); nothing to unmount")]
     NotMounted { path: PathBuf },

@@ -27,39 +27,69 @@ pub use sys::{RealSys, Sys};
 pub enum Action {
     /// `mkdir -p`, then chown and chmod the last component.
     CreateDir {
+        /// The directory.
         path: PathBuf,
+        /// Its permission bits.
         mode: u32,
+        /// Its owner.
         uid: u32,
+        /// Its group.
         gid: u32,
     },
     /// Write the whole file atomically (staging file + rename), owned and mode as given.
     WriteFile {
+        /// The file.
         path: PathBuf,
+        /// Its whole content.
         contents: String,
+        /// Its permission bits.
         mode: u32,
+        /// Its owner.
         uid: u32,
+        /// Its group.
         gid: u32,
     },
     /// Create (or replace) a character device node, then chown and chmod it.
     CharDevice {
+        /// The node.
         path: PathBuf,
+        /// The device's major number.
         major: u64,
+        /// The device's minor number.
         minor: u64,
+        /// Its permission bits.
         mode: u32,
+        /// Its owner.
         uid: u32,
+        /// Its group.
         gid: u32,
     },
     /// Change the owner of an existing path (not recursive, does not follow a final symlink).
-    Chown { path: PathBuf, uid: u32, gid: u32 },
+    Chown {
+        /// The path.
+        path: PathBuf,
+        /// The new owner.
+        uid: u32,
+        /// The new group.
+        gid: u32,
+    },
     /// Unmount if mounted; failure is a warning, never fatal.
-    UnmountBestEffort { path: PathBuf },
+    UnmountBestEffort {
+        /// The mount point.
+        path: PathBuf,
+    },
     /// Create a symlink at `path` *inside* `rootfs` (resolved in-root, never escaping it),
     /// replacing a non-directory already there; owned by `uid:gid`.
     RootfsSymlink {
+        /// The container's root filesystem.
         rootfs: PathBuf,
+        /// The link, as seen inside `rootfs`.
         path: PathBuf,
+        /// What it points to (not resolved).
         target: PathBuf,
+        /// Its owner.
         uid: u32,
+        /// Its group.
         gid: u32,
     },
 }

@@ -51,7 +51,9 @@ impl Format {
 /// An image in a local directory or file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalImage {
+    /// Which kind of layout or archive.
     pub format: Format,
+    /// The directory or file.
     pub path: PathBuf,
     /// Which image of several: a name (ref name, repo tag) or digest; `None` when it holds one.
     pub name: Option<String>,
@@ -62,7 +64,9 @@ pub struct LocalImage {
 /// Where an image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageSource {
+    /// An image in a registry.
     Registry(ImageRef),
+    /// An image in a local layout or archive.
     Local(LocalImage),
 }
 
@@ -148,6 +152,7 @@ impl ImageSource {
 /// An image whose blobs are all in the store, and the references it is known by there.
 #[derive(Debug, Clone)]
 pub struct Fetched {
+    /// The image.
     pub image: PulledImage,
     /// The registry reference, or the references a local image was pinned under (none when
     /// it carries no name and no `--as` was given).
@@ -269,6 +274,7 @@ pub async fn fetch(
 
 /// Errors of this module; each names the file (or the `--image` text) it is about.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum SourceError {
     #[error("image {text:?}: {reason}")]
     Syntax { text: String, reason: String },

@@ -52,6 +52,7 @@ pub(crate) struct SpecInput<'a> {
 /// the spec with secrets redacted.
 #[derive(Clone)]
 pub struct ContainerPlan {
+    /// The OCI runtime spec.
     pub spec: Spec,
     /// In order: unmounts, directories, files, device nodes, ownership, rootfs symlinks.
     pub actions: Vec<setup::Action>,
@@ -74,6 +75,7 @@ impl std::fmt::Debug for ContainerPlan {
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum SpecError {
     #[error("user {name:?} has uid {uid} and gid {gid} in the image, but only ids below {ID_RANGE} can be mapped into the workspace")]
     UserOutsideIdRange { name: String, uid: u32, gid: u32 },

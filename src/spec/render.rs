@@ -13,7 +13,9 @@ use crate::config::names;
 /// Whether secret values appear in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Secrets {
+    /// Replace them with `<redacted>`.
     Redact,
+    /// Print them.
     Reveal,
 }
 

@@ -91,6 +91,7 @@ impl ContainerdPaths {
             .join("meta.db")
     }
 
+    /// The paths for containerd state under `state_dir` and per-boot files under `run_dir`.
     pub fn new(state_dir: &Path, run_dir: &Path) -> Self {
         let layout = crate::run_dir::RunLayout::new(run_dir);
         let run = layout.containerd();

@@ -28,6 +28,7 @@ pub enum Phase {
 pub struct Death {
     /// The daemon's name (`containerd`, `sysbox-mgr`, `sysbox-fs`).
     pub name: String,
+    /// Whether it died starting or running.
     pub phase: Phase,
     /// Its exit status; `None` when it could not be collected.
     pub status: Option<ExitStatus>,
@@ -70,6 +71,7 @@ impl std::error::Error for Death {}
 
 /// A daemon could not be started, made ready, or cleaned up after.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum SuperviseError {
     #[error("creating directory {path} for {name}: {source}")]
     CreateDir {
@@ -173,6 +175,7 @@ fn missing_text(missing: &[(String, String)]) -> String {
 
 /// A problem while stopping the daemons; stopping went on with the others.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum StopProblem {
     #[error("{name} had already exited unexpectedly: {death}")]
     AlreadyDead { name: String, death: Box<Death> },

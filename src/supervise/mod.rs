@@ -83,8 +83,11 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Per-boot files: containerd's state, sockets and config, daemon logs.
     pub run_dir: PathBuf,
+    /// Whether to prepare cgroups before the daemons start.
     pub cgroups: CgroupSetup,
+    /// containerd's settings.
     pub containerd: ContainerdOptions,
+    /// sysbox-mgr's and sysbox-fs's settings.
     pub sysbox: SysboxOptions,
     /// How long each daemon gets after SIGTERM before SIGKILL; default 10 s.
     pub stop_grace: Duration,

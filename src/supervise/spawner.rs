@@ -23,6 +23,7 @@ static SPAWNER: Mutex<Option<Sender<Job>>> = Mutex::new(None);
 
 /// The spawner thread could not be started, or is gone.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum SpawnerError {
     #[error("starting the thread that forks envbox's daemons: {0}")]
     Start(#[source] io::Error),

@@ -55,6 +55,7 @@ pub(crate) const ID_RANGE: u64 = crate::image::ID_RANGE as u64;
 /// Errors of this module. `layer` is the compressed (manifest) digest of the layer; `path` is
 /// the entry's name as written in the layer's tar stream.
 #[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)] // each variant's #[error] message documents it
 pub enum UnpackError {
     #[error("layer store: {action} {path}: {source}")]
     Store {
@@ -160,6 +161,7 @@ fn store_err<'a>(
 pub struct LayerSource {
     /// The compressed blob file, already verified against `digest`.
     pub blob: PathBuf,
+    /// How the blob is compressed.
     pub compression: Compression,
     /// The blob's (compressed) digest, as in the manifest; named in errors.
     pub digest: Digest,

@@ -80,6 +80,7 @@ impl Drop for Staged {
 pub enum Stage {
     /// The layer's directory is complete already: nothing was read.
     Complete,
+    /// The layer was read into a staging directory, to be published.
     Staged(Staged),
 }
 
