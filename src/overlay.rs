@@ -197,6 +197,15 @@ pub(crate) fn layers_in_use(state_dir: &Path) -> Result<Vec<PathBuf>, OverlayErr
     Ok(dirs)
 }
 
+/// Whether the state dir at `state_dir` is itself on overlayfs. Its upper and work dirs cannot
+/// be there, and its layer directories cannot hold the overlay whiteouts their layers need
+/// (overlayfs refuses to create them): such a volume gets no layer directories, and each start
+/// a flattened copy made from the blobs. A filesystem that cannot be checked counts as not.
+pub fn on_overlayfs(state_dir: &Path) -> bool {
+    nix::sys::statfs::statfs(state_dir)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+}
+
 /// Assembles the rootfs for a start from the layers (bottom first).
 pub fn assemble(
     state_dir: &Path,
@@ -209,7 +218,12 @@ pub fn assemble(
     clear(&layout)?;
     mkdir(&layout.root)?;
     let mut warnings = Vec::new();
-    if mode == Mode::Auto {
+    if mode == Mode::Auto && on_overlayfs(state_dir) {
+        warnings.push(format!(
+            "{} is on overlayfs, which can be neither an overlay's upper dir nor hold the layers' whiteouts: using a flattened copy of the image; start-up will be slower (a volume on another filesystem avoids it)",
+            state_dir.display()
+        ));
+    } else if mode == Mode::Auto {
         match try_overlay(&layout, layer_dirs)? {
             Ok(()) => {
                 return Ok(Rootfs {

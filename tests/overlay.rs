@@ -14,13 +14,17 @@ use envbox::prepare::{self, PreparedImage};
 use envbox::registry::RegistryConfig;
 use envbox::unpack::{LayerStore, Limits};
 use support::host::requirements_met;
-use support::image::{busybox_image, write_layout};
+use support::image::{busybox_image, write_layout, Entry, Layer};
 use support::registry::Registry;
 
 fn prepared(state: &Path) -> PreparedImage {
+    prepared_image(state, busybox_image("amd64"))
+}
+
+fn prepared_image(state: &Path, image: support::image::ImageSpec) -> PreparedImage {
     let registry = Registry::http();
     let layout = tempfile::tempdir().unwrap();
-    write_layout(layout.path(), "t", &[busybox_image("amd64")]);
+    write_layout(layout.path(), "t", &[image]);
     registry.push(layout.path(), "t", "team/bb:1");
     let config = RegistryConfig {
         insecure: vec![registry.host.clone()],
@@ -117,4 +121,67 @@ fn a_flattened_copy_when_asked_or_when_overlayfs_refuses() {
         again.path.join("bin/busybox").is_file(),
         "a second start rebuilds the copy"
     );
+}
+
+#[test]
+fn a_volume_on_overlayfs_gets_no_layer_directories_and_a_flattened_copy() {
+    if !requirements_met("overlay test", false) {
+        return;
+    }
+    // The state dir on an overlay mount (as a pod's volume on a node whose disk is overlayfs):
+    // overlayfs refuses the whiteout devices a layer directory holds, and cannot be an
+    // overlay's upper dir.
+    let base = tempfile::tempdir_in("/var/tmp").unwrap();
+    for dir in ["lower", "upper", "work", "volume"] {
+        fs::create_dir(base.path().join(dir)).unwrap();
+    }
+    let volume = base.path().join("volume");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        base.path().join("lower").display(),
+        base.path().join("upper").display(),
+        base.path().join("work").display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &volume,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .unwrap();
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(&volume);
+    let state = volume.join("state");
+    fs::create_dir(&state).unwrap();
+    assert!(overlay::on_overlayfs(&state));
+
+    // A layer deletes what the one below it wrote: its whiteout is what overlayfs refuses.
+    let image = busybox_image("amd64")
+        .layer(Layer::new(vec![Entry::file("/gone", 0o644, "x")]))
+        .layer(Layer::new(vec![Entry::whiteout("/gone")]));
+    let prepared = prepared_image(&state, image);
+    assert!(prepared.layer_dirs.is_empty());
+    assert!(
+        prepared
+            .warnings
+            .iter()
+            .any(|w| w.contains("is on overlayfs")),
+        "{:?}",
+        prepared.warnings
+    );
+    let rootfs = assemble(&state, &prepared, Mode::Auto);
+    assert_eq!(rootfs.kind, RootfsKind::Flattened, "{:?}", rootfs.warnings);
+    assert!(rootfs
+        .warnings
+        .iter()
+        .any(|w| w.contains("is on overlayfs")));
+    assert!(rootfs.path.join("bin/busybox").is_file());
+    assert!(!rootfs.path.join("gone").exists(), "the whiteout acted");
+    overlay::release(&rootfs).unwrap();
 }

@@ -187,6 +187,9 @@ async fn prepare_planned(
     planned: impl Fn(&[PulledLayer], u64) + Send + Sync + 'static,
 ) -> Result<PreparedImage, PrepareError> {
     let begun = Instant::now();
+    // A volume on overlayfs gets no layer directories (see `overlay::on_overlayfs`): only the
+    // blobs, from which each start flattens a copy.
+    let unpack_layers = !crate::overlay::on_overlayfs(blobs.root());
     let (send, arrivals) = mpsc::channel();
     // The unpacker takes arrivals until the last sender is gone; never an error to send.
     let feed = {
@@ -200,31 +203,45 @@ async fn prepare_planned(
             let _ = send.send(Arrival::Ready(index, layer_source(&blobs, layer)));
         })
     }
-    .with_planned(planned)
-    .with_downloading({
-        let blobs = blobs.clone();
-        move |index, layer| {
-            if let Some(follower) = blobs.follow(&layer.digest) {
-                let _ = send.send(Arrival::Downloading {
-                    index,
-                    source: layer_source(&blobs, layer),
-                    follower,
-                    missed: send.clone(),
-                });
+    .with_planned(planned);
+    let feed = match unpack_layers {
+        false => feed,
+        true => feed.with_downloading({
+            let blobs = blobs.clone();
+            move |index, layer| {
+                if let Some(follower) = blobs.follow(&layer.digest) {
+                    let _ = send.send(Arrival::Downloading {
+                        index,
+                        source: layer_source(&blobs, layer),
+                        follower,
+                        missed: send.clone(),
+                    });
+                }
             }
+        }),
+    };
+    let unpacker = match unpack_layers {
+        true => {
+            // Only the stop flag: the sender lives in `feed`, which must go when the fetch ends.
+            let (store, limits, stop) = (layers.clone(), *limits, feed.stop_handle());
+            Some(tokio::task::spawn_blocking(move || {
+                unpack_as_fed(&store, arrivals, &limits, &stop, begun)
+            }))
         }
-    });
-    let unpacker = {
-        // Only the stop flag: the sender lives in `feed`, which must go when the fetch ends.
-        let (store, limits, stop) = (layers.clone(), *limits, feed.stop_handle());
-        tokio::task::spawn_blocking(move || unpack_as_fed(&store, arrivals, &limits, &stop, begun))
+        false => None,
     };
     let fetched = source::fetch(source, config, blobs, &feed).await;
     // The last sender goes with the feed: the unpacker then finishes what arrived and returns.
     drop(feed);
-    let unpacked = unpacker
-        .await
-        .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()));
+    let unpacked = match unpacker {
+        Some(unpacker) => unpacker
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic())),
+        None => dispatch::Unpacked {
+            results: Vec::new(),
+            failed_first: false,
+        },
+    };
     let mut reports: Vec<Option<UnpackReport>> = Vec::new();
     let mut unpack_error = None;
     for (index, result) in unpacked.results {
@@ -259,7 +276,7 @@ async fn prepare_planned(
         .filter(|(_, r)| r.is_none())
         .map(|(i, _)| (i, sources[i].clone()))
         .collect();
-    if !left.is_empty() {
+    if unpack_layers && !left.is_empty() {
         // The whole image: a layer is published onto the layers below it (complete ones are
         // reused at once).
         let (store, limits, all) = (layers.clone(), *limits, sources.clone());
@@ -271,14 +288,22 @@ async fn prepare_planned(
         }
     }
     let diff_ids: Vec<_> = sources.iter().map(|s| s.diff_id.clone()).collect();
+    let mut warnings = pulled.warnings.clone();
+    if !unpack_layers {
+        warnings.push(format!(
+            "{} is on overlayfs, which cannot hold the layers' whiteouts: the layers are not unpacked ahead, and each start makes a flattened copy of the image from its blobs (slower; a volume on another filesystem avoids it)",
+            blobs.root().display()
+        ));
+    }
     Ok(PreparedImage {
-        layer_dirs: layers.image_layer_dirs(&diff_ids),
+        layer_dirs: match unpack_layers {
+            true => layers.image_layer_dirs(&diff_ids),
+            false => Vec::new(),
+        },
         config: pulled.config.config.clone().unwrap_or_default(),
         layers_unpacked: reports.iter().flatten().filter(|r| !r.reused).count(),
-        warnings: pulled
-            .warnings
-            .iter()
-            .cloned()
+        warnings: warnings
+            .into_iter()
             .chain(reports.into_iter().flatten().flat_map(|r| r.warnings))
             .collect(),
         sources,
