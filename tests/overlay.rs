@@ -16,6 +16,7 @@ use envbox::unpack::{LayerStore, Limits};
 use support::host::requirements_met;
 use support::image::{busybox_image, write_layout, Entry, Layer};
 use support::registry::Registry;
+use support::volume::OverlayMount;
 
 fn prepared(state: &Path) -> PreparedImage {
     prepared_image(state, busybox_image("amd64"))
@@ -136,27 +137,12 @@ fn a_volume_on_overlayfs_gets_no_layer_directories_and_a_flattened_copy() {
         fs::create_dir(base.path().join(dir)).unwrap();
     }
     let volume = base.path().join("volume");
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        base.path().join("lower").display(),
-        base.path().join("upper").display(),
-        base.path().join("work").display()
-    );
-    nix::mount::mount(
-        Some("overlay"),
+    let _mounted = OverlayMount::new(
         &volume,
-        Some("overlay"),
-        nix::mount::MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .unwrap();
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _unmount = Unmount(&volume);
+        &[&base.path().join("lower")],
+        &base.path().join("upper"),
+        &base.path().join("work"),
+    );
     let state = volume.join("state");
     fs::create_dir(&state).unwrap();
     assert!(overlay::on_overlayfs(&state));

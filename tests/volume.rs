@@ -12,7 +12,7 @@ use support::host::requirements_met;
 use support::image::{write_layout, Entry, ImageSpec, Layer, LayoutInfo};
 use support::proxy::{Fault, FaultProxy};
 use support::registry::Registry;
-use support::volume::SmallVolume;
+use support::volume::{OverlayMount, SmallVolume};
 
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
 
@@ -366,30 +366,16 @@ fn cleanup_never_removes_the_layers_a_mounted_overlay_uses() {
     for (i, dir) in dirs.iter().rev().enumerate() {
         let link = container.join("l").join(i.to_string());
         std::os::unix::fs::symlink(state.path().join("layers/chain").join(dir), &link).unwrap();
-        lowers.push(link.display().to_string());
+        lowers.push(link);
     }
     let merged = container.join("merged");
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        container.join("upper").display(),
-        container.join("work").display()
-    );
-    nix::mount::mount(
-        Some("overlay"),
+    let lowers: Vec<&Path> = lowers.iter().map(|l| l.as_path()).collect();
+    let _mounted = OverlayMount::new(
         &merged,
-        Some("overlay"),
-        nix::mount::MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .unwrap();
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _unmount = Unmount(&merged);
+        &lowers,
+        &container.join("upper"),
+        &container.join("work"),
+    );
     let out = run(&["cache", "prune", "--keep-images", "0"], &env);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let mut expected: Vec<String> = dirs.iter().cloned().chain(dirs_of(&b)).collect();

@@ -56,3 +56,38 @@ impl Drop for SmallVolume {
         let _ = Command::new("umount").arg(self.mount.path()).status();
     }
 }
+
+/// An overlay mounted at `target` from `lowers` (top first, as overlayfs lists them) and an
+/// upper and work dir; detached when dropped.
+pub struct OverlayMount {
+    target: std::path::PathBuf,
+}
+
+impl OverlayMount {
+    pub fn new(target: &Path, lowers: &[&Path], upper: &Path, work: &Path) -> OverlayMount {
+        let lowers: Vec<String> = lowers.iter().map(|d| d.display().to_string()).collect();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .unwrap();
+        OverlayMount {
+            target: target.to_owned(),
+        }
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.target, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
