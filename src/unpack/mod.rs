@@ -18,6 +18,7 @@
 
 mod acl;
 pub(crate) mod archive;
+mod complete;
 mod creds;
 mod decode;
 mod flatten;

@@ -9,7 +9,9 @@
 //! parallel and while they download: [`LayerStore::stage`] writes its tree into staging
 //! without its lower layers, and [`LayerStore::publish`] settles, against the published
 //! directories of the layers below it, what needed them (module `settle`) and renames it into
-//! place. The directories of the earlier layout (`<state_dir>/layers/<diff ID hex>`, unpacked
+//! place, its completion marker written first (module `complete`): a directory without a marker
+//! naming it is never taken as complete, and the next unpack of it replaces it. The directories
+//! of the earlier layout (`<state_dir>/layers/<diff ID hex>`, unpacked
 //! without their lower layers) are never used: [`LayerStore::remove_legacy`] removes them.
 //!
 //! Durability: no fsync per file, and no sync before a layer is published either: the layer
@@ -29,6 +31,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
+use super::complete::{Completion, Markers};
 use super::settle::{self, Pending};
 use super::stream::{self, Input};
 use super::tree;
@@ -47,6 +50,7 @@ pub struct LayerStore {
     /// `<state_dir>/layers`, where the earlier layout's directories are.
     legacy: PathBuf,
     unsynced: Unsynced,
+    markers: Markers,
     locks: VolumeLocks,
 }
 
@@ -55,8 +59,9 @@ pub struct LayerStore {
 #[derive(Debug)]
 pub struct Staged {
     chain: Digest,
-    /// The layer's compressed digest, for errors.
+    /// The layer's compressed digest.
     layer: Digest,
+    diff_id: Digest,
     staging: PathBuf,
     pending: Pending,
     report: UnpackReport,
@@ -77,6 +82,7 @@ impl Drop for Staged {
 
 /// What [`LayerStore::stage`] did.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer, moved once: boxing buys nothing
 pub enum Stage {
     /// The layer's directory is complete already: nothing was read.
     Complete,
@@ -99,17 +105,21 @@ impl LayerStore {
         let legacy = crate::volume::VolumeLayout::new(state_dir).layers();
         let root = legacy.join("chain");
         let staging_dir = root.join(".staging");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&staging_dir)
-            .map_err(store_err("creating layer store directory", &staging_dir))?;
+        let markers = Markers::new(&root);
+        for dir in [&staging_dir, markers.dir()] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(store_err("creating layer store directory", dir))?;
+        }
         let unsynced =
             Unsynced::open(&root, boot).map_err(store_err("creating directory in", &root))?;
         let store = LayerStore {
             root,
             legacy,
             unsynced,
+            markers,
             locks: VolumeLocks::new(state_dir),
         };
         store.drop_torn_layers()?;
@@ -145,6 +155,11 @@ impl LayerStore {
                 if let Err(e) = remove_any(&aside) {
                     tracing::warn!(path = %aside.display(), error = %e, "cannot remove a possibly torn layer moved aside");
                 }
+            }
+            if let Ok(chain) = Digest::parse(&format!("sha256:{layer}")) {
+                self.markers
+                    .remove(&chain)
+                    .map_err(store_err("removing the completion marker of", &path))?;
             }
             self.unsynced
                 .forget(&marker)
@@ -190,20 +205,29 @@ impl LayerStore {
         Ok(layers)
     }
 
-    /// Removes a layer directory (absent is fine): moved into staging first (gone at once,
-    /// atomically: a removal cut short leaves a stale staging entry, never a partial layer),
-    /// then removed. It must not be in use by a mounted rootfs.
+    /// Removes a layer directory and its completion marker (absent is fine): moved into
+    /// staging first (gone at once, atomically: a removal cut short leaves a stale staging
+    /// entry, never a partial layer), then removed. It must not be in use by a mounted rootfs.
     pub(crate) fn remove(&self, chain: &Digest) -> Result<(), UnpackError> {
         let path = self.path(chain);
-        let aside = self.staging_dir().join(staging::fresh_name(chain.hex()));
-        match fs::rename(&path, &aside) {
-            Ok(()) => remove_any(&aside).map_err(store_err("removing layer", &aside))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(store_err("moving aside layer", &path)(e)),
-        }
+        self.move_aside(chain)?;
+        self.markers
+            .remove(chain)
+            .map_err(store_err("removing the completion marker of", &path))?;
         self.unsynced
             .forget_entry(chain.hex())
             .map_err(store_err("removing the unsynced marker of", &path))
+    }
+
+    /// Moves the directory of `chain` into staging and removes it there (absent is fine).
+    fn move_aside(&self, chain: &Digest) -> Result<(), UnpackError> {
+        let path = self.path(chain);
+        let aside = self.staging_dir().join(staging::fresh_name(chain.hex()));
+        match fs::rename(&path, &aside) {
+            Ok(()) => remove_any(&aside).map_err(store_err("removing layer", &aside)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(store_err("moving aside layer", &path)(e)),
+        }
     }
 
     /// Removes what the earlier layout left in `<state_dir>/layers` (directories named by a
@@ -227,9 +251,11 @@ impl LayerStore {
         Ok(removed)
     }
 
-    /// Whether the layer is complete: its directory exists (it is only created by a rename).
+    /// Whether the layer is complete: its directory exists (it is only created by a rename)
+    /// and its completion marker names it (module doc).
     pub(crate) fn is_complete(&self, chain: &Digest) -> bool {
         fs::symlink_metadata(self.path(chain)).is_ok_and(|m| m.is_dir())
+            && self.markers.read(chain).is_some()
     }
 
     /// Unpacks the layer `source`, whose chain ID is `chain`, into staging, unless its
@@ -280,12 +306,19 @@ impl LayerStore {
         if waited && self.is_complete(chain) {
             return Ok(Stage::Complete);
         }
+        // A directory without its marker: put there by something else, or published by a
+        // process killed before it wrote the marker. Never used; unpacked again.
+        if fs::symlink_metadata(self.path(chain)).is_ok() {
+            tracing::warn!(layer = %self.path(chain).display(), "this layer directory has no completion marker: unpacking it again");
+            self.move_aside(chain)?;
+        }
         let staging = self.staging_dir().join(staging::fresh_name(chain.hex()));
         tree::create_root(&staging).map_err(store_err("creating staging directory", &staging))?;
         // From here on the staging directory goes with `staged`, whatever happens.
         let mut staged = Staged {
             chain: chain.clone(),
             layer: source.digest.clone(),
+            diff_id: source.diff_id.clone(),
             staging,
             pending: Pending::default(),
             report: UnpackReport::default(),
@@ -319,6 +352,16 @@ impl LayerStore {
             .unsynced
             .mark(staged.chain.hex())
             .map_err(store_err("marking unsynced in", self.unsynced.dir()))?;
+        let completion = Completion::new(
+            staged.chain.clone(),
+            staged.diff_id.clone(),
+            staged.layer.clone(),
+            report.bytes,
+        );
+        self.markers.write(&completion).map_err(store_err(
+            "writing the completion marker in",
+            self.markers.dir(),
+        ))?;
         if !marked {
             let dir =
                 File::open(staging).map_err(store_err("opening staging directory", staging))?;

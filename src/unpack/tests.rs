@@ -1050,6 +1050,49 @@ fn removing_a_layer_removes_its_marker_so_a_restart_has_nothing_to_drop() {
     assert_eq!(fs::read_dir(&unsynced).expect("list").count(), 0);
 }
 
+/// A layer directory is complete only with its completion marker: one without it (a kill
+/// between the marker and the rename cannot make one, but another tool or an earlier layout
+/// can) or with a marker naming another layer is unpacked again, never used as it is.
+#[test]
+fn a_layer_directory_without_its_completion_marker_is_unpacked_again() {
+    let w = Work::new();
+    let tar = Layer::new().file("a", M, b"a").finish();
+    let (report, dir) = w.unpack_ok(&tar);
+    assert!(!report.reused);
+    let chain = Digest::of(&tar);
+    let marker = w.state.join("layers/chain/.complete").join(chain.hex());
+    let record: serde_json::Value = serde_json::from_slice(&fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(record["chain"], chain.to_string());
+    assert_eq!(record["diff_id"], chain.to_string());
+    assert_eq!(record["bytes"], tar.len() as u64);
+    let (again, _) = w.unpack_ok(&tar);
+    assert!(again.reused, "a marked layer is reused");
+
+    // Planted: a directory with a file the layer does not have, and no marker.
+    fs::remove_file(&marker).unwrap();
+    fs::write(dir.join("planted"), b"x").unwrap();
+    let (report, dir) = w.unpack_ok(&tar);
+    assert!(
+        !report.reused,
+        "a layer without its marker was used as it was"
+    );
+    assert!(!dir.join("planted").exists());
+    assert_eq!(fs::read(dir.join("a")).unwrap(), b"a");
+
+    // A marker naming another layer counts as none.
+    let other = Digest::of(b"other");
+    let text = fs::read_to_string(&marker).unwrap();
+    fs::write(
+        &marker,
+        text.replace(&chain.to_string(), &other.to_string()),
+    )
+    .unwrap();
+    fs::write(dir.join("planted"), b"x").unwrap();
+    let (report, dir) = w.unpack_ok(&tar);
+    assert!(!report.reused);
+    assert!(!dir.join("planted").exists());
+}
+
 /// An ACL xattr value naming user `user` and group `group` (see `acl::named`).
 pub(super) fn named_acl(user: u32, group: u32) -> Vec<u8> {
     acl::encode(&acl::named(user, group))
