@@ -9,8 +9,11 @@
 //! each was applied onto the view of the layers below it (see `crate::unpack`). Leftovers of a
 //! previous start (a mount still there after a kill -9, an old upper dir, an old copy) are
 //! cleared first; which layer directories a mounted overlay uses is read back from its lower
-//! links ([`layers_in_use`]). It never changes a layer directory.
+//! links ([`layers_in_use`]). It never changes a layer directory, and neither can the overlay:
+//! its lower dirs are reached through a read-only bind mount of the layer store (`lower/`),
+//! since a published layer may be shared by every workspace of a node (`crate::nodecache`).
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -76,6 +79,10 @@ fn io<'a>(
 
 struct Layout {
     root: PathBuf,
+    /// The read-only view of the layer store the lower links lead into.
+    view: PathBuf,
+    /// The layer store the view shows (written when the view is mounted).
+    view_source: PathBuf,
     lower_links: PathBuf,
     upper: PathBuf,
     work: PathBuf,
@@ -87,6 +94,8 @@ impl Layout {
     fn new(state_dir: &Path) -> Layout {
         let root = crate::volume::VolumeLayout::new(state_dir).container();
         Layout {
+            view: root.join("lower"),
+            view_source: root.join("lower.source"),
             lower_links: root.join("l"),
             upper: root.join("upper"),
             work: root.join("work"),
@@ -115,6 +124,7 @@ fn remove_all(path: &Path) -> Result<(), OverlayError> {
 /// Clears what a previous start left.
 fn clear(layout: &Layout) -> Result<(), OverlayError> {
     unmount_if_mounted(&layout.merged)?;
+    unmount_if_mounted(&layout.view)?;
     for dir in [
         &layout.upper,
         &layout.work,
@@ -128,6 +138,46 @@ fn clear(layout: &Layout) -> Result<(), OverlayError> {
 
 fn mkdir(path: &Path) -> Result<(), OverlayError> {
     std::fs::create_dir_all(path).map_err(io("creating", path))
+}
+
+/// Mounts the layer store holding `layer_dirs` (all in one directory, as the layer store keeps
+/// them) read-only at `view/`; the layer directories as seen through it.
+fn mount_view(layout: &Layout, layer_dirs: &[PathBuf]) -> Result<Vec<PathBuf>, OverlayError> {
+    let Some(store) = layer_dirs.first().and_then(|d| d.parent()) else {
+        return Ok(Vec::new());
+    };
+    let mut seen = Vec::with_capacity(layer_dirs.len());
+    for dir in layer_dirs {
+        match (dir.parent(), dir.file_name()) {
+            (Some(parent), Some(name)) if parent == store => seen.push(layout.view.join(name)),
+            _ => {
+                return Err(io("viewing read-only", dir)(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("not in the layer store {}", store.display()),
+                )))
+            }
+        }
+    }
+    mkdir(&layout.view)?;
+    std::fs::write(&layout.view_source, store.as_os_str().as_encoded_bytes())
+        .map_err(io("writing", &layout.view_source))?;
+    let view = &layout.view;
+    mount(
+        Some(store),
+        view,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| io("bind-mounting the layer store at", view)(e.into()))?;
+    let read_only = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if let Err(e) = mount(None::<&str>, view, None::<&str>, read_only, None::<&str>) {
+        unmount_if_mounted(view)?;
+        return Err(io("making read-only the layer store's view at", view)(
+            e.into(),
+        ));
+    }
+    Ok(seen)
 }
 
 /// Short names for the layer directories, so the mount options stay far below the page-size
@@ -158,25 +208,30 @@ fn try_overlay(layout: &Layout, layer_dirs: &[PathBuf]) -> Result<Result<(), Err
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .map_err(io("setting the mode of", &layout.upper))?;
-    let lower = lower_option(layout, layer_dirs)?;
+    let seen = mount_view(layout, layer_dirs)?;
+    let lower = lower_option(layout, &seen)?;
     let options = format!(
         "lowerdir={lower},upperdir={},workdir={}",
         layout.upper.display(),
         layout.work.display()
     );
-    Ok(mount(
+    let mounted = mount(
         Some("overlay"),
         &layout.merged,
         Some("overlay"),
         MsFlags::empty(),
         Some(options.as_str()),
-    ))
+    );
+    if mounted.is_err() {
+        unmount_if_mounted(&layout.view)?;
+    }
+    Ok(mounted)
 }
 
 /// The layer directories a mounted overlay rootfs under `state_dir` uses (whichever process
 /// mounted it, alive or not): empty when no overlay is mounted at `merged/` in this mount
 /// namespace. What a cleanup must never remove (`crate::prune`).
-pub(crate) fn layers_in_use(state_dir: &Path) -> Result<Vec<PathBuf>, OverlayError> {
+pub fn layers_in_use(state_dir: &Path) -> Result<Vec<PathBuf>, OverlayError> {
     let layout = Layout::new(state_dir);
     let merged = std::fs::canonicalize(&layout.merged).unwrap_or(layout.merged.clone());
     let table = crate::mountinfo::MountTable::read_self()?;
@@ -187,12 +242,24 @@ pub(crate) fn layers_in_use(state_dir: &Path) -> Result<Vec<PathBuf>, OverlayErr
     {
         return Ok(Vec::new());
     }
+    // An overlay mounted before the view existed links to the layer directories themselves.
+    let store = match std::fs::read(&layout.view_source) {
+        Ok(source) => Some(PathBuf::from(std::ffi::OsString::from_vec(source))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io("reading", &layout.view_source)(e)),
+    };
     let mut dirs = Vec::new();
     let entries =
         std::fs::read_dir(&layout.lower_links).map_err(io("listing", &layout.lower_links))?;
     for entry in entries {
         let link = entry.map_err(io("listing", &layout.lower_links))?.path();
-        dirs.push(std::fs::read_link(&link).map_err(io("reading the link", &link))?);
+        let seen = std::fs::read_link(&link).map_err(io("reading the link", &link))?;
+        // Through the view: the same name in the store.
+        let dir = match (&store, seen.strip_prefix(&layout.view)) {
+            (Some(store), Ok(name)) => store.join(name),
+            _ => seen,
+        };
+        dirs.push(dir);
     }
     Ok(dirs)
 }
@@ -260,7 +327,11 @@ pub fn assemble(
 /// Undoes [`assemble`]'s mount (the upper dir is cleared by the next start).
 pub fn release(rootfs: &Rootfs) -> Result<(), OverlayError> {
     match rootfs.kind {
-        RootfsKind::Overlay => unmount_if_mounted(&rootfs.path),
+        RootfsKind::Overlay => {
+            unmount_if_mounted(&rootfs.path)?;
+            let view = rootfs.path.with_file_name("lower");
+            unmount_if_mounted(&view)
+        }
         RootfsKind::Flattened => Ok(()),
     }
 }

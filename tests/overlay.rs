@@ -102,6 +102,47 @@ fn an_overlay_with_a_fresh_upper_dir_each_start() {
     assert!(again.path.join("bin/busybox").is_file());
     overlay::release(&again).unwrap();
     assert!(!again.path.join("bin/busybox").exists(), "released");
+    assert!(
+        !state.path().join("container/lower/bin").exists()
+            && fs::read_dir(state.path().join("container/lower"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "the read-only view of the layer store is released too"
+    );
+}
+
+/// The overlay reaches its lower dirs through a read-only bind mount of the layer store: what
+/// the lower links lead to cannot be written (a layer may be shared by every workspace of a
+/// node), and a cleanup still sees which layer directories the mounted overlay uses.
+#[test]
+fn the_lower_dirs_are_reached_through_a_read_only_view_of_the_layer_store() {
+    if !requirements_met("overlay test", false) {
+        return;
+    }
+    let state = tempfile::tempdir_in("/var/tmp").unwrap();
+    let image = prepared(state.path());
+    let rootfs = assemble(state.path(), &image, Mode::Auto);
+    assert_eq!(rootfs.kind, RootfsKind::Overlay, "{:?}", rootfs.warnings);
+    let links = state.path().join("container/l");
+    let mut lowers = Vec::new();
+    for entry in fs::read_dir(&links).unwrap() {
+        let target = fs::read_link(entry.unwrap().path()).unwrap();
+        assert!(
+            target.starts_with(state.path().join("container/lower")),
+            "{target:?} is not in the read-only view"
+        );
+        let err = fs::write(target.join("planted"), "x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{target:?}: {err}");
+        lowers.push(target);
+    }
+    assert_eq!(lowers.len(), image.layer_dirs.len());
+    let mut in_use = overlay::layers_in_use(state.path()).unwrap();
+    in_use.sort();
+    let mut expected = image.layer_dirs.clone();
+    expected.sort();
+    assert_eq!(in_use, expected, "the cleanup's view of what is in use");
+    overlay::release(&rootfs).unwrap();
 }
 
 #[test]
