@@ -38,6 +38,27 @@ pub struct LockError {
     source: io::Error,
 }
 
+/// One non-blocking `flock(2)` of `file` in `mode`: whether it was taken (also for lock files
+/// kept elsewhere, such as the node cache's leases).
+pub(crate) fn try_flock(file: &File, mode: Mode) -> io::Result<bool> {
+    let operation = match mode {
+        Mode::Shared => libc::LOCK_SH,
+        Mode::Exclusive => libc::LOCK_EX,
+    } | libc::LOCK_NB;
+    loop {
+        // SAFETY: flock on a descriptor this function borrows for the call.
+        if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(error),
+        }
+    }
+}
+
 /// The lock files of one volume. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct VolumeLocks {
@@ -66,8 +87,9 @@ impl VolumeLocks {
     }
 
     /// The lock `name` taken in `mode`, waiting as long as another process holds it in a
-    /// conflicting mode; `waiting_for` completes "waiting for another envbox process on this
-    /// volume: it is ..." in the progress line a wait writes. Returns whether it had to wait.
+    /// conflicting mode; `waiting_for` completes "waiting for another envbox process using
+    /// <store dir>: it is ..." in the progress line a wait writes. Returns whether it had to
+    /// wait.
     pub fn take(
         &self,
         name: &str,
@@ -86,10 +108,12 @@ impl VolumeLocks {
             let since = *waited.get_or_insert(now);
             if first || now.duration_since(said) >= REMIND {
                 said = now;
+                // The store's directory: the volume's state dir, or the node cache.
+                let store = self.dir.parent().unwrap_or(&self.dir).display();
                 let line = match first {
-                    true => format!("Waiting for another envbox process on this volume: it is {waiting_for}"),
+                    true => format!("Waiting for another envbox process using {store}: it is {waiting_for}"),
                     false => format!(
-                        "Still waiting ({} s) for another envbox process on this volume: it is {waiting_for}",
+                        "Still waiting ({} s) for another envbox process using {store}: it is {waiting_for}",
                         now.duration_since(since).as_secs()
                     ),
                 };
@@ -171,22 +195,7 @@ impl VolumeLocks {
 
     /// One non-blocking `flock`: whether it was taken.
     fn try_flock(&self, file: &File, name: &str, mode: Mode) -> Result<bool, LockError> {
-        let operation = match mode {
-            Mode::Shared => libc::LOCK_SH,
-            Mode::Exclusive => libc::LOCK_EX,
-        } | libc::LOCK_NB;
-        loop {
-            // SAFETY: flock on a descriptor this function borrows for the call.
-            if unsafe { libc::flock(file.as_raw_fd(), operation) } == 0 {
-                return Ok(true);
-            }
-            let error = io::Error::last_os_error();
-            match error.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => return Ok(false),
-                Some(libc::EINTR) => continue,
-                _ => return Err(self.error("locking", &self.dir.join(name), error)),
-            }
-        }
+        try_flock(file, mode).map_err(|error| self.error("locking", &self.dir.join(name), error))
     }
 
     fn error(&self, action: &'static str, path: &Path, source: io::Error) -> LockError {

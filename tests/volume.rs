@@ -115,9 +115,10 @@ fn two_processes_preparing_one_image_fetch_each_blob_once() {
     );
     let both = format!("{a_err}{b_err}");
     assert!(
-        both.contains(
-            "Waiting for another envbox process on this volume: it is downloading layer 1 of 3"
-        ),
+        both.contains(&format!(
+            "Waiting for another envbox process using {}: it is downloading layer 1 of 3",
+            state.path().display()
+        )),
         "the waiting process says what it waits for:\n{both}"
     );
     // Each layer was unpacked by one of them.
