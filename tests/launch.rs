@@ -11,12 +11,12 @@
 //! The tests share the bridge and the containerd shim directory, so they run one at a time.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 mod support;
@@ -26,111 +26,10 @@ use support::debian::user_image_layout;
 use support::host::launch_requirements_met;
 use support::image::{busybox_image, write_layout, Entry, Layer};
 use support::registry::Registry;
+use support::workspace::Envbox;
 
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// A running `envbox docker`, its progress lines collected.
-struct Envbox {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Envbox {
-    fn start(envs: &[(String, String)]) -> Envbox {
-        Envbox::start_with_score(envs, None)
-    }
-
-    /// Started with `oom_score_adj` set as the kubelet sets a pod's, when given.
-    fn start_with_score(envs: &[(String, String)], oom_score: Option<i32>) -> Envbox {
-        use std::os::unix::process::CommandExt;
-        let mut command = Command::new(ENVBOX);
-        command
-            .arg("docker")
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap())
-            .envs(envs.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(score) = oom_score {
-            // SAFETY: only a write(2) to procfs between fork and exec.
-            unsafe {
-                command.pre_exec(move || fs::write("/proc/self/oom_score_adj", score.to_string()));
-            }
-        }
-        let mut child = command.spawn().expect("start envbox docker");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("envbox: {line}");
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Envbox { child, lines }
-    }
-
-    fn log(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Waits until a progress line contains `needle`; panics with the log on timeout or exit.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) {
-        let end = Instant::now() + timeout;
-        loop {
-            if self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|l| l.contains(needle))
-            {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(200));
-                panic!(
-                    "envbox exited ({status}) before {needle:?}:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < end,
-                "no {needle:?} within {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let end = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                return status;
-            }
-            assert!(
-                Instant::now() < end,
-                "envbox still running after {timeout:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Envbox {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A registry holding the busybox test image as `envbox/busybox:v1`.
 fn registry_with_busybox() -> (Registry, String) {

@@ -31,6 +31,7 @@
 //!   groups, passwordless sudo and a directory with ACLs.
 //! - [`coder`]: `StandInCoder`, the agent log endpoints of Coder (which cannot run here).
 //! - [`volume`]: `SmallVolume`, a loop-mounted ext4 of a few MiB (real ENOSPC).
+//! - [`workspace`]: `Envbox`, a running `envbox docker` with its progress lines.
 #![allow(dead_code)]
 
 pub mod coder;
@@ -43,3 +44,4 @@ pub mod server;
 pub mod tls;
 pub mod token;
 pub mod volume;
+pub mod workspace;
