@@ -36,6 +36,7 @@ pub mod logging;
 pub mod memory;
 pub(crate) mod mountinfo;
 pub mod network;
+pub mod nodecache;
 pub(crate) mod oom;
 pub mod overlay;
 pub mod plan;

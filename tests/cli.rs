@@ -357,9 +357,9 @@ const WORKSPACE_FLAGS: [&str; 15] = [
     "memory",
     "run-dir",
 ];
-const STATE_FLAGS: [&str; 1] = ["state-dir"];
-/// The flag of `KeepSettings`: the commands that may clean up the cache.
-const KEEP_FLAGS: [&str; 1] = ["keep-images"];
+const STATE_FLAGS: [&str; 2] = ["state-dir", "node-cache"];
+/// The flags of `KeepSettings`: the commands that may clean up the cache.
+const KEEP_FLAGS: [&str; 3] = ["keep-images", "node-cache-ttl", "node-cache-size"];
 const ENTRYPOINT_FLAGS: [&str; 9] = [
     "coder-url",
     "bootstrap-script",

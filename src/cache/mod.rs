@@ -21,7 +21,9 @@
 //!
 //! Layout under the state directory: `blobs/sha256/<hex>` (complete blobs, mode 0644),
 //! `blobs/.unsynced/` (markers, see [`unsynced`]), `staging/` (in-progress writes, see
-//! [`staging`]) and `refs/` (pins, see [`pins`]).
+//! [`staging`]) and `refs/` (pins, see [`pins`]). With a node cache (`crate::nodecache`) the
+//! blobs, their staging files and their locks are under the node cache's directory instead,
+//! laid out the same way; the pins stay on the volume.
 
 mod follow;
 mod pins;
@@ -104,6 +106,9 @@ pub(crate) struct Claim {
 /// The store. Cheap to clone; safe to use from several tasks (each writer has its own file).
 #[derive(Debug, Clone)]
 pub struct BlobStore {
+    /// Where the blobs, their staging files and locks are: the state dir, or a node cache.
+    content: VolumeLayout,
+    /// Where the pins are: the state dir.
     volume: VolumeLayout,
     locks: VolumeLocks,
     unsynced: Unsynced,
@@ -117,15 +122,34 @@ impl BlobStore {
         Self::open_in_boot(state_dir, unsynced::current_boot())
     }
 
+    /// [`Self::open`] with the blobs under `content_dir` (a node cache), the pins under
+    /// `state_dir`.
+    pub(crate) fn open_split(
+        state_dir: &Path,
+        content_dir: &Path,
+    ) -> Result<BlobStore, CacheError> {
+        Self::open_parts(state_dir, content_dir, unsynced::current_boot())
+    }
+
     /// [`Self::open`] as if the kernel's boot ID were `boot` (tests play restarts with it).
     pub(crate) fn open_in_boot(
         state_dir: &Path,
         boot: Option<String>,
     ) -> Result<BlobStore, CacheError> {
+        Self::open_parts(state_dir, state_dir, boot)
+    }
+
+    fn open_parts(
+        state_dir: &Path,
+        content_dir: &Path,
+        boot: Option<String>,
+    ) -> Result<BlobStore, CacheError> {
         let volume = VolumeLayout::new(state_dir);
-        let blobs = volume.blobs();
+        let content = VolumeLayout::new(content_dir);
+        let blobs = content.blobs();
         for dir in [
             &blobs.join("sha256"),
+            &content.blob_staging(),
             &volume.blob_staging(),
             &volume.refs(),
         ] {
@@ -138,7 +162,8 @@ impl BlobStore {
         let unsynced =
             Unsynced::open(&blobs, boot).map_err(io_err("creating directory in", &blobs))?;
         let store = BlobStore {
-            locks: VolumeLocks::new(volume.root()),
+            locks: VolumeLocks::new(content.root()),
+            content,
             volume,
             unsynced,
             growing: Growing::default(),
@@ -148,6 +173,10 @@ impl BlobStore {
         staging::sweep(&store.staging_dir(), &|hex| {
             locks.is_held(&format!("blob-{hex}"))
         })?;
+        if store.volume != store.content {
+            // Only pins are written there (by this process, under no lock).
+            staging::sweep(&store.pin_staging_dir(), &|_| false)?;
+        }
         Ok(store)
     }
 
@@ -184,16 +213,21 @@ impl BlobStore {
             .map_err(io_err("syncing the blobs in", &dir))
     }
 
-    /// The state directory the store lives under.
+    /// The directory the blobs live under: the state dir, or a node cache.
     pub(crate) fn root(&self) -> &Path {
-        self.volume.root()
+        self.content.root()
     }
 
     fn blob_dir(&self) -> PathBuf {
-        self.volume.blobs().join("sha256")
+        self.content.blobs().join("sha256")
     }
 
     fn staging_dir(&self) -> PathBuf {
+        self.content.blob_staging()
+    }
+
+    /// Where pins are staged: beside them, on the volume.
+    fn pin_staging_dir(&self) -> PathBuf {
         self.volume.blob_staging()
     }
 
@@ -327,7 +361,7 @@ impl BlobStore {
 
     /// Records that `reference` (as normalised text) resolved to manifest `digest`.
     pub(crate) fn pin(&self, reference: &str, digest: &Digest) -> Result<(), CacheError> {
-        pins::pin(&self.refs_dir(), &self.staging_dir(), reference, digest)
+        pins::pin(&self.refs_dir(), &self.pin_staging_dir(), reference, digest)
     }
 
     /// The manifest digest `reference` last resolved to, if recorded. A corrupt pin is removed

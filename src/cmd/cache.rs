@@ -81,14 +81,7 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
             Some(kept)
         }
     };
-    let pruned = runtime.block_on(cache.prune(current))?;
-    println!(
-        "removed {} blob(s) ({}) and {} unpacked layer(s); kept {} image(s): {}",
-        pruned.blobs_removed,
-        mb(pruned.bytes_freed),
-        pruned.layers_removed,
-        pruned.kept.len(),
-        pruned.kept.join(", ")
-    );
+    let cleaned_up = runtime.block_on(cache.clean_up(current, false))?;
+    println!("{}", cleaned_up.summary(cache.keep_images));
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! Validates the settings, starts sending the progress log to Coder when the agent's URL and
 //! token are set ([`crate::agentlog`]), then hands over to [`crate::launch`], giving it the
 //! image preparation step (registry wiring lives here, at the top) and the cleanup of the image
-//! cache once the workspace is up. Errors end up in the progress log, `/dev/termination-log` and
+//! cache once the workspace is up. With a node cache, the workspace's lease on what it uses
+//! (`crate::nodecache`) is taken once the image is prepared and held until envbox exits. Errors end up in the progress log, `/dev/termination-log` and
 //! the exit status (see `main.rs`).
 
 use super::{outer_subsystem, runtime, ImageCache};
@@ -51,7 +52,12 @@ pub(crate) fn run(args: &DockerArgs) -> anyhow::Result<()> {
         let cache = cache.clone();
         Box::new(move |prepared| clean_up(&cache, prepared))
     };
-    let prepare: launch::PrepareFn = Box::new(move || Box::pin(prepare(cache, source)));
+    // Held until envbox exits (dropped last), so the node's cleanup keeps what runs.
+    let lease = LeaseSlot::default();
+    let prepare: launch::PrepareFn = {
+        let lease = lease.clone();
+        Box::new(move || Box::pin(prepare(cache, source, lease)))
+    };
     let coder = agentlog::Target::from_settings(&settings)?;
     let runtime = runtime()?;
     let result = runtime.block_on(async {
@@ -90,13 +96,43 @@ pub(crate) fn run(args: &DockerArgs) -> anyhow::Result<()> {
 /// How long envbox waits, when it stops, for the last lines to reach the Coder dashboard.
 const AGENT_LOG_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Pulls and unpacks the image, saying so in the progress log.
-async fn prepare(cache: ImageCache, source: ImageSource) -> anyhow::Result<PreparedImage> {
+/// Where the workspace's lease on the node cache is kept while it runs.
+type LeaseSlot = std::sync::Arc<std::sync::Mutex<Option<crate::nodecache::Lease>>>;
+
+/// Pulls and unpacks the image, saying so in the progress log; with a node cache, takes the
+/// workspace's lease on what it uses into `lease` while the image's hold on the store still
+/// keeps a cleanup away.
+async fn prepare(
+    cache: ImageCache,
+    source: ImageSource,
+    lease: LeaseSlot,
+) -> anyhow::Result<PreparedImage> {
     progress::emit(Kind::Info, &format!("Preparing image {source}..."));
     let prepared = cache.prepare(&source).await;
     // The workspace runs for hours: what the transfers freed goes back now.
     crate::memory::give_back();
     let prepared = prepared?;
+    if let Some(node) = &cache.node {
+        let diff_ids: Vec<_> = prepared.sources.iter().map(|s| s.diff_id.clone()).collect();
+        let uses = crate::nodecache::Uses {
+            layers: match prepared.layer_dirs.is_empty() {
+                true => Vec::new(),
+                false => crate::unpack::chain_ids(&diff_ids),
+            },
+            blobs: crate::prune::Kept::of_prepared(&prepared)
+                .blobs
+                .into_iter()
+                .collect(),
+        };
+        let holder = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "envbox".to_owned());
+        let taken = node
+            .lease(&holder, uses, &cache.blobs, &cache.layers)
+            .map_err(|e| anyhow::anyhow!("{e} (without its lease, another workspace's cleanup could remove this one's layers)"))?;
+        tracing::debug!(lease = %taken.path().display(), "node cache: lease taken");
+        *lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(taken);
+    }
     let line = format!(
         "Image {source} ({}) ready: {} layer(s), {} unpacked now",
         prepared.pulled.manifest_digest,
@@ -115,17 +151,12 @@ fn clean_up(cache: &ImageCache, prepared: PreparedImage) {
     // Its hold on the store goes with it: the cleanup waits for every hold.
     drop(prepared);
     let started = std::time::Instant::now();
-    match tokio::runtime::Handle::current().block_on(cache.prune(Some(current))) {
-        Ok(pruned) if pruned.blobs_removed + pruned.layers_removed > 0 => progress::emit(
+    match tokio::runtime::Handle::current().block_on(cache.clean_up(Some(current), false)) {
+        Ok(cleaned_up) if cleaned_up.removed_any() => progress::emit(
             Kind::Info,
             &format!(
-                "Image cache cleaned up: removed {} blob(s) ({}) and {} unpacked layer(s) of images other than {} (the current one and the {} most recently used before it, {})",
-                pruned.blobs_removed,
-                super::mb(pruned.bytes_freed),
-                pruned.layers_removed,
-                pruned.kept.join(", "),
-                cache.keep_images,
-                crate::config::names::KEEP_IMAGES.env,
+                "Image cache cleaned up: {}",
+                cleaned_up.summary(cache.keep_images)
             ),
         ),
         Ok(_) => tracing::debug!(elapsed = ?started.elapsed(), "image cache: nothing to clean up"),

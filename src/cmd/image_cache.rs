@@ -4,12 +4,14 @@
 //! hold on the volume's store while an image is prepared (`crate::prune`), recording the use of
 //! the image (its pins), and a full volume (`crate::room::is_full`): the cleanup rule applied
 //! with that image as the current one, one more try, then `crate::room::VolumeFull`. The rule
-//! itself lives in `crate::prune`, the fetch and unpack in `crate::prepare`.
+//! itself lives in `crate::prune`, the fetch and unpack in `crate::prepare`. With a node cache
+//! (`crate::nodecache`) the blobs and layers are there, and its rule replaces the volume's.
 
 use crate::cache::BlobStore;
 use crate::config::{names, Settings};
 use crate::digest::Digest;
 use crate::image::ImageRef;
+use crate::nodecache::NodeCache;
 use crate::prepare::PreparedImage;
 use crate::progress::{self, warn_all, Kind};
 use crate::registry::RegistryConfig;
@@ -25,6 +27,50 @@ pub(super) struct ImageCache {
     pub(super) layers: LayerStore,
     /// `ENVBOX_KEEP_IMAGES`.
     pub(super) keep_images: usize,
+    /// The node cache the blobs and layers are in, when one is used.
+    pub(super) node: Option<NodeCache>,
+}
+
+/// What a cleanup did, by the rule of where the image cache is.
+pub(super) enum CleanedUp {
+    /// The volume's rule (`crate::prune`).
+    Volume(crate::prune::Pruned),
+    /// The node cache's rule (`crate::nodecache`).
+    Node(crate::nodecache::Cleaned),
+}
+
+impl CleanedUp {
+    /// Whether anything was removed.
+    pub(super) fn removed_any(&self) -> bool {
+        match self {
+            CleanedUp::Volume(p) => p.blobs_removed + p.layers_removed > 0,
+            CleanedUp::Node(c) => c.blobs_removed + c.layers_removed > 0,
+        }
+    }
+
+    /// One line saying what was removed and what kept.
+    pub(super) fn summary(&self, keep_images: usize) -> String {
+        match self {
+            CleanedUp::Volume(p) => format!(
+                "removed {} blob(s) ({}) and {} unpacked layer(s); kept {} image(s): {} (the current one and the {keep_images} most recently used before it, {})",
+                p.blobs_removed,
+                mb(p.bytes_freed),
+                p.layers_removed,
+                p.kept.len(),
+                p.kept.join(", "),
+                names::KEEP_IMAGES.env,
+            ),
+            CleanedUp::Node(c) => format!(
+                "removed {} blob(s) and {} unpacked layer(s) ({}) from the node cache that no running workspace of the node uses ({} running; see {} and {})",
+                c.blobs_removed,
+                c.layers_removed,
+                mb(c.bytes_freed),
+                c.live_leases,
+                names::NODE_CACHE_TTL.env,
+                names::NODE_CACHE_SIZE.env,
+            ),
+        }
+    }
 }
 
 impl ImageCache {
@@ -32,11 +78,36 @@ impl ImageCache {
     pub(super) fn open(settings: &Settings) -> anyhow::Result<ImageCache> {
         let (config, warnings) = RegistryConfig::from_settings(settings)?;
         warn_all(warnings);
+        let node = NodeCache::from_settings(settings).unwrap_or_else(|warning| {
+            progress::emit(Kind::Info, &warning);
+            None
+        });
+        if let Some(node) = &node {
+            progress::emit(
+                Kind::Info,
+                &format!(
+                    "Using the node cache {} ({}): blobs and layers shared by the workspaces of this node",
+                    node.dir().display(),
+                    names::NODE_CACHE.env
+                ),
+            );
+        }
+        let (blobs, layers) = match &node {
+            Some(node) => (
+                BlobStore::open_split(&settings.state_dir, node.dir())?,
+                LayerStore::open(node.dir())?,
+            ),
+            None => (
+                BlobStore::open(&settings.state_dir)?,
+                LayerStore::open(&settings.state_dir)?,
+            ),
+        };
         Ok(ImageCache {
             config,
-            blobs: BlobStore::open(&settings.state_dir)?,
-            layers: LayerStore::open(&settings.state_dir)?,
+            blobs,
+            layers,
             keep_images: settings.keep_images,
+            node,
         })
     }
 
@@ -131,27 +202,30 @@ impl ImageCache {
                     .into())
                 }
                 Err(Failed::Full(_, error)) => {
-                    progress::emit(
-                        Kind::Info,
-                        &format!(
-                            "{} is full ({}): removing the images other than this one and the {} most recently used ({}), then trying again",
-                            crate::room::volume_name(self.blobs.root()),
-                            progress::render_error(&error),
+                    let what = match self.node {
+                        Some(_) => "what no running workspace of the node uses".to_owned(),
+                        None => format!(
+                            "the images other than this one and the {} most recently used ({})",
                             self.keep_images,
                             names::KEEP_IMAGES.env
                         ),
-                    );
-                    let current = self.current(source).await?;
-                    let pruned = self.prune(current).await?;
+                    };
                     progress::emit(
                         Kind::Info,
                         &format!(
-                            "Removed {} blob(s) ({}) and {} unpacked layer(s); kept {}",
-                            pruned.blobs_removed,
-                            mb(pruned.bytes_freed),
-                            pruned.layers_removed,
-                            pruned.kept.join(", ")
+                            "{} is full ({}): removing {what}, then trying again",
+                            crate::room::volume_name(self.blobs.root()),
+                            progress::render_error(&error),
                         ),
+                    );
+                    let current = self.current(source).await?;
+                    let cleaned_up = self.clean_up(current, true).await?;
+                    let summary = cleaned_up.summary(self.keep_images);
+                    let mut summary = summary.chars();
+                    let first = summary.next().map(|c| c.to_ascii_uppercase());
+                    progress::emit(
+                        Kind::Info,
+                        &first.into_iter().chain(summary).collect::<String>(),
                     );
                     cleaned = true;
                 }
@@ -193,20 +267,30 @@ impl ImageCache {
         Ok(())
     }
 
-    /// Removes what the cleanup rule does not keep (see `crate::prune`); `current`: what the
-    /// current image keeps, else the most recently used image is current.
-    pub(super) async fn prune(
+    /// Removes what the cleanup rule does not keep: the volume's (see `crate::prune`;
+    /// `current`: what the current image keeps, else the most recently used image is current),
+    /// or the node cache's (see `crate::nodecache`; `full`: everything no running workspace
+    /// uses).
+    pub(super) async fn clean_up(
         &self,
         current: Option<crate::prune::Kept>,
-    ) -> Result<crate::prune::Pruned, crate::prune::PruneError> {
-        crate::prune::prune(
-            &self.config,
-            &self.blobs,
-            &self.layers,
-            current,
-            self.keep_images,
-        )
-        .await
+        full: bool,
+    ) -> anyhow::Result<CleanedUp> {
+        let Some(node) = &self.node else {
+            let pruned = crate::prune::prune(
+                &self.config,
+                &self.blobs,
+                &self.layers,
+                current,
+                self.keep_images,
+            )
+            .await?;
+            return Ok(CleanedUp::Volume(pruned));
+        };
+        let (node, blobs, layers) = (node.clone(), self.blobs.clone(), self.layers.clone());
+        let cleaned =
+            tokio::task::spawn_blocking(move || node.clean(&blobs, &layers, full)).await??;
+        Ok(CleanedUp::Node(cleaned))
     }
 }
 

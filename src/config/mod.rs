@@ -35,6 +35,11 @@ pub(crate) mod defaults {
     pub(crate) const CNI_PATH: &str = "/usr/lib/cni";
     /// Images kept in the cache besides the current one.
     pub(crate) const KEEP_IMAGES: usize = 1;
+    /// How long the node cache keeps what no workspace has used since.
+    pub(crate) const NODE_CACHE_TTL: std::time::Duration =
+        std::time::Duration::from_secs(7 * 86400);
+    /// The most the node cache holds of what no running workspace uses.
+    pub(crate) const NODE_CACHE_SIZE: u64 = 50 << 30;
 }
 
 /// The OCI runtime the shim runs.
@@ -125,6 +130,12 @@ pub struct Settings {
     /// `ENVBOX_KEEP_IMAGES`: images kept in the cache besides the current one, the most
     /// recently used first; default 1.
     pub keep_images: usize,
+    /// `ENVBOX_NODE_CACHE`: the node cache's directory (`crate::nodecache`); default none.
+    pub node_cache: Option<PathBuf>,
+    /// `ENVBOX_NODE_CACHE_TTL`; default 7 days.
+    pub node_cache_ttl: std::time::Duration,
+    /// `ENVBOX_NODE_CACHE_SIZE` in bytes; default 50 GiB.
+    pub node_cache_size: u64,
     /// `ENVBOX_RUN_DIR`; default `/run/envbox`.
     pub run_dir: PathBuf,
     /// `ENVBOX_CNI_PATH`: where the CNI plugins are; default `/usr/lib/cni`.
@@ -298,6 +309,19 @@ impl Settings {
                 .unwrap_or_else(|| defaults::STATE_DIR.into()),
             keep_images: parse_opt(names::KEEP_IMAGES, &raw.keep_images, value::parse_count)?
                 .unwrap_or(defaults::KEEP_IMAGES),
+            node_cache: parse_path(names::NODE_CACHE, &raw.node_cache)?,
+            node_cache_ttl: parse_opt(
+                names::NODE_CACHE_TTL,
+                &raw.node_cache_ttl,
+                value::parse_duration,
+            )?
+            .unwrap_or(defaults::NODE_CACHE_TTL),
+            node_cache_size: parse_opt(
+                names::NODE_CACHE_SIZE,
+                &raw.node_cache_size,
+                value::parse_size,
+            )?
+            .unwrap_or(defaults::NODE_CACHE_SIZE),
             run_dir: parse_path(names::RUN_DIR, &raw.run_dir)?
                 .unwrap_or_else(|| defaults::RUN_DIR.into()),
             cni_path: parse_path(names::CNI_PATH, &raw.cni_path)?
@@ -369,6 +393,9 @@ mod tests {
         assert!(!s.add_tun && !s.add_fuse && !s.add_gpu && !s.disable_idmapped_mount);
         assert!(!s.debug && !s.no_startup_log);
         assert_eq!((s.cpus_milli, s.memory_bytes), (None, None));
+        assert_eq!(s.node_cache, None);
+        assert_eq!(s.node_cache_ttl, std::time::Duration::from_secs(7 * 86_400));
+        assert_eq!(s.node_cache_size, 50 << 30);
     }
 
     #[test]
@@ -398,7 +425,7 @@ mod tests {
     #[test]
     fn errors_name_the_variable_and_the_expected_form() {
         type Edit = fn(&mut RawSettings);
-        let cases: [(Edit, &str, &str); 8] = [
+        let cases: [(Edit, &str, &str); 11] = [
             (
                 |r| r.add_tun = Some("yes".into()),
                 "CODER_ADD_TUN",
@@ -430,6 +457,21 @@ mod tests {
                 |r| r.runtime = Some("crun".into()),
                 "ENVBOX_RUNTIME",
                 "sysbox-runc or runc",
+            ),
+            (
+                |r| r.node_cache = Some("node-cache".into()),
+                "ENVBOX_NODE_CACHE (--node-cache)",
+                "absolute",
+            ),
+            (
+                |r| r.node_cache_ttl = Some("1w".into()),
+                "ENVBOX_NODE_CACHE_TTL",
+                "7d",
+            ),
+            (
+                |r| r.node_cache_size = Some("50GB".into()),
+                "ENVBOX_NODE_CACHE_SIZE",
+                "50Gi",
             ),
         ];
         for (mutate, variable, expected) in cases {

@@ -56,6 +56,9 @@ names! {
     RUNTIME = "runtime", "ENVBOX_RUNTIME";
     STATE_DIR = "state-dir", "ENVBOX_STATE_DIR";
     KEEP_IMAGES = "keep-images", "ENVBOX_KEEP_IMAGES";
+    NODE_CACHE = "node-cache", "ENVBOX_NODE_CACHE";
+    NODE_CACHE_TTL = "node-cache-ttl", "ENVBOX_NODE_CACHE_TTL";
+    NODE_CACHE_SIZE = "node-cache-size", "ENVBOX_NODE_CACHE_SIZE";
     RUN_DIR = "run-dir", "ENVBOX_RUN_DIR";
     STOP_TIMEOUT = "stop-timeout", "ENVBOX_STOP_TIMEOUT";
     INSECURE_REGISTRIES = "insecure-registries", "ENVBOX_INSECURE_REGISTRIES";

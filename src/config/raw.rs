@@ -171,6 +171,12 @@ settings_groups! {
         /// Image cache and state, on the persistent volume [default: /var/lib/coder/envbox].
         #[arg(long = names::STATE_DIR.flag, env = names::STATE_DIR.env, value_name = "DIR")]
         pub state_dir: Option<String>,
+
+        /// A directory shared by the pods of a node (a hostPath): blobs and unpacked layers
+        /// are looked up and kept there instead of on the volume, so a new workspace of an
+        /// image another one on the node uses starts without pulling [default: none, off].
+        #[arg(long = names::NODE_CACHE.flag, env = names::NODE_CACHE.env, value_name = "DIR")]
+        pub node_cache: Option<String>,
     }
 
     /// What stays in the image cache: what every command that may clean it up reads.
@@ -180,6 +186,16 @@ settings_groups! {
         /// by `envbox cache prune`, and when the volume is full [default: 1].
         #[arg(long = names::KEEP_IMAGES.flag, env = names::KEEP_IMAGES.env, value_name = "COUNT")]
         pub keep_images: Option<String>,
+
+        /// Node cache: how long a layer or blob no running workspace uses is kept after its
+        /// last use: seconds, or 12h, 7d [default: 7d].
+        #[arg(long = names::NODE_CACHE_TTL.flag, env = names::NODE_CACHE_TTL.env, value_name = "DURATION")]
+        pub node_cache_ttl: Option<String>,
+
+        /// Node cache: the most it holds of what no running workspace uses, least recently
+        /// used removed first: bytes, or 50Gi, 20G [default: 50Gi].
+        #[arg(long = names::NODE_CACHE_SIZE.flag, env = names::NODE_CACHE_SIZE.env, value_name = "BYTES")]
+        pub node_cache_size: Option<String>,
     }
 
     /// How the workspace is started, run and stopped: what only `envbox docker` reads.

@@ -20,9 +20,9 @@ impl Problem {
 
 type Parsed<T> = Result<T, Problem>;
 
-/// A duration: whole seconds (`90`), or a number with `s`, `m` or `h` (`30s`, `2m`).
+/// A duration: whole seconds (`90`), or a number with `s`, `m`, `h` or `d` (`30s`, `2m`, `7d`).
 pub(crate) fn parse_duration(text: &str) -> Parsed<std::time::Duration> {
-    let expected = || Problem::new("expected seconds, or a number with s, m or h (30s, 2m)");
+    let expected = || Problem::new("expected seconds, or a number with s, m, h or d (30s, 2m, 7d)");
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(at) => text.split_at(at),
         None => (text, "s"),
@@ -32,6 +32,7 @@ pub(crate) fn parse_duration(text: &str) -> Parsed<std::time::Duration> {
         "s" => Some(number),
         "m" => number.checked_mul(60),
         "h" => number.checked_mul(3600),
+        "d" => number.checked_mul(86400),
         _ => None,
     }
     .ok_or_else(expected)?;
@@ -174,6 +175,17 @@ pub(crate) fn parse_memory(text: &str) -> Parsed<Option<u64>> {
         Ok(b) => Ok(Some(b)),
         Err(_) => Err(Problem::new("value too large")),
     }
+}
+
+/// A size in bytes (`ENVBOX_NODE_CACHE_SIZE`): bytes, or a Kubernetes quantity (`50Gi`, `20G`).
+pub(crate) fn parse_size(text: &str) -> Parsed<u64> {
+    let q = parse_quantity(text).map_err(|p| {
+        Problem::new(format!(
+            "{}; sizes are written in bytes or like 50Gi, 20G",
+            p.0.trim_end_matches('.')
+        ))
+    })?;
+    u64::try_from(q.num.div_ceil(q.den)).map_err(|_| Problem::new("value too large"))
 }
 
 /// The inner container's network, from a CIDR such as `172.19.0.1/30`.
@@ -413,9 +425,23 @@ mod tests {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "s", "1.5s", "-1", "10ms", "2 m", "abc"] {
+        for bad in ["", "s", "1.5s", "-1", "10ms", "2 m", "abc", "1w", "99999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_take_bytes_or_a_quantity() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("50Gi"), Ok(50 << 30));
+        assert_eq!(parse_size("20G"), Ok(20_000_000_000));
+        assert_eq!(parse_size("1.5Ki"), Ok(1536));
+        for bad in ["", "Gi", "-1", "50 GiB", "1e99"] {
+            let err = parse_size(bad).unwrap_err();
+            assert!(err.0.contains("50Gi") || err.0.contains("too"), "{bad}: {}", err.0);
         }
     }
 

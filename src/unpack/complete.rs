@@ -123,6 +123,29 @@ impl Markers {
             _ => Ok(()),
         }
     }
+
+    /// Sets the marker's modification time to now: when a workspace last named the layer
+    /// (`crate::nodecache`'s leases). Absent is fine.
+    pub(crate) fn touch(&self, chain: &Digest) -> io::Result<()> {
+        match fs::File::options().write(true).open(self.path(chain)) {
+            Ok(file) => file.set_modified(std::time::SystemTime::now()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every marker's chain ID (names that are not a digest's hex are skipped).
+    pub(crate) fn list(&self) -> io::Result<Vec<Digest>> {
+        let mut chains = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if let Ok(chain) = Digest::parse(&format!("sha256:{}", name.to_string_lossy())) {
+                chains.push(chain);
+            }
+        }
+        chains.sort();
+        Ok(chains)
+    }
 }
 
 #[cfg(test)]

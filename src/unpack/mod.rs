@@ -18,7 +18,7 @@
 
 mod acl;
 pub(crate) mod archive;
-mod complete;
+pub(crate) mod complete;
 mod creds;
 mod decode;
 mod flatten;

@@ -219,6 +219,11 @@ impl LayerStore {
             .map_err(store_err("removing the unsynced marker of", &path))
     }
 
+    /// The completion markers (module `complete`), for the node cache's cleanup.
+    pub(crate) fn markers(&self) -> &Markers {
+        &self.markers
+    }
+
     /// Moves the directory of `chain` into staging and removes it there (absent is fine).
     fn move_aside(&self, chain: &Digest) -> Result<(), UnpackError> {
         let path = self.path(chain);
