@@ -41,6 +41,21 @@ variable "pull_secret" {
   description = "A kubernetes.io/dockerconfigjson secret in the namespace for private workspace images; it may be absent."
 }
 
+variable "node_cache" {
+  type        = bool
+  default     = false
+  description = <<-EOF
+  Keep images' blobs and unpacked layers in a directory of each node (hostPath
+  /var/lib/envbox/node-cache) shared by its workspaces, instead of on each workspace's volume: a
+  new workspace of an image its node holds starts without pulling (ENVBOX_NODE_CACHE; README,
+  "Node cache").
+  EOF
+}
+
+locals {
+  node_cache_dir = "/var/lib/envbox/node-cache"
+}
+
 provider "coder" {}
 
 provider "kubernetes" {
@@ -301,6 +316,11 @@ resource "kubernetes_deployment" "main" {
             name  = "ENVBOX_STOP_TIMEOUT"
             value = "90s"
           }
+          # Empty (off) unless var.node_cache.
+          env {
+            name  = "ENVBOX_NODE_CACHE"
+            value = var.node_cache ? local.node_cache_dir : ""
+          }
 
           volume_mount {
             name       = "workspace"
@@ -340,6 +360,13 @@ resource "kubernetes_deployment" "main" {
             mount_path = "/lib/modules"
             read_only  = true
           }
+          dynamic "volume_mount" {
+            for_each = var.node_cache ? [1] : []
+            content {
+              name       = "node-cache"
+              mount_path = local.node_cache_dir
+            }
+          }
         }
 
         volume {
@@ -372,6 +399,17 @@ resource "kubernetes_deployment" "main" {
           host_path {
             path = "/lib/modules"
             type = "Directory"
+          }
+        }
+        # ENVBOX_NODE_CACHE's directory on the node, shared by its workspaces.
+        dynamic "volume" {
+          for_each = var.node_cache ? [1] : []
+          content {
+            name = "node-cache"
+            host_path {
+              path = local.node_cache_dir
+              type = "DirectoryOrCreate"
+            }
           }
         }
       }

@@ -11,7 +11,8 @@ What it checks:
   (secretKeyRef, never a literal), the grace period is above the stop timeout, CPU and memory
   limits reach CODER_CPUS/CODER_MEMORY in a form they read, the state on a persistent volume,
   /var/lib/sysbox on the node's disk, the run dir on a tmpfs, the node's kernel headers and
-  modules read-only, a privileged container, one replica recreated (never rolled);
+  modules read-only, ENVBOX_NODE_CACHE (when set) on a writable hostPath, a privileged container,
+  one replica recreated (never rolled);
 - that make image-test runs the image with the manifest's environment (deploy/image/test.env);
 - in the template: the agent's token handed over through a secret the template makes from
   coder_agent.token, the agent's init script as CODER_BOOTSTRAP_SCRIPT, its URL, and the image
@@ -190,6 +191,16 @@ def check_pod(spec, envbox, where):
             host = (volumes.get(mount.get("name"), {}).get("hostPath") or {}) if mount else {}
             if mount is None or host.get("path") != path or mount.get("readOnly") is not True:
                 problem(f"{cname}: the node's {path} is not mounted read-only at {path}")
+        node_cache = literal((env.get("ENVBOX_NODE_CACHE") or {}).get("value"))
+        if node_cache:
+            mount = mount_of(node_cache)
+            volume = volumes.get(mount.get("name"), {}) if mount else {}
+            if mount is None or "hostPath" not in volume:
+                problem(f"{cname}: ENVBOX_NODE_CACHE {node_cache} is not on a hostPath: the node "
+                        "cache is shared by the workspaces of a node")
+            elif mount.get("readOnly") is True:
+                problem(f"{cname}: ENVBOX_NODE_CACHE {node_cache} is mounted read-only: envbox "
+                        "publishes verified layers there")
 
         stop = setting("ENVBOX_STOP_TIMEOUT", "stop-timeout")
         grace = spec.get("terminationGracePeriodSeconds")

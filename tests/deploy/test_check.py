@@ -138,6 +138,20 @@ class Manifests(unittest.TestCase):
         del mount["readOnly"]
         self.assertFails(docs, "the node's /usr/src is not mounted read-only")
 
+    def test_the_node_cache_turned_on_passes_and_must_be_a_writable_host_path(self):
+        docs, deployment, container = workspace()
+        env(container, "ENVBOX_NODE_CACHE")["value"] = "/var/lib/envbox/node-cache"
+        self.assertEqual(self.problems(docs), "")
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "node-cache")
+        mount["readOnly"] = True
+        self.assertFails(docs, "ENVBOX_NODE_CACHE /var/lib/envbox/node-cache is mounted read-only")
+        del mount["readOnly"]
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        volume = next(v for v in volumes if v["name"] == "node-cache")
+        volume.clear()
+        volume.update({"name": "node-cache", "emptyDir": {}})
+        self.assertFails(docs, "ENVBOX_NODE_CACHE /var/lib/envbox/node-cache is not on a hostPath")
+
     def test_an_unprivileged_pod_fails(self):
         docs, _, container = workspace()
         container["securityContext"]["privileged"] = False
