@@ -310,10 +310,22 @@ impl BlobStore {
         self.growing.follow(digest)
     }
 
-    /// Reads a small blob (manifest, config) whole.
+    /// Reads a small blob (manifest, config) whole, checking its digest again: a store may be
+    /// shared (a node cache), and what is read whole costs little to hash. A blob that does
+    /// not match is removed (the next pull fetches it again) and is an error.
     pub(crate) fn read(&self, digest: &Digest) -> Result<Vec<u8>, CacheError> {
         let path = self.path(digest);
-        fs::read(&path).map_err(io_err("reading blob", &path))
+        let bytes = fs::read(&path).map_err(io_err("reading blob", &path))?;
+        let actual = Digest::of(&bytes);
+        if &actual != digest {
+            tracing::warn!(blob = %path.display(), %actual, "a blob in the store does not match its digest: removing it");
+            self.remove(digest)?;
+            return Err(CacheError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
     }
 
     /// Every blob present, sorted by digest. Names that are not 64 lower-case hex are ignored.

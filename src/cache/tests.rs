@@ -673,3 +673,41 @@ fn a_follower_after_the_first_byte_leaves_the_check_to_the_writer() {
     assert_eq!(store.read(&digest).unwrap(), content);
     drop(follower);
 }
+
+/// A small blob read whole is checked again: one changed in the store (a shared node cache,
+/// a disk error) is removed and never handed on.
+#[test]
+fn a_blob_changed_in_the_store_is_refused_and_removed_when_read() {
+    let (_dir, store) = store();
+    let content = br#"{"schemaVersion":2}"#;
+    let digest = Digest::of(content);
+    store.put(&digest, content).unwrap();
+    assert_eq!(store.read(&digest).unwrap(), content);
+    fs::write(store.path(&digest), br#"{"schemaVersion":3}"#).unwrap();
+    let err = store.read(&digest).unwrap_err();
+    assert!(matches!(err, CacheError::DigestMismatch { .. }), "{err}");
+    assert_eq!(store.size_of(&digest), None);
+}
+
+/// With its blobs elsewhere (a node cache), the store keeps its pins and their staging on the
+/// volume and nothing else there.
+#[test]
+fn a_split_store_keeps_blobs_apart_from_its_pins() {
+    let volume = tempfile::tempdir().unwrap();
+    let node = tempfile::tempdir().unwrap();
+    let store = BlobStore::open_split(volume.path(), node.path()).unwrap();
+    let content = b"a manifest";
+    let digest = Digest::of(content);
+    store.put(&digest, content).unwrap();
+    store.pin("example.com/a:1", &digest).unwrap();
+    assert_eq!(store.root(), node.path());
+    assert!(node
+        .path()
+        .join("blobs/sha256")
+        .join(digest.hex())
+        .is_file());
+    assert!(!volume.path().join("blobs").exists());
+    assert_eq!(names(&volume.path().join("refs")).len(), 1);
+    assert!(!node.path().join("refs").exists());
+    assert_eq!(store.pinned("example.com/a:1").unwrap(), Some(digest));
+}
