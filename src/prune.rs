@@ -15,6 +15,9 @@
 //! about to mount, and waits for it with a progress line. A workspace in another mount namespace
 //! (another pod sharing the volume) is not seen; its image is kept only by the rule (the
 //! Kubernetes manifests never run two pods on one volume: `Recreate`). It never fetches.
+//!
+//! With a node cache ([`Content::Elsewhere`]) the rule applies to the pins only: the blobs and
+//! layers the volume holds are from before the node cache, used by no image, and go.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -134,6 +137,16 @@ pub async fn of_image(
     }
 }
 
+/// Where the kept images' blobs and layers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// In the stores the rule is applied to.
+    Here,
+    /// Elsewhere (a node cache, whose own rule keeps them): the rule keeps the images' pins,
+    /// and removes every blob and layer of these stores but those a mounted overlay uses.
+    Elsewhere,
+}
+
 /// Removes what the rule does not keep (module doc). `current`: what the current image keeps
 /// (its top manifest digest among `images`); `None`: the most recently used image is current.
 /// Waits for every process preparing an image on the volume first.
@@ -143,6 +156,7 @@ pub async fn prune(
     layers: &LayerStore,
     current: Option<Kept>,
     keep_images: usize,
+    content: Content,
 ) -> Result<Pruned, PruneError> {
     let locks = blobs.locks().clone();
     let _held = tokio::task::spawn_blocking(move || {
@@ -159,8 +173,12 @@ pub async fn prune(
     let mut kept = Kept::default();
     let mut names = Vec::new();
     let mut wanted = keep_images;
-    if let Some(current) = current {
+    if let Some(mut current) = current {
         names.extend(current.images.iter().map(|d| name_of(&pins, d)));
+        if content == Content::Elsewhere {
+            current.blobs.clear();
+            current.layer_dirs.clear();
+        }
         kept.add(current);
     } else {
         // The most recently used is the current one.
@@ -180,6 +198,9 @@ pub async fn prune(
         kept.images.insert(digest.clone());
         names.push(reference.clone());
         wanted -= 1;
+        if content == Content::Elsewhere {
+            continue;
+        }
         if let Some(image) = of_image(config, blobs, layers, &parsed, digest).await? {
             kept.add(image);
         }

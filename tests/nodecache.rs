@@ -481,3 +481,47 @@ fn a_workspace_killed_mid_unpack_leaves_the_other_to_start_and_the_cache_consist
     let status = wb.wait_exit(Duration::from_secs(90));
     assert!(status.success(), "{status}\n{}", wb.log());
 }
+
+/// A volume filled before the node cache was turned on: its cleanup with the node cache keeps
+/// the pins and removes the volume's blobs and layers (the node cache holds what is used).
+#[test]
+fn a_volume_from_before_the_node_cache_keeps_its_pins_and_drops_its_blobs_and_layers() {
+    if !support::host::requirements_met("node cache cleanup of a volume", false) {
+        return;
+    }
+    let registry = Registry::http();
+    push(&registry, data_image(4, 1, 64), "team/before:1");
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let (state, node) = (work.path().join("state"), work.path().join("node"));
+    fs::create_dir_all(&node).unwrap();
+    let image = format!("{}/team/before:1", registry.host);
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let out = Command::new(ENVBOX)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("ENVBOX_STATE_DIR", &state)
+            .env("ENVBOX_INSECURE_REGISTRIES", &registry.host)
+            .env("CODER_INNER_IMAGE", &image)
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    run(&["prepare"], &[]);
+    assert_eq!(names(&state.join("layers/chain")).len(), 4, "busybox (3) and one data layer");
+    let node_env = [("ENVBOX_NODE_CACHE", node.to_str().unwrap())];
+    let said = run(&["cache", "prune"], &node_env);
+    assert!(
+        said.contains("from the volume, what it held from before the node cache"),
+        "{said}"
+    );
+    assert!(names(&state.join("layers/chain")).is_empty(), "{said}");
+    assert!(names(&state.join("blobs/sha256")).is_empty(), "{said}");
+    assert_eq!(names(&state.join("refs")).len(), 1, "the pin stays");
+    // The next prepare fills the node cache.
+    run(&["prepare"], &node_env);
+    assert_eq!(names(&node.join("layers/chain")).len(), 4);
+    assert!(names(&state.join("layers/chain")).is_empty());
+}

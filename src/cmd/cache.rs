@@ -71,6 +71,14 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
                 ))?,
                 None => None,
             };
+            // With a node cache the volume has the pin only: that is what the rule keeps there.
+            let kept = match (kept, &digest, &cache.node) {
+                (None, Some(digest), Some(_)) => Some(prune::Kept {
+                    images: [digest.clone()].into(),
+                    ..prune::Kept::default()
+                }),
+                (kept, _, _) => kept,
+            };
             let Some(kept) = kept else {
                 anyhow::bail!(
                     "{} {reference} is not in the cache (envbox cache ls lists what is): pull it first, or leave {} unset to keep the most recently used image",

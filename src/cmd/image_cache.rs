@@ -5,7 +5,9 @@
 //! the image (its pins), and a full volume (`crate::room::is_full`): the cleanup rule applied
 //! with that image as the current one, one more try, then `crate::room::VolumeFull`. The rule
 //! itself lives in `crate::prune`, the fetch and unpack in `crate::prepare`. With a node cache
-//! (`crate::nodecache`) the blobs and layers are there, and its rule replaces the volume's.
+//! (`crate::nodecache`) the blobs and layers are there, and its rule applies to them; the
+//! volume's rule still applies to the pins, and to the blobs and layers the volume holds from
+//! before the node cache (none of which the node cache uses).
 
 use crate::cache::BlobStore;
 use crate::config::{names, Settings};
@@ -29,14 +31,16 @@ pub(super) struct ImageCache {
     pub(super) keep_images: usize,
     /// The node cache the blobs and layers are in, when one is used.
     pub(super) node: Option<NodeCache>,
+    /// With a node cache: the volume's own stores (its pins, and what it holds from before).
+    volume: Option<(BlobStore, LayerStore)>,
 }
 
 /// What a cleanup did, by the rule of where the image cache is.
 pub(super) enum CleanedUp {
     /// The volume's rule (`crate::prune`).
     Volume(crate::prune::Pruned),
-    /// The node cache's rule (`crate::nodecache`).
-    Node(crate::nodecache::Cleaned),
+    /// The node cache's rule (`crate::nodecache`), and the volume's on what it still holds.
+    Node(crate::nodecache::Cleaned, crate::prune::Pruned),
 }
 
 impl CleanedUp {
@@ -44,7 +48,9 @@ impl CleanedUp {
     pub(super) fn removed_any(&self) -> bool {
         match self {
             CleanedUp::Volume(p) => p.blobs_removed + p.layers_removed > 0,
-            CleanedUp::Node(c) => c.blobs_removed + c.layers_removed > 0,
+            CleanedUp::Node(c, p) => {
+                c.blobs_removed + c.layers_removed + p.blobs_removed + p.layers_removed > 0
+            }
         }
     }
 
@@ -60,15 +66,26 @@ impl CleanedUp {
                 p.kept.join(", "),
                 names::KEEP_IMAGES.env,
             ),
-            CleanedUp::Node(c) => format!(
-                "removed {} blob(s) and {} unpacked layer(s) ({}) from the node cache that no running workspace of the node uses ({} running; see {} and {})",
-                c.blobs_removed,
-                c.layers_removed,
-                mb(c.bytes_freed),
-                c.live_leases,
-                names::NODE_CACHE_TTL.env,
-                names::NODE_CACHE_SIZE.env,
-            ),
+            CleanedUp::Node(c, p) => {
+                let mut line = format!(
+                    "removed {} blob(s) and {} unpacked layer(s) ({}) from the node cache that no running workspace of the node uses ({} running; see {} and {})",
+                    c.blobs_removed,
+                    c.layers_removed,
+                    mb(c.bytes_freed),
+                    c.live_leases,
+                    names::NODE_CACHE_TTL.env,
+                    names::NODE_CACHE_SIZE.env,
+                );
+                if p.blobs_removed + p.layers_removed > 0 {
+                    line += &format!(
+                        "; and from the volume, what it held from before the node cache: {} blob(s) ({}) and {} unpacked layer(s)",
+                        p.blobs_removed,
+                        mb(p.bytes_freed),
+                        p.layers_removed
+                    );
+                }
+                line
+            }
         }
     }
 }
@@ -92,15 +109,21 @@ impl ImageCache {
                 ),
             );
         }
-        let (blobs, layers) = match &node {
-            Some(node) => (
-                BlobStore::open_split(&settings.state_dir, node.dir())?,
-                LayerStore::open(node.dir())?,
-            ),
-            None => (
+        let on_volume = || -> anyhow::Result<(BlobStore, LayerStore)> {
+            Ok((
                 BlobStore::open(&settings.state_dir)?,
                 LayerStore::open(&settings.state_dir)?,
+            ))
+        };
+        let ((blobs, layers), volume) = match &node {
+            Some(node) => (
+                (
+                    BlobStore::open_split(&settings.state_dir, node.dir())?,
+                    LayerStore::open(node.dir())?,
+                ),
+                Some(on_volume()?),
             ),
+            None => (on_volume()?, None),
         };
         Ok(ImageCache {
             config,
@@ -108,6 +131,7 @@ impl ImageCache {
             layers,
             keep_images: settings.keep_images,
             node,
+            volume,
         })
     }
 
@@ -283,6 +307,7 @@ impl ImageCache {
                 &self.layers,
                 current,
                 self.keep_images,
+                crate::prune::Content::Here,
             )
             .await?;
             return Ok(CleanedUp::Volume(pruned));
@@ -290,7 +315,23 @@ impl ImageCache {
         let (node, blobs, layers) = (node.clone(), self.blobs.clone(), self.layers.clone());
         let cleaned =
             tokio::task::spawn_blocking(move || node.clean(&blobs, &layers, full)).await??;
-        Ok(CleanedUp::Node(cleaned))
+        let pruned = match &self.volume {
+            // Its pins by the volume's rule; its blobs and layers are the node cache's now.
+            Some((blobs, layers)) => {
+                let elsewhere = crate::prune::Content::Elsewhere;
+                crate::prune::prune(
+                    &self.config,
+                    blobs,
+                    layers,
+                    current,
+                    self.keep_images,
+                    elsewhere,
+                )
+                .await?
+            }
+            None => crate::prune::Pruned::default(),
+        };
+        Ok(CleanedUp::Node(cleaned, pruned))
     }
 }
 

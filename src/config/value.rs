@@ -427,7 +427,17 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "s", "1.5s", "-1", "10ms", "2 m", "abc", "1w", "99999999999999999d"] {
+        for bad in [
+            "",
+            "s",
+            "1.5s",
+            "-1",
+            "10ms",
+            "2 m",
+            "abc",
+            "1w",
+            "99999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
@@ -441,7 +451,11 @@ mod tests {
         assert_eq!(parse_size("1.5Ki"), Ok(1536));
         for bad in ["", "Gi", "-1", "50 GiB", "1e99"] {
             let err = parse_size(bad).unwrap_err();
-            assert!(err.0.contains("50Gi") || err.0.contains("too"), "{bad}: {}", err.0);
+            assert!(
+                err.0.contains("50Gi") || err.0.contains("too"),
+                "{bad}: {}",
+                err.0
+            );
         }
     }
 
