@@ -7,10 +7,10 @@
 //! (`ENVBOX_NODE_CACHE_TTL`), then the least recently used first until what no lease names fits
 //! the size budget (`ENVBOX_NODE_CACHE_SIZE`; a layer counts with its uncompressed size, as
 //! its marker records it). Also removed: a layer directory without its completion marker and a
-//! marker without its directory (what a kill left), and dead leases. Whichever envbox of the
-//! node runs next does it, holding the node cache's `store` lock exclusively: it waits for every
-//! pod preparing an image, which holds it shared until its lease is taken (`crate::prune`'s
-//! protocol, on the node cache's locks).
+//! marker without its directory (what a kill left), dead leases, and the lock files. Whichever
+//! envbox of the node runs next does it, holding the node cache's `store` lock exclusively: it
+//! waits for every pod preparing an image, which holds it shared until its lease is taken
+//! (`crate::prune`'s protocol, on the node cache's locks).
 
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
@@ -137,6 +137,8 @@ impl NodeCache {
             }
             cleaned.bytes_freed += item.bytes;
         }
+        // No process of the node holds a blob or layer lock now (`crate::lock`).
+        blobs.locks().remove_all_but(crate::prune::STORE_LOCK)?;
         Ok(cleaned)
     }
 }

@@ -122,6 +122,11 @@ fn a_live_lease_keeps_what_it_names_and_a_dead_one_does_not() {
     assert!(n.blobs.size_of(&used_blob).is_some());
     assert!(!n.layers.path(&other_layer).exists());
     assert!(n.blobs.size_of(&other_blob).is_none());
+    let locks: Vec<_> = fs::read_dir(n.cache.dir().join("locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(locks, ["store"], "lock files go with the cleanup");
 
     // A clean stop removes the lease; a dead holder's lease (no lock) is dropped.
     let path = lease.path().to_owned();
