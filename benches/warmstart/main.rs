@@ -18,7 +18,8 @@
 //! difference is what envbox's own work costs.
 //!
 //! Then [`fallback`]: the same start with the volume on overlayfs, where each start flattens a
-//! copy of the image (no overlay), for this build and `ENVBOX_BENCH_BASELINE`.
+//! copy of the image (no overlay), for this build and `ENVBOX_BENCH_BASELINE`; and
+//! [`nodecache`]: a new workspace with the node cache warm beside a warm and a cold start.
 //!
 //! Each contender goes first in turn, `ENVBOX_BENCH_RUNS` (15) runs each, min and median, one
 //! envbox at a time (they share the bridge `envbox0`). A start varies by a tenth from run to run
@@ -30,6 +31,7 @@
 
 mod baseline;
 mod fallback;
+mod nodecache;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod workspace;
@@ -249,6 +251,15 @@ fn main() {
     );
     report_no_copy(&envbox[0], image_bytes);
     fallback::bench(&builds, &env, work.path(), &marker, runs.min(5));
+    nodecache::bench(
+        ENVBOX,
+        &env,
+        work.path(),
+        &marker,
+        &registry,
+        &reference,
+        runs.min(5),
+    );
 }
 
 fn row(name: &str, times: &[Duration]) -> (Duration, Duration) {

@@ -25,9 +25,22 @@ pub const MILESTONES: &[&str] = &[
 ];
 
 /// Bytes allocated under `dir` on its own filesystem (mounts below it, such as the overlay's
-/// merged root, are not entered), each hard-linked file once: what `du -sx` counts.
+/// merged root and the read-only view of the layer store, are not entered), each hard-linked
+/// file once: what `du -sx` counts.
 pub fn disk_usage(dir: &Path) -> u64 {
-    fn walk(dir: &Path, dev: u64, seen: &mut std::collections::HashSet<u64>) -> u64 {
+    // A bind mount of the same filesystem has the same device: skipped by its mount point.
+    let mounts: std::collections::HashSet<std::path::PathBuf> =
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(std::path::PathBuf::from))
+            .collect();
+    fn walk(
+        dir: &Path,
+        dev: u64,
+        seen: &mut std::collections::HashSet<u64>,
+        mounts: &std::collections::HashSet<std::path::PathBuf>,
+    ) -> u64 {
         let Ok(entries) = fs::read_dir(dir) else {
             return 0;
         };
@@ -36,13 +49,15 @@ pub fn disk_usage(dir: &Path) -> u64 {
             let Ok(meta) = entry.path().symlink_metadata() else {
                 continue;
             };
-            if meta.dev() != dev || (meta.nlink() > 1 && !meta.is_dir() && !seen.insert(meta.ino()))
+            if meta.dev() != dev
+                || (meta.nlink() > 1 && !meta.is_dir() && !seen.insert(meta.ino()))
+                || mounts.contains(&entry.path())
             {
                 continue;
             }
             total += meta.blocks() * 512;
             if meta.is_dir() {
-                total += walk(&entry.path(), dev, seen);
+                total += walk(&entry.path(), dev, seen, mounts);
             }
         }
         total
@@ -50,7 +65,7 @@ pub fn disk_usage(dir: &Path) -> u64 {
     let Ok(meta) = fs::metadata(dir) else {
         return 0;
     };
-    meta.blocks() * 512 + walk(dir, meta.dev(), &mut Default::default())
+    meta.blocks() * 512 + walk(dir, meta.dev(), &mut Default::default(), &mounts)
 }
 
 /// PIDs of running `envbox docker` processes (any build).
