@@ -510,7 +510,11 @@ fn a_volume_from_before_the_node_cache_keeps_its_pins_and_drops_its_blobs_and_la
         text(&out.stdout)
     };
     run(&["prepare"], &[]);
-    assert_eq!(names(&state.join("layers/chain")).len(), 4, "busybox (3) and one data layer");
+    assert_eq!(
+        names(&state.join("layers/chain")).len(),
+        4,
+        "busybox (3) and one data layer"
+    );
     let node_env = [("ENVBOX_NODE_CACHE", node.to_str().unwrap())];
     let said = run(&["cache", "prune"], &node_env);
     assert!(
