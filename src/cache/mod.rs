@@ -26,6 +26,7 @@
 //! laid out the same way; the pins stay on the volume.
 
 mod follow;
+mod handover;
 mod pins;
 pub(crate) mod staging;
 pub(crate) mod unsynced;

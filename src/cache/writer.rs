@@ -2,15 +2,15 @@
 //!
 //! Bytes go through a large buffer into the staging file and into a running sha256 and byte count,
 //! so the hot path costs one `write` syscall per buffer-full and no copies beyond the buffer. When
-//! a follower took the digest check before the first byte (`super::follow`: an unpack hashes the
+//! a follower took the digest check before the first byte (`super::handover`: an unpack hashes the
 //! compressed bytes it reads beside the uncompressed ones, nearly for free), the writer does not
 //! hash: its commit waits for the follower's digest, or hashes the rest of the staging file itself
 //! should the follower have gone. `commit` checks size then digest, then either marks the blob
 //! unsynced (see `super::unsynced`) or fsyncs it, renames it into `blobs/sha256/` and, when it was
 //! fsync'd, fsyncs the directory; every other ending (a mismatch, an error, a drop) removes the
 //! staging file. A writer whose write failed or overflowed is poisoned: it can only fail from then
-//! on, since its file and its hash may no longer agree. Followers (`super::follow`) learn how far
-//! the staging file goes after each write, and how the writer ended.
+//! on, since its file and its hash may no longer agree. Followers learn how far the staging file
+//! goes after each write, and how the writer ended, through `super::handover`.
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, BufWriter, IoSlice, Read, Seek, SeekFrom, Write};
@@ -18,7 +18,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::follow::{Growing, WriteProgress};
+use super::follow::Growing;
+use super::handover::Handover;
 use super::unsynced::Unsynced;
 use super::{io_err, sync_dir, CacheError};
 use crate::digest::{Digest, Hasher};
@@ -59,8 +60,8 @@ pub(crate) struct BlobWriter {
     blob_dir: PathBuf,
     /// Where the commit marks the blob unsynced; `None`: it fsyncs instead.
     unsynced: Option<Unsynced>,
-    /// This writer's progress, for followers; taken when it commits or goes.
-    followed: Option<(Growing, Arc<WriteProgress>)>,
+    /// This writer's hand-over to followers; taken when it commits or goes.
+    followed: Option<(Growing, Arc<Handover>)>,
     poison: Option<Poison>,
     /// The staging file no longer exists (renamed into place or removed by `commit`).
     settled: bool,
@@ -95,9 +96,9 @@ impl BlobWriter {
         self
     }
 
-    /// Followers of the blob see this writer's progress through `progress`.
-    pub(super) fn followed(mut self, growing: Growing, progress: Arc<WriteProgress>) -> BlobWriter {
-        self.followed = Some((growing, progress));
+    /// Followers of the blob learn this writer's progress through `handover`.
+    pub(super) fn followed(mut self, growing: Growing, handover: Arc<Handover>) -> BlobWriter {
+        self.followed = Some((growing, handover));
         self.hashing = Hashing::Undecided;
         self
     }
@@ -106,7 +107,7 @@ impl BlobWriter {
     fn hasher(&mut self) -> Option<&mut Hasher> {
         if let Hashing::Undecided = self.hashing {
             let writer_hashes = match &self.followed {
-                Some((_, progress)) => progress.writer_hashes(),
+                Some((_, handover)) => handover.writer_hashes(),
                 None => true,
             };
             self.hashing = match writer_hashes {
@@ -126,12 +127,12 @@ impl BlobWriter {
         if let Some(hasher) = self.hasher() {
             return Ok(std::mem::take(hasher).finish());
         }
-        let (_, progress) = self
+        let (_, handover) = self
             .followed
             .as_ref()
             .expect("only a followed writer leaves the hashing to a follower");
-        progress.written(self.written);
-        match progress.await_check() {
+        handover.written(self.written);
+        match handover.await_check() {
             Ok(digest) => Ok(digest),
             Err(so_far) => self.hash_staging(so_far),
         }
@@ -156,19 +157,19 @@ impl BlobWriter {
 
     /// Tells followers how far the staging file goes.
     fn advanced(&self) {
-        if let (Some((_, progress)), Some(out)) = (&self.followed, &self.out) {
-            progress.advance(self.written - out.buffer().len() as u64);
+        if let (Some((_, handover)), Some(out)) = (&self.followed, &self.out) {
+            handover.advance(self.written - out.buffer().len() as u64);
         }
     }
 
     /// Followers learn how the blob ended: committed (`true`) or abandoned.
     fn settle_followers(&mut self, committed: bool) {
-        if let Some((growing, progress)) = self.followed.take() {
+        if let Some((growing, handover)) = self.followed.take() {
             match committed {
-                true => progress.commit(self.written),
-                false => progress.abandon(),
+                true => handover.commit(self.written),
+                false => handover.abandon(),
             }
-            growing.unregister(&self.digest, &progress);
+            growing.unregister(&self.digest, &handover);
         }
     }
 
