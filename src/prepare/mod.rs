@@ -4,28 +4,26 @@
 //! layers side by side: a layer starts unpacking as soon as its download starts (once the config
 //! has named its diff ID), following the bytes as they arrive and published only once its blob is
 //! verified, or as soon as its blob is verified in the store when it was there already; each layer
-//! goes into its own directory keyed by chain ID (reused when already complete), published
-//! once the layers below it are. Module `dispatch`
-//! decides which unpack runs when. The first failure wins: the other side starts nothing new, and
-//! what is in flight (transfers, unpacks) finishes, so no staging file or directory is left being
-//! written and no layer directory is ever half-complete (see `crate::unpack`). Both `envbox docker`
-//! and `envbox prepare` call [`prepare`]. It never mounts and never writes outside the state
-//! directory.
+//! goes into its own directory keyed by chain ID (reused when already complete), published once
+//! the layers below it are. Module `flow` owns that concurrency (which unpack runs when, on which
+//! thread). The first failure wins: the other side starts nothing new, and what is in flight
+//! (transfers, unpacks) finishes, so no staging file or directory is left being written and no
+//! layer directory is ever half-complete (see `crate::unpack`). Both `envbox docker` and `envbox
+//! prepare` call [`prepare`]. It never mounts and never writes outside the state directory.
 
-mod dispatch;
+mod flow;
 
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::Instant;
 
 use crate::cache::{BlobStore, CacheError};
 use crate::image::ImageConfig;
 use crate::image::{ImageRef, PulledImage, PulledLayer};
-use crate::registry::{LayerFeed, RegistryConfig};
+use crate::registry::RegistryConfig;
 use crate::room::Need;
 use crate::source::{self, Fetched, ImageSource, SourceError};
 use crate::unpack::{LayerSource, LayerStore, Limits, UnpackError, UnpackReport};
-use dispatch::{unpack_as_fed, Arrival};
+pub use flow::unpack_all;
 
 /// An image whose layers are all unpacked.
 #[derive(Debug, Clone)]
@@ -124,33 +122,6 @@ pub(crate) fn layer_sources(blobs: &BlobStore, pulled: &PulledImage) -> Vec<Laye
         .collect()
 }
 
-/// Unpacks every layer of an image (`sources`, bottom first) not yet complete, up to one
-/// thread per core, each published once the layers below it are. The first error wins;
-/// layers already finished stay (they are complete and verified).
-pub fn unpack_all(
-    layers: &LayerStore,
-    sources: &[LayerSource],
-    limits: &Limits,
-) -> Result<Vec<UnpackReport>, UnpackError> {
-    let (send, arrivals) = mpsc::channel();
-    for (index, source) in sources.iter().enumerate() {
-        let _ = send.send(Arrival::Ready(index, source.clone()));
-    }
-    drop(send);
-    let unpacked = unpack_as_fed(
-        layers,
-        arrivals,
-        limits,
-        &LayerFeed::default(),
-        Instant::now(),
-    );
-    let mut reports = vec![None; sources.len()];
-    for (index, result) in unpacked.results {
-        reports[index] = Some(result?);
-    }
-    Ok(reports.into_iter().flatten().collect())
-}
-
 /// Fetches `source` (blobs already cached are not fetched again) and unpacks its layers, each
 /// as soon as its blob is in the store. Before the layers of a registry pull download, says in
 /// the progress log when what the image needs will not fit in the free space; a full volume is
@@ -190,58 +161,10 @@ async fn prepare_planned(
     // A volume on overlayfs gets no layer directories (see `overlay::on_overlayfs`): only the
     // blobs, from which each start flattens a copy.
     let unpack_layers = !crate::overlay::on_overlayfs(blobs.root());
-    let (send, arrivals) = mpsc::channel();
-    // The unpacker takes arrivals until the last sender is gone; never an error to send.
-    let feed = {
-        let (blobs, send) = (blobs.clone(), send.clone());
-        LayerFeed::new(move |index, layer| {
-            tracing::debug!(
-                layer = index,
-                ms = begun.elapsed().as_millis() as u64,
-                "prepare: layer blob verified"
-            );
-            let _ = send.send(Arrival::Ready(index, layer_source(&blobs, layer)));
-        })
-    }
-    .with_planned(planned);
-    let feed = match unpack_layers {
-        false => feed,
-        true => feed.with_downloading({
-            let blobs = blobs.clone();
-            move |index, layer| {
-                if let Some(follower) = blobs.follow(&layer.digest) {
-                    let _ = send.send(Arrival::Downloading {
-                        index,
-                        source: layer_source(&blobs, layer),
-                        follower,
-                        missed: send.clone(),
-                    });
-                }
-            }
-        }),
-    };
-    let unpacker = match unpack_layers {
-        true => {
-            // Only the stop flag: the sender lives in `feed`, which must go when the fetch ends.
-            let (store, limits, stop) = (layers.clone(), *limits, feed.stop_handle());
-            Some(tokio::task::spawn_blocking(move || {
-                unpack_as_fed(&store, arrivals, &limits, &stop, begun)
-            }))
-        }
-        false => None,
-    };
+    let (feed, flow) = flow::start(blobs, layers, limits, begun, unpack_layers);
+    let feed = feed.with_planned(planned);
     let fetched = source::fetch(source, config, blobs, &feed).await;
-    // The last sender goes with the feed: the unpacker then finishes what arrived and returns.
-    drop(feed);
-    let unpacked = match unpacker {
-        Some(unpacker) => unpacker
-            .await
-            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic())),
-        None => dispatch::Unpacked {
-            results: Vec::new(),
-            failed_first: false,
-        },
-    };
+    let unpacked = flow.finish(feed).await;
     let mut reports: Vec<Option<UnpackReport>> = Vec::new();
     let mut unpack_error = None;
     for (index, result) in unpacked.results {

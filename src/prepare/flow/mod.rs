@@ -1,35 +1,61 @@
-//! Which layer unpacks when, on which thread, while the fetch is still running.
+//! The unpack-while-downloading flow: download N layers, unpack each as it arrives, publish
+//! them bottom first.
 //!
-//! Owns: turning the fetch's reports into unpacks. A layer is keyed by its chain ID, so an
-//! arrival waits until the diff IDs of the layers below it are known (they are named by
-//! their own arrivals, which come as soon as the config is read). A layer whose transfer
-//! starts is staged at once from its download as it arrives ([`Arrival::Downloading`]: the
-//! bytes are followed in the store, and the layer is staged only once the blob is verified,
-//! see `crate::cache::Follower`, which also checks the blob's digest for its writer). Every
-//! staging, from a download or from a blob already verified ([`Arrival::Ready`]: cached blobs,
-//! local imports, or a download-time unpack that failed), takes one of at most one slot per
-//! core. A download-time unpack that fails for any reason (the transfer started over or
-//! failed, or the content is bad) is not an error: the layer is unpacked again from the
+//! Owns: the concurrency between a fetch and the unpacking of its layers, that is the fetch's
+//! reports turned into [`Arrival`]s ([`start`]), the dispatcher that turns them into unpacks
+//! ([`unpack_as_fed`]), at most one per [`Slots`] slot (one per core), and the publishing
+//! thread. It builds on two promises kept elsewhere: a layer followed as it downloads
+//! (`crate::cache::Follower`) is read to its end only once its blob's writer verified the
+//! digest, told through the writer's hand-over (module `cache::handover`), so a layer staged
+//! from its download is staged from verified bytes; and a layer's unpack decodes on a thread of
+//! its own beside the one writing its tree (`crate::unpack`, modules `stream` and `decode`).
+//!
+//! A layer is keyed by its chain ID, so an arrival waits until the diff IDs of the layers below
+//! it are known (they are named by their own arrivals, which come as soon as the config is
+//! read). A layer whose transfer starts is staged at once from its download as it arrives
+//! ([`Arrival::Downloading`]). Every staging, from a download or from a blob already verified
+//! ([`Arrival::Ready`]: cached blobs, local imports, or a download-time unpack that failed),
+//! takes a [`Slot`]. A download-time unpack that fails for any reason (the transfer started
+//! over or failed, or the content is bad) is not an error: the layer is unpacked again from the
 //! verified blob, which then reports the real error if there is one. Staged layers are
-//! published in order by one thread of their own (`publish`: settled against the layers
-//! below, which are published by then, see `crate::unpack`), without holding a slot. After a
-//! failure, or `feed.stop()` by the fetch, nothing new starts, what runs finishes, and the
-//! layers above a failed one are not published. It never fetches and never decides what a
+//! published in order by one thread of their own (`publish_in_order`: settled against the
+//! layers below, which are published by then, see `crate::unpack`), without holding a slot.
+//! After a failure, or `feed.stop()` by the fetch, nothing new starts, what runs finishes, and
+//! the layers above a failed one are not published. It never fetches and never decides what a
 //! layer directory holds (`crate::unpack` does).
+//!
+//! ```text
+//!  fetch (per blob)        dispatcher            unpack (one per Slot)         publisher
+//!  transfer starts --Downloading(i, follower)-->
+//!                          chain of i known,
+//!                          take a Slot --spawn--> stage_following(follower)
+//!  BlobWriter.write --hand-over: n bytes -------> follower reads, decode thread
+//!                                                 inflates, tree writes
+//!  all written <-------hand-over: digest -------- (the follower that checks)
+//!  digest matches, commit --hand-over: verified -> read to the end
+//!                  --Ready(i)--> noted            --Done(i, staged)-----------> publish i once
+//!                                                                               0..=i-1 are
+//!  or abandon ---------hand-over: abandoned -----> fails --Missed(i)-->
+//!                          Missed + Ready:
+//!                          take a Slot --spawn--> stage(blob) --Done(i)------->
+//! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::cache::Follower;
+use crate::cache::{BlobStore, Follower};
 use crate::digest::Digest;
 use crate::registry::LayerFeed;
 use crate::unpack::{chain_ids, LayerSource, LayerStore, Limits, Stage, UnpackError, UnpackReport};
+use slots::{Slot, Slots};
+
+mod slots;
 
 /// What the unpacker is told about layer `index`.
-pub(super) enum Arrival {
+enum Arrival {
     /// Its blob is being downloaded: unpack it from `follower` as it arrives. `missed` takes
     /// the [`Arrival::Missed`] should that fail.
     Downloading {
@@ -52,26 +78,113 @@ pub(super) struct Unpacked {
     pub failed_first: bool,
 }
 
-fn threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+/// The unpacking side of a fetch, running (see [`start`]).
+pub(super) struct Flow {
+    unpacker: Option<tokio::task::JoinHandle<Unpacked>>,
+    /// Kept while no unpacker takes them: the feed's reports then go nowhere.
+    _arrivals: Option<Receiver<Arrival>>,
+}
+
+/// Starts unpacking the layers a fetch into `blobs` reports, into `layers`, on a blocking
+/// thread, unless `unpack_layers` is false (the feed then only reports). Returns the feed to
+/// hand the fetch, and the running unpacker: [`Flow::finish`] once the fetch ended.
+pub(super) fn start(
+    blobs: &BlobStore,
+    layers: &LayerStore,
+    limits: &Limits,
+    begun: Instant,
+    unpack_layers: bool,
+) -> (LayerFeed, Flow) {
+    let (send, arrivals) = mpsc::channel();
+    // The unpacker takes arrivals until the last sender is gone; never an error to send.
+    let feed = {
+        let (blobs, send) = (blobs.clone(), send.clone());
+        LayerFeed::new(move |index, layer| {
+            tracing::debug!(
+                layer = index,
+                ms = begun.elapsed().as_millis() as u64,
+                "prepare: layer blob verified"
+            );
+            let _ = send.send(Arrival::Ready(index, super::layer_source(&blobs, layer)));
+        })
+    };
+    if !unpack_layers {
+        let flow = Flow {
+            unpacker: None,
+            _arrivals: Some(arrivals),
+        };
+        return (feed, flow);
+    }
+    let feed = feed.with_downloading({
+        let blobs = blobs.clone();
+        move |index, layer| {
+            if let Some(follower) = blobs.follow(&layer.digest) {
+                let _ = send.send(Arrival::Downloading {
+                    index,
+                    source: super::layer_source(&blobs, layer),
+                    follower,
+                    missed: send.clone(),
+                });
+            }
+        }
+    });
+    // Only the stop flag: the sender lives in `feed`, which must go when the fetch ends.
+    let (store, limits, stop) = (layers.clone(), *limits, feed.stop_handle());
+    let unpacker =
+        tokio::task::spawn_blocking(move || unpack_as_fed(&store, arrivals, &limits, &stop, begun));
+    let flow = Flow {
+        unpacker: Some(unpacker),
+        _arrivals: None,
+    };
+    (feed, flow)
+}
+
+impl Flow {
+    /// Once the fetch ended: drops its `feed` (and with it the last sender, so the unpacker
+    /// finishes what arrived) and waits for the unpacker.
+    pub(super) async fn finish(self, feed: LayerFeed) -> Unpacked {
+        drop(feed);
+        match self.unpacker {
+            Some(unpacker) => unpacker
+                .await
+                .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic())),
+            None => Unpacked {
+                results: Vec::new(),
+                failed_first: false,
+            },
+        }
+    }
+}
+
+/// Unpacks every layer of an image (`sources`, bottom first) not yet complete, up to one
+/// thread per core, each published once the layers below it are. The first error wins;
+/// layers already finished stay (they are complete and verified).
+pub fn unpack_all(
+    layers: &LayerStore,
+    sources: &[LayerSource],
+    limits: &Limits,
+) -> Result<Vec<UnpackReport>, UnpackError> {
+    let (send, arrivals) = mpsc::channel();
+    for (index, source) in sources.iter().enumerate() {
+        let _ = send.send(Arrival::Ready(index, source.clone()));
+    }
+    drop(send);
+    let unpacked = unpack_as_fed(
+        layers,
+        arrivals,
+        limits,
+        &LayerFeed::default(),
+        Instant::now(),
+    );
+    let mut reports = vec![None; sources.len()];
+    for (index, result) in unpacked.results {
+        reports[index] = Some(result?);
+    }
+    Ok(reports.into_iter().flatten().collect())
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// One running unpack from a verified blob, counted while it lives (also when it panics, so
-/// the dispatcher never waits for a slot that is not coming back).
-struct Slot<'a> {
-    running: &'a Mutex<usize>,
-    finished: &'a Condvar,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        *lock(self.running) -= 1;
-        self.finished.notify_one();
-    }
 }
 
 /// The state the unpacking threads share with the dispatcher.
@@ -80,8 +193,7 @@ struct Shared<'a> {
     limits: &'a Limits,
     feed: &'a LayerFeed,
     begun: Instant,
-    running: Mutex<usize>,
-    finished: Condvar,
+    slots: Slots,
     results: Mutex<Vec<(usize, Result<UnpackReport, UnpackError>)>>,
     stopped_first: Mutex<bool>,
 }
@@ -182,7 +294,7 @@ fn index_of(arrival: &Arrival) -> (usize, &LayerSource) {
 
 /// Unpacks layers as they are reported, until every sender of `arrivals` is gone (the
 /// fetch's, and those of download-time unpacks still running). See the module doc.
-pub(super) fn unpack_as_fed(
+fn unpack_as_fed(
     layers: &LayerStore,
     arrivals: Receiver<Arrival>,
     limits: &Limits,
@@ -194,12 +306,10 @@ pub(super) fn unpack_as_fed(
         limits,
         feed,
         begun,
-        running: Mutex::new(0),
-        finished: Condvar::new(),
+        slots: Slots::per_core(),
         results: Mutex::new(Vec::new()),
         stopped_first: Mutex::new(false),
     };
-    let max = threads();
     std::thread::scope(|scope| {
         let shared = &shared;
         let (done, staged) = mpsc::channel::<Done>();
@@ -211,27 +321,12 @@ pub(super) fn unpack_as_fed(
         let mut started: HashSet<usize> = HashSet::new();
         // Layers being unpacked from their download: whether their blob is ready since.
         let mut following: HashMap<usize, bool> = HashMap::new();
-        // Waits for a free slot and takes it.
-        let slot = || {
-            let mut count = lock(&shared.running);
-            while *count >= max {
-                count = shared
-                    .finished
-                    .wait(count)
-                    .unwrap_or_else(|p| p.into_inner());
-            }
-            *count += 1;
-            Slot {
-                running: &shared.running,
-                finished: &shared.finished,
-            }
-        };
         let from_blob =
             |index: usize, source: LayerSource, chain: Digest, started: &mut HashSet<usize>| {
                 if !started.insert(index) {
                     return;
                 }
-                let slot = slot();
+                let slot: Slot<'_> = shared.slots.take();
                 let done = done.clone();
                 scope.spawn(move || {
                     let _slot = slot;
@@ -273,7 +368,7 @@ pub(super) fn unpack_as_fed(
                     }
                     started.insert(index);
                     following.insert(index, false);
-                    let slot = slot();
+                    let slot: Slot<'_> = shared.slots.take();
                     let done = done.clone();
                     scope.spawn(move || {
                         let _slot = slot;
