@@ -3,9 +3,10 @@
 //!
 //! Owns: the target's staging directory (`.<target name>.<staging name>` beside the target, see
 //! `crate::cache::staging`; stale ones of dead processes are swept first), applying every
-//! layer in order through the same stream reader and entry writer as [`LayerStore::stage`]
+//! layer in order through the same stream reader and entry writer core as [`LayerStore::stage`]
 //! (same in-root resolution, ownership shift, budgets per layer and diff-ID check per layer),
-//! with whiteouts in [`Whiteouts::Flatten`] mode, and the final rename. It must never replace
+//! with the flattened-copy writer (`tree::FlatTree`, where whiteouts act on the tree), and the
+//! final rename. It must never replace
 //! an existing target, never leave a partial tree at the target's name, and never create an
 //! overlayfs whiteout device or `trusted.overlay.*` xattr.
 //!
@@ -24,7 +25,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
 
 use super::stream::{apply_stream, open_blob};
-use super::tree::{self, Tree, Whiteouts};
+use super::tree::{self, FlatCopy, FlatTree};
 use super::{remove_any, store_err, LayerSource, Limits, UnpackError};
 use crate::cache::staging;
 
@@ -112,7 +113,7 @@ fn flatten_staged(
         .map_err(store_err("creating staging directory", staging_path))?;
     let mut report = FlattenReport::default();
     if let Some(first) = layers.first() {
-        let mut tree = Tree::open(&first.digest, staging_path, Whiteouts::Flatten)
+        let mut tree = FlatTree::open(&first.digest, staging_path, FlatCopy::default())
             .map_err(store_err("opening staging directory", staging_path))?;
         for (index, layer) in layers.iter().enumerate() {
             tree.begin_layer(&layer.digest);

@@ -14,7 +14,7 @@
 //! the caller hands it a blob already verified against the manifest.
 //!
 //! [`flatten()`] applies an image's layers, in order, onto one merged directory with the same
-//! reader and writer (module `flatten`; whiteouts then act on the tree, see `tree::merge`).
+//! reader and writer (module `flatten`; whiteouts then act on the tree, see `tree::flat`).
 
 mod acl;
 pub(crate) mod archive;

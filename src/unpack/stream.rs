@@ -19,7 +19,7 @@ use super::decode;
 use super::gzip;
 use super::header::{self, Kind};
 use super::settle::Pending;
-use super::tree::{Tree, Whiteouts};
+use super::tree::{LayerDir, LayerTree, Mode, Tree};
 use super::{LayerSource, Limits, UnpackError, UnpackReport};
 use crate::cache::Follower;
 use crate::digest::Hasher;
@@ -112,12 +112,13 @@ pub(super) fn unpack_stream(
     limits: &Limits,
     root: &Path,
 ) -> Result<(UnpackReport, Pending), UnpackError> {
-    let mut tree =
-        Tree::open(&source.digest, root, Whiteouts::Overlay).map_err(|e| UnpackError::Store {
+    let mut tree = LayerTree::open(&source.digest, root, LayerDir::default()).map_err(|e| {
+        UnpackError::Store {
             action: "opening staging directory",
             path: root.to_owned(),
             source: e,
-        })?;
+        }
+    })?;
     let report = apply_stream(source, input, limits, &mut tree)?;
     Ok((report, tree.into_pending()))
 }
@@ -128,7 +129,7 @@ pub(super) fn apply_stream(
     source: &LayerSource,
     input: Input,
     limits: &Limits,
-    tree: &mut Tree<'_>,
+    tree: &mut Tree<'_, impl Mode>,
 ) -> Result<UnpackReport, UnpackError> {
     let input = decoder(source, input)?;
     let exceeded = AtomicBool::new(false);
@@ -157,7 +158,7 @@ pub(super) fn apply_stream(
 fn read_entries(
     source: &LayerSource,
     limits: &Limits,
-    tree: &mut Tree<'_>,
+    tree: &mut Tree<'_, impl Mode>,
     reader: decode::Reader,
     exceeded: &AtomicBool,
 ) -> Result<UnpackReport, UnpackError> {
