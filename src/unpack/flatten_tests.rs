@@ -333,6 +333,25 @@ fn failures_leave_no_target() {
     assert!(matches!(err, UnpackError::TargetExists { .. }), "{err}");
 }
 
+/// A hard link to a lower file that the layer writes again later keeps the lower file (the
+/// later entry replaces the target, not the link), as in the layer directories (`settle`) and
+/// as containerd applies it.
+#[test]
+fn a_link_to_a_lower_file_the_layer_writes_again_keeps_the_lower_file() {
+    let mut l1 = Layer::new();
+    l1.file("f", M, b"old");
+    let mut l2 = Layer::new();
+    l2.hardlink("h", "f")
+        .file("f", M, b"new")
+        .hardlink("h3", "f");
+    let image = Image::new(vec![l1.finish(), l2.finish()]);
+    let (_, root) = image.flatten();
+    assert_eq!(fs::read(root.join("f")).unwrap(), b"new");
+    assert_eq!(fs::read(root.join("h")).unwrap(), b"old");
+    let ino = |p: &str| fs::symlink_metadata(root.join(p)).unwrap().ino();
+    assert_eq!(ino("h3"), ino("f"));
+}
+
 /// A directory listed again by a later layer takes that entry's xattrs as it takes its mode
 /// and owner: the earlier entry's user xattrs are gone (as in the overlay view, where the upper
 /// directory's xattrs are the ones seen, and in umoci's tree).

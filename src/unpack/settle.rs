@@ -106,6 +106,8 @@ pub(super) fn settle(
         implicit: pending.implicit,
         times: HashMap::new(),
         deleted: HashSet::new(),
+        linked_before_rewrite: HashMap::new(),
+        made_by_links: HashSet::new(),
     };
     let whiteouts = settler.own_whiteouts(pending.whiteouts)?;
     while let Some((dir, ino)) = settler.implicit.pop_first() {
@@ -141,6 +143,12 @@ struct Settler<'a> {
     times: HashMap<u64, (Vec<OsString>, TimeSpec)>,
     /// This layer's directories that it also whites out: new, nothing of the lower ones.
     deleted: HashSet<Vec<OsString>>,
+    /// Lower files this layer wrote again after linking to them: where the first link's copy
+    /// of the lower file is, by the target's path.
+    linked_before_rewrite: HashMap<Vec<OsString>, Vec<OsString>>,
+    /// What settling the links made (links, and lower files copied up for them), as opposed
+    /// to what the layer's stream wrote.
+    made_by_links: HashSet<Vec<OsString>>,
 }
 
 fn is_gone(e: &io::Error) -> bool {
@@ -639,11 +647,35 @@ impl Settler<'_> {
             return Err(refuse(missing));
         };
         target.push(target_name.clone());
-        if self
+        let here = self
             .here(&target)
             .map_err(self.err("inspecting", &link.target))?
-            .is_none()
-        {
+            .is_some();
+        if here && !self.made_by_links.contains(&target) {
+            // The target was not in this layer when the link was read (else it would not be
+            // pending): the layer wrote it later. The link is to the lower file, as containerd
+            // applies it (the lower file copied up by the link, then replaced by the later
+            // entry); links to the later file only where no lower layer has one.
+            let found = self
+                .below(&target)
+                .map_err(self.err("looking below", &link.target))?;
+            if let Some(found) = found {
+                if !matches!(
+                    found.kind(),
+                    SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO
+                ) {
+                    return Err(refuse("is not a regular file, symlink or FIFO"));
+                }
+                if let Some(first) = self.linked_before_rewrite.get(&target).cloned() {
+                    self.hard_link(&first, &at, link)?;
+                } else {
+                    self.copy_up(&found, &at)?;
+                    self.linked_before_rewrite.insert(target, at.clone());
+                }
+                self.made_by_links.insert(at);
+                return Ok(());
+            }
+        } else if !here {
             let Some(found) = self
                 .below(&target)
                 .map_err(self.err("looking below", &link.target))?
@@ -658,13 +690,28 @@ impl Settler<'_> {
             }
             self.resolve(target_parent, true)?;
             self.copy_up(&found, &target)?;
+            self.made_by_links.insert(target.clone());
         }
+        self.hard_link(&target, &at, link)?;
+        self.made_by_links.insert(at);
+        Ok(())
+    }
+
+    /// Links `at` (whose parent is a directory of the staging directory) to this layer's
+    /// `target`, which must be a regular file, symlink or FIFO.
+    fn hard_link(
+        &mut self,
+        target: &[OsString],
+        at: &[OsString],
+        link: &Link,
+    ) -> Result<(), UnpackError> {
         let (target_name, target_dir) = target.split_last().expect("a target has a name");
+        let (name, dir) = at.split_last().expect("a link has a name");
         let from = self
             .open_dir(target_dir)
             .map_err(self.err("opening parent of", &link.target))?;
         let to = self
-            .open_dir(&dir)
+            .open_dir(dir)
             .map_err(self.err("opening parent of", &link.parts))?;
         let st = fstatat(
             from.as_fd(),
@@ -677,9 +724,14 @@ impl Settler<'_> {
             kind_of(st.st_mode),
             SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO
         ) {
-            return Err(refuse("is not a regular file, symlink or FIFO"));
+            return Err(UnpackError::HardlinkTarget {
+                layer: self.layer.clone(),
+                path: link.path.clone(),
+                target: join(&link.target),
+                reason: "is not a regular file, symlink or FIFO",
+            });
         }
-        self.touch(to.as_fd(), &dir)?;
+        self.touch(to.as_fd(), dir)?;
         linkat(
             from.as_fd(),
             target_name.as_os_str(),

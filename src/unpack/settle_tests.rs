@@ -22,6 +22,49 @@ fn unpack(w: &Work, tars: Vec<Vec<u8>>) -> Vec<std::path::PathBuf> {
     dirs
 }
 
+/// A hard link to a lower file that the same layer writes again later in its stream: the link
+/// keeps the lower file, as containerd applies the layer (the link copies the lower file up;
+/// the later entry replaces the target, not the link), and a second link read before the
+/// rewrite shares that copy; a link read after the rewrite gets the new file. A link to a link
+/// that settling made (`x2` to `x`, where the lower layer also has an `x`) follows that link,
+/// not the lower `x`.
+#[test]
+fn a_link_to_a_lower_file_the_layer_writes_again_keeps_the_lower_file() {
+    let w = Work::new();
+    let mut lower = Layer::new();
+    lower
+        .file("f", M, b"old")
+        .file("g", M, b"lower g")
+        .file("x", M, b"lower x");
+    let mut upper = Layer::new();
+    upper
+        .hardlink("h", "f")
+        .hardlink("h2", "f")
+        .file("f", M, b"new")
+        .hardlink("h3", "f")
+        .hardlink("x", "g")
+        .hardlink("x2", "x");
+    let dirs = unpack(&w, vec![lower.finish(), upper.finish()]);
+    let up = &dirs[1];
+    assert_eq!(fs::read(up.join("f")).unwrap(), b"new");
+    assert_eq!(
+        fs::read(up.join("h")).unwrap(),
+        b"old",
+        "the link keeps the lower file"
+    );
+    assert_eq!(lstat(&up.join("h2")).ino(), lstat(&up.join("h")).ino());
+    assert_ne!(lstat(&up.join("h")).ino(), lstat(&up.join("f")).ino());
+    assert_eq!(lstat(&up.join("h3")).ino(), lstat(&up.join("f")).ino());
+    assert_eq!(fs::read(up.join("x")).unwrap(), b"lower g");
+    assert_eq!(lstat(&up.join("x2")).ino(), lstat(&up.join("x")).ino());
+    assert_eq!(
+        fs::read(dirs[0].join("f")).unwrap(),
+        b"old",
+        "the lower layer is untouched"
+    );
+    w.check_contained();
+}
+
 #[test]
 fn a_hard_link_to_a_lower_file_copies_it_up() {
     let w = Work::new();
