@@ -13,7 +13,15 @@
 //!   what the layer wrote below it moves below the symlink's target (resolved in-root through
 //!   this layer and the lower view) and the symlink shows through; where the lower view has
 //!   nothing, or a non-directory (which the directory then replaces, as containerd does), it
-//!   stays 0755 root;
+//!   stays 0755 root. Below a lower layer's symlink this is umoci's result and containerd's
+//!   wherever it applies a layer onto the merged view of its parents: the native snapshotter,
+//!   and the overlayfs one inside a user namespace (`core/diff/apply/apply_linux.go`: `apply`
+//!   mounts the snapshot and `archive.Apply`s onto it, whose `fs.RootPath` follows the lower
+//!   symlink). containerd's overlayfs snapshotter outside a user namespace applies onto the
+//!   upper directory alone, so `mkparent` (`pkg/archive/tar.go`) makes a 0755 directory at
+//!   the symlink's name that hides it. containerd thus disagrees with itself here; envbox
+//!   keeps the merged-view result, which is also what its flattened copy (`flatten`, applied
+//!   onto one tree) gives, so both views of an image agree;
 //! - a hard link to a file only the lower view has copies that file up (content, owner, mode,
 //!   xattrs, mtime) into this layer at its path, and links to the copy.
 //!

@@ -153,6 +153,10 @@ fn whiteouts_act_only_where_the_lower_view_has_something() {
     w.check_contained();
 }
 
+/// Below a lower layer's symlink the entry goes below its target: umoci's result, and
+/// containerd's where it applies onto the merged view of the parents (native snapshotter,
+/// overlayfs in a user namespace); its overlayfs snapshotter outside one makes a directory
+/// there instead (see module `settle` for why envbox keeps the merged view's result).
 #[test]
 fn entries_below_symlinks_go_below_their_targets_in_root() {
     let w = Work::new();
