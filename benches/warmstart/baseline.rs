@@ -1,21 +1,93 @@
 //! The baseline of the warm start benchmark: a containerd of its own (envbox's configuration,
 //! its own directories) and `ctr run -d` of the same image, flattened, in a user namespace like
 //! envbox's, timed from spawning containerd to the same marker.
+//!
+//! Its CNI variant also attaches the task's network namespace to envbox's own network (the
+//! `envbox0` bridge, the default subnet, the same CNI plugins and masquerade, through envbox's
+//! `network::Network` as `envbox docker` runs them), after `ctr run -d` returns: what `ctr run
+//! --cni` does, which reads its CNI config only from `/etc/cni/net.d` (shared by the host).
+//! envbox attaches before the task starts; the work is the same. The bridge is deleted after
+//! each run (untimed), so each ADD makes it afresh, as each start of envbox does. Its exec
+//! variant also runs the marker script as envbox does, in an exec (`ctr task exec -d`, as root)
+//! beside an init that only sleeps: every step of envbox's start but its own bookkeeping.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use envbox::config::{Purpose, RawSettings, Settings};
+use envbox::network::{LinkMtu, Network, NetworkPlan};
 use envbox::supervise::{render_config, ContainerdPaths, DISABLED_PLUGINS};
 
 use crate::{run_ok, wait_for_file, MARKER_SCRIPT, POLL, TIMEOUT};
+
+/// What the baseline does after `ctr run -d`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Nothing: the init is the marker script; no network.
+    Plain,
+    /// The CNI ADD.
+    Cni,
+    /// The CNI ADD, then the marker script in an exec (the init sleeps).
+    CniExec,
+}
 
 /// The baseline's containerd and spec.
 pub struct Baseline {
     paths: ContainerdPaths,
     spec: PathBuf,
+    /// The same with an init that sleeps (the exec variant).
+    spec_sleep: PathBuf,
     marker: PathBuf,
+    /// The CNI variant's network.
+    network: Network,
+}
+
+/// The cgroup (v1 `pids` or v2) the baseline's task runs in (the spec's `cgroupsPath`).
+const CGROUP: &str = "envbox-warmbench";
+
+/// The PID of the baseline task's init, from its cgroup.
+fn task_pid() -> u32 {
+    let end = Instant::now() + TIMEOUT;
+    loop {
+        for procs in [
+            format!("/sys/fs/cgroup/pids/{CGROUP}/cgroup.procs"),
+            format!("/sys/fs/cgroup/{CGROUP}/cgroup.procs"),
+        ] {
+            if let Some(pid) = fs::read_to_string(&procs)
+                .ok()
+                .and_then(|s| s.lines().next().and_then(|l| l.parse().ok()))
+            {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < end, "no process in the cgroup {CGROUP}");
+        std::thread::sleep(POLL);
+    }
+}
+
+/// envbox's workspace network (default subnet, bridge `envbox0`), its CNI state under `run`.
+fn envbox_network(run: &Path) -> Network {
+    let raw = RawSettings {
+        image: Some("bench".into()),
+        username: Some("root".into()),
+        run_dir: Some(run.display().to_string()),
+        ..Default::default()
+    };
+    let settings = Settings::from_raw(&raw, None, Purpose::Docker).expect("network settings");
+    let link = LinkMtu::Read {
+        link: "bench".into(),
+        mtu: 1500,
+    };
+    Network::new(NetworkPlan::new(&settings, "warmbench", &link).expect("network plan"))
+}
+
+/// The bridge the CNI variant's ADD made, deleted as envbox's stop deletes it.
+fn delete_bridge() {
+    let _ = Command::new("ip")
+        .args(["link", "delete", "envbox0"])
+        .output();
 }
 
 impl Baseline {
@@ -54,13 +126,18 @@ impl Baseline {
             .push(serde_json::json!({"type": "user"}));
         linux["uidMappings"] = map.clone();
         linux["gidMappings"] = map;
-        linux["cgroupsPath"] = serde_json::json!("/envbox-warmbench");
+        linux["cgroupsPath"] = serde_json::json!(format!("/{CGROUP}"));
         let spec_path = base.join("spec.json");
         fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).expect("spec");
+        spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", "exec sleep 3600"]);
+        let spec_sleep = base.join("spec-sleep.json");
+        fs::write(&spec_sleep, serde_json::to_vec_pretty(&spec).unwrap()).expect("spec");
         Baseline {
             paths,
             spec: spec_path,
+            spec_sleep,
             marker: home.join("ready"),
+            network: envbox_network(&base.join("run-cni")),
         }
     }
 
@@ -70,8 +147,9 @@ impl Baseline {
         cmd
     }
 
-    /// One timed start: (containerd accepting, `ctr run` returned, marker), from spawn.
-    pub fn run(&self, id: &str) -> [Duration; 3] {
+    /// One timed start: (containerd accepting, `ctr run` returned, network attached (else as
+    /// `ctr run`), marker and network both done), from spawn.
+    pub fn run(&self, id: &str, variant: Variant) -> [Duration; 4] {
         let _ = fs::remove_file(&self.marker);
         for socket in [&self.paths.grpc_socket, &self.paths.ttrpc_socket] {
             let _ = fs::remove_file(socket);
@@ -95,13 +173,31 @@ impl Baseline {
             std::thread::sleep(POLL);
         }
         let ready = started.elapsed();
+        let spec = match variant {
+            Variant::CniExec => &self.spec_sleep,
+            Variant::Plain | Variant::Cni => &self.spec,
+        };
         run_ok(
             self.ctr()
                 .args(["run", "-d", "--null-io", "--config"])
-                .arg(&self.spec)
+                .arg(spec)
                 .arg(id),
         );
         let ran = started.elapsed();
+        let attachment = (variant != Variant::Plain).then(|| {
+            let netns = PathBuf::from(format!("/proc/{}/ns/net", task_pid()));
+            self.network
+                .add(&netns)
+                .expect("CNI ADD of the baseline task")
+        });
+        let attached = started.elapsed();
+        if variant == Variant::CniExec {
+            run_ok(
+                self.ctr()
+                    .args(["task", "exec", "-d", "--exec-id", "boot", id])
+                    .args(["/bin/sh", "-c", MARKER_SCRIPT]),
+            );
+        }
         let containerd_log = || fs::read_to_string(&self.paths.log).unwrap_or_default();
         wait_for_file(
             &self.marker,
@@ -110,8 +206,14 @@ impl Baseline {
             containerd_log,
         );
         let marked = started.elapsed();
+        if let Some(attachment) = attachment {
+            self.network
+                .del(&attachment)
+                .expect("CNI DEL of the baseline task");
+            delete_bridge();
+        }
         self.stop(id, containerd);
-        [ready, ran, marked]
+        [ready, ran, attached, marked]
     }
 
     fn stop(&self, id: &str, mut containerd: Child) {

@@ -14,12 +14,16 @@
 //! like envbox's cache) with the same marker command, timed to the marker. `ctr run --rootfs`
 //! ignores `--uidmap` in containerd 1.6, so its spec is `ctr oci spec` plus a user namespace
 //! mapped 0 -> 100000 (65536) like envbox's: both run user-namespaced on a shifted tree. The
-//! baseline has no CNI network (ctr's empty netns), no host setup and no exec as the user: the
-//! difference is what envbox's own work costs.
+//! plain baseline has no CNI network (ctr's empty netns), no host setup and no exec as the
+//! user. Two more variants add envbox's steps: envbox's CNI network attached to the task
+//! (`Variant::Cni`), and that plus the script in an exec beside a sleeping init
+//! (`Variant::CniExec`): against the last, the difference is envbox's own bookkeeping.
 //!
 //! Then [`fallback`]: the same start with the volume on overlayfs, where each start flattens a
 //! copy of the image (no overlay), for this build and `ENVBOX_BENCH_BASELINE`; and
 //! [`nodecache`]: a new workspace with the node cache warm beside a warm and a cold start.
+//! `ENVBOX_BENCH_STAGES`: envbox runs with `ENVBOX_LOG=debug` and its `start: <stage>` lines'
+//! arrival is reported too.
 //!
 //! Each contender goes first in turn, `ENVBOX_BENCH_RUNS` (15) runs each, min and median, one
 //! envbox at a time (they share the bridge `envbox0`). A start varies by a tenth from run to run
@@ -42,7 +46,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use baseline::Baseline;
+use baseline::{Baseline, Variant};
 use support::host::launch_requirements_met;
 use support::image::{big_image, busybox_image, write_layout};
 use support::registry::Registry;
@@ -195,6 +199,7 @@ fn main() {
         ("CODER_MOUNTS", format!("{}:/home/coder", home.display())),
     ]
     .into_iter()
+    .chain(std::env::var_os("ENVBOX_BENCH_STAGES").map(|_| ("ENVBOX_LOG", "debug".to_owned())))
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
 
@@ -218,7 +223,9 @@ fn main() {
     for build in &builds {
         envbox_run(build, &env, &state, &marker);
     }
-    baseline.run("warmup");
+    baseline.run("warmup", Variant::Plain);
+    baseline.run("warmup-cni", Variant::Cni);
+    baseline.run("warmup-exec", Variant::CniExec);
 
     let name = match which {
         BenchImage::Busybox => format!("busybox + {mb} MiB"),
@@ -229,13 +236,16 @@ fn main() {
         image_bytes as f64 / 1048576.0
     );
     let mut envbox: Vec<Vec<EnvboxRun>> = builds.iter().map(|_| Vec::new()).collect();
-    let mut base = Vec::new();
+    let (mut base, mut base_cni, mut base_exec) = (Vec::new(), Vec::new(), Vec::new());
+    let contenders = builds.len() + 3;
     for run in 0..runs {
         // Each contender goes first in turn (the first after a pause finds colder caches).
-        for turn in 0..=builds.len() {
-            match (run + turn) % (builds.len() + 1) {
-                0 => base.push(baseline.run(&format!("warm{run}"))),
-                b => envbox[b - 1].push(envbox_run(&builds[b - 1], &env, &state, &marker)),
+        for turn in 0..contenders {
+            match (run + turn) % contenders {
+                0 => base.push(baseline.run(&format!("warm{run}"), Variant::Plain)),
+                1 => base_cni.push(baseline.run(&format!("cni{run}"), Variant::Cni)),
+                2 => base_exec.push(baseline.run(&format!("exec{run}"), Variant::CniExec)),
+                b => envbox[b - 3].push(envbox_run(&builds[b - 3], &env, &state, &marker)),
             }
         }
     }
@@ -243,12 +253,28 @@ fn main() {
     if let Some(other) = &other {
         report_envbox(&format!("envbox docker ({other})"), &envbox[1]);
     }
-    let (b_min, b_median) = report_baseline(&base);
+    let (b_min, b_median) = report_baseline(&base, Variant::Plain);
+    let (c_min, c_median) = report_baseline(&base_cni, Variant::Cni);
+    let (x_min, x_median) = report_baseline(&base_exec, Variant::CniExec);
     println!(
         "ratio envbox / baseline: min {:.2}x, median {:.2}x (goal <= 1.5x)",
         e_min.as_secs_f64() / b_min.as_secs_f64(),
         e_median.as_secs_f64() / b_median.as_secs_f64()
     );
+    for (what, min, median) in [
+        ("with envbox's CNI network", c_min, c_median),
+        (
+            "with the network and the script in an exec",
+            x_min,
+            x_median,
+        ),
+    ] {
+        println!(
+            "ratio envbox / baseline {what}: min {:.2}x, median {:.2}x",
+            e_min.as_secs_f64() / min.as_secs_f64(),
+            e_median.as_secs_f64() / median.as_secs_f64()
+        );
+    }
     report_no_copy(&envbox[0], image_bytes);
     fallback::bench(&builds, &env, work.path(), &marker, runs.min(5));
     nodecache::bench(
@@ -282,17 +308,42 @@ fn report_envbox(name: &str, runs: &[EnvboxRun]) -> (Duration, Duration) {
             row(&format!("  progress line {milestone:?}"), &times);
         }
     }
+    // envbox's own stage lines (ENVBOX_BENCH_STAGES), in the order of the first run.
+    for (stage, _) in runs
+        .first()
+        .map(|r| r.stages.as_slice())
+        .unwrap_or_default()
+    {
+        let times: Vec<Duration> = runs
+            .iter()
+            .filter_map(|r| r.stages.iter().find(|(s, _)| s == stage).map(|(_, t)| *t))
+            .collect();
+        if times.len() == runs.len() {
+            row(&format!("  stage {stage:?}"), &times);
+        }
+    }
     let stops: Vec<Duration> = runs.iter().map(|r| r.stop).collect();
     row("(untimed: SIGTERM to exit 0)", &stops);
     result
 }
 
-fn report_baseline(base: &[[Duration; 3]]) -> (Duration, Duration) {
-    println!("baseline: containerd + ctr run -d (same image flattened, user namespace), spawn to the marker:");
+fn report_baseline(base: &[[Duration; 4]], variant: Variant) -> (Duration, Duration) {
+    let cni = variant != Variant::Plain;
+    let network = match variant {
+        Variant::Plain => "no network",
+        Variant::Cni => "then envbox's CNI network attached (bridge envbox0)",
+        Variant::CniExec => {
+            "init sleeping, envbox's CNI network attached, then ctr task exec -d of the script"
+        }
+    };
+    println!("baseline: containerd + ctr run -d (same image flattened, user namespace), {network}, spawn to the marker:");
     let column = |i: usize| base.iter().map(|b| b[i]).collect::<Vec<_>>();
     row("  containerd accepting on its socket", &column(0));
     row("  ctr run -d returned", &column(1));
-    row("total", &column(2))
+    if cni {
+        row("  CNI ADD returned", &column(2));
+    }
+    row("total", &column(3))
 }
 
 fn report_no_copy(runs: &[EnvboxRun], image_bytes: u64) {

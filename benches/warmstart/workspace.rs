@@ -115,6 +115,17 @@ pub struct EnvboxRun {
     pub upper: u64,
     /// SIGTERM to exit (not part of the start).
     pub stop: Duration,
+    /// With `ENVBOX_BENCH_STAGES` (envbox's `ENVBOX_LOG=debug`): each `start: <stage>` debug
+    /// line's stage and its arrival, from spawn.
+    pub stages: Vec<(String, Duration)>,
+}
+
+/// The stage a `debug: start: <stage> (ms=...)` progress line names.
+fn stage_of(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    let output = value["output"].as_str()?;
+    let rest = output.strip_prefix("debug: start: ")?;
+    Some(rest.split(" (").next().unwrap_or(rest).to_owned())
 }
 
 pub fn envbox_run(
@@ -201,9 +212,14 @@ pub fn envbox_run(
         .iter()
         .map(|m| lines.iter().find(|(_, l)| l.contains(m)).map(|(t, _)| *t))
         .collect();
+    let stages = lines
+        .iter()
+        .filter_map(|(t, l)| stage_of(l).map(|s| (s, *t)))
+        .collect();
     EnvboxRun {
         total,
         milestones,
+        stages,
         overlay,
         state_growth,
         upper,
