@@ -19,8 +19,10 @@
 //! (`Variant::Cni`), and that plus the script in an exec beside a sleeping init
 //! (`Variant::CniExec`): against the last, the difference is envbox's own bookkeeping.
 //!
-//! Then [`fallback`]: the same start with the volume on overlayfs, where each start flattens a
-//! copy of the image (no overlay), for this build and `ENVBOX_BENCH_BASELINE`; and
+//! Then [`cold`]: `envbox docker` on an empty volume against `envbox prepare` plus a warm start
+//! (`ENVBOX_BENCH_COLD_RUNS`, 3, runs each; this build only), [`fallback`]: the same start
+//! with the volume on overlayfs, where each start flattens a copy of the image (no overlay),
+//! for this build and `ENVBOX_BENCH_BASELINE` (`ENVBOX_BENCH_NO_FALLBACK` skips it), and
 //! [`nodecache`]: a new workspace with the node cache warm beside a warm and a cold start.
 //! `ENVBOX_BENCH_STAGES`: envbox runs with `ENVBOX_LOG=debug` and its `start: <stage>` lines'
 //! arrival is reported too.
@@ -34,6 +36,7 @@
 //! `ENVBOX_BENCH_BASELINE=/path/to/envbox`: another build timed beside this one. Needs root and the launch test's tools, and `ctr`.
 
 mod baseline;
+mod cold;
 mod fallback;
 mod nodecache;
 #[path = "../../tests/support/mod.rs"]
@@ -276,7 +279,16 @@ fn main() {
         );
     }
     report_no_copy(&envbox[0], image_bytes);
-    fallback::bench(&builds, &env, work.path(), &marker, runs.min(5));
+    cold::bench(
+        ENVBOX,
+        &env,
+        work.path(),
+        &marker,
+        env_usize("ENVBOX_BENCH_COLD_RUNS", 3),
+    );
+    if std::env::var_os("ENVBOX_BENCH_NO_FALLBACK").is_none() {
+        fallback::bench(&builds, &env, work.path(), &marker, runs.min(5));
+    }
     nodecache::bench(
         ENVBOX,
         &env,
