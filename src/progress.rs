@@ -30,6 +30,11 @@ impl Kind {
     }
 }
 
+/// `bytes` as progress lines and messages say sizes: megabytes, one decimal (`12.3 MB`).
+pub(crate) fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
 /// RFC 3339 UTC timestamp with seconds, e.g. `2026-11-24T01:02:03Z`.
 pub(crate) fn rfc3339(time: SystemTime) -> String {
     let secs = time

@@ -99,7 +99,7 @@ pub(crate) fn is_full(error: &(dyn std::error::Error + 'static)) -> bool {
 pub(crate) fn human(bytes: u64) -> String {
     match bytes {
         b if b >= 1_000_000_000 => format!("{:.1} GB", b as f64 / 1e9),
-        b => format!("{:.1} MB", b as f64 / 1e6),
+        b => crate::progress::mb(b),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::digest::Digest;
 use crate::image::ImageRef;
 use crate::nodecache::NodeCache;
 use crate::prepare::PreparedImage;
-use crate::progress::{self, warn_all, Kind};
+use crate::progress::{self, mb, warn_all, Kind};
 use crate::registry::RegistryConfig;
 use crate::room::Need;
 use crate::source::ImageSource;
@@ -340,9 +340,4 @@ enum Failed {
     /// The volume was full; what the image still needed, when known.
     Full(Option<Need>, anyhow::Error),
     Other(anyhow::Error),
-}
-
-/// `bytes` in MB, for messages.
-pub(super) fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
 }

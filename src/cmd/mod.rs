@@ -22,8 +22,9 @@ fn outer_subsystem() -> Option<String> {
     std::env::var(names::AGENT_SUBSYSTEM.env).ok()
 }
 
+use crate::progress::mb;
 use crate::progress::warn_all;
-use image_cache::{mb, ImageCache};
+use image_cache::ImageCache;
 
 /// `source` fetched and unpacked into the cache on the volume of `settings`, warnings logged.
 /// With `sync`, the blobs fetched and layers unpacked now are on disk when this returns: a

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::digest::Digest;
-use crate::progress::{self as lines, Kind};
+use crate::progress::{self as lines, mb, Kind};
 
 #[derive(Debug, Clone)]
 struct Blob {
@@ -22,10 +22,6 @@ struct Blob {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Progress {
     blobs: Arc<Mutex<Vec<Blob>>>,
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
 impl Progress {
