@@ -659,46 +659,41 @@ impl Settler<'_> {
             .here(&target)
             .map_err(self.err("inspecting", &link.target))?
             .is_some();
-        if here && !self.made_by_links.contains(&target) {
-            // The target was not in this layer when the link was read (else it would not be
-            // pending): the layer wrote it later. The link is to the lower file, as containerd
-            // applies it (the lower file copied up by the link, then replaced by the later
-            // entry); links to the later file only where no lower layer has one.
+        // Here but not made by settling: the target was not in this layer when the link was
+        // read (else it would not be pending), the layer wrote it later. The link is to the
+        // lower file, as containerd applies it (the lower file copied up by the link, then
+        // replaced by the later entry); to the later file only where no lower layer has one.
+        let rewritten = here && !self.made_by_links.contains(&target);
+        if !here || rewritten {
             let found = self
                 .below(&target)
                 .map_err(self.err("looking below", &link.target))?;
-            if let Some(found) = found {
-                if !matches!(
-                    found.kind(),
-                    SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO
-                ) {
-                    return Err(refuse("is not a regular file, symlink or FIFO"));
+            match found {
+                None if rewritten => {}
+                None => return Err(refuse(missing)),
+                Some(found) => {
+                    if !matches!(
+                        found.kind(),
+                        SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO
+                    ) {
+                        return Err(refuse("is not a regular file, symlink or FIFO"));
+                    }
+                    if rewritten {
+                        match self.linked_before_rewrite.get(&target).cloned() {
+                            Some(first) => self.hard_link(&first, &at, link)?,
+                            None => {
+                                self.copy_up(&found, &at)?;
+                                self.linked_before_rewrite.insert(target, at.clone());
+                            }
+                        }
+                        self.made_by_links.insert(at);
+                        return Ok(());
+                    }
+                    self.resolve(target_parent, true)?;
+                    self.copy_up(&found, &target)?;
+                    self.made_by_links.insert(target.clone());
                 }
-                if let Some(first) = self.linked_before_rewrite.get(&target).cloned() {
-                    self.hard_link(&first, &at, link)?;
-                } else {
-                    self.copy_up(&found, &at)?;
-                    self.linked_before_rewrite.insert(target, at.clone());
-                }
-                self.made_by_links.insert(at);
-                return Ok(());
             }
-        } else if !here {
-            let Some(found) = self
-                .below(&target)
-                .map_err(self.err("looking below", &link.target))?
-            else {
-                return Err(refuse(missing));
-            };
-            if !matches!(
-                found.kind(),
-                SFlag::S_IFREG | SFlag::S_IFLNK | SFlag::S_IFIFO
-            ) {
-                return Err(refuse("is not a regular file, symlink or FIFO"));
-            }
-            self.resolve(target_parent, true)?;
-            self.copy_up(&found, &target)?;
-            self.made_by_links.insert(target.clone());
         }
         self.hard_link(&target, &at, link)?;
         self.made_by_links.insert(at);
