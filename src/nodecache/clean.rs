@@ -83,15 +83,13 @@ impl NodeCache {
             if leased_layers.contains(chain) {
                 continue;
             }
-            let complete = dirs.contains(chain) && layers.is_complete(chain);
-            if !complete {
+            // Complete: its directory and a marker naming it (`LayerStore::is_complete`).
+            let record = markers.read(chain).filter(|_| dirs.contains(chain));
+            let Some(record) = record else {
                 // What a kill left, unless someone unpacks it now.
                 if !blobs.locks().is_held(&format!("layer-{}", chain.hex())) {
                     layers.remove(chain)?;
                 }
-                continue;
-            }
-            let Some(record) = markers.read(chain) else {
                 continue;
             };
             let last_used = std::fs::metadata(markers.path(chain))
