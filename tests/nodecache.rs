@@ -18,11 +18,12 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use envbox::digest::Digest;
 use support::host::launch_requirements_met;
-use support::image::{busybox_image, write_layout, Entry, ImageSpec, Layer, LayoutInfo};
+use support::image::{busybox_image, ImageSpec, LayoutInfo};
 use support::proxy::{Fault, FaultProxy};
 use support::registry::Registry;
-use support::workspace::Envbox;
+use support::workspace::{enter_netns, Envbox};
 
 const ENVBOX: &str = env!("CARGO_BIN_EXE_envbox");
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -32,25 +33,10 @@ fn hex(digest: &str) -> &str {
     digest.trim_start_matches("sha256:")
 }
 
-/// The busybox test image plus `layers` layers of `kib` KiB of pseudo-random bytes each.
+/// The busybox test image plus `layers` layers of pseudo-random bytes (see
+/// `ImageSpec::random_layers`).
 fn data_image(seed: u64, layers: usize, kib: usize) -> ImageSpec {
-    let mut image = busybox_image("amd64");
-    for l in 0..layers {
-        let bytes = support::image::prng_bytes(seed << 16 | l as u64, kib << 10);
-        image = image.layer(Layer::new(vec![Entry::file(
-            &format!("/data/s{seed}-l{l}.bin"),
-            0o644,
-            bytes,
-        )]));
-    }
-    image
-}
-
-fn push(registry: &Registry, image: ImageSpec, repo: &str) -> LayoutInfo {
-    let layout = tempfile::tempdir().unwrap();
-    let info = write_layout(layout.path(), "t", &[image]);
-    registry.push(layout.path(), "t", repo);
-    info
+    busybox_image("amd64").random_layers(seed, layers, kib)
 }
 
 /// A network namespace of its own, removed on drop.
@@ -182,8 +168,6 @@ impl Pod {
 
     /// `envbox ARGS` in this pod's network namespace with its settings and `extra`.
     fn run(&self, args: &[&str], extra: &[(&str, &str)]) -> Output {
-        use std::os::unix::process::CommandExt;
-        let netns = fs::File::open(self.netns.path()).unwrap();
         let mut command = Command::new(ENVBOX);
         command
             .args(args)
@@ -191,15 +175,7 @@ impl Pod {
             .env("PATH", std::env::var("PATH").unwrap())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied());
-        // SAFETY: only setns(2) between fork and exec.
-        unsafe {
-            command.pre_exec(
-                move || match libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) {
-                    0 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
-                },
-            );
-        }
+        enter_netns(&mut command, &self.netns.path());
         command.output().unwrap()
     }
 }
@@ -242,23 +218,16 @@ fn names(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The chain IDs (hex) of an image's layers, bottom first.
+/// The chain IDs (hex) of an image's layers, bottom first (`envbox::unpack::chain_ids`).
 fn chain_hexes(info: &LayoutInfo) -> Vec<String> {
-    let mut chains: Vec<String> = Vec::new();
-    for diff_id in &info.diff_ids[0] {
-        let chain = match chains.last() {
-            None => diff_id.clone(),
-            Some(below) => {
-                let text = format!("sha256:{below} {diff_id}");
-                format!(
-                    "sha256:{}",
-                    envbox::digest::Digest::of(text.as_bytes()).hex()
-                )
-            }
-        };
-        chains.push(hex(&chain).to_owned());
-    }
-    chains
+    let diff_ids: Vec<Digest> = info.diff_ids[0]
+        .iter()
+        .map(|d| Digest::parse(d).unwrap())
+        .collect();
+    envbox::unpack::chain_ids(&diff_ids)
+        .iter()
+        .map(|c| c.hex().to_owned())
+        .collect()
 }
 
 /// Every layer directory of the node cache has a completion marker naming it; no marker is
@@ -282,7 +251,7 @@ fn two_workspaces_of_one_node_download_and_unpack_each_layer_once() {
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let registry = Registry::http();
-    let info = push(&registry, data_image(1, 3, 4096), "team/ws:1");
+    let info = registry.push_image(data_image(1, 3, 4096), "team/ws:1");
     let proxy = FaultProxy::start(&registry);
     // The first data layer is held a while, so that both pods are preparing at once.
     let first_data = &info.layer_digests[0][info.layer_digests[0].len() - 3];
@@ -342,7 +311,7 @@ fn two_workspaces_of_one_node_download_and_unpack_each_layer_once() {
 
     // Another image in the node cache that no workspace runs: the cleanup (TTL 0, no budget)
     // removes it and keeps every layer a live lease names.
-    let other = push(&registry, data_image(2, 1, 64), "team/other:1");
+    let other = registry.push_image(data_image(2, 1, 64), "team/other:1");
     let other_ref = format!("{}/team/other:1", proxy.host);
     let prepared = a.run(&["prepare"], &[("CODER_INNER_IMAGE", &other_ref)]);
     assert!(prepared.status.success(), "{}", text(&prepared.stderr));
@@ -417,7 +386,7 @@ fn a_workspace_killed_mid_unpack_leaves_the_other_to_start_and_the_cache_consist
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let registry = Registry::http();
-    let info = push(&registry, data_image(3, 2, 8192), "team/kill:1");
+    let info = registry.push_image(data_image(3, 2, 8192), "team/kill:1");
     let proxy = FaultProxy::start(&registry);
     let signals = tempfile::tempdir().unwrap();
     let release = signals.path().join("release");
@@ -490,7 +459,7 @@ fn a_volume_from_before_the_node_cache_keeps_its_pins_and_drops_its_blobs_and_la
         return;
     }
     let registry = Registry::http();
-    push(&registry, data_image(4, 1, 64), "team/before:1");
+    registry.push_image(data_image(4, 1, 64), "team/before:1");
     let work = tempfile::tempdir_in("/var/tmp").unwrap();
     let (state, node) = (work.path().join("state"), work.path().join("node"));
     fs::create_dir_all(&node).unwrap();

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::host::requirements_met;
-use support::image::{write_layout, Entry, ImageSpec, Layer, LayoutInfo};
+use support::image::{Entry, ImageSpec, Layer, LayoutInfo};
 use support::proxy::{Fault, FaultProxy};
 use support::registry::Registry;
 use support::volume::{OverlayMount, SmallVolume};
@@ -35,27 +35,10 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     envbox(args, env).output().expect("run envbox")
 }
 
-/// An image of `layers` layers, each one file of `kib` KiB of pseudo-random bytes (they do
-/// not compress) unique to `seed`.
+/// An image of `layers` layers of pseudo-random bytes unique to `seed` (see
+/// `ImageSpec::random_layers`).
 fn random_image(seed: u64, layers: usize, kib: usize) -> ImageSpec {
-    let mut image = ImageSpec::new("amd64");
-    for l in 0..layers {
-        let bytes = support::image::prng_bytes(seed << 16 | l as u64, kib << 10);
-        image = image.layer(Layer::new(vec![Entry::file(
-            &format!("/s{seed}-l{l}.bin"),
-            0o644,
-            bytes,
-        )]));
-    }
-    image
-}
-
-/// Pushes `image` as `repo` (e.g. `team/a:1`); its layout's digests.
-fn push(registry: &Registry, image: ImageSpec, repo: &str) -> LayoutInfo {
-    let layout = tempfile::tempdir().unwrap();
-    let info = write_layout(layout.path(), "t", &[image]);
-    registry.push(layout.path(), "t", repo);
-    info
+    ImageSpec::new("amd64").random_layers(seed, layers, kib)
 }
 
 fn hex(digest: &str) -> &str {
@@ -78,7 +61,7 @@ fn two_processes_preparing_one_image_fetch_each_blob_once() {
         return;
     }
     let registry = Registry::http();
-    let info = push(&registry, random_image(1, 3, 2048), "team/two:1");
+    let info = registry.push_image(random_image(1, 3, 2048), "team/two:1");
     let proxy = FaultProxy::start(&registry);
     // The first layer's transfer is held a while: whoever fetches it holds its lock that long,
     // and the other process waits on it.
@@ -135,7 +118,7 @@ fn a_kill_9_releases_the_locks_its_process_held() {
         return;
     }
     let registry = Registry::http();
-    let info = push(&registry, random_image(2, 1, 1024), "team/kill:1");
+    let info = registry.push_image(random_image(2, 1, 1024), "team/kill:1");
     let proxy = FaultProxy::start(&registry);
     let layer = hex(&info.layer_digests[0][0]).to_owned();
     proxy.inject(Fault::Hold {
@@ -231,11 +214,7 @@ fn cleanup_keeps_the_current_image_and_the_most_recently_used_before_it() {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            push(
-                &registry,
-                random_image(10 + i as u64, 2, 64),
-                &format!("team/{n}:1"),
-            )
+            registry.push_image(random_image(10 + i as u64, 2, 64), &format!("team/{n}:1"))
         })
         .collect();
     let host = registry.host.clone();
@@ -339,8 +318,8 @@ fn cleanup_never_removes_the_layers_a_mounted_overlay_uses() {
         return;
     }
     let registry = Registry::http();
-    let a = push(&registry, random_image(20, 2, 64), "team/a:1");
-    let b = push(&registry, random_image(21, 1, 64), "team/b:1");
+    let a = registry.push_image(random_image(20, 2, 64), "team/a:1");
+    let b = registry.push_image(random_image(21, 1, 64), "team/b:1");
     let state = tempfile::tempdir_in("/var/tmp").unwrap();
     let env = [
         ("ENVBOX_STATE_DIR", state.path().to_str().unwrap()),
@@ -412,7 +391,7 @@ fn a_volume_too_small_for_a_download_fails_naming_need_free_and_what_to_do() {
     let volume = SmallVolume::new(24);
     let registry = Registry::http();
     // 40 MiB that do not compress.
-    let info = push(&registry, random_image(30, 1, 40 << 10), "team/big:1");
+    let info = registry.push_image(random_image(30, 1, 40 << 10), "team/big:1");
     let state = volume.state();
     let reference = format!("{}/team/big:1", registry.host);
     let env = [
@@ -468,7 +447,7 @@ fn a_volume_too_small_to_unpack_fails_and_keeps_no_partial_layer() {
         0o644,
         vec![0u8; 64 << 20],
     )]));
-    let info = push(&registry, image, "team/zeros:1");
+    let info = registry.push_image(image, "team/zeros:1");
     let state = volume.state();
     let reference = format!("{}/team/zeros:1", registry.host);
     let env = [
@@ -499,8 +478,8 @@ fn a_full_volume_removes_the_images_the_rule_does_not_keep_and_tries_again() {
     }
     let volume = SmallVolume::new(40);
     let registry = Registry::http();
-    let a = push(&registry, random_image(40, 1, 12 << 10), "team/a:1");
-    let b = push(&registry, random_image(41, 1, 12 << 10), "team/b:1");
+    let a = registry.push_image(random_image(40, 1, 12 << 10), "team/a:1");
+    let b = registry.push_image(random_image(41, 1, 12 << 10), "team/b:1");
     let state = volume.state();
     let env = [
         ("ENVBOX_STATE_DIR", state.to_str().unwrap()),

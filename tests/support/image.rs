@@ -190,6 +190,20 @@ impl ImageSpec {
         self.layers.push(layer);
         self
     }
+
+    /// `layers` more layers, each one file `/s<seed>-l<n>.bin` of `kib` KiB of pseudo-random
+    /// bytes (they do not compress) unique to `seed`.
+    pub fn random_layers(mut self, seed: u64, layers: usize, kib: usize) -> ImageSpec {
+        for l in 0..layers {
+            let bytes = prng_bytes(seed << 16 | l as u64, kib << 10);
+            self = self.layer(Layer::new(vec![Entry::file(
+                &format!("/s{seed}-l{l}.bin"),
+                0o644,
+                bytes,
+            )]));
+        }
+        self
+    }
 }
 
 /// What [`write_layout`] wrote.

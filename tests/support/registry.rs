@@ -127,6 +127,19 @@ impl Registry {
         flags
     }
 
+    /// Pushes `image` as `repo_and_tag` (e.g. `team/a:1`) through a layout written for it; the
+    /// layout's digests.
+    pub fn push_image(
+        &self,
+        image: super::image::ImageSpec,
+        repo_and_tag: &str,
+    ) -> super::image::LayoutInfo {
+        let layout = tempfile::tempdir().expect("layout dir");
+        let info = super::image::write_layout(layout.path(), "t", &[image]);
+        self.push(layout.path(), "t", repo_and_tag);
+        info
+    }
+
     /// `skopeo copy --all --preserve-digests oci:<layout>:<tag> docker://<host>/<repo_and_tag>`;
     /// returns the digest of the pushed manifest (or index).
     pub fn push(&self, layout: &Path, tag_in_layout: &str, repo_and_tag: &str) -> String {

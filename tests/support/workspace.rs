@@ -38,7 +38,6 @@ impl Envbox {
         oom_score: Option<i32>,
         netns: Option<&Path>,
     ) -> Envbox {
-        use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(ENVBOX);
         command
@@ -55,16 +54,7 @@ impl Envbox {
             }
         }
         if let Some(netns) = netns {
-            let netns = fs::File::open(netns).expect("open the network namespace");
-            // SAFETY: only setns(2) between fork and exec; `netns` outlives the spawn.
-            unsafe {
-                command.pre_exec(move || {
-                    match libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) {
-                        0 => Ok(()),
-                        _ => Err(std::io::Error::last_os_error()),
-                    }
-                });
-            }
+            enter_netns(&mut command, netns);
         }
         let mut child = command.spawn().expect("start envbox docker");
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -137,5 +127,21 @@ impl Drop for Envbox {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Makes `command` run in the network namespace `netns` (a file such as `/run/netns/NAME`).
+pub fn enter_netns(command: &mut Command, netns: &Path) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let netns = fs::File::open(netns).expect("open the network namespace");
+    // SAFETY: only setns(2) between fork and exec; the closure owns `netns`.
+    unsafe {
+        command.pre_exec(
+            move || match libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            },
+        );
     }
 }
