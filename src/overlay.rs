@@ -92,7 +92,11 @@ struct Layout {
 
 impl Layout {
     fn new(state_dir: &Path) -> Layout {
-        let root = crate::volume::VolumeLayout::new(state_dir).container();
+        Layout::at(crate::volume::VolumeLayout::new(state_dir).container())
+    }
+
+    /// The layout under `root` (`<state_dir>/container`).
+    fn at(root: PathBuf) -> Layout {
         Layout {
             view: root.join("lower"),
             view_source: root.join("lower.source"),
@@ -329,8 +333,9 @@ pub fn release(rootfs: &Rootfs) -> Result<(), OverlayError> {
     match rootfs.kind {
         RootfsKind::Overlay => {
             unmount_if_mounted(&rootfs.path)?;
-            let view = rootfs.path.with_file_name("lower");
-            unmount_if_mounted(&view)
+            // The overlay is mounted at the layout's `merged/`.
+            let root = rootfs.path.parent().unwrap_or(&rootfs.path);
+            unmount_if_mounted(&Layout::at(root.to_owned()).view)
         }
         RootfsKind::Flattened => Ok(()),
     }
