@@ -232,6 +232,7 @@ r="$HOME/report.tmp"
 echo "uid=$(id -u) gid=$(id -g) home=$HOME pwd=$(pwd)"
 echo "binary_dir=$BINARY_DIR exists=$(test -d "$BINARY_DIR" && echo yes)"
 echo "hostname=$(hostname)"
+echo "init=$(tr '\0' ' ' < /proc/1/cmdline)"
 echo "uid_map=$(cat /proc/self/uid_map | tr -s ' ')"
 echo "match=$ENVBOX_T_MATCH other=${{ENVBOX_OTHER:-unset}} sysbox=${{SYSBOX_X:-unset}}"
 echo "token=$(test -n "$CODER_AGENT_TOKEN" && echo set)"
@@ -271,6 +272,7 @@ while :; do sleep 1; done
             ("CODER_ADD_FUSE", "true".to_owned()),
             ("CODER_CPUS", "1500m".to_owned()),
             ("CODER_MEMORY", "256Mi".to_owned()),
+            ("ENVBOX_LOG", "debug".to_owned()),
             (
                 "CODER_MOUNTS",
                 format!(
@@ -301,6 +303,20 @@ while :; do sleep 1; done
     );
     assert_eq!(field("binary_dir"), "/home/coder/.coder exists=yes");
     assert_eq!(field("hostname"), "envbox-it");
+    // The bootstrap's exec was started in the created task, before the init, with its script
+    // held back: the script itself ran once the init had started (runc's start returns once
+    // the init has exec'd), and not earlier.
+    assert_eq!(field("init").trim_end(), "sleep infinity", "{report}");
+    let log = envbox.log();
+    let at = |stage: &str| {
+        log.find(&format!("start: {stage}"))
+            .unwrap_or_else(|| panic!("no stage {stage:?} in the log:\n{log}"))
+    };
+    assert!(
+        at("bootstrap exec started, its script held") < at("task started"),
+        "{log}"
+    );
+    assert!(!log.contains("before the task's start failed"), "{log}");
     assert_eq!(field("uid_map"), " 0 100000 65536");
     assert_eq!(field("match"), "yes=indeed other=unset sysbox=unset");
     assert_eq!(field("token"), "set");

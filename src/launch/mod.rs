@@ -5,17 +5,18 @@
 //! image is prepared and the rest of the host side is laid on it (`groundwork`: rootfs assembly,
 //! the runtime spec and its host setup, a previous run's network lease and bridge released; only
 //! after containerd has removed an earlier container when one may still use the rootfs); then
-//! leftovers of a previous run removed (task, container), container + task created, CNI ADD on
-//! the task's namespace while the bootstrap script's exec is registered, task started, CPU quota
-//! mirrored, the bootstrap exec started with its output in the progress log, `done`, and the
-//! blobs fetched and layers unpacked for this start synced to disk in the background (they are
-//! crash-safe meanwhile, see `crate::cache` and `crate::unpack`: the workspace need not wait for
-//! the disk), then the caller's cleanup of the image cache, still in the background. An init that exits (at once, so the bootstrap exec meets a stopped container, or
-//! later) is reported as such: which init, its status, its last output, a hint for systemd under
-//! runc ([`init_exit`]). Then it waits for a signal, a daemon's death or the init's exit, and stops
-//! ([`stop`]): agent and init signalled, grace period, everything killed, CNI DEL, task and
-//! container deleted, rootfs released, daemons stopped. Each stage's logic lives in its own
-//! module; this one only composes them.
+//! leftovers of a previous run removed (task, container), container + task created, CNI ADD on the
+//! task's namespace while the bootstrap script's exec is started in the created task with its stdin
+//! (the script) held back, task started, CPU quota mirrored, the script fed to the exec (its output
+//! in the progress log), `done`, and the blobs fetched and layers unpacked for this start synced to
+//! disk in the background (they are crash-safe meanwhile, see `crate::cache` and `crate::unpack`:
+//! the workspace need not wait for the disk), then the caller's cleanup of the image cache, still
+//! in the background. An init that exits (at once, so the bootstrap script meets a stopped
+//! container, or later) is reported as such: which init, its status, its last output, a hint for
+//! systemd under runc ([`init_exit`]). Then it waits for a signal, a daemon's death or the init's
+//! exit, and stops ([`stop`]): agent and init signalled, grace period, everything killed, CNI DEL,
+//! task and container deleted, rootfs released, daemons stopped. Each stage's logic lives in its
+//! own module; this one only composes them.
 
 mod groundwork;
 mod init_exit;
@@ -41,7 +42,9 @@ use crate::prepare::PreparedImage;
 use crate::progress::{self, warn_all, Kind};
 use crate::rootfs::PasswdEntry;
 use crate::run_dir::{Keep, RunLayout};
-use crate::runtime::{self, ContainerDef, Engine, ExecDef, ExecSignaller, ExitStatus, Task};
+use crate::runtime::{
+    self, ContainerDef, Engine, ExecDef, ExecSignaller, ExitStatus, PendingExec, Task,
+};
 use crate::setup;
 use crate::supervise::{self, Daemons};
 
@@ -306,29 +309,38 @@ impl Workspace {
         })?;
         let netns_path = hold.path();
         self.netns = Some(hold);
-        // The bootstrap's exec is registered (nothing runs yet) while the network is attached.
+        // While the network is attached, the bootstrap's exec is started in the created task
+        // with its stdin, the script, held back: the runtime's work for it (runc exec, the
+        // seccomp filter) is done beside the CNI ADD, and the script still runs only once the
+        // init has started. A runtime that refuses to exec into a created task gets the exec
+        // again once the task runs.
         let attach = {
             let net = Arc::clone(&net);
             blocking(move || net.add(&netns_path))
         };
-        let register = async {
-            match &settings.bootstrap_script {
-                Some(script) => {
-                    let process = bootstrap_process(&spec, &plan.user, &plan.user_gids)?;
-                    let def = ExecDef {
-                        exec_id: bootstrap::EXEC_ID,
-                        process: &process,
-                        stdin: Some(script.as_bytes().to_vec()),
-                        io_dir: RunLayout::new(&settings.run_dir).exec_io(),
-                    };
-                    Ok(Some(task.register_exec(&def, &bootstrap_sink()).await?))
+        let boot = match &settings.bootstrap_script {
+            Some(script) => Some(BootstrapExec {
+                script,
+                process: bootstrap_process(&spec, &plan.user, &plan.user_gids)?,
+                io_dir: RunLayout::new(&settings.run_dir).exec_io(),
+            }),
+            None => None,
+        };
+        let early = async {
+            match &boot {
+                Some(boot) => {
+                    let held = boot.register(&task).await?.start_held().await;
+                    if held.is_ok() {
+                        stage(begun, "bootstrap exec started, its script held");
+                    }
+                    Ok(Some(held))
                 }
                 None => Ok(None),
             }
         };
-        let (attached, registered): (_, Result<_, LaunchError>) = tokio::join!(attach, register);
-        let pending = match (attached, registered) {
-            (Ok(attachment), registered) => {
+        let (attached, early): (_, Result<_, LaunchError>) = tokio::join!(attach, early);
+        let held = match (attached, early) {
+            (Ok(attachment), early) => {
                 progress::emit(
                     Kind::Info,
                     &format!(
@@ -337,19 +349,19 @@ impl Workspace {
                     ),
                 );
                 self.attachment = Some(attachment);
-                registered?
+                early?
             }
-            (Err(error), registered) => {
-                if let Ok(Some(pending)) = registered {
-                    pending.discard().await;
+            (Err(error), early) => {
+                if let Ok(Some(Ok(held))) = early {
+                    held.abandon(INIT_EXIT_WAIT).await;
                 }
                 return Err(error.into());
             }
         };
         stage(begun, "network attached");
         if let Err(error) = task.start().await {
-            if let Some(pending) = pending {
-                pending.discard().await;
+            if let Some(Ok(held)) = held {
+                held.abandon(INIT_EXIT_WAIT).await;
             }
             return Err(error.into());
         }
@@ -368,8 +380,18 @@ impl Workspace {
             outer::mirror_cpu_quota(task.pid);
         }
 
-        if let Some(pending) = pending {
-            let exec = match pending.start().await {
+        if let (Some(held), Some(boot)) = (held, &boot) {
+            let exec = match held {
+                Ok(held) => held.release().await,
+                Err(refused) => {
+                    tracing::debug!(
+                        "the bootstrap exec before the task's start failed ({refused}); \
+                         starting it again now that the task runs"
+                    );
+                    boot.register(&task).await?.start().await
+                }
+            };
+            let exec = match exec {
                 Ok(exec) => exec,
                 // The init exiting at once leaves a stopped container to exec in: say that.
                 Err(error) => return Err(self.init_ended_or(&task, error).await),
@@ -478,6 +500,26 @@ impl Workspace {
                 }
             }
         }
+    }
+}
+
+/// The bootstrap script's exec: the script (its stdin) and the process that reads it.
+struct BootstrapExec<'a> {
+    script: &'a str,
+    process: oci_spec::runtime::Process,
+    io_dir: PathBuf,
+}
+
+impl BootstrapExec<'_> {
+    /// Registers the exec with containerd (nothing runs yet).
+    async fn register(&self, task: &Task) -> Result<PendingExec, runtime::RuntimeError> {
+        let def = ExecDef {
+            exec_id: bootstrap::EXEC_ID,
+            process: &self.process,
+            stdin: Some(self.script.as_bytes().to_vec()),
+            io_dir: self.io_dir.clone(),
+        };
+        task.register_exec(&def, &bootstrap_sink()).await
     }
 }
 

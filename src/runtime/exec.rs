@@ -1,6 +1,7 @@
 //! Processes exec'd into the container (the bootstrap script): registered with their stdio (which
-//! needs no started task), started once the task runs with stdin fed and output forwarded line
-//! by line, signalled, waited for, cleaned up.
+//! needs no started task), started (also in a task that is only created: runc and containerd
+//! allow that) with their stdin held back until the caller releases it, then fed and closed,
+//! output forwarded line by line, signalled, waited for, cleaned up.
 
 use std::path::PathBuf;
 
@@ -9,6 +10,7 @@ use containerd_client::services::v1::{
     WaitRequest,
 };
 use oci_spec::runtime::Process;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::io::{ExecIo, OutputSink};
@@ -46,15 +48,24 @@ pub(crate) struct PendingExec {
 struct Stdio {
     io: ExecIo,
     drains: Vec<JoinHandle<std::io::Result<()>>>,
-    feeder: Option<JoinHandle<std::io::Result<()>>>,
+    feeder: Option<Feeder>,
+}
+
+/// The thread that writes the process's stdin once its gate opens.
+#[derive(Debug)]
+struct Feeder {
+    gate: oneshot::Sender<()>,
+    thread: JoinHandle<std::io::Result<()>>,
 }
 
 impl Stdio {
-    /// Unblocks the threads waiting on the FIFOs, waits for them, and removes the FIFOs.
+    /// Unblocks the threads waiting on the FIFOs (the feeder writes nothing), waits for them,
+    /// and removes the FIFOs.
     async fn release(self) {
         self.io.release();
-        if let Some(feeder) = self.feeder {
-            let _ = feeder.await;
+        if let Some(Feeder { gate, thread }) = self.feeder {
+            drop(gate);
+            let _ = thread.await;
         }
         for drain in self.drains {
             let _ = drain.await;
@@ -66,9 +77,35 @@ impl Stdio {
 impl Drop for PendingExec {
     fn drop(&mut self) {
         if let Some(stdio) = self.stdio.take() {
-            // The threads end on their own once unblocked.
-            stdio.io.release();
-            stdio.io.remove();
+            stdio.unblock();
+        }
+    }
+}
+
+impl Stdio {
+    /// Unblocks the threads without waiting for them (they end on their own) and removes the
+    /// FIFOs: for a drop.
+    fn unblock(self) {
+        self.io.release();
+        self.io.remove();
+    }
+}
+
+/// A started exec'd process whose stdin is held back: it may already run (in a created task
+/// too), and reads nothing until [`HeldExec::release`]. Dropped unreleased (the start was
+/// interrupted), its stdin is closed with nothing written, which the task's stop ends anyway.
+#[derive(Debug)]
+pub(crate) struct HeldExec {
+    task: Task,
+    exec_id: String,
+    /// `None` once handed on.
+    stdio: Option<Stdio>,
+}
+
+impl Drop for HeldExec {
+    fn drop(&mut self) {
+        if let Some(stdio) = self.stdio.take() {
+            stdio.unblock();
         }
     }
 }
@@ -97,7 +134,11 @@ impl Task {
             exec_id: def.exec_id.to_owned(),
             stdio: Some(Stdio {
                 drains: io.drain(sink),
-                feeder: def.stdin.clone().and_then(|data| io.feed_stdin(data)),
+                feeder: def.stdin.clone().and_then(|data| {
+                    let (gate, opened) = oneshot::channel();
+                    let thread = io.feed_stdin(data, opened)?;
+                    Some(Feeder { gate, thread })
+                }),
                 io,
             }),
         };
@@ -145,10 +186,17 @@ impl Task {
 
 impl PendingExec {
     /// Starts the process (the task must be running), feeds its stdin and closes it.
-    pub(crate) async fn start(mut self) -> Result<Exec, RuntimeError> {
-        let tasks = self.task.engine.tasks();
-        let started = tasks
-            .clone()
+    pub(crate) async fn start(self) -> Result<Exec, RuntimeError> {
+        self.start_held().await?.release().await
+    }
+
+    /// Starts the process with its stdin held back (see [`HeldExec`]). The task may be running
+    /// or only created.
+    pub(crate) async fn start_held(mut self) -> Result<HeldExec, RuntimeError> {
+        let started = self
+            .task
+            .engine
+            .tasks()
             .start(self.task.engine.request(StartRequest {
                 container_id: self.task.id.clone(),
                 exec_id: self.exec_id.clone(),
@@ -163,38 +211,11 @@ impl PendingExec {
                 status,
             });
         }
-        let Stdio { io, drains, feeder } = self.stdio.take().expect("released only here");
-        if let Some(feeder) = feeder {
-            let fed = feeder
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            if let Err(e) = fed {
-                let path = io.stdin.clone().unwrap_or_default();
-                return Err(RuntimeError::io("writing the process's stdin", &path)(e));
-            }
-            tasks
-                .clone()
-                .close_io(self.task.engine.request(CloseIoRequest {
-                    container_id: self.task.id.clone(),
-                    exec_id: self.exec_id.clone(),
-                    stdin: true,
-                }))
-                .await
-                .map_err(RuntimeError::call("close stdin of exec", &self.exec_id))?;
-        }
-        Ok(Exec {
+        Ok(HeldExec {
             task: self.task.clone(),
             exec_id: self.exec_id.clone(),
-            io,
-            drains,
+            stdio: self.stdio.take(),
         })
-    }
-
-    /// Forgets the process without running it (its task is not going to run), and frees its
-    /// stdio.
-    pub(crate) async fn discard(mut self) {
-        self.forget().await;
-        self.release_stdio().await;
     }
 
     /// Removes the unstarted process from containerd (gone already is fine).
@@ -206,6 +227,60 @@ impl PendingExec {
         if let Some(stdio) = self.stdio.take() {
             stdio.release().await;
         }
+    }
+}
+
+impl HeldExec {
+    /// Feeds the process its stdin and closes it: from here on it runs as started.
+    pub(crate) async fn release(mut self) -> Result<Exec, RuntimeError> {
+        let Stdio { io, drains, feeder } = self.stdio.take().expect("handed on only here");
+        let exec = Exec {
+            task: self.task.clone(),
+            exec_id: self.exec_id.clone(),
+            io,
+            drains,
+        };
+        if let Some(Feeder { gate, thread }) = feeder {
+            let fed = match gate.send(()) {
+                Ok(()) => thread
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+                Err(()) => Err(std::io::Error::other("the stdin feeder ended early")),
+            };
+            if let Err(e) = fed {
+                let path = exec.io.stdin.clone().unwrap_or_default();
+                return Err(RuntimeError::io("writing the process's stdin", &path)(e));
+            }
+            self.task
+                .engine
+                .tasks()
+                .close_io(self.task.engine.request(CloseIoRequest {
+                    container_id: self.task.id.clone(),
+                    exec_id: self.exec_id.clone(),
+                    stdin: true,
+                }))
+                .await
+                .map_err(RuntimeError::call("close stdin of exec", &self.exec_id))?;
+        }
+        Ok(exec)
+    }
+
+    /// Ends the process unreleased (its task is not going to run): stdin closed with nothing
+    /// written, SIGKILL, then waited for (at most `patience`) and deleted.
+    pub(crate) async fn abandon(mut self, patience: std::time::Duration) {
+        let Stdio { io, drains, feeder } = self.stdio.take().expect("handed on only here");
+        if let Some(Feeder { gate, thread }) = feeder {
+            drop(gate);
+            let _ = thread.await;
+        }
+        let exec = Exec {
+            task: self.task.clone(),
+            exec_id: self.exec_id.clone(),
+            io,
+            drains,
+        };
+        let _ = exec.signaller().kill(libc::SIGKILL as u32).await;
+        let _ = tokio::time::timeout(patience, exec.wait()).await;
     }
 }
 

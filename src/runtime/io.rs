@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::sys::stat::Mode;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::RuntimeError;
@@ -73,12 +74,20 @@ impl ExecIo {
         )
     }
 
-    /// Writes `data` into the stdin FIFO once the shim opens it, then closes it.
-    pub(crate) fn feed_stdin(&self, data: Vec<u8>) -> Option<JoinHandle<std::io::Result<()>>> {
+    /// Writes `data` into the stdin FIFO once the shim opens it and `gate` opens, then closes
+    /// it. A gate dropped unopened closes the FIFO with nothing written.
+    pub(crate) fn feed_stdin(
+        &self,
+        data: Vec<u8>,
+        gate: oneshot::Receiver<()>,
+    ) -> Option<JoinHandle<std::io::Result<()>>> {
         let path = self.stdin.clone()?;
         Some(tokio::task::spawn_blocking(move || {
             let mut fifo = OpenOptions::new().write(true).open(&path)?;
-            fifo.write_all(&data)
+            match gate.blocking_recv() {
+                Ok(()) => fifo.write_all(&data),
+                Err(_) => Ok(()),
+            }
         }))
     }
 
