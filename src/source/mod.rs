@@ -38,6 +38,15 @@ pub enum Format {
 }
 
 impl Format {
+    const ALL: [Format; 3] = [Format::OciLayout, Format::OciArchive, Format::DockerArchive];
+
+    /// The local source `text` names, and the rest after `<transport>:`.
+    fn of(text: &str) -> Option<(Format, &str)> {
+        Format::ALL
+            .into_iter()
+            .find_map(|f| Some((f, text.strip_prefix(f.transport())?.strip_prefix(':')?)))
+    }
+
     /// The skopeo transport name.
     pub(crate) fn transport(self) -> &'static str {
         match self {
@@ -79,7 +88,12 @@ impl From<ImageRef> for ImageSource {
 impl std::fmt::Display for ImageSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ImageSource::Registry(reference) => write!(f, "{reference}"),
+            // A registry host named like a transport (`oci:5000/x`) keeps its `docker://`, or
+            // the text would read back as a local source.
+            ImageSource::Registry(reference) => match Format::of(&reference.to_string()) {
+                Some(_) => write!(f, "docker://{reference}"),
+                None => write!(f, "{reference}"),
+            },
             ImageSource::Local(local) => {
                 write!(f, "{}:{}", local.format.transport(), local.path.display())?;
                 match &local.name {
@@ -94,10 +108,7 @@ impl std::fmt::Display for ImageSource {
 impl ImageSource {
     /// Parses the `--image` text (see the module doc).
     pub fn parse(text: &str) -> Result<ImageSource, SourceError> {
-        let local = [Format::OciLayout, Format::OciArchive, Format::DockerArchive]
-            .into_iter()
-            .find_map(|f| Some((f, text.strip_prefix(f.transport())?.strip_prefix(':')?)));
-        let Some((format, rest)) = local else {
+        let Some((format, rest)) = Format::of(text) else {
             let reference = text.strip_prefix("docker://").unwrap_or(text);
             return Ok(ImageSource::Registry(ImageRef::parse(reference)?));
         };

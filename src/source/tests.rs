@@ -49,6 +49,19 @@ fn transports_parse_like_skopeo_and_plain_text_is_a_registry() {
     );
 }
 
+/// Found by the `reference` fuzz target: a registry host named like a transport lost its
+/// `docker://` when shown, and the text read back as a local archive.
+#[test]
+fn a_registry_host_named_like_a_transport_is_shown_with_docker_prefix() {
+    for text in ["docker://oci-archive:5000/x/y:1", "docker://oci:5000/x"] {
+        let source = ImageSource::parse(text).unwrap();
+        assert!(matches!(source, ImageSource::Registry(_)), "{text}");
+        let shown = source.to_string();
+        assert!(shown.starts_with("docker://"), "{shown}");
+        assert_eq!(ImageSource::parse(&shown).unwrap(), source, "{shown}");
+    }
+}
+
 #[test]
 fn bad_source_text_says_what_was_expected() {
     for (text, says) in [
