@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerates the binary seeds of fuzz/seeds/{tar,unpack_tree,gzip}/ with GNU tar, gzip and
 # Python's tarfile (for names GNU tar will not write: `..`, whiteouts under files). The text
-# seeds (references, manifests, mountinfo, settings) are written by hand. Needs root (owners,
-# a FIFO, ACLs) and Debian's python3; run from anywhere: `bash fuzz/make-seeds.sh`.
+# seeds (references and image sources, manifests, mountinfo, settings, image files) are written
+# by hand. Needs root (owners, a FIFO, ACLs) and Debian's python3; run from anywhere:
+# `bash fuzz/make-seeds.sh`.
 set -euo pipefail
 seeds="$(cd "$(dirname "$0")" && pwd)/seeds"
 work=$(mktemp -d)

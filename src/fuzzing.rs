@@ -250,6 +250,52 @@ pub fn reference(data: &[u8]) {
         }
     }
     let _ = normalize_host(&text);
+    // `--image` / CODER_INNER_IMAGE: a registry reference or a local layout or archive; what
+    // envbox prints of it reads back as the same source.
+    if let Ok(source) = crate::source::ImageSource::parse(&text) {
+        let again = crate::source::ImageSource::parse(&source.to_string());
+        assert_eq!(
+            again.as_ref().ok(),
+            Some(&source),
+            "{text:?} shown as {source}"
+        );
+    }
+}
+
+/// The image's account and OS files as envbox reads them (`rootfs`): `/etc/passwd`,
+/// `/etc/group` and `/etc/os-release` text. The input is a user name, a NUL, then the text.
+pub fn image_files(data: &[u8]) {
+    use crate::rootfs::{find_user, member_of, parse_os_release};
+    let (name, rest) = match data.iter().position(|b| *b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (&b"root"[..], data),
+    };
+    let (name, text) = (self::text(name), self::text(rest));
+    if let Ok(Some(entry)) = find_user(&text, &name) {
+        assert_eq!(entry.name, name);
+        assert!(!entry.home.as_os_str().is_empty(), "{entry:?}");
+    }
+    let (groups, notes) = member_of(&text, &name);
+    let mut gids: Vec<u32> = groups.iter().map(|g| g.gid).collect();
+    gids.sort_unstable();
+    gids.dedup();
+    assert_eq!(gids.len(), groups.len(), "each gid once: {groups:?}");
+    for group in &groups {
+        let line = format!("{}:", group.name);
+        assert!(
+            text.lines().any(|l| l.starts_with(&line)),
+            "{group:?} is a line of the text"
+        );
+    }
+    assert!(notes.len() <= text.lines().count());
+    let release = parse_os_release(&text);
+    assert!(
+        release
+            .id_like
+            .iter()
+            .all(|w| !w.is_empty() && !w.contains(char::is_whitespace)),
+        "{release:?}"
+    );
 }
 
 /// Manifests, indexes and image configs (`image::manifest`, `image::describe`,

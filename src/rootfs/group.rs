@@ -10,7 +10,7 @@ use super::GroupEntry;
 
 /// The groups listing `username`, in file order, each gid once; and a note per line that lists
 /// the user but could not be used.
-pub(super) fn member_of(text: &str, username: &str) -> (Vec<GroupEntry>, Vec<String>) {
+pub(crate) fn member_of(text: &str, username: &str) -> (Vec<GroupEntry>, Vec<String>) {
     let mut groups: Vec<GroupEntry> = Vec::new();
     let mut notes = Vec::new();
     for (index, line) in text.lines().enumerate() {

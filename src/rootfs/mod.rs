@@ -11,6 +11,9 @@ pub(crate) mod inroot;
 mod os_release;
 mod passwd;
 
+#[cfg(fuzzing)]
+pub(crate) use {group::member_of, os_release::parse as parse_os_release, passwd::find_user};
+
 use std::io;
 use std::path::{Path, PathBuf};
 

@@ -10,7 +10,7 @@ use super::OsRelease;
 const DEFAULT_ID: &str = "linux";
 
 /// Parses os-release `text`. Lines that are not `KEY=value` are ignored.
-pub(super) fn parse(text: &str) -> OsRelease {
+pub(crate) fn parse(text: &str) -> OsRelease {
     let mut id = None;
     let mut id_like = Vec::new();
     for (key, value) in text.lines().filter_map(parse_line) {

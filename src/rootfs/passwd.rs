@@ -10,14 +10,14 @@ use super::PasswdEntry;
 
 /// Why the requested user's line could not be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct LineError {
+pub(crate) struct LineError {
     /// 1-based line number.
-    pub(super) line: usize,
-    pub(super) reason: String,
+    pub(crate) line: usize,
+    pub(crate) reason: String,
 }
 
 /// Finds `username` in the passwd `text`; `Ok(None)` when absent.
-pub(super) fn find_user(text: &str, username: &str) -> Result<Option<PasswdEntry>, LineError> {
+pub(crate) fn find_user(text: &str, username: &str) -> Result<Option<PasswdEntry>, LineError> {
     for (index, line) in text.lines().enumerate() {
         if is_skipped(line) {
             continue;
