@@ -9,7 +9,10 @@
 //! envbox attaches before the task starts; the work is the same. The bridge is deleted after
 //! each run (untimed), so each ADD makes it afresh, as each start of envbox does. Its exec
 //! variant also runs the marker script as envbox does, in an exec (`ctr task exec -d`, as root)
-//! beside an init that only sleeps: every step of envbox's start but its own bookkeeping.
+//! beside an init that only sleeps. Two more carry envbox's seccomp profile (moby's, for three
+//! architectures: runc compiles it in every create and exec): the plain run with it
+//! (`Variant::Seccomp`), and the exec variant with it (`Variant::Full`): every step of envbox's
+//! start but its own bookkeeping.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,23 +25,65 @@ use envbox::supervise::{render_config, ContainerdPaths, DISABLED_PLUGINS};
 
 use crate::{run_ok, wait_for_file, MARKER_SCRIPT, POLL, TIMEOUT};
 
-/// What the baseline does after `ctr run -d`.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// What the baseline runs, and what it does after `ctr run -d`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Variant {
-    /// Nothing: the init is the marker script; no network.
+    /// Nothing: the init is the marker script; no network, no seccomp profile.
     Plain,
+    /// The same with envbox's seccomp profile.
+    Seccomp,
     /// The CNI ADD.
     Cni,
     /// The CNI ADD, then the marker script in an exec (the init sleeps).
     CniExec,
+    /// That with envbox's seccomp profile.
+    Full,
 }
 
-/// The baseline's containerd and spec.
+impl Variant {
+    /// Every variant, in the order of the report.
+    pub const ALL: [Variant; 5] = [
+        Variant::Plain,
+        Variant::Seccomp,
+        Variant::Cni,
+        Variant::CniExec,
+        Variant::Full,
+    ];
+
+    /// The CNI ADD after `ctr run -d`.
+    pub fn network(self) -> bool {
+        matches!(self, Variant::Cni | Variant::CniExec | Variant::Full)
+    }
+
+    /// The marker script in an exec beside an init that sleeps.
+    pub fn exec(self) -> bool {
+        matches!(self, Variant::CniExec | Variant::Full)
+    }
+
+    /// envbox's seccomp profile in the spec.
+    pub fn seccomp(self) -> bool {
+        matches!(self, Variant::Seccomp | Variant::Full)
+    }
+
+    /// What it is, for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Variant::Plain => "no network",
+            Variant::Seccomp => "no network, envbox's seccomp profile",
+            Variant::Cni => "then envbox's CNI network attached (bridge envbox0)",
+            Variant::CniExec => {
+                "init sleeping, envbox's CNI network attached, then ctr task exec -d of the script"
+            }
+            Variant::Full => "that with envbox's seccomp profile: envbox's steps, by ctr",
+        }
+    }
+}
+
+/// The baseline's containerd and specs.
 pub struct Baseline {
     paths: ContainerdPaths,
-    spec: PathBuf,
-    /// The same with an init that sleeps (the exec variant).
-    spec_sleep: PathBuf,
+    /// By (init sleeps, seccomp profile).
+    specs: [[PathBuf; 2]; 2],
     marker: PathBuf,
     /// The CNI variant's network.
     network: Network,
@@ -91,7 +136,8 @@ fn delete_bridge() {
 }
 
 impl Baseline {
-    pub fn new(work: &Path, rootfs: &Path) -> Baseline {
+    /// `seccomp`: envbox's profile (`linux.seccomp` of `envbox spec`).
+    pub fn new(work: &Path, rootfs: &Path, seccomp: &serde_json::Value) -> Baseline {
         let base = work.join("baseline");
         let paths = ContainerdPaths::new(&base.join("state"), &base.join("run"));
         for dir in [&paths.root, &paths.state, paths.log.parent().unwrap()] {
@@ -127,15 +173,33 @@ impl Baseline {
         linux["uidMappings"] = map.clone();
         linux["gidMappings"] = map;
         linux["cgroupsPath"] = serde_json::json!(format!("/{CGROUP}"));
-        let spec_path = base.join("spec.json");
-        fs::write(&spec_path, serde_json::to_vec_pretty(&spec).unwrap()).expect("spec");
-        spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", "exec sleep 3600"]);
-        let spec_sleep = base.join("spec-sleep.json");
-        fs::write(&spec_sleep, serde_json::to_vec_pretty(&spec).unwrap()).expect("spec");
+        let mut write = |sleeps: bool, with_seccomp: bool| -> PathBuf {
+            let script = if sleeps {
+                "exec sleep 3600"
+            } else {
+                MARKER_SCRIPT
+            };
+            spec["process"]["args"] = serde_json::json!(["/bin/sh", "-c", script]);
+            match with_seccomp {
+                true => spec["linux"]["seccomp"] = seccomp.clone(),
+                false => {
+                    spec["linux"]
+                        .as_object_mut()
+                        .expect("linux")
+                        .remove("seccomp");
+                }
+            }
+            let path = base.join(format!("spec-{sleeps}-{with_seccomp}.json"));
+            fs::write(&path, serde_json::to_vec_pretty(&spec).unwrap()).expect("spec");
+            path
+        };
+        let specs = [
+            [write(false, false), write(false, true)],
+            [write(true, false), write(true, true)],
+        ];
         Baseline {
             paths,
-            spec: spec_path,
-            spec_sleep,
+            specs,
             marker: home.join("ready"),
             network: envbox_network(&base.join("run-cni")),
         }
@@ -173,10 +237,7 @@ impl Baseline {
             std::thread::sleep(POLL);
         }
         let ready = started.elapsed();
-        let spec = match variant {
-            Variant::CniExec => &self.spec_sleep,
-            Variant::Plain | Variant::Cni => &self.spec,
-        };
+        let spec = &self.specs[usize::from(variant.exec())][usize::from(variant.seccomp())];
         run_ok(
             self.ctr()
                 .args(["run", "-d", "--null-io", "--config"])
@@ -184,14 +245,14 @@ impl Baseline {
                 .arg(id),
         );
         let ran = started.elapsed();
-        let attachment = (variant != Variant::Plain).then(|| {
+        let attachment = variant.network().then(|| {
             let netns = PathBuf::from(format!("/proc/{}/ns/net", task_pid()));
             self.network
                 .add(&netns)
                 .expect("CNI ADD of the baseline task")
         });
         let attached = started.elapsed();
-        if variant == Variant::CniExec {
+        if variant.exec() {
             run_ok(
                 self.ctr()
                     .args(["task", "exec", "-d", "--exec-id", "boot", id])

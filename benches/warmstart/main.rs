@@ -15,9 +15,10 @@
 //! ignores `--uidmap` in containerd 1.6, so its spec is `ctr oci spec` plus a user namespace
 //! mapped 0 -> 100000 (65536) like envbox's: both run user-namespaced on a shifted tree. The
 //! plain baseline has no CNI network (ctr's empty netns), no host setup and no exec as the
-//! user. Two more variants add envbox's steps: envbox's CNI network attached to the task
-//! (`Variant::Cni`), and that plus the script in an exec beside a sleeping init
-//! (`Variant::CniExec`): against the last, the difference is envbox's own bookkeeping.
+//! user. More variants add envbox's steps: its seccomp profile (`Variant::Seccomp`), its CNI
+//! network attached to the task (`Variant::Cni`), that plus the script in an exec beside a
+//! sleeping init (`Variant::CniExec`), and that with the seccomp profile (`Variant::Full`):
+//! against the last, the difference is envbox's own bookkeeping.
 //!
 //! Then [`cold`]: `envbox docker` on an empty volume against `envbox prepare` plus a warm start
 //! (`ENVBOX_BENCH_COLD_RUNS`, 3, runs each; this build only), [`fallback`]: the same start
@@ -218,7 +219,7 @@ fn main() {
     );
     let rootfs = bundle.join("rootfs");
     let image_bytes = disk_usage(&rootfs);
-    let baseline = Baseline::new(work.path(), &rootfs);
+    let baseline = Baseline::new(work.path(), &rootfs, &envbox_seccomp(&rootfs, &env));
     let marker = home.join("ready");
     let mut builds = vec![ENVBOX.to_owned()];
     builds.extend(other.clone());
@@ -226,9 +227,9 @@ fn main() {
     for build in &builds {
         envbox_run(build, &env, &state, &marker);
     }
-    baseline.run("warmup", Variant::Plain);
-    baseline.run("warmup-cni", Variant::Cni);
-    baseline.run("warmup-exec", Variant::CniExec);
+    for variant in Variant::ALL {
+        baseline.run(&format!("warmup-{variant:?}"), variant);
+    }
 
     let name = match which {
         BenchImage::Busybox => format!("busybox + {mb} MiB"),
@@ -239,16 +240,20 @@ fn main() {
         image_bytes as f64 / 1048576.0
     );
     let mut envbox: Vec<Vec<EnvboxRun>> = builds.iter().map(|_| Vec::new()).collect();
-    let (mut base, mut base_cni, mut base_exec) = (Vec::new(), Vec::new(), Vec::new());
-    let contenders = builds.len() + 3;
+    let mut base: Vec<Vec<[Duration; 4]>> = Variant::ALL.iter().map(|_| Vec::new()).collect();
+    let contenders = builds.len() + Variant::ALL.len();
     for run in 0..runs {
         // Each contender goes first in turn (the first after a pause finds colder caches).
         for turn in 0..contenders {
             match (run + turn) % contenders {
-                0 => base.push(baseline.run(&format!("warm{run}"), Variant::Plain)),
-                1 => base_cni.push(baseline.run(&format!("cni{run}"), Variant::Cni)),
-                2 => base_exec.push(baseline.run(&format!("exec{run}"), Variant::CniExec)),
-                b => envbox[b - 3].push(envbox_run(&builds[b - 3], &env, &state, &marker)),
+                b if b < Variant::ALL.len() => {
+                    let variant = Variant::ALL[b];
+                    base[b].push(baseline.run(&format!("{variant:?}-{run}"), variant));
+                }
+                b => {
+                    let b = b - Variant::ALL.len();
+                    envbox[b].push(envbox_run(&builds[b], &env, &state, &marker));
+                }
             }
         }
     }
@@ -256,24 +261,19 @@ fn main() {
     if let Some(other) = &other {
         report_envbox(&format!("envbox docker ({other})"), &envbox[1]);
     }
-    let (b_min, b_median) = report_baseline(&base, Variant::Plain);
-    let (c_min, c_median) = report_baseline(&base_cni, Variant::Cni);
-    let (x_min, x_median) = report_baseline(&base_exec, Variant::CniExec);
-    println!(
-        "ratio envbox / baseline: min {:.2}x, median {:.2}x (goal <= 1.5x)",
-        e_min.as_secs_f64() / b_min.as_secs_f64(),
-        e_median.as_secs_f64() / b_median.as_secs_f64()
-    );
-    for (what, min, median) in [
-        ("with envbox's CNI network", c_min, c_median),
-        (
-            "with the network and the script in an exec",
-            x_min,
-            x_median,
-        ),
-    ] {
+    let baselines: Vec<_> = Variant::ALL
+        .iter()
+        .zip(&base)
+        .map(|(variant, runs)| (*variant, report_baseline(runs, *variant)))
+        .collect();
+    for (variant, (min, median)) in baselines {
+        let goal = match variant {
+            Variant::Plain => " (goal <= 1.5x)",
+            _ => "",
+        };
         println!(
-            "ratio envbox / baseline {what}: min {:.2}x, median {:.2}x",
+            "ratio envbox / baseline ({}): min {:.2}x, median {:.2}x{goal}",
+            variant.describe(),
             e_min.as_secs_f64() / min.as_secs_f64(),
             e_median.as_secs_f64() / median.as_secs_f64()
         );
@@ -298,6 +298,27 @@ fn main() {
         &reference,
         runs.min(5),
     );
+}
+
+/// The seccomp profile envbox's spec for `rootfs` carries (`envbox spec`'s `linux.seccomp`).
+fn envbox_seccomp(rootfs: &Path, env: &[(String, String)]) -> serde_json::Value {
+    let out = Command::new(ENVBOX)
+        .args(["spec", "--username", "root", "--rootfs"])
+        .arg(rootfs)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("envbox spec");
+    assert!(
+        out.status.success(),
+        "envbox spec: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spec: serde_json::Value = serde_json::from_slice(&out.stdout).expect("spec JSON");
+    let seccomp = spec["linux"]["seccomp"].clone();
+    assert!(seccomp.is_object(), "envbox's spec has no seccomp profile");
+    seccomp
 }
 
 fn row(name: &str, times: &[Duration]) -> (Duration, Duration) {
@@ -340,19 +361,14 @@ fn report_envbox(name: &str, runs: &[EnvboxRun]) -> (Duration, Duration) {
 }
 
 fn report_baseline(base: &[[Duration; 4]], variant: Variant) -> (Duration, Duration) {
-    let cni = variant != Variant::Plain;
-    let network = match variant {
-        Variant::Plain => "no network",
-        Variant::Cni => "then envbox's CNI network attached (bridge envbox0)",
-        Variant::CniExec => {
-            "init sleeping, envbox's CNI network attached, then ctr task exec -d of the script"
-        }
-    };
-    println!("baseline: containerd + ctr run -d (same image flattened, user namespace), {network}, spawn to the marker:");
+    println!(
+        "baseline: containerd + ctr run -d (same image flattened, user namespace), {}, spawn to the marker:",
+        variant.describe()
+    );
     let column = |i: usize| base.iter().map(|b| b[i]).collect::<Vec<_>>();
     row("  containerd accepting on its socket", &column(0));
     row("  ctr run -d returned", &column(1));
-    if cni {
+    if variant.network() {
         row("  CNI ADD returned", &column(2));
     }
     row("total", &column(3))
