@@ -42,10 +42,14 @@ fmt:
 	$(CARGO) fmt --all
 
 # `--all-targets` leaves out test targets with `test = false`: the conformance suite is named.
+# src/fuzzing.rs exists only with `--cfg fuzzing` (as cargo fuzz builds it): checked in a target
+# dir of its own, which keeps the normal build's cache.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --test conformance_unpack -- -D warnings
+	RUSTFLAGS="--cfg fuzzing" CARGO_TARGET_DIR=target/lint-fuzzing \
+		$(CARGO) clippy --locked --lib -- -D warnings
 
 # Regenerate specs/* from the scenarios in src/spec/golden.rs; review the diff before committing.
 specs:
