@@ -43,7 +43,7 @@ use crate::progress::{self, warn_all, Kind};
 use crate::rootfs::PasswdEntry;
 use crate::run_dir::{Keep, RunLayout};
 use crate::runtime::{
-    self, ContainerDef, Engine, ExecDef, ExecSignaller, ExitStatus, PendingExec, Task,
+    self, ContainerDef, Engine, ExecDef, ExecSignaller, ExitStatus, HeldExec, PendingExec, Task,
 };
 use crate::setup;
 use crate::supervise::{self, Daemons};
@@ -328,13 +328,13 @@ impl Workspace {
         };
         let early = async {
             match &boot {
-                Some(boot) => {
-                    let held = boot.register(&task).await?.start_held().await;
-                    if held.is_ok() {
+                Some(boot) => Ok(Some(match boot.register(&task).await?.start_held().await {
+                    Ok(held) => {
                         stage(begun, "bootstrap exec started, its script held");
+                        EarlyExec::Held(held)
                     }
-                    Ok(Some(held))
-                }
+                    Err(refused) => EarlyExec::Refused(refused),
+                })),
                 None => Ok(None),
             }
         };
@@ -352,7 +352,7 @@ impl Workspace {
                 early?
             }
             (Err(error), early) => {
-                if let Ok(Some(Ok(held))) = early {
+                if let Ok(Some(EarlyExec::Held(held))) = early {
                     held.abandon(INIT_EXIT_WAIT).await;
                 }
                 return Err(error.into());
@@ -360,7 +360,7 @@ impl Workspace {
         };
         stage(begun, "network attached");
         if let Err(error) = task.start().await {
-            if let Some(Ok(held)) = held {
+            if let Some(EarlyExec::Held(held)) = held {
                 held.abandon(INIT_EXIT_WAIT).await;
             }
             return Err(error.into());
@@ -382,8 +382,8 @@ impl Workspace {
 
         if let (Some(held), Some(boot)) = (held, &boot) {
             let exec = match held {
-                Ok(held) => held.release().await,
-                Err(refused) => {
+                EarlyExec::Held(held) => held.release().await,
+                EarlyExec::Refused(refused) => {
                     tracing::debug!(
                         "the bootstrap exec before the task's start failed ({refused}); \
                          starting it again now that the task runs"
@@ -501,6 +501,13 @@ impl Workspace {
             }
         }
     }
+}
+
+/// The bootstrap's exec as started in the created task: running with its script held back, or
+/// refused by the runtime (it is started again once the task runs).
+enum EarlyExec {
+    Held(HeldExec),
+    Refused(runtime::RuntimeError),
 }
 
 /// The bootstrap script's exec: the script (its stdin) and the process that reads it.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use containerd_client::tonic::{self, transport::Channel, Request};
 
-pub(crate) use exec::{ExecDef, ExecSignaller, PendingExec};
+pub(crate) use exec::{ExecDef, ExecSignaller, HeldExec, PendingExec};
 pub(crate) use io::OutputSink;
 pub(crate) use task::{ContainerDef, ExitStatus, Task};
 
