@@ -745,6 +745,85 @@ fn an_init_that_exits_at_once_is_named_with_its_status_and_last_output() {
     );
 }
 
+/// A stand-in OCI runtime (test only): the real runc, except that it refuses to exec into a
+/// container that is only created, as a stricter runtime might (sysbox-runc is unproven here).
+const RUNC_REFUSING_EARLY_EXEC: &str = r#"#!/bin/sh
+root= log=/dev/null prev= exec_call= id=
+for arg in "$@"; do
+    [ "$prev" = --root ] && root=$arg
+    [ "$prev" = --log ] && log=$arg
+    [ "$arg" = exec ] && exec_call=yes
+    prev=$arg id=$arg
+done
+if [ -n "$exec_call" ] && REAL --root "$root" state "$id" 2>/dev/null | grep -q '"status": "created"'; then
+    # Where the shim reads runc's last error from.
+    echo '{"level":"error","msg":"stand-in runtime: no exec into a created container"}' >> "$log"
+    exit 1
+fi
+exec REAL "$@"
+"#;
+
+#[test]
+fn a_runtime_refusing_the_early_exec_gets_it_after_the_start() {
+    if !launch_requirements_met("envbox docker early exec fallback test") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (registry, image) = registry_with_busybox();
+    let dirs = Dirs::new("late-exec");
+    let bin = dirs.path("bin");
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v runc"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let wrapper = bin.join("runc");
+    fs::write(
+        &wrapper,
+        RUNC_REFUSING_EARLY_EXEC.replace("REAL", real.trim()),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dirs.path("home-coder");
+    let script = r#"printf 'init=%s\nEND\n' "$(tr '\0' ' ' < /proc/1/cmdline)" > "$HOME/report.tmp"
+mv "$HOME/report.tmp" "$HOME/report"
+exec sleep 600"#;
+    let mut env = dirs.base_env(&image, &registry, script);
+    env.extend([
+        dirs.home_mount(),
+        ("ENVBOX_LOG".to_owned(), "debug".to_owned()),
+        (
+            "PATH".to_owned(),
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        ),
+    ]);
+    let mut envbox = Envbox::start(&env);
+    envbox.wait_for(r#""type":"done""#, Duration::from_secs(120));
+    let report = wait_for_file(&home.join("report"), &mut envbox, Duration::from_secs(30));
+    assert_eq!(report, "init=sleep infinity \nEND\n", "{report}");
+    let log = envbox.log();
+    assert!(
+        log.contains("no exec into a created container")
+            && log.contains("starting it again now that the task runs"),
+        "the refusal is logged and the exec retried:\n{log}"
+    );
+    assert!(
+        !log.contains("start: bootstrap exec started, its script held"),
+        "{log}"
+    );
+    envbox.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = envbox.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        envbox.log()
+    );
+    assert_no_process_left(&dirs.root.join("run"));
+}
+
 /// Every regular file under `dir` (links not followed) whose bytes contain `needle`, with its
 /// mode.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<(PathBuf, u32)> {
