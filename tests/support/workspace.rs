@@ -1,6 +1,6 @@
 //! A running `envbox docker` for the tests that start workspaces (`tests/launch.rs`,
 //! `tests/nodecache.rs`): spawned with only the given environment, its progress lines
-//! collected and echoed, killed on drop.
+//! collected and echoed, stopped on drop (SIGTERM, then killed).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -123,8 +123,24 @@ impl Envbox {
     }
 }
 
+/// How long a dropped `envbox docker` may take to stop on SIGTERM (tests set
+/// `ENVBOX_STOP_TIMEOUT=20s`) before it is killed.
+const DROP_GRACE: Duration = Duration::from_secs(30);
+
 impl Drop for Envbox {
+    /// Still running (a test failed half-way): stopped with SIGTERM, as a pod is, so that its
+    /// workspace (shim, processes, bridge, cgroup, mounts) does not outlive it and break the
+    /// tests after it; killed if it does not stop in time.
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Not `signal`: a panic here, while a failed test unwinds, would abort.
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let end = Instant::now() + DROP_GRACE;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
