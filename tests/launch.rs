@@ -227,6 +227,7 @@ fn workspace_runs_through_containerd_runc_and_cni_and_stops_on_sigterm() {
 
     let script = format!(
         r#"
+echo "bootstrap first line"
 r="$HOME/report.tmp"
 {{
 echo "uid=$(id -u) gid=$(id -g) home=$HOME pwd=$(pwd)"
@@ -355,6 +356,12 @@ while :; do sleep 1; done
     assert_eq!(fs::metadata(home.join("report")).unwrap().uid(), 101_000);
     // The script's output is in the progress log, whole.
     envbox.wait_for("bootstrap output line", Duration::from_secs(10));
+    let log = envbox.log();
+    let running_as = log.find("Bootstrap script running as coder");
+    assert!(
+        running_as.is_some() && running_as < log.find("bootstrap first line"),
+        "the script's lines follow the line that says it runs:\n{log}"
+    );
     // The blobs fetched and layers unpacked for this start were synced once the workspace was
     // up: none is left marked as not on disk (a marker is removed only after the syncfs).
     // (`done` was seen above; the sync runs beside the workspace, so give it a moment.)

@@ -328,7 +328,7 @@ impl Workspace {
         };
         let early = async {
             match &boot {
-                Some(boot) => Ok(Some(match boot.register(&task).await?.start_held().await {
+                Some(boot) => Ok(Some(match boot.register(&task).await?.start().await {
                     Ok(held) => {
                         stage(begun, "bootstrap exec started, its script held");
                         EarlyExec::Held(held)
@@ -381,8 +381,8 @@ impl Workspace {
         }
 
         if let (Some(held), Some(boot)) = (held, &boot) {
-            let exec = match held {
-                EarlyExec::Held(held) => held.release().await,
+            let held = match held {
+                EarlyExec::Held(held) => Ok(held),
                 EarlyExec::Refused(refused) => {
                     tracing::debug!(
                         "the bootstrap exec before the task's start failed ({refused}); \
@@ -391,24 +391,31 @@ impl Workspace {
                     boot.register(&task).await?.start().await
                 }
             };
+            // Said before the script is fed, so that its first lines follow in the log.
+            let exec = match held {
+                Ok(held) => {
+                    progress::emit(
+                        Kind::Info,
+                        &format!(
+                            "Bootstrap script running as {} (uid {}, groups {})",
+                            plan.user.name,
+                            plan.user.uid,
+                            plan.user_gids
+                                .iter()
+                                .map(u32::to_string)
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        ),
+                    );
+                    held.release().await
+                }
+                Err(error) => Err(error),
+            };
             let exec = match exec {
                 Ok(exec) => exec,
                 // The init exiting at once leaves a stopped container to exec in: say that.
                 Err(error) => return Err(self.init_ended_or(&task, error).await),
             };
-            progress::emit(
-                Kind::Info,
-                &format!(
-                    "Bootstrap script running as {} (uid {}, groups {})",
-                    plan.user.name,
-                    plan.user.uid,
-                    plan.user_gids
-                        .iter()
-                        .map(u32::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            );
             self.bootstrap = Some(RunningBootstrap {
                 signaller: exec.signaller(),
                 done: tokio::spawn(exec.wait()),

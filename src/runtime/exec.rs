@@ -185,14 +185,9 @@ impl Task {
 }
 
 impl PendingExec {
-    /// Starts the process (the task must be running), feeds its stdin and closes it.
-    pub(crate) async fn start(self) -> Result<Exec, RuntimeError> {
-        self.start_held().await?.release().await
-    }
-
     /// Starts the process with its stdin held back (see [`HeldExec`]). The task may be running
     /// or only created.
-    pub(crate) async fn start_held(mut self) -> Result<HeldExec, RuntimeError> {
+    pub(crate) async fn start(mut self) -> Result<HeldExec, RuntimeError> {
         let started = self
             .task
             .engine
