@@ -226,8 +226,8 @@ impl PendingExec {
 }
 
 impl HeldExec {
-    /// Feeds the process its stdin and closes it: from here on it runs as started.
-    pub(crate) async fn release(mut self) -> Result<Exec, RuntimeError> {
+    /// The started process, and the feeder of its stdin still waiting on its gate.
+    fn split(mut self) -> (Exec, Option<Feeder>) {
         let Stdio { io, drains, feeder } = self.stdio.take().expect("handed on only here");
         let exec = Exec {
             task: self.task.clone(),
@@ -235,6 +235,12 @@ impl HeldExec {
             io,
             drains,
         };
+        (exec, feeder)
+    }
+
+    /// Feeds the process its stdin and closes it: from here on it runs as started.
+    pub(crate) async fn release(self) -> Result<Exec, RuntimeError> {
+        let (exec, feeder) = self.split();
         if let Some(Feeder { gate, thread }) = feeder {
             let fed = match gate.send(()) {
                 Ok(()) => thread
@@ -246,34 +252,28 @@ impl HeldExec {
                 let path = exec.io.stdin.clone().unwrap_or_default();
                 return Err(RuntimeError::io("writing the process's stdin", &path)(e));
             }
-            self.task
+            exec.task
                 .engine
                 .tasks()
-                .close_io(self.task.engine.request(CloseIoRequest {
-                    container_id: self.task.id.clone(),
-                    exec_id: self.exec_id.clone(),
+                .close_io(exec.task.engine.request(CloseIoRequest {
+                    container_id: exec.task.id.clone(),
+                    exec_id: exec.exec_id.clone(),
                     stdin: true,
                 }))
                 .await
-                .map_err(RuntimeError::call("close stdin of exec", &self.exec_id))?;
+                .map_err(RuntimeError::call("close stdin of exec", &exec.exec_id))?;
         }
         Ok(exec)
     }
 
     /// Ends the process unreleased (its task is not going to run): stdin closed with nothing
     /// written, SIGKILL, then waited for (at most `patience`) and deleted.
-    pub(crate) async fn abandon(mut self, patience: std::time::Duration) {
-        let Stdio { io, drains, feeder } = self.stdio.take().expect("handed on only here");
+    pub(crate) async fn abandon(self, patience: std::time::Duration) {
+        let (exec, feeder) = self.split();
         if let Some(Feeder { gate, thread }) = feeder {
             drop(gate);
             let _ = thread.await;
         }
-        let exec = Exec {
-            task: self.task.clone(),
-            exec_id: self.exec_id.clone(),
-            io,
-            drains,
-        };
         let _ = exec.signaller().kill(libc::SIGKILL as u32).await;
         let _ = tokio::time::timeout(patience, exec.wait()).await;
     }
