@@ -379,13 +379,7 @@ while :; do sleep 1; done
         "no dockerd anywhere"
     );
 
-    envbox.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = envbox.wait_exit(Duration::from_secs(60));
-    assert!(
-        status.success(),
-        "exit after SIGTERM: {status}\n{}",
-        envbox.log()
-    );
+    envbox.stop_cleanly(Duration::from_secs(60));
     assert_eq!(
         fs::read_to_string(home.join("trapped")).unwrap_or_default(),
         "trapped\n",
@@ -488,8 +482,7 @@ fn containerd_dying_stops_envbox_with_a_message_naming_it() {
     // workspace outlive it; a next start removes them (see the kill -9 test). Clean up.
     let mut second = Envbox::start(&env);
     second.wait_for("agent-up", Duration::from_secs(120));
-    second.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(second.wait_exit(Duration::from_secs(60)).success());
+    second.stop_cleanly(Duration::from_secs(60));
     assert_no_process_left(&run);
 }
 
@@ -531,9 +524,7 @@ fn a_second_start_after_kill_9_of_the_first_starts_cleanly() {
         !log.contains("Downloading") || log.contains("0 unpacked now"),
         "the image came from the cache:\n{log}"
     );
-    second.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = second.wait_exit(Duration::from_secs(60));
-    assert!(status.success(), "{status}\n{}", second.log());
+    second.stop_cleanly(Duration::from_secs(60));
     assert_no_process_left(&run);
     assert!(
         !runtime_state.exists(),
@@ -593,9 +584,7 @@ fn the_image_cache_is_cleaned_up_in_the_background_once_the_workspace_is_up() {
         3,
         "{log}"
     );
-    envbox.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = envbox.wait_exit(Duration::from_secs(60));
-    assert!(status.success(), "{status}\n{}", envbox.log());
+    envbox.stop_cleanly(Duration::from_secs(60));
 }
 
 #[test]
@@ -821,13 +810,7 @@ exec sleep 600"#;
         !log.contains("start: bootstrap exec started, its script held"),
         "{log}"
     );
-    envbox.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = envbox.wait_exit(Duration::from_secs(60));
-    assert!(
-        status.success(),
-        "exit after SIGTERM: {status}\n{}",
-        envbox.log()
-    );
+    envbox.stop_cleanly(Duration::from_secs(60));
     assert_no_process_left(&dirs.root.join("run"));
 }
 
@@ -906,8 +889,7 @@ fn the_agent_token_never_rests_on_the_volume_and_is_private_under_the_run_dir() 
         "containerd's dir is root's alone"
     );
 
-    envbox.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(envbox.wait_exit(Duration::from_secs(60)).success());
+    envbox.stop_cleanly(Duration::from_secs(60));
     assert_eq!(files_containing(&state, canary.as_bytes()), vec![]);
     assert_eq!(files_containing(&run, canary.as_bytes()), vec![]);
     assert!(
@@ -982,8 +964,7 @@ fn the_oom_killer_takes_the_workspace_before_its_supervisors() {
             score(pid)
         );
     }
-    envbox.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(envbox.wait_exit(Duration::from_secs(60)).success());
+    envbox.stop_cleanly(Duration::from_secs(60));
 }
 
 #[test]
@@ -1073,9 +1054,7 @@ while :; do sleep 1; done
         "a warning names the group that cannot be mapped:\n{log}"
     );
 
-    envbox.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = envbox.wait_exit(Duration::from_secs(60));
-    assert!(status.success(), "{status}\n{}", envbox.log());
+    envbox.stop_cleanly(Duration::from_secs(60));
     assert_no_process_left(&dirs.root.join("run"));
 
     // Last: POSIX ACLs survive the unpack (their own change): the access and default entries.

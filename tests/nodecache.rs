@@ -355,9 +355,7 @@ fn two_workspaces_of_one_node_download_and_unpack_each_layer_once() {
     assert_eq!(names(&node.path().join("layers/chain")).len(), chains.len());
 
     // B stops cleanly: its lease goes with it.
-    wb.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = wb.wait_exit(Duration::from_secs(90));
-    assert!(status.success(), "{status}\n{}", wb.log());
+    wb.stop_cleanly(Duration::from_secs(90));
     assert!(names(&node.path().join("leases")).is_empty());
 
     // A starts again from the node cache alone (clearing what its kill left), then stops.
@@ -367,9 +365,7 @@ fn two_workspaces_of_one_node_download_and_unpack_each_layer_once() {
     wait_for_file(&a.ready(), &mut wa, Duration::from_secs(180));
     assert_eq!(proxy.blob_gets(), 0, "{:?}", proxy.requests());
     assert_eq!(unpacked_now(&wa.log()), 0, "{}", wa.log());
-    wa.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = wa.wait_exit(Duration::from_secs(90));
-    assert!(status.success(), "{status}\n{}", wa.log());
+    wa.stop_cleanly(Duration::from_secs(90));
 
     // Nothing names the layers any more.
     let pruned = a.run(&["cache", "prune"], &strict);
@@ -446,9 +442,7 @@ fn a_workspace_killed_mid_unpack_leaves_the_other_to_start_and_the_cache_consist
     );
     assert_consistent(node.path());
 
-    wb.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = wb.wait_exit(Duration::from_secs(90));
-    assert!(status.success(), "{status}\n{}", wb.log());
+    wb.stop_cleanly(Duration::from_secs(90));
 }
 
 /// A volume filled before the node cache was turned on: its cleanup with the node cache keeps

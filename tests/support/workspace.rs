@@ -106,6 +106,18 @@ impl Envbox {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
     }
 
+    /// Stops it as Kubernetes would (SIGTERM) and asserts that it exits with status 0 within
+    /// `timeout` (its log in the message).
+    pub fn stop_cleanly(&mut self, timeout: Duration) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.wait_exit(timeout);
+        assert!(
+            status.success(),
+            "exit after SIGTERM: {status}\n{}",
+            self.log()
+        );
+    }
+
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let end = Instant::now() + timeout;
         loop {
